@@ -1,0 +1,114 @@
+//! Settings: defaults, then `FERRY_*`/`DATABASE_URL` environment, then
+//! flags (clap with `env`). Secrets never appear in `Debug` or logs.
+
+use std::path::PathBuf;
+
+use crate::store::embedded::EmbeddedPostgres;
+use crate::store::{self, Pool, StoreError};
+
+/// Where the database is: a URL, or an embedded PostgreSQL in the data dir.
+#[derive(Clone, clap::Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL. Without it, Ferry runs its own PostgreSQL under --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder for Ferry's own state (the embedded PostgreSQL, the relay store).
+    #[arg(long, env = "FERRY_DATA_DIR", default_value = "ferry-data")]
+    pub data_dir: PathBuf,
+    /// Most database connections this process holds.
+    #[arg(long, env = "FERRY_DB_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}")
+}
+
+/// An open database: the pool, and the embedded server when we started one.
+pub struct Database {
+    pub pool: Pool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl DatabaseSettings {
+    /// Connects (starting the embedded PostgreSQL when no URL is given) and
+    /// applies pending migrations.
+    pub async fn open(&self) -> Result<Database, StoreError> {
+        let (url, embedded) = match &self.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let dir = self.data_dir.clone();
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("embedded PostgreSQL task failed: {e}")))??;
+                (pg.database_url(), Some(pg))
+            }
+        };
+        let database = Database { pool: store::connect(&url, self.pool_size)?, embedded };
+        let ready = async {
+            store::check(&database.pool).await?;
+            store::migrate::run(&database.pool).await
+        };
+        if let Err(e) = ready.await {
+            database.close().await;
+            return Err(e);
+        }
+        Ok(database)
+    }
+}
+
+impl Database {
+    /// Closes the pool and stops the embedded PostgreSQL, if any.
+    pub async fn close(self) {
+        self.pool.close();
+        if let Some(pg) = self.embedded {
+            let stopped = tokio::task::spawn_blocking(move || pg.stop()).await;
+            if let Ok(Err(e)) = stopped {
+                tracing::error!(error = %e, "could not stop the embedded PostgreSQL");
+            }
+        }
+    }
+}
+
+/// `ferryd serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "FERRY_BIND", default_value = "127.0.0.1:7070")]
+    pub bind: String,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "FERRY_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_password_in_debug_output() {
+        assert_eq!(redact_url("postgres://ferry:s3cret@127.0.0.1:5432/ferry"), "postgres://ferry:***@127.0.0.1:5432/ferry");
+        let settings = DatabaseSettings {
+            database_url: Some("postgres://a:s3cret@h/db".into()),
+            data_dir: "d".into(),
+            pool_size: 1,
+        };
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Commands and queries. A command runs in one transaction: lock the
+//! project's head, check against the read models, decide events, append.
+//! Nothing here knows HTTP.
+
+pub mod accounts;
+pub mod projects;
+
+use futures_util::future::BoxFuture;
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+use crate::protocol::validate::ValidationError;
+use crate::protocol::Actor;
+use crate::store::{self, idempotency, EventMeta, Pool, StoreError, Transaction};
+
+/// The kind of a refusal; the HTTP edge maps each to its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Bad credentials or token.
+    Unauthorized,
+    /// Known and visible, but not allowed for this caller.
+    Forbidden,
+    /// Unknown, or not visible to this caller.
+    NotFound,
+    /// Conflicts with the current state.
+    Conflict,
+    /// Expired, revoked or used up.
+    Gone,
+    /// Well-formed but invalid.
+    Invalid,
+    /// Too large.
+    TooLarge,
+    /// A needed party is missing (e.g. no source device).
+    Unavailable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{message}")]
+    Rejected { kind: Rejection, code: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DomainError {
+    pub fn rejected(kind: Rejection, code: &'static str, message: impl Into<String>) -> Self {
+        DomainError::Rejected { kind, code, message: message.into() }
+    }
+
+    /// 404 for anything the caller may not know exists.
+    pub fn not_found(what: &str) -> Self {
+        Self::rejected(Rejection::NotFound, "not_found", format!("{what} not found"))
+    }
+
+    pub fn owner_only() -> Self {
+        Self::rejected(Rejection::Forbidden, "owner_only", "only the project's owner may do this")
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::rejected(Rejection::Conflict, code, message)
+    }
+}
+
+impl From<ValidationError> for DomainError {
+    fn from(e: ValidationError) -> Self {
+        DomainError::Rejected { kind: Rejection::Invalid, code: e.code, message: e.message }
+    }
+}
+
+impl From<tokio_postgres::Error> for DomainError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DomainError::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DomainError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DomainError::Store(e.into())
+    }
+}
+
+/// Who is calling: an authenticated user, through a device when a device
+/// token was presented.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub device_id: Option<Uuid>,
+    pub is_admin: bool,
+    /// The hash of the presented token, so logout can revoke exactly it.
+    pub(crate) token_hash: Vec<u8>,
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        Actor { user_id: Some(self.user_id), device_id: self.device_id }
+    }
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: [u8; 32],
+}
+
+/// What a command knows besides its input: who calls, and the metadata
+/// its events carry.
+#[derive(Debug)]
+pub struct Command {
+    pub caller: Caller,
+    pub meta: EventMeta,
+}
+
+/// Runs a command in one transaction, honouring its idempotency key: a
+/// repeat of an applied key returns the first response and runs nothing.
+pub async fn execute<T, F>(
+    pool: &Pool,
+    caller: Caller,
+    idempotency_key: Option<&IdempotencyKey>,
+    command: F,
+) -> Result<T, DomainError>
+where
+    T: Serialize + DeserializeOwned,
+    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+{
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    if let Some(k) = idempotency_key {
+        match idempotency::claim(&tx, caller.user_id, &k.key, &k.request_hash).await? {
+            idempotency::Claim::New => {}
+            idempotency::Claim::Replay(response) => {
+                return serde_json::from_value(response).map_err(|e| {
+                    StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into()
+                });
+            }
+            idempotency::Claim::Mismatch => {
+                return Err(DomainError::rejected(
+                    Rejection::Invalid,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was already used for a different request",
+                ));
+            }
+        }
+    }
+    let meta = EventMeta {
+        actor: caller.actor(),
+        idempotency_key: idempotency_key.map(|k| k.key.clone()),
+    };
+    let ctx = Command { caller, meta };
+    let output = command(&tx, &ctx).await?;
+    let caller = &ctx.caller;
+    if let Some(k) = idempotency_key {
+        let response = serde_json::to_value(&output)
+            .map_err(|e| StoreError::Invalid(format!("response does not serialize: {e}")))?;
+        store::idempotency::save(&tx, caller.user_id, &k.key, &response).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(output)
+}

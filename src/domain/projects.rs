@@ -1,0 +1,133 @@
+//! Projects: created, renamed and archived through the log; read from the
+//! `projects` and `project_members` projections.
+
+use uuid::Uuid;
+
+use super::{Caller, Command, DomainError};
+use crate::protocol::events::data;
+use crate::protocol::projects::{Project, Role};
+use crate::protocol::validate::ProjectName;
+use crate::protocol::EventType;
+use crate::store::{self, GenericClient, NewEvent, Pool};
+
+/// The caller's role in a live (not archived) project, or None when the
+/// project is unknown, archived, or the caller is not in it.
+pub async fn role_of(client: &impl GenericClient, project_id: Uuid, user_id: Uuid) -> Result<Option<Role>, DomainError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
+             WHERE m.project_id = $1 AND m.user_id = $2 AND p.archived_at IS NULL",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&project_id, &user_id]).await?;
+    Ok(row.and_then(|r| Role::parse(r.get(0))))
+}
+
+/// Locks the project's head, then checks that the caller is its owner:
+/// 404 when they cannot see it, 403 when they are only a member.
+pub async fn lock_as_owner(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
+    store::lock_stream(client, project_id).await?;
+    match role_of(client, project_id, caller.user_id).await? {
+        Some(Role::Owner) => Ok(()),
+        Some(Role::Member) => Err(DomainError::owner_only()),
+        None => Err(DomainError::not_found("project")),
+    }
+}
+
+pub async fn create(
+    client: &impl GenericClient,
+    cmd: &Command,
+    name: ProjectName,
+) -> Result<Project, DomainError> {
+    let id = Uuid::now_v7();
+    store::create_stream(client, id).await?;
+    let event = NewEvent::new(
+        EventType::ProjectCreated,
+        data::ProjectCreated { name: name.as_str().to_owned(), owner_id: cmd.caller.user_id },
+    );
+    let appended = store::append(client, id, &cmd.meta, &[event]).await?;
+    Ok(Project {
+        id,
+        name: name.into_inner(),
+        owner_id: cmd.caller.user_id,
+        role: Role::Owner,
+        head_seq: appended.to_seq,
+        member_count: None,
+        created_at: appended.created_at,
+    })
+}
+
+pub async fn rename(
+    client: &impl GenericClient,
+    cmd: &Command,
+    project_id: Uuid,
+    name: ProjectName,
+) -> Result<Project, DomainError> {
+    lock_as_owner(client, project_id, &cmd.caller).await?;
+    let event = NewEvent::new(EventType::ProjectRenamed, data::ProjectRenamed { name: name.into_inner() });
+    store::append(client, project_id, &cmd.meta, &[event]).await?;
+    get(client, &cmd.caller, project_id).await
+}
+
+pub async fn archive(
+    client: &impl GenericClient,
+    cmd: &Command,
+    project_id: Uuid,
+) -> Result<(), DomainError> {
+    lock_as_owner(client, project_id, &cmd.caller).await?;
+    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::ProjectArchived, data::ProjectArchived {})])
+        .await?;
+    Ok(())
+}
+
+const PROJECT_COLUMNS: &str = "p.id, p.name, p.owner_id, m.role, h.head_seq, p.created_at";
+
+fn project_from_row(row: &tokio_postgres::Row) -> Project {
+    Project {
+        id: row.get(0),
+        name: row.get(1),
+        owner_id: row.get(2),
+        role: Role::parse(row.get(3)).unwrap_or(Role::Member),
+        head_seq: row.get(4),
+        member_count: None,
+        created_at: row.get(5),
+    }
+}
+
+/// The live projects the caller owns or is a member of, newest first.
+pub async fn list(pool: &Pool, caller: &Caller) -> Result<Vec<Project>, DomainError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {PROJECT_COLUMNS}
+                 FROM project_members m
+                 JOIN projects p ON p.id = m.project_id AND p.archived_at IS NULL
+                 JOIN project_heads h ON h.project_id = p.id
+                 WHERE m.user_id = $1
+                 ORDER BY p.created_at DESC, p.id DESC"
+            ),
+            &[&caller.user_id],
+        )
+        .await?;
+    Ok(rows.iter().map(project_from_row).collect())
+}
+
+/// One project with its member count; 404 unless the caller is in it.
+pub async fn get(client: &impl GenericClient, caller: &Caller, project_id: Uuid) -> Result<Project, DomainError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {PROJECT_COLUMNS},
+                        (SELECT count(*) FROM project_members c WHERE c.project_id = p.id)
+                 FROM project_members m
+                 JOIN projects p ON p.id = m.project_id AND p.archived_at IS NULL
+                 JOIN project_heads h ON h.project_id = p.id
+                 WHERE m.project_id = $1 AND m.user_id = $2"
+            ),
+            &[&project_id, &caller.user_id],
+        )
+        .await?
+        .ok_or_else(|| DomainError::not_found("project"))?;
+    Ok(Project { member_count: Some(row.get(6)), ..project_from_row(&row) })
+}

@@ -1,0 +1,85 @@
+//! The registry of read models. Each is one file `projections/<name>.sql`:
+//! its tables, then a line `-- apply`, then set-based SQL that applies a
+//! batch of events found in the relation `new_events` (the columns of the
+//! logs). The same SQL runs live, as a statement trigger on both logs, and
+//! during a rebuild, over the whole log in batches. Apply SQL must therefore
+//! be correct for any contiguous run of a project's events, not just one.
+
+mod rebuild;
+
+pub use rebuild::{ensure_up_to_date, rebuild, status, ProjectionStatus, RebuildReport};
+
+/// One read model, compiled into the binary.
+#[derive(Debug)]
+pub struct Projection {
+    pub name: &'static str,
+    source: &'static str,
+}
+
+const APPLY_MARKER: &str = "\n-- apply\n";
+
+impl Projection {
+    const fn new(name: &'static str, source: &'static str) -> Self {
+        Self { name, source }
+    }
+
+    /// The hash of the file: a changed file is a new version to rebuild.
+    pub fn version(&self) -> String {
+        blake3::hash(self.source.as_bytes()).to_hex()[..16].to_owned()
+    }
+
+    /// The DDL creating its tables (unqualified names).
+    pub fn tables_sql(&self) -> &'static str {
+        self.sections().0
+    }
+
+    /// The SQL applying `new_events` to its tables.
+    pub fn apply_sql(&self) -> &'static str {
+        self.sections().1
+    }
+
+    fn sections(&self) -> (&'static str, &'static str) {
+        self.source
+            .split_once(APPLY_MARKER)
+            .unwrap_or_else(|| panic!("projections/{}.sql has no `-- apply` line", self.name))
+    }
+
+    /// The tables the projection owns, in the order its file creates them.
+    pub fn tables(&self) -> Vec<&'static str> {
+        self.tables_sql()
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("CREATE TABLE "))
+            .filter_map(|rest| rest.split(|c: char| c.is_whitespace() || c == '(').next())
+            .collect()
+    }
+}
+
+/// Every projection, in the order they are built and applied.
+pub static ALL: &[Projection] = &[
+    Projection::new("projects", include_str!("../../projections/projects.sql")),
+    Projection::new("project_members", include_str!("../../projections/project_members.sql")),
+];
+
+pub fn find(name: &str) -> Option<&'static Projection> {
+    ALL.iter().find(|p| p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_projection_file_is_well_formed() {
+        for p in ALL {
+            assert!(!p.tables().is_empty(), "{} creates no table", p.name);
+            assert!(p.apply_sql().contains("new_events"), "{} never reads new_events", p.name);
+            assert!(
+                p.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{} is not a plain identifier",
+                p.name
+            );
+            assert_eq!(p.version().len(), 16);
+        }
+        assert_eq!(find("projects").unwrap().tables(), vec!["projects"]);
+    }
+}

@@ -1,0 +1,246 @@
+//! Building a projection from the log into fresh tables and swapping them in.
+//!
+//! 1. Build, in a REPEATABLE READ snapshot: create the tables in a private
+//!    schema, note every project's head as the snapshot sees it, and apply
+//!    the whole log in batches of positions.
+//! 2. Swap, in one short transaction: lock `project_heads` in EXCLUSIVE mode
+//!    (every command locks its head before it reads projections, so this
+//!    waits for commands in flight and holds new ones back, while plain
+//!    reads go on), apply the events committed since the snapshot, replace
+//!    the live tables and the trigger, record the version.
+//!
+//! Readers see the old tables until the swap commits, then the new ones;
+//! never an empty or half-built table, and no event is lost.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Object;
+use tokio_postgres::IsolationLevel;
+
+use super::{Projection, ALL};
+use crate::store::{Pool, StoreError};
+
+/// Serialises rebuilds across servers sharing the database.
+const REBUILD_LOCK: i64 = 0x6665_7272_795f_7262; // "ferry_rb"
+const BATCH: i64 = 20_000;
+const LOG_COLUMNS: &str =
+    "project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, created_at, position";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub name: &'static str,
+    pub version: String,
+    /// Events read from the log: the snapshot plus the catch-up.
+    pub events_read: i64,
+    /// Of those, committed while the build ran.
+    pub caught_up: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    /// The version of the projection file in this binary.
+    pub version: String,
+    /// The version the live tables were built from (None: never built).
+    pub built_version: Option<String>,
+    pub rebuilt_at: Option<DateTime<Utc>>,
+    pub events_read: i64,
+    /// Rows in the projection's first table.
+    pub rows: i64,
+}
+
+/// Rebuilds every projection whose file changed, or that was never built.
+pub async fn ensure_up_to_date(pool: &Pool) -> Result<Vec<RebuildReport>, StoreError> {
+    let mut reports = Vec::new();
+    for projection in ALL {
+        if let Some(report) = run_locked(pool, projection, true).await? {
+            tracing::info!(
+                projection = report.name,
+                version = %report.version,
+                events = report.events_read,
+                "rebuilt projection"
+            );
+            reports.push(report);
+        }
+    }
+    Ok(reports)
+}
+
+/// Rebuilds one projection from the log, whatever its version.
+pub async fn rebuild(pool: &Pool, projection: &'static Projection) -> Result<RebuildReport, StoreError> {
+    let report = run_locked(pool, projection, false).await?;
+    Ok(report.expect("a forced rebuild always runs"))
+}
+
+pub async fn status(pool: &Pool) -> Result<Vec<ProjectionStatus>, StoreError> {
+    let client = pool.get().await?;
+    let mut out = Vec::with_capacity(ALL.len());
+    for projection in ALL {
+        let row = client
+            .query_opt(
+                "SELECT version, rebuilt_at, events_read FROM projection_versions WHERE name = $1",
+                &[&projection.name],
+            )
+            .await?;
+        let rows: i64 = match &row {
+            Some(_) => {
+                let table = projection.tables()[0];
+                client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0)
+            }
+            None => 0,
+        };
+        out.push(ProjectionStatus {
+            name: projection.name,
+            version: projection.version(),
+            built_version: row.as_ref().map(|r| r.get(0)),
+            rebuilt_at: row.as_ref().map(|r| r.get(1)),
+            events_read: row.as_ref().map_or(0, |r| r.get(2)),
+            rows,
+        });
+    }
+    Ok(out)
+}
+
+async fn run_locked(
+    pool: &Pool,
+    projection: &'static Projection,
+    only_if_stale: bool,
+) -> Result<Option<RebuildReport>, StoreError> {
+    let mut client = pool.get().await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&REBUILD_LOCK]).await?;
+    let result = run(&mut client, projection, only_if_stale).await;
+    // On a broken connection the session lock is gone with it.
+    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&REBUILD_LOCK]).await;
+    result
+}
+
+async fn run(
+    client: &mut Object,
+    projection: &'static Projection,
+    only_if_stale: bool,
+) -> Result<Option<RebuildReport>, StoreError> {
+    let version = projection.version();
+    if only_if_stale {
+        let built: Option<String> = client
+            .query_opt("SELECT version FROM projection_versions WHERE name = $1", &[&projection.name])
+            .await?
+            .map(|row| row.get(0));
+        if built.as_deref() == Some(version.as_str()) {
+            return Ok(None);
+        }
+    }
+
+    let name = projection.name;
+    let schema = format!("ferry_build_{name}");
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"))
+        .await?;
+
+    // 1. Build from a snapshot.
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL search_path = {schema}, public;
+         {tables}
+         CREATE TABLE {schema}._heads AS SELECT project_id, head_seq FROM public.project_heads;
+         CREATE TEMP TABLE new_events (LIKE public.project_events) ON COMMIT DROP;",
+        tables = projection.tables_sql(),
+    ))
+    .await?;
+    let load = tx
+        .prepare(&format!(
+            "WITH batch AS (
+                INSERT INTO new_events ({LOG_COLUMNS})
+                SELECT {LOG_COLUMNS} FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
+                RETURNING position)
+             SELECT count(*), coalesce(max(position), 0) FROM batch"
+        ))
+        .await?;
+    let mut after = 0_i64;
+    let mut events_read = 0_i64;
+    loop {
+        let row = tx.query_one(&load, &[&after, &BATCH]).await?;
+        let (count, last): (i64, i64) = (row.get(0), row.get(1));
+        if count == 0 {
+            break;
+        }
+        tx.batch_execute(projection.apply_sql()).await?;
+        tx.batch_execute("TRUNCATE new_events").await?;
+        events_read += count;
+        after = last;
+        if count < BATCH {
+            break;
+        }
+    }
+    tx.commit().await?;
+
+    // 2. Catch up and swap.
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL search_path = {schema}, public;
+         LOCK TABLE public.project_heads IN EXCLUSIVE MODE;
+         CREATE TEMP TABLE new_events (LIKE public.project_events) ON COMMIT DROP;"
+    ))
+    .await?;
+    let caught_up = tx
+        .execute(
+            &format!(
+                "INSERT INTO new_events ({LOG_COLUMNS})
+                 SELECT e.* FROM public.project_heads h
+                 LEFT JOIN {schema}._heads b USING (project_id)
+                 CROSS JOIN LATERAL (
+                     SELECT {LOG_COLUMNS} FROM public.events ev
+                     WHERE ev.project_id = h.project_id AND ev.seq > coalesce(b.head_seq, 0)
+                     ORDER BY ev.seq) e
+                 WHERE h.head_seq > coalesce(b.head_seq, 0)"
+            ),
+            &[],
+        )
+        .await? as i64;
+    if caught_up > 0 {
+        tx.batch_execute(projection.apply_sql()).await?;
+    }
+    events_read += caught_up;
+
+    let tables = projection.tables();
+    let live: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
+    let moves: String = tables
+        .iter()
+        .map(|t| format!("ALTER TABLE {schema}.{t} SET SCHEMA public;\n"))
+        .collect();
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {live} CASCADE;
+         {moves}
+         CREATE OR REPLACE FUNCTION public.projection_{name}() RETURNS trigger
+         LANGUAGE plpgsql AS $projection$
+         BEGIN
+         {apply}
+         RETURN NULL;
+         END $projection$;
+         DROP TRIGGER IF EXISTS projection_{name} ON public.project_events;
+         DROP TRIGGER IF EXISTS projection_{name} ON public.transfer_events;
+         CREATE TRIGGER projection_{name} AFTER INSERT ON public.project_events
+             REFERENCING NEW TABLE AS new_events
+             FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();
+         CREATE TRIGGER projection_{name} AFTER INSERT ON public.transfer_events
+             REFERENCING NEW TABLE AS new_events
+             FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();
+         DROP SCHEMA {schema} CASCADE;",
+        live = live.join(", "),
+        apply = projection.apply_sql(),
+    ))
+    .await?;
+    tx.execute(
+        "INSERT INTO public.projection_versions (name, version, rebuilt_at, events_read)
+         VALUES ($1, $2, now(), $3)
+         ON CONFLICT (name) DO UPDATE
+             SET version = EXCLUDED.version, rebuilt_at = now(), events_read = EXCLUDED.events_read",
+        &[&name, &version, &events_read],
+    )
+    .await?;
+    tx.commit().await?;
+
+    Ok(Some(RebuildReport { name, version, events_read, caught_up }))
+}

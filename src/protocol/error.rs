@@ -1,0 +1,15 @@
+use serde::{Deserialize, Serialize};
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable snake_case code clients can match on.
+    pub code: String,
+    /// Human text; may change between versions.
+    pub message: String,
+}

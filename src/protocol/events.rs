@@ -1,0 +1,124 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Which of the two logs an event type is appended to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Log {
+    Project,
+    Transfer,
+}
+
+macro_rules! event_types {
+    ($($variant:ident = $name:literal in $log:ident),+ $(,)?) => {
+        /// Every event type of both logs, named in the past tense.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum EventType { $($variant),+ }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $name),+ }
+            }
+
+            pub fn log(self) -> Log {
+                match self { $(EventType::$variant => Log::$log),+ }
+            }
+
+            pub fn parse(name: &str) -> Option<Self> {
+                match name { $($name => Some(EventType::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+event_types! {
+    ProjectCreated = "project_created" in Project,
+    ProjectRenamed = "project_renamed" in Project,
+    ProjectArchived = "project_archived" in Project,
+    InviteCreated = "invite_created" in Project,
+    InviteRevoked = "invite_revoked" in Project,
+    MemberJoined = "member_joined" in Project,
+    MemberRemoved = "member_removed" in Project,
+    DeviceAttached = "device_attached" in Project,
+    DeviceDetached = "device_detached" in Project,
+    FileAdded = "file_added" in Project,
+    FileUpdated = "file_updated" in Project,
+    FileDeleted = "file_deleted" in Project,
+    FileMoved = "file_moved" in Project,
+    TransferRequested = "transfer_requested" in Transfer,
+    FileTransferStarted = "file_transfer_started" in Transfer,
+    FileTransferProgress = "file_transfer_progress" in Transfer,
+    FileTransferComplete = "file_transfer_complete" in Transfer,
+    FileTransferFailed = "file_transfer_failed" in Transfer,
+    FileTransferCancelled = "file_transfer_cancelled" in Transfer,
+    FileTransferExpired = "file_transfer_expired" in Transfer,
+    TransferRetried = "transfer_retried" in Transfer,
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who appended an event: a user, and the device when a device token was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub user_id: Option<Uuid>,
+    pub device_id: Option<Uuid>,
+}
+
+/// One event as clients read it (event feed, audit, WebSocket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: i64,
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub actor: Actor,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Event payloads, one struct per type, so the server writes and the
+/// projections read the same field names.
+pub mod data {
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ProjectCreated {
+        pub name: String,
+        pub owner_id: Uuid,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ProjectRenamed {
+        pub name: String,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ProjectArchived {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde_and_parse() {
+        for &t in EventType::ALL {
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, Value::String(t.as_str().to_owned()));
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("nope"), None);
+        assert_eq!(EventType::FileMoved.log(), Log::Project);
+        assert_eq!(EventType::TransferRetried.log(), Log::Transfer);
+    }
+}

@@ -1,0 +1,12 @@
+//! Wire types shared by the server and the client: events, request and
+//! response bodies, and newtypes that validate on parse. Nothing here knows
+//! HTTP or PostgreSQL.
+
+pub mod accounts;
+pub mod error;
+pub mod events;
+pub mod projects;
+pub mod validate;
+
+pub use error::{ErrorBody, ErrorDetail};
+pub use events::{Actor, Event, EventType, Log};

@@ -1,0 +1,170 @@
+//! Appending to and reading from the two logs.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{GenericClient, StoreError};
+use crate::protocol::{Actor, EventType, Log};
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub data: Value,
+}
+
+impl NewEvent {
+    pub fn new(event_type: EventType, data: impl serde::Serialize) -> Self {
+        let data = serde_json::to_value(data).expect("event payloads serialize to JSON");
+        Self { event_type, data }
+    }
+}
+
+/// What every event of one command carries besides its payload.
+#[derive(Debug, Clone)]
+pub struct EventMeta {
+    pub actor: Actor,
+    pub idempotency_key: Option<String>,
+}
+
+/// The seqs a command's events received, and the transaction's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub from_seq: i64,
+    pub to_seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub project_id: Uuid,
+    pub seq: i64,
+    pub id: Uuid,
+    pub event_type: String,
+    pub data: Value,
+    pub actor: Actor,
+    pub created_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+/// Starts a project's stream: its head row at seq 0.
+pub async fn create_stream(client: &impl GenericClient, project_id: Uuid) -> Result<(), StoreError> {
+    client
+        .execute("INSERT INTO project_heads (project_id) VALUES ($1)", &[&project_id])
+        .await?;
+    Ok(())
+}
+
+/// Locks the project's head row until the transaction ends and returns the
+/// head seq, or `None` for an unknown project. Commands take this lock
+/// before they validate, so the state they check cannot change under them.
+pub async fn lock_stream(client: &impl GenericClient, project_id: Uuid) -> Result<Option<i64>, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT head_seq FROM project_heads WHERE project_id = $1 FOR UPDATE")
+        .await?;
+    Ok(client.query_opt(&stmt, &[&project_id]).await?.map(|row| row.get(0)))
+}
+
+/// Raises the head by the batch size (taking the head row lock, held until
+/// commit, so commit order is seq order) and inserts the whole batch into
+/// both logs, in one statement. Each event's position is drawn in batch
+/// order, so within a project position order is seq order too.
+const APPEND: &str = "
+WITH head AS (
+    UPDATE project_heads SET head_seq = head_seq + cardinality($2::uuid[])
+    WHERE project_id = $1
+    RETURNING head_seq
+), batch AS MATERIALIZED (
+    SELECT head.head_seq - cardinality($2::uuid[]) + e.ord AS seq,
+           e.id, e.type, e.data, e.is_transfer, nextval('event_position') AS position
+    FROM head,
+         unnest($2::uuid[], $3::text[], $4::jsonb[], $5::bool[])
+             WITH ORDINALITY AS e(id, type, data, is_transfer, ord)
+), project_rows AS (
+    INSERT INTO project_events
+        (project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, position)
+    SELECT $1, seq, id, type, data, $6, $7, $8, position FROM batch WHERE NOT is_transfer
+), transfer_rows AS (
+    INSERT INTO transfer_events
+        (project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, position)
+    SELECT $1, seq, id, type, data, $6, $7, $8, position FROM batch WHERE is_transfer
+)
+SELECT head_seq, now() FROM head";
+
+/// Appends `events` to the project's logs in the caller's transaction.
+pub async fn append(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    meta: &EventMeta,
+    events: &[NewEvent],
+) -> Result<Appended, StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::Invalid("append of an empty batch".into()));
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type.log() == Log::Transfer).collect();
+
+    let stmt = client.prepare_cached(APPEND).await?;
+    let row = client
+        .query_opt(
+            &stmt,
+            &[
+                &project_id,
+                &ids,
+                &types,
+                &data,
+                &is_transfer,
+                &meta.actor.user_id,
+                &meta.actor.device_id,
+                &meta.idempotency_key,
+            ],
+        )
+        .await?
+        .ok_or(StoreError::UnknownStream(project_id))?;
+    let to_seq: i64 = row.get(0);
+    crate::telemetry::EVENTS_APPENDED.inc_by(events.len() as u64);
+    Ok(Appended {
+        from_seq: to_seq - events.len() as i64 + 1,
+        to_seq,
+        created_at: row.get(1),
+    })
+}
+
+/// The columns of both logs, in the order [`RecordedEvent::from_row`] reads.
+pub const EVENT_COLUMNS: &str =
+    "project_id, seq, id, type, data, actor_user_id, actor_device_id, created_at, position";
+
+impl RecordedEvent {
+    pub fn from_row(row: &tokio_postgres::Row) -> Self {
+        Self {
+            project_id: row.get(0),
+            seq: row.get(1),
+            id: row.get(2),
+            event_type: row.get(3),
+            data: row.get(4),
+            actor: Actor { user_id: row.get(5), device_id: row.get(6) },
+            created_at: row.get(7),
+            position: row.get(8),
+        }
+    }
+}
+
+/// The events of a project with seq > `after_seq`, both logs merged in seq
+/// order, at most `limit`.
+pub async fn read_after(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&project_id, &after_seq, &limit]).await?;
+    Ok(rows.iter().map(RecordedEvent::from_row).collect())
+}

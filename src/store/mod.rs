@@ -1,0 +1,78 @@
+//! The event store: the pool, migrations, the embedded PostgreSQL default,
+//! appending under the project's head lock, idempotency, reads by seq.
+
+pub mod embedded;
+pub mod events;
+pub mod idempotency;
+pub mod migrate;
+
+pub use deadpool_postgres::{GenericClient, Pool, Transaction};
+pub use events::{append, create_stream, lock_stream, read_after, Appended, EventMeta, NewEvent, RecordedEvent};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Failures of the store. Callers map `UnknownStream` to "not found"; the
+/// rest are unexpected and answer 500 at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("could not get a database connection")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("migration failed")]
+    Migration(#[from] refinery::Error),
+    #[error("invalid database url")]
+    Config(#[source] tokio_postgres::Error),
+    #[error("could not build the connection pool")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("embedded PostgreSQL")]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error("no event stream for project {0}")]
+    UnknownStream(uuid::Uuid),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// The SQLSTATE of a database error, if that is what this is.
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            StoreError::Db(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        self.sql_state() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    }
+}
+
+/// Builds a pool on `database_url`. Connections are made lazily; call
+/// [`check`] to fail fast on a wrong URL.
+pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(database_url).map_err(StoreError::Config)?;
+    if config.get_application_name().is_none() {
+        config.application_name("ferryd");
+    }
+    config.connect_timeout(Duration::from_secs(10));
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+/// One round trip: is the database reachable?
+pub async fn check(pool: &Pool) -> Result<(), StoreError> {
+    pool.get().await?.simple_query("SELECT 1").await?;
+    Ok(())
+}

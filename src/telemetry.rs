@@ -1,0 +1,70 @@
+//! Logs (tracing) and metrics (Prometheus text at `/metrics`).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+};
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`),
+/// `FERRY_LOG_FORMAT=json` switches to JSON lines. Safe to call twice.
+pub fn init() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "ferry_http_requests_total",
+        "HTTP requests answered, by route pattern, method and status",
+        &["route", "method", "status"]
+    )
+    .expect("metric registers once")
+});
+
+pub static HTTP_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "ferry_http_request_duration_seconds",
+        "Time to answer HTTP requests, by route pattern, method and status",
+        &["route", "method", "status"],
+        vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("ferry_events_appended_total", "Events appended to the logs by this process")
+        .expect("metric registers once")
+});
+
+pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "ferry_db_pool_connections",
+        "Database pool connections by state (size, available, waiting, max)",
+        &["state"]
+    )
+    .expect("metric registers once")
+});
+
+/// Renders every registered metric, after sampling the pool's state.
+pub fn render(pool: &deadpool_postgres::Pool) -> String {
+    let status = pool.status();
+    POOL_CONNECTIONS.with_label_values(&["max"]).set(status.max_size as i64);
+    POOL_CONNECTIONS.with_label_values(&["size"]).set(status.size as i64);
+    POOL_CONNECTIONS.with_label_values(&["available"]).set(status.available as i64);
+    POOL_CONNECTIONS.with_label_values(&["waiting"]).set(status.waiting as i64);
+    // Touch the lazies so the families exist before the first request.
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_LATENCY);
+    LazyLock::force(&EVENTS_APPENDED);
+
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&prometheus::gather(), &mut buffer)
+        .expect("text encoding of metrics cannot fail");
+    String::from_utf8(buffer).expect("prometheus text is UTF-8")
+}

@@ -1,0 +1,247 @@
+//! `TestApp`: the real server on a random port, on its own database cloned
+//! from a migrated template, with typed calls for the tests.
+
+use std::sync::OnceLock;
+
+use ferry::config::{DatabaseSettings, ServeSettings};
+use ferry::store::embedded::EmbeddedPostgres;
+use ferry::store::Pool;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// The PostgreSQL server the tests use: `FERRY_TEST_DATABASE_URL`, else
+/// the local default, else a private cluster started under `target/`.
+async fn admin_url() -> &'static str {
+    static URL: OnceCell<String> = OnceCell::const_new();
+    static EMBEDDED: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    URL.get_or_init(|| async {
+        if let Ok(url) = std::env::var("FERRY_TEST_DATABASE_URL") {
+            return url;
+        }
+        let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
+        if tokio_postgres::connect(&local, tokio_postgres::NoTls).await.is_ok() {
+            return local;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-test-pg");
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+            .await
+            .expect("embedded start task")
+            .expect("no PostgreSQL answers on 127.0.0.1:5432 and a private cluster could not start");
+        EMBEDDED.get_or_init(|| pg).database_url()
+    })
+    .await
+}
+
+/// `url` with its database replaced by `db`.
+fn url_for(admin: &str, db: &str) -> String {
+    let (base, _) = admin.rsplit_once('/').expect("database URLs name a database");
+    format!("{base}/{db}")
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(admin_url().await, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// A template database holding the current migrations and projections,
+/// named by their hash so a changed schema gets a new template.
+async fn template() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut hasher = blake3::Hasher::new();
+    for dir in ["migrations", "projections"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files {
+            hasher.update(file.file_name().unwrap().as_encoded_bytes());
+            hasher.update(&std::fs::read(&file).unwrap());
+        }
+    }
+    let name = format!("ferry_tpl_{}", &hasher.finalize().to_hex()[..12]);
+    let admin = admin_client().await;
+    if database_exists(&admin, &name).await {
+        return name;
+    }
+    admin.execute("SELECT pg_advisory_lock(7070)", &[]).await.unwrap();
+    if !database_exists(&admin, &name).await {
+        let building = format!("{name}_build");
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building}")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {building}")).await.unwrap();
+        let pool = ferry::store::connect(&url_for(admin_url().await, &building), 2).unwrap();
+        ferry::store::migrate::run(&pool).await.unwrap();
+        ferry::projections::ensure_up_to_date(&pool).await.unwrap();
+        pool.close();
+        // Renaming last makes the template appear only when complete.
+        admin.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}")).await.unwrap();
+    }
+    admin.execute("SELECT pg_advisory_unlock(7070)", &[]).await.unwrap();
+    name
+}
+
+async fn database_exists(admin: &tokio_postgres::Client, name: &str) -> bool {
+    admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.unwrap().is_some()
+}
+
+/// A fresh database cloned from the template.
+pub async fn fresh_database() -> (String, String) {
+    let template = template().await;
+    let name = format!("ferry_test_{}", Uuid::new_v4().simple());
+    admin_client()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .await
+        .expect("create the test database");
+    let url = url_for(admin_url().await, &name);
+    (name, url)
+}
+
+/// Drops a test database, closing whatever is still connected to it.
+fn drop_database(name: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let _ = admin_client().await.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        });
+    })
+    .join();
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub database_url: String,
+    /// A pool on the test's own database, for checks behind the API.
+    pub pool: Pool,
+    pub http: reqwest::Client,
+    db_name: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// A signed-up user and their token.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub email: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            ferry::telemetry::init();
+        }
+        let (db_name, database_url) = fresh_database().await;
+        let settings = ServeSettings {
+            database: DatabaseSettings {
+                database_url: Some(database_url.clone()),
+                data_dir: std::env::temp_dir(),
+                pool_size: 8,
+            },
+            bind: "127.0.0.1:0".into(),
+            workers: Some(2),
+        };
+        let server = ferry::server::Server::build(&settings).await.expect("server starts");
+        let address = format!("http://{}", server.address());
+        let handle = server.handle();
+        tokio::spawn(server.run());
+        Self {
+            address,
+            pool: ferry::store::connect(&database_url, 8).unwrap(),
+            database_url,
+            http: reqwest::Client::new(),
+            db_name,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Sends a request; answers the status and the JSON body (Null when empty).
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let bytes = res.bytes().await.expect("body read");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{status}: not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    pub async fn signup(&self, name: &str) -> TestUser {
+        let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
+        let (status, body) = self
+            .call(Method::POST, "/api/auth/signup", None, Some(&json!({"email": email, "password": "correct horse battery"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        TestUser {
+            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            email,
+            token: body["token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn create_project(&self, owner: &TestUser, name: &str) -> Uuid {
+        let (status, body) = self.post("/api/projects", &owner.token, json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Registers a device of `user`; answers its id and token.
+    pub async fn register_device(&self, user: &TestUser, name: &str) -> (Uuid, String) {
+        let (status, body) = self.post("/api/devices", &user.token, json!({"name": name, "platform": "linux"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (body["device"]["id"].as_str().unwrap().parse().unwrap(), body["device_token"].as_str().unwrap().to_owned())
+    }
+
+    /// Every event of a project straight from the log, in seq order.
+    pub async fn log(&self, project_id: Uuid) -> Vec<ferry::store::RecordedEvent> {
+        let client = self.pool.get().await.unwrap();
+        ferry::store::read_after(&client, project_id, 0, 1_000_000).await.unwrap()
+    }
+
+    /// Rows of a table as JSON, in a stable order, for comparisons.
+    pub async fn table(&self, table: &str) -> Vec<Value> {
+        let client = self.pool.get().await.unwrap();
+        client
+            .query(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY to_jsonb(t)::text"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.pool.close();
+        drop(self.handle.stop(false));
+        drop_database(std::mem::take(&mut self.db_name));
+    }
+}

@@ -1,0 +1,149 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ferry::projections;
+use ferry::protocol::{Actor, EventType};
+use ferry::store::{self, EventMeta, NewEvent, Pool};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+const TABLES: [&str; 2] = ["projects", "project_members"];
+
+/// Appends one random command: a new project, or a batch of renames,
+/// archives, joins and removals on an existing one (the same user joining
+/// and leaving within one batch included).
+async fn random_command(pool: &Pool, rng: &mut StdRng, projects: &mut Vec<Uuid>, users: &[Uuid]) {
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let meta = EventMeta { actor: Actor { user_id: Some(users[0]), device_id: None }, idempotency_key: None };
+    if projects.is_empty() || rng.gen_bool(0.2) {
+        let id = Uuid::now_v7();
+        store::create_stream(&tx, id).await.unwrap();
+        let owner = users[rng.gen_range(0..users.len())];
+        let created = NewEvent::new(EventType::ProjectCreated, json!({"name": format!("p{}", projects.len()), "owner_id": owner}));
+        store::append(&tx, id, &meta, &[created]).await.unwrap();
+        projects.push(id);
+    } else {
+        let project = projects[rng.gen_range(0..projects.len())];
+        let batch: Vec<NewEvent> = (0..rng.gen_range(1..6))
+            .map(|i| {
+                let user = users[rng.gen_range(0..users.len())];
+                match rng.gen_range(0..10) {
+                    0..=2 => NewEvent::new(EventType::ProjectRenamed, json!({"name": format!("r{i}-{}", rng.gen::<u16>())})),
+                    3 => NewEvent::new(EventType::ProjectArchived, json!({})),
+                    4..=6 => NewEvent::new(EventType::MemberJoined, json!({"user_id": user})),
+                    _ => NewEvent::new(EventType::MemberRemoved, json!({"user_id": user})),
+                }
+            })
+            .collect();
+        store::append(&tx, project, &meta, &batch).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn snapshot(app: &TestApp) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        out.push(app.table(table).await);
+    }
+    out
+}
+
+async fn rebuild_all(pool: &Pool) {
+    for projection in projections::ALL {
+        projections::rebuild(pool, projection).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn rebuild_equals_live_after_a_long_random_history() {
+    let app = TestApp::spawn().await;
+    let mut rng = StdRng::seed_from_u64(20261127);
+    let users: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    let mut projects = Vec::new();
+    for _ in 0..400 {
+        random_command(&app.pool, &mut rng, &mut projects, &users).await;
+    }
+    let live = snapshot(&app).await;
+    assert!(live[0].len() > 20 && live[1].len() > 20, "the history is not trivial");
+    rebuild_all(&app.pool).await;
+    assert_eq!(snapshot(&app).await, live);
+}
+
+#[tokio::test]
+async fn rebuild_under_concurrent_writers_loses_nothing_and_never_shows_an_empty_table() {
+    let app = TestApp::spawn().await;
+    let users: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let done = Arc::new(AtomicBool::new(false));
+
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (pool, users) = (app.pool.clone(), users.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(w);
+                let mut projects = Vec::new();
+                for _ in 0..120 {
+                    random_command(&pool, &mut rng, &mut projects, &users).await;
+                }
+            })
+        })
+        .collect();
+    // Projects are never deleted, so their count may only grow.
+    let reader = {
+        let (pool, done) = (app.pool.clone(), done.clone());
+        tokio::spawn(async move {
+            let client = pool.get().await.unwrap();
+            let (mut last, mut reads) = (0_i64, 0);
+            while !done.load(Ordering::Relaxed) {
+                let n: i64 = client.query_one("SELECT count(*) FROM projects", &[]).await.unwrap().get(0);
+                assert!(n >= last, "projects went from {last} to {n} rows");
+                (last, reads) = (n, reads + 1);
+            }
+            reads
+        })
+    };
+    let mut rebuilds = 0;
+    while writers.iter().any(|w| !w.is_finished()) || rebuilds < 2 {
+        rebuild_all(&app.pool).await;
+        rebuilds += 1;
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+
+    let live = snapshot(&app).await;
+    assert!(!live[0].is_empty());
+    rebuild_all(&app.pool).await;
+    assert_eq!(snapshot(&app).await, live, "events appended during {rebuilds} rebuilds were lost");
+}
+
+#[tokio::test]
+async fn a_changed_projection_is_rebuilt_at_start_and_reported() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    app.create_project(&owner, "kept").await;
+    assert!(projections::ensure_up_to_date(&app.pool).await.unwrap().is_empty(), "all current");
+
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .execute("UPDATE projection_versions SET version = 'older' WHERE name = 'projects'", &[])
+        .await
+        .unwrap();
+    let rebuilt = projections::ensure_up_to_date(&app.pool).await.unwrap();
+    assert_eq!(rebuilt.iter().map(|r| r.name).collect::<Vec<_>>(), vec!["projects"]);
+    assert_eq!(rebuilt[0].events_read, 1);
+
+    let status = projections::status(&app.pool).await.unwrap();
+    let projects = status.iter().find(|s| s.name == "projects").unwrap();
+    assert_eq!(projects.built_version.as_deref(), Some(projects.version.as_str()));
+    assert_eq!(projects.rows, 1);
+    assert_eq!(app.get("/api/projects", &owner.token).await.1["projects"][0]["name"], "kept");
+}

@@ -1,0 +1,173 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry::protocol::{Actor, EventType};
+use ferry::store::{self, EventMeta, NewEvent, Pool};
+use futures_util::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+fn meta() -> EventMeta {
+    EventMeta { actor: Actor { user_id: None, device_id: None }, idempotency_key: None }
+}
+
+async fn new_stream(pool: &Pool) -> Uuid {
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let id = Uuid::now_v7();
+    store::create_stream(&tx, id).await.unwrap();
+    let created = NewEvent::new(EventType::ProjectCreated, json!({"name": "p", "owner_id": Uuid::now_v7()}));
+    store::append(&tx, id, &meta(), &[created]).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// A batch mixing both logs, so the shared sequence is exercised.
+fn mixed_batch(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            let t = if i % 2 == 0 { EventType::ProjectRenamed } else { EventType::FileTransferProgress };
+            NewEvent::new(t, json!({"name": format!("n{i}")}))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_appenders_leave_gap_free_sequences() {
+    let app = TestApp::spawn().await;
+    let mut projects = Vec::new();
+    for _ in 0..4 {
+        projects.push(new_stream(&app.pool).await);
+    }
+    let writers = (0..16).map(|w| {
+        let pool = app.pool.clone();
+        let projects = projects.clone();
+        tokio::spawn(async move {
+            for i in 0..40usize {
+                let project = projects[(w + i) % projects.len()];
+                let mut client = pool.get().await.unwrap();
+                let tx = client.transaction().await.unwrap();
+                store::append(&tx, project, &meta(), &mixed_batch(1 + (w + i) % 3)).await.unwrap();
+                // Every fifth command rolls back: its seqs must not leave a gap.
+                if i % 5 == 4 {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                }
+            }
+        })
+    });
+    for writer in futures_util::future::join_all(writers).await {
+        writer.unwrap();
+    }
+
+    let client = app.pool.get().await.unwrap();
+    for project in projects {
+        let rows = client
+            .query(
+                "SELECT seq, position, log FROM events WHERE project_id = $1 ORDER BY seq",
+                &[&project],
+            )
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected, "project {project}: gap or duplicate");
+        let head: i64 = client
+            .query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(head, seqs.len() as i64);
+        let positions: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions follow seqs");
+        let logs: Vec<String> = rows.iter().map(|r| r.get(2)).collect();
+        assert!(logs.contains(&"transfer".to_owned()) && logs.contains(&"project".to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn logs_refuse_update_delete_and_truncate() {
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    {
+        let mut client = app.pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        store::append(&tx, project, &meta(), &mixed_batch(2)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let client = app.pool.get().await.unwrap();
+    for table in ["project_events", "transfer_events"] {
+        for sql in [
+            format!("UPDATE {table} SET data = '{{}}' WHERE project_id = '{project}'"),
+            format!("DELETE FROM {table} WHERE project_id = '{project}'"),
+            format!("TRUNCATE {table} CASCADE"),
+        ] {
+            let err = client.batch_execute(&sql).await.expect_err(&sql);
+            assert!(err.as_db_error().unwrap().message().contains("append-only"), "{sql}: {err}");
+        }
+    }
+    assert_eq!(app.log(project).await.len(), 3);
+}
+
+#[tokio::test]
+async fn one_notification_per_transaction_with_only_the_head() {
+    let app = TestApp::spawn().await;
+    let (listener, mut connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls).await.unwrap();
+    let (tx_notes, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx_notes.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN ferry_events").await.unwrap();
+
+    let project = new_stream(&app.pool).await;
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(3)).await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(2)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut payloads = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), notes.recv()).await {
+        payloads.push(serde_json::from_str::<serde_json::Value>(&p).unwrap());
+    }
+    assert_eq!(
+        payloads,
+        vec![json!({"project_id": project, "head_seq": 1}), json!({"project_id": project, "head_seq": 6})],
+        "one per committed transaction, carrying only the head"
+    );
+}
+
+#[tokio::test]
+async fn reads_merge_both_logs_in_seq_order() {
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let appended = store::append(&tx, project, &meta(), &mixed_batch(5)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((appended.from_seq, appended.to_seq), (2, 6));
+
+    let page = store::read_after(&client, project, 2, 3).await.unwrap();
+    let seen: BTreeMap<i64, String> = page.iter().map(|e| (e.seq, e.event_type.clone())).collect();
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec![
+            (3, "file_transfer_progress".to_owned()),
+            (4, "project_renamed".to_owned()),
+            (5, "file_transfer_progress".to_owned())
+        ]
+    );
+    assert!(store::read_after(&client, project, 6, 10).await.unwrap().is_empty());
+    let unknown = Uuid::now_v7();
+    let tx = client.transaction().await.unwrap();
+    let err = store::append(&tx, unknown, &meta(), &mixed_batch(1)).await.unwrap_err();
+    assert!(matches!(err, store::StoreError::UnknownStream(id) if id == unknown));
+}
