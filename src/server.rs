@@ -45,6 +45,7 @@ impl Server {
         let state = web::Data::new(AppState { pool: database.pool.clone() });
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(api::json_errors())
                 .wrap(from_fn(api::record_metrics))
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())

@@ -6,6 +6,7 @@ mod accounts;
 mod auth;
 mod error;
 mod health;
+mod membership;
 mod projects;
 
 pub use auth::Auth;
@@ -14,7 +15,7 @@ pub use error::{error_chain, ApiError};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
-use actix_web::middleware::Next;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{error::JsonPayloadError, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
@@ -32,6 +33,7 @@ const JSON_LIMIT: usize = 64 * 1024;
 /// Registers every route, the JSON error shapes and the metrics middleware.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(json_config())
+        .app_data(web::PayloadConfig::new(JSON_LIMIT))
         .app_data(web::PathConfig::default().error_handler(|err, _| {
             ApiError::bad_request("invalid_path", format!("malformed path parameter: {err}")).into()
         }))
@@ -42,7 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/api")
                 .configure(accounts::routes)
-                .configure(projects::routes),
+                .configure(projects::routes)
+                .configure(membership::routes),
         )
         .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }));
 }
@@ -78,6 +81,31 @@ pub(crate) fn resource(path: &str) -> actix_web::Resource {
     }))
 }
 
+/// A safety net: an error answered by the framework itself (an oversized
+/// raw body, say) gets the same JSON shape as ours.
+pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
+        let is_json = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        }
+        let status = res.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::BAD_REQUEST => "bad_request",
+            s if s.is_server_error() => "internal_error",
+            _ => "request_refused",
+        };
+        let message = status.canonical_reason().unwrap_or("error").to_owned();
+        let (req, _) = res.into_parts();
+        let res = actix_web::ResponseError::error_response(&ApiError::new(status, code, message));
+        Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, res).map_into_right_body()))
+    })
+}
+
 /// Counts and times every request by route pattern and status.
 pub async fn record_metrics(
     req: ServiceRequest,
@@ -110,6 +138,17 @@ pub fn idempotency_key(req: &HttpRequest, body: &impl Serialize) -> Result<Optio
     hasher.update(b"\n");
     hasher.update(&serde_json::to_vec(body).map_err(|e| ApiError::Internal(Box::new(e)))?);
     Ok(Some(IdempotencyKey { key: key.to_owned(), request_hash: *hasher.finalize().as_bytes() }))
+}
+
+/// A JSON body that may be left out: empty means all defaults.
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_data() { "invalid_body" } else { "malformed_json" };
+        ApiError::bad_request(code, e.to_string())
+    })
 }
 
 /// `201 Created` with a JSON body.

@@ -3,32 +3,16 @@
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use base64::Engine;
-use rand::RngCore;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
+use super::secrets::{new_secret, secret_hash};
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::accounts::{AuthResponse, Device, MeResponse, RegisterDeviceResponse, User};
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
 use crate::store::{GenericClient, Pool, StoreError};
 
 const TOKEN_PREFIX: &str = "fy_";
-
-/// A new bearer token: 256 random bits, shown once; only its hash is kept.
-fn new_token() -> (String, Vec<u8>) {
-    let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
-    let token = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
-    let hash = token_hash(&token);
-    (token, hash)
-}
-
-/// Tokens are high-entropy secrets, so one fast hash is enough to make a
-/// leaked table useless; passwords are the ones that need argon2.
-fn token_hash(token: &str) -> Vec<u8> {
-    blake3::hash(token.as_bytes()).as_bytes().to_vec()
-}
 
 async fn hash_password(password: Password) -> Result<String, DomainError> {
     tokio::task::spawn_blocking(move || {
@@ -102,7 +86,7 @@ pub async fn create_user(pool: &Pool, new: NewUser) -> Result<AuthResponse, Doma
 }
 
 async fn insert_token(client: &impl GenericClient, user_id: Uuid, device_id: Option<Uuid>) -> Result<String, DomainError> {
-    let (token, hash) = new_token();
+    let (token, hash) = new_secret(TOKEN_PREFIX);
     client
         .execute(
             "INSERT INTO api_tokens (token_hash, user_id, device_id) VALUES ($1, $2, $3)",
@@ -148,7 +132,7 @@ pub async fn authenticate(pool: &Pool, token: &str) -> Result<Option<Caller>, Do
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
-    let hash = token_hash(token);
+    let hash = secret_hash(token);
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -240,6 +224,8 @@ pub async fn delete_device(pool: &Pool, caller: &Caller, device_id: Uuid) -> Res
         return Err(DomainError::not_found("device"));
     }
     tx.execute("DELETE FROM api_tokens WHERE device_id = $1", &[&device_id]).await?;
+    let meta = crate::store::EventMeta { actor: caller.actor(), idempotency_key: None };
+    super::membership::detach_deleted_device(&tx, &meta, device_id).await?;
     tx.commit().await?;
     Ok(())
 }

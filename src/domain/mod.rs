@@ -3,7 +3,9 @@
 //! Nothing here knows HTTP.
 
 pub mod accounts;
+pub mod membership;
 pub mod projects;
+mod secrets;
 
 use futures_util::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};

@@ -23,15 +23,31 @@ pub async fn role_of(client: &impl GenericClient, project_id: Uuid, user_id: Uui
     Ok(row.and_then(|r| Role::parse(r.get(0))))
 }
 
-/// Locks the project's head, then checks that the caller is its owner:
-/// 404 when they cannot see it, 403 when they are only a member.
-pub async fn lock_as_owner(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
-    store::lock_stream(client, project_id).await?;
+/// The caller's role in the project: 404 when they cannot see it, 403 when
+/// `owner_only` and they are only a member.
+pub async fn access(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    caller: &Caller,
+    owner_only: bool,
+) -> Result<Role, DomainError> {
     match role_of(client, project_id, caller.user_id).await? {
-        Some(Role::Owner) => Ok(()),
-        Some(Role::Member) => Err(DomainError::owner_only()),
+        Some(Role::Member) if owner_only => Err(DomainError::owner_only()),
+        Some(role) => Ok(role),
         None => Err(DomainError::not_found("project")),
     }
+}
+
+/// Locks the project's head (so the state checked cannot change before the
+/// append), then checks [`access`].
+pub async fn lock_for(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    caller: &Caller,
+    owner_only: bool,
+) -> Result<Role, DomainError> {
+    store::lock_stream(client, project_id).await?;
+    access(client, project_id, caller, owner_only).await
 }
 
 pub async fn create(
@@ -63,7 +79,7 @@ pub async fn rename(
     project_id: Uuid,
     name: ProjectName,
 ) -> Result<Project, DomainError> {
-    lock_as_owner(client, project_id, &cmd.caller).await?;
+    lock_for(client, project_id, &cmd.caller, true).await?;
     let event = NewEvent::new(EventType::ProjectRenamed, data::ProjectRenamed { name: name.into_inner() });
     store::append(client, project_id, &cmd.meta, &[event]).await?;
     get(client, &cmd.caller, project_id).await
@@ -74,7 +90,7 @@ pub async fn archive(
     cmd: &Command,
     project_id: Uuid,
 ) -> Result<(), DomainError> {
-    lock_as_owner(client, project_id, &cmd.caller).await?;
+    lock_for(client, project_id, &cmd.caller, true).await?;
     store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::ProjectArchived, data::ProjectArchived {})])
         .await?;
     Ok(())

@@ -58,6 +58,8 @@ impl Projection {
 pub static ALL: &[Projection] = &[
     Projection::new("projects", include_str!("../../projections/projects.sql")),
     Projection::new("project_members", include_str!("../../projections/project_members.sql")),
+    Projection::new("project_invites", include_str!("../../projections/project_invites.sql")),
+    Projection::new("project_devices", include_str!("../../projections/project_devices.sql")),
 ];
 
 pub fn find(name: &str) -> Option<&'static Projection> {

@@ -14,6 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 
 use super::{Projection, ALL};
@@ -22,6 +23,10 @@ use crate::store::{Pool, StoreError};
 /// Serialises rebuilds across servers sharing the database.
 const REBUILD_LOCK: i64 = 0x6665_7272_795f_7262; // "ferry_rb"
 const BATCH: i64 = 20_000;
+/// Below PostgreSQL's default deadlock_timeout (1 s), so the swap, not a
+/// command, is the one that gives way.
+const SWAP_LOCK_TIMEOUT_MS: u64 = 500;
+const SWAP_ATTEMPTS: u32 = 20;
 const LOG_COLUMNS: &str =
     "project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, created_at, position";
 
@@ -176,10 +181,39 @@ async fn run(
     }
     tx.commit().await?;
 
-    // 2. Catch up and swap.
+    // 2. Catch up and swap. The swap gives way rather than wait long for a
+    // lock: a transaction holding a read of the old table while it waits for
+    // a head would otherwise deadlock with it.
+    let mut attempt = 0;
+    let caught_up = loop {
+        match swap(client, projection, &schema, &version, events_read).await {
+            Ok(caught_up) => break caught_up,
+            Err(e) if attempt < SWAP_ATTEMPTS && e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                attempt += 1;
+                tracing::debug!(projection = name, attempt, "projection swap gave way to a lock; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt as u64)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    events_read += caught_up;
+    Ok(Some(RebuildReport { name, version, events_read, caught_up }))
+}
+
+/// Applies what was committed since the snapshot and swaps the new tables
+/// and trigger in; answers the number of events caught up.
+async fn swap(
+    client: &mut Object,
+    projection: &'static Projection,
+    schema: &str,
+    version: &str,
+    built_from: i64,
+) -> Result<i64, tokio_postgres::Error> {
+    let name = projection.name;
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "SET LOCAL search_path = {schema}, public;
+         SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT_MS}ms';
          LOCK TABLE public.project_heads IN EXCLUSIVE MODE;
          CREATE TEMP TABLE new_events (LIKE public.project_events) ON COMMIT DROP;"
     ))
@@ -202,8 +236,6 @@ async fn run(
     if caught_up > 0 {
         tx.batch_execute(projection.apply_sql()).await?;
     }
-    events_read += caught_up;
-
     let tables = projection.tables();
     let live: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
     let moves: String = tables
@@ -232,6 +264,7 @@ async fn run(
         apply = projection.apply_sql(),
     ))
     .await?;
+    let events_read = built_from + caught_up;
     tx.execute(
         "INSERT INTO public.projection_versions (name, version, rebuilt_at, events_read)
          VALUES ($1, $2, now(), $3)
@@ -241,6 +274,5 @@ async fn run(
     )
     .await?;
     tx.commit().await?;
-
-    Ok(Some(RebuildReport { name, version, events_read, caught_up }))
+    Ok(caught_up)
 }

@@ -88,6 +88,7 @@ pub struct Event {
 /// Event payloads, one struct per type, so the server writes and the
 /// projections read the same field names.
 pub mod data {
+    use chrono::{DateTime, Utc};
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
@@ -104,6 +105,67 @@ pub mod data {
 
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct ProjectArchived {}
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InviteCreated {
+        pub invite_id: Uuid,
+        /// BLAKE3 of the token, hex: the token itself is never stored.
+        pub token_hash: String,
+        pub expires_at: DateTime<Utc>,
+        pub max_uses: i32,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct InviteRevoked {
+        pub invite_id: Uuid,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MemberJoined {
+        pub user_id: Uuid,
+        pub invite_id: Uuid,
+    }
+
+    /// Why a member left the project.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum RemovalReason {
+        /// The owner removed them.
+        Removed,
+        /// They left on their own.
+        Left,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct MemberRemoved {
+        pub user_id: Uuid,
+        pub reason: RemovalReason,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct DeviceAttached {
+        pub device_id: Uuid,
+        pub user_id: Uuid,
+        pub role: crate::protocol::membership::DeviceRole,
+    }
+
+    /// Why a device left the project.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DetachReason {
+        Detached,
+        /// Its user was removed from, or left, the project.
+        MemberRemoved,
+        /// The device itself was deleted from its user's account.
+        DeviceDeleted,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct DeviceDetached {
+        pub device_id: Uuid,
+        pub user_id: Uuid,
+        pub reason: DetachReason,
+    }
 }
 
 #[cfg(test)]

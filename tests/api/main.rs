@@ -3,6 +3,9 @@
 mod accounts;
 mod health;
 mod helpers;
+mod membership;
+mod permissions;
 mod projections;
 mod projects;
 mod store;
+mod cli;

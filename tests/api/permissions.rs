@@ -1,0 +1,148 @@
+//! The permission matrix: every project endpoint, called as each role,
+//! answers the status it must. Later endpoints join this table.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestUser};
+use crate::membership::join;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Anonymous,
+    Stranger,
+    /// A device token of a user who is not in the project.
+    StrangersDevice,
+    Member,
+    Owner,
+}
+
+const ROLES: [Role; 5] = [Role::Anonymous, Role::Stranger, Role::StrangersDevice, Role::Member, Role::Owner];
+
+/// The people, once; a fresh project per row so owner actions do not
+/// disturb the next row.
+struct World {
+    owner: TestUser,
+    member: TestUser,
+    other_member: TestUser,
+    stranger: TestUser,
+    strangers_device: (Uuid, String),
+    owners_device: Uuid,
+    members_device: Uuid,
+}
+
+/// What one row's calls refer to.
+struct Fixture {
+    project: Uuid,
+    invite: Uuid,
+}
+
+impl World {
+    async fn new(app: &TestApp) -> Self {
+        let owner = app.signup("owner").await;
+        let member = app.signup("member").await;
+        let stranger = app.signup("stranger").await;
+        Self {
+            owners_device: app.register_device(&owner, "studio").await.0,
+            members_device: app.register_device(&member, "laptop").await.0,
+            strangers_device: app.register_device(&stranger, "phone").await,
+            other_member: app.signup("other").await,
+            owner,
+            member,
+            stranger,
+        }
+    }
+
+    async fn fixture(&self, app: &TestApp) -> Fixture {
+        let project = app.create_project(&self.owner, "Matrix").await;
+        join(app, &self.owner, project, &self.member).await;
+        join(app, &self.owner, project, &self.other_member).await;
+        let attach = format!("/api/projects/{project}/devices/{}", self.owners_device);
+        assert_eq!(app.call(Method::PUT, &attach, Some(&self.owner.token), None).await.0, StatusCode::OK);
+        let (_, invite) = app.post(&format!("/api/projects/{project}/invites"), &self.owner.token, json!({})).await;
+        Fixture { project, invite: invite["id"].as_str().unwrap().parse().unwrap() }
+    }
+
+    fn token(&self, role: Role) -> Option<&str> {
+        match role {
+            Role::Anonymous => None,
+            Role::Stranger => Some(&self.stranger.token),
+            Role::StrangersDevice => Some(&self.strangers_device.1),
+            Role::Member => Some(&self.member.token),
+            Role::Owner => Some(&self.owner.token),
+        }
+    }
+
+    /// Each caller's own device, for the attach row.
+    fn own_device(&self, role: Role) -> Uuid {
+        match role {
+            Role::Owner => self.owners_device,
+            Role::Member => self.members_device,
+            _ => self.strangers_device.0,
+        }
+    }
+}
+
+type PathFn = fn(&World, &Fixture, Role) -> String;
+
+struct Row {
+    method: Method,
+    path: PathFn,
+    body: Option<Value>,
+    /// Expected status for Anonymous, Stranger, StrangersDevice, Member, Owner.
+    expect: [u16; 5],
+}
+
+fn rows() -> Vec<Row> {
+    let row = |method: Method, path: PathFn, body: Option<Value>, expect: [u16; 5]| Row { method, path, body, expect };
+    vec![
+        row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200]),
+        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 204]),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 201]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 204]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200]),
+        row(
+            Method::DELETE,
+            |w, f, _| format!("/api/projects/{}/members/{}", f.project, w.other_member.id),
+            None,
+            [401, 404, 404, 403, 204],
+        ),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200]),
+        row(
+            Method::PUT,
+            |w, f, role| format!("/api/projects/{}/devices/{}", f.project, w.own_device(role)),
+            Some(json!({})),
+            [401, 404, 404, 200, 200],
+        ),
+        row(
+            Method::DELETE,
+            |w, f, _| format!("/api/projects/{}/devices/{}", f.project, w.owners_device),
+            None,
+            [401, 404, 404, 403, 204],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_project_endpoint_refuses_each_role_it_must() {
+    let app = TestApp::spawn().await;
+    let world = World::new(&app).await;
+    let mut failures = Vec::new();
+    for row in rows() {
+        let fixture = world.fixture(&app).await;
+        for (role, expected) in ROLES.iter().zip(row.expect) {
+            let path = (row.path)(&world, &fixture, *role);
+            let (status, body) = app.call(row.method.clone(), &path, world.token(*role), row.body.as_ref()).await;
+            if status.as_u16() != expected {
+                failures.push(format!("{} {path} as {role:?}: {status}, expected {expected}: {body}", row.method));
+            }
+            if !status.is_success() && body["error"]["code"].as_str().is_none() {
+                failures.push(format!("{} {path} as {role:?}: error without a JSON body", row.method));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
