@@ -3,8 +3,10 @@
 //! No SQL here.
 
 mod accounts;
+mod admin;
 mod auth;
 mod error;
+mod files;
 mod health;
 mod membership;
 mod projects;
@@ -45,7 +47,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::scope("/api")
                 .configure(accounts::routes)
                 .configure(projects::routes)
-                .configure(membership::routes),
+                .configure(membership::routes)
+                .configure(files::routes)
+                .configure(admin::routes),
         )
         .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }));
 }

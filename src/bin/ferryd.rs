@@ -27,11 +27,41 @@ enum Command {
         #[command(flatten)]
         database: DatabaseSettings,
     },
+    /// Read both logs across projects, oldest first.
+    Audit {
+        /// Only this project.
+        #[arg(long)]
+        project: Option<uuid::Uuid>,
+        /// Only events by this user or device.
+        #[arg(long)]
+        actor: Option<uuid::Uuid>,
+        /// Only these event types (comma-separated).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// From this time on (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: AuditFormat,
+        #[command(flatten)]
+        database: DatabaseSettings,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +126,22 @@ async fn run(command: Command) -> Result<(), String> {
             db.close().await;
             result
         }
+        Command::Audit { project, actor, event_type, from, to, format, database } => {
+            let types = ferry::domain::events::parse_types(event_type.as_deref()).map_err(|e| e.to_string())?;
+            let mut query = ferry::domain::events::AuditQuery {
+                project_id: project,
+                actor_id: actor,
+                types,
+                from,
+                to,
+                after_position: None,
+                limit: 1000,
+            };
+            let db = database.open().await.map_err(|e| chain(&e))?;
+            let printed = print_audit(&db.pool, &mut query, format).await;
+            db.close().await;
+            printed
+        }
         Command::Admin { command: AdminCommand::CreateUser { email, password, admin, database } } => {
             let new = NewUser {
                 email: Email::parse(&email).map_err(|e| e.to_string())?,
@@ -109,6 +155,47 @@ async fn run(command: Command) -> Result<(), String> {
             let created = created.map_err(|e| chain(&e))?;
             println!("created user {} <{}>{}", created.user.id, created.user.email, if admin { " (admin)" } else { "" });
             Ok(())
+        }
+    }
+}
+
+/// Prints every matching event, a page at a time.
+async fn print_audit(
+    pool: &ferry::store::Pool,
+    query: &mut ferry::domain::events::AuditQuery,
+    format: AuditFormat,
+) -> Result<(), String> {
+    use std::io::Write;
+    let chain = |e: &(dyn std::error::Error + 'static)| ferry::api::error_chain(e);
+    let client = pool.get().await.map_err(|e| chain(&e))?;
+    let mut out = std::io::stdout().lock();
+    if let AuditFormat::Table = format {
+        let _ = writeln!(out, "{:>10}  {:<32}  {:<36}  {:>6}  {:<24}  actor", "position", "created_at", "project", "seq", "type");
+    }
+    loop {
+        let page = ferry::domain::events::audit(&client, query).await.map_err(|e| chain(&e))?;
+        for e in &page.events {
+            let line = match format {
+                AuditFormat::Json => serde_json::to_string(e).expect("events serialize"),
+                AuditFormat::Table => {
+                    let actor = e.event.actor.device_id.or(e.event.actor.user_id).map_or("-".to_owned(), |id| id.to_string());
+                    format!(
+                        "{:>10}  {:<32}  {:<36}  {:>6}  {:<24}  {actor}",
+                        e.position,
+                        e.event.created_at.to_rfc3339(),
+                        e.project_id,
+                        e.event.seq,
+                        e.event.event_type
+                    )
+                }
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // the reader went away (e.g. `| head`)
+            }
+        }
+        match page.events.last() {
+            Some(last) if page.next_cursor.is_some() => query.after_position = Some(last.position),
+            _ => return Ok(()),
         }
     }
 }

@@ -3,6 +3,8 @@
 //! Nothing here knows HTTP.
 
 pub mod accounts;
+pub mod events;
+pub mod files;
 pub mod membership;
 pub mod projects;
 mod secrets;

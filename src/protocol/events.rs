@@ -160,6 +160,35 @@ pub mod data {
         DeviceDeleted,
     }
 
+    /// `file_added`, `file_updated`, `file_deleted`: the whole resulting
+    /// state of the path (for a delete, the last state before it).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct FileState {
+        pub path: String,
+        pub size: i64,
+        pub hash: String,
+        pub mime_type: String,
+        pub modified_at: Option<DateTime<Utc>>,
+        pub chunks: Option<Vec<crate::protocol::files::ChunkRef>>,
+        /// Counts every change at this path.
+        pub version: i64,
+    }
+
+    /// `file_moved`: the file now at `to` (its state and `version`), and
+    /// the version of the tombstone left at `from`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct FileMoved {
+        pub from: String,
+        pub to: String,
+        pub from_version: i64,
+        pub size: i64,
+        pub hash: String,
+        pub mime_type: String,
+        pub modified_at: Option<DateTime<Utc>>,
+        pub chunks: Option<Vec<crate::protocol::files::ChunkRef>>,
+        pub version: i64,
+    }
+
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct DeviceDetached {
         pub device_id: Uuid,

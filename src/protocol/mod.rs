@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod membership;
 pub mod projects;
 pub mod validate;

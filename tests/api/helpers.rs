@@ -219,6 +219,21 @@ impl TestApp {
         (body["device"]["id"].as_str().unwrap().parse().unwrap(), body["device_token"].as_str().unwrap().to_owned())
     }
 
+    /// Registers a device of the owner and attaches it to the project as a
+    /// source; answers its token.
+    pub async fn source_device(&self, owner: &TestUser, project: Uuid) -> String {
+        let (device, token) = self.register_device(owner, "studio").await;
+        let path = format!("/api/projects/{project}/devices/{device}");
+        let (status, body) = self.call(Method::PUT, &path, Some(&owner.token), None).await;
+        assert_eq!((status, body["role"].as_str()), (StatusCode::OK, Some("source")), "{body}");
+        token
+    }
+
+    /// Pushes a batch of file changes with a source device's token.
+    pub async fn push(&self, device_token: &str, project: Uuid, changes: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/projects/{project}/files/update"), device_token, json!({"changes": changes})).await
+    }
+
     /// Every event of a project straight from the log, in seq order.
     pub async fn log(&self, project_id: Uuid) -> Vec<ferry::store::RecordedEvent> {
         let client = self.pool.get().await.unwrap();

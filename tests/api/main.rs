@@ -1,6 +1,8 @@
 //! Integration tests: the real server over real HTTP, on real PostgreSQL.
 
 mod accounts;
+mod events;
+mod files;
 mod health;
 mod helpers;
 mod membership;

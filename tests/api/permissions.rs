@@ -15,20 +15,22 @@ enum Role {
     /// A device token of a user who is not in the project.
     StrangersDevice,
     Member,
+    /// The owner's source device, with its device token.
+    OwnersDevice,
     Owner,
 }
 
-const ROLES: [Role; 5] = [Role::Anonymous, Role::Stranger, Role::StrangersDevice, Role::Member, Role::Owner];
+const ROLES: [Role; 6] =
+    [Role::Anonymous, Role::Stranger, Role::StrangersDevice, Role::Member, Role::OwnersDevice, Role::Owner];
 
-/// The people, once; a fresh project per row so owner actions do not
-/// disturb the next row.
+/// The people, once; a fresh project per call so no call disturbs another.
 struct World {
     owner: TestUser,
     member: TestUser,
     other_member: TestUser,
     stranger: TestUser,
     strangers_device: (Uuid, String),
-    owners_device: Uuid,
+    owners_device: (Uuid, String),
     members_device: Uuid,
 }
 
@@ -44,7 +46,7 @@ impl World {
         let member = app.signup("member").await;
         let stranger = app.signup("stranger").await;
         Self {
-            owners_device: app.register_device(&owner, "studio").await.0,
+            owners_device: app.register_device(&owner, "studio").await,
             members_device: app.register_device(&member, "laptop").await.0,
             strangers_device: app.register_device(&stranger, "phone").await,
             other_member: app.signup("other").await,
@@ -58,7 +60,7 @@ impl World {
         let project = app.create_project(&self.owner, "Matrix").await;
         join(app, &self.owner, project, &self.member).await;
         join(app, &self.owner, project, &self.other_member).await;
-        let attach = format!("/api/projects/{project}/devices/{}", self.owners_device);
+        let attach = format!("/api/projects/{project}/devices/{}", self.owners_device.0);
         assert_eq!(app.call(Method::PUT, &attach, Some(&self.owner.token), None).await.0, StatusCode::OK);
         let (_, invite) = app.post(&format!("/api/projects/{project}/invites"), &self.owner.token, json!({})).await;
         Fixture { project, invite: invite["id"].as_str().unwrap().parse().unwrap() }
@@ -70,6 +72,7 @@ impl World {
             Role::Stranger => Some(&self.stranger.token),
             Role::StrangersDevice => Some(&self.strangers_device.1),
             Role::Member => Some(&self.member.token),
+            Role::OwnersDevice => Some(&self.owners_device.1),
             Role::Owner => Some(&self.owner.token),
         }
     }
@@ -77,7 +80,7 @@ impl World {
     /// Each caller's own device, for the attach row.
     fn own_device(&self, role: Role) -> Uuid {
         match role {
-            Role::Owner => self.owners_device,
+            Role::Owner | Role::OwnersDevice => self.owners_device.0,
             Role::Member => self.members_device,
             _ => self.strangers_device.0,
         }
@@ -90,39 +93,44 @@ struct Row {
     method: Method,
     path: PathFn,
     body: Option<Value>,
-    /// Expected status for Anonymous, Stranger, StrangersDevice, Member, Owner.
-    expect: [u16; 5],
+    /// Expected status for each of ROLES, in order.
+    expect: [u16; 6],
 }
 
 fn rows() -> Vec<Row> {
-    let row = |method: Method, path: PathFn, body: Option<Value>, expect: [u16; 5]| Row { method, path, body, expect };
+    let row = |method: Method, path: PathFn, body: Option<Value>, expect: [u16; 6]| Row { method, path, body, expect };
+    let change = json!({"changes": [{"op": "upsert", "path": "/m.txt", "size": 1, "hash": "ab".repeat(32)}]});
     vec![
-        row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200]),
-        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 204]),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 201]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 204]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 200, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 204, 204]),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 201, 201]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 200, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 204, 204]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200, 200]),
         row(
             Method::DELETE,
             |w, f, _| format!("/api/projects/{}/members/{}", f.project, w.other_member.id),
             None,
-            [401, 404, 404, 403, 204],
+            [401, 404, 404, 403, 204, 204],
         ),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200, 200]),
         row(
             Method::PUT,
             |w, f, role| format!("/api/projects/{}/devices/{}", f.project, w.own_device(role)),
             Some(json!({})),
-            [401, 404, 404, 200, 200],
+            [401, 404, 404, 200, 200, 200],
         ),
         row(
             Method::DELETE,
-            |w, f, _| format!("/api/projects/{}/devices/{}", f.project, w.owners_device),
+            |w, f, _| format!("/api/projects/{}/devices/{}", f.project, w.owners_device.0),
             None,
-            [401, 404, 404, 403, 204],
+            [401, 404, 404, 403, 204, 204],
         ),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/update", f.project), Some(change), [401, 404, 404, 403, 200, 403]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/files-paginated", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/events", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/project_events", f.project), None, [401, 404, 404, 200, 200, 200]),
     ]
 }
 
@@ -132,8 +140,8 @@ async fn every_project_endpoint_refuses_each_role_it_must() {
     let world = World::new(&app).await;
     let mut failures = Vec::new();
     for row in rows() {
-        let fixture = world.fixture(&app).await;
         for (role, expected) in ROLES.iter().zip(row.expect) {
+            let fixture = world.fixture(&app).await;
             let path = (row.path)(&world, &fixture, *role);
             let (status, body) = app.call(row.method.clone(), &path, world.token(*role), row.body.as_ref()).await;
             if status.as_u16() != expected {

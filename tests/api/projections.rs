@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::TestApp;
 
-const TABLES: [&str; 4] = ["projects", "project_members", "project_invites", "project_devices"];
+const TABLES: [&str; 5] = ["projects", "project_members", "project_invites", "project_devices", "remote_files"];
 
 /// Appends one random command: a new project, or a batch of renames,
 /// archives, invites, joins, removals, device attachments and detachments
@@ -36,7 +36,30 @@ async fn random_command(pool: &Pool, rng: &mut StdRng, projects: &mut Vec<Uuid>,
                 // Few invite and device ids, so they recur across batches.
                 let invite = Uuid::from_u128(rng.gen_range(1..4) + (project.as_u128() << 8));
                 let device = Uuid::from_u128(rng.gen_range(1..4));
-                match rng.gen_range(0..16) {
+                let path = |rng: &mut StdRng| format!("/d{}/f{}", rng.gen_range(0..2), rng.gen_range(0..4));
+                let state = |rng: &mut StdRng, path: String| {
+                    let size = rng.gen_range(0..1000);
+                    json!({"path": path, "size": size, "hash": format!("{:064x}", rng.gen::<u64>()), "mime_type": "text/plain",
+                           "modified_at": null, "chunks": [{"hash": format!("{:064x}", size), "size": size}], "version": rng.gen_range(1..50)})
+                };
+                match rng.gen_range(0..22) {
+                    16..=17 => {
+                        let t = if rng.gen() { EventType::FileAdded } else { EventType::FileUpdated };
+                        let p = path(rng);
+                        NewEvent::new(t, state(rng, p))
+                    }
+                    18 => {
+                        let p = path(rng);
+                        NewEvent::new(EventType::FileDeleted, state(rng, p))
+                    }
+                    19..=21 => {
+                        let (from, to) = (path(rng), path(rng));
+                        let mut moved = state(rng, to.clone());
+                        moved["from"] = json!(from);
+                        moved["to"] = json!(to);
+                        moved["from_version"] = json!(rng.gen_range(1..50));
+                        NewEvent::new(EventType::FileMoved, moved)
+                    }
                     0..=1 => NewEvent::new(EventType::ProjectRenamed, json!({"name": format!("r{i}-{}", rng.gen::<u16>())})),
                     2 => NewEvent::new(EventType::ProjectArchived, json!({})),
                     3..=4 => NewEvent::new(EventType::MemberJoined, json!({"user_id": user, "invite_id": invite})),

@@ -1,0 +1,336 @@
+//! File metadata: batches of changes from a source device, applied in one
+//! transaction, and the keyset-paginated listing.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Object;
+use tokio_postgres::IsolationLevel;
+use uuid::Uuid;
+
+use super::projects::{access, lock_for};
+use super::{Caller, Command, DomainError, Rejection};
+use crate::protocol::events::data::{FileMoved, FileState};
+use crate::protocol::files::{
+    Blake3Hash, ChunkRef, Cursor, FileChange, FilePath, FilesPage, RemoteFile, UpdateFilesResponse,
+};
+use crate::protocol::validate::ValidationError;
+use crate::protocol::EventType;
+use crate::store::{self, GenericClient, NewEvent};
+
+/// Most changes in one `files/update` call.
+pub const MAX_CHANGES: usize = 10_000;
+/// Largest chunk the relay accepts.
+pub const MAX_CHUNK_BYTES: i64 = 16 * 1024 * 1024;
+
+/// A change whose fields passed validation.
+enum Checked {
+    Upsert(FileState),
+    Delete(FilePath),
+    Move(FilePath, FilePath),
+}
+
+fn at(index: usize, e: ValidationError) -> DomainError {
+    DomainError::rejected(Rejection::Invalid, e.code, format!("changes[{index}]: {}", e.message))
+}
+
+fn check(change: FileChange) -> Result<Checked, ValidationError> {
+    Ok(match change {
+        FileChange::Upsert { path, size, hash, mime_type, modified_at, chunks } => {
+            let path = FilePath::parse(&path)?;
+            let hash = Blake3Hash::parse(&hash)?;
+            if size < 0 {
+                return Err(ValidationError::new("invalid_size", "size must not be negative"));
+            }
+            if let Some(chunks) = &chunks {
+                check_chunks(chunks, size)?;
+            }
+            let mime_type = match mime_type {
+                Some(m) if m.len() <= 255 && m.contains('/') && !m.chars().any(char::is_control) => m,
+                Some(m) => return Err(ValidationError::new("invalid_mime_type", format!("{m:?} is not a MIME type"))),
+                None => mime_guess::from_path(path.as_str()).first_or_octet_stream().essence_str().to_owned(),
+            };
+            Upsert(FileState {
+                path: path.into_inner(),
+                size,
+                hash: hash.as_str().to_owned(),
+                mime_type,
+                modified_at,
+                chunks,
+                version: 0,
+            })
+        }
+        FileChange::Delete { path } => Delete(FilePath::parse(&path)?),
+        FileChange::Move { from, to } => {
+            let (from, to) = (FilePath::parse(&from)?, FilePath::parse(&to)?);
+            if from == to {
+                return Err(ValidationError::new("invalid_move", "a move needs two different paths"));
+            }
+            Move(from, to)
+        }
+    })
+}
+use Checked::{Delete, Move, Upsert};
+
+fn check_chunks(chunks: &[ChunkRef], size: i64) -> Result<(), ValidationError> {
+    let mut total: i64 = 0;
+    for chunk in chunks {
+        Blake3Hash::parse(&chunk.hash)?;
+        if chunk.size <= 0 || chunk.size > MAX_CHUNK_BYTES {
+            return Err(ValidationError::new("invalid_chunk_size", "each chunk is 1 byte to 16 MiB"));
+        }
+        total = total.saturating_add(chunk.size);
+    }
+    if total != size {
+        return Err(ValidationError::new(
+            "chunk_sizes_mismatch",
+            format!("chunk sizes add up to {total}, not the file's size {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The state of one path as the batch sees it: as stored, then as changed
+/// by the batch's earlier changes.
+#[derive(Clone)]
+struct Known {
+    state: FileState,
+    deleted: bool,
+}
+
+/// Applies a batch of changes from a source device of the project: one
+/// transaction, all or nothing. An upsert equal (hash and size) to the
+/// current file, or a delete of a path already absent, appends nothing.
+pub async fn update(
+    client: &impl GenericClient,
+    cmd: &Command,
+    project_id: Uuid,
+    changes: Vec<FileChange>,
+) -> Result<UpdateFilesResponse, DomainError> {
+    if changes.len() > MAX_CHANGES {
+        return Err(DomainError::rejected(
+            Rejection::TooLarge,
+            "too_many_changes",
+            format!("at most {MAX_CHANGES} changes per call, got {}", changes.len()),
+        ));
+    }
+    let checked = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| check(c).map_err(|e| at(i, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    lock_for(client, project_id, &cmd.caller, false).await?;
+    require_source_device(client, project_id, &cmd.caller).await?;
+    let mut known = load(client, project_id, &checked).await?;
+
+    let mut events = Vec::new();
+    for (i, change) in checked.into_iter().enumerate() {
+        match change {
+            Upsert(mut state) => {
+                let previous = known.get(&state.path);
+                if previous.is_some_and(|p| !p.deleted && p.state.hash == state.hash && p.state.size == state.size) {
+                    continue;
+                }
+                let event_type = match previous {
+                    Some(p) if !p.deleted => EventType::FileUpdated,
+                    _ => EventType::FileAdded,
+                };
+                state.version = previous.map_or(0, |p| p.state.version) + 1;
+                events.push(NewEvent::new(event_type, &state));
+                known.insert(state.path.clone(), Known { state, deleted: false });
+            }
+            Delete(path) => {
+                let Some(previous) = known.get_mut(path.as_str()).filter(|p| !p.deleted) else { continue };
+                previous.state.version += 1;
+                previous.deleted = true;
+                events.push(NewEvent::new(EventType::FileDeleted, &previous.state));
+            }
+            Move(from, to) => {
+                let source = known
+                    .get_mut(from.as_str())
+                    .filter(|p| !p.deleted)
+                    .ok_or_else(|| at(i, ValidationError::new("not_found", format!("{} does not exist", from.as_str()))))?;
+                source.state.version += 1;
+                source.deleted = true;
+                let from_version = source.state.version;
+                let mut moved = source.state.clone();
+                moved.path = to.as_str().to_owned();
+                moved.version = known.get(to.as_str()).map_or(0, |p| p.state.version) + 1;
+                events.push(NewEvent::new(
+                    EventType::FileMoved,
+                    FileMoved {
+                        from: from.into_inner(),
+                        to: moved.path.clone(),
+                        from_version,
+                        size: moved.size,
+                        hash: moved.hash.clone(),
+                        mime_type: moved.mime_type.clone(),
+                        modified_at: moved.modified_at,
+                        chunks: moved.chunks.clone(),
+                        version: moved.version,
+                    },
+                ));
+                known.insert(moved.path.clone(), Known { state: moved, deleted: false });
+            }
+        }
+    }
+
+    if events.is_empty() {
+        let head = store::lock_stream(client, project_id).await?.unwrap_or_default();
+        return Ok(UpdateFilesResponse { applied: 0, from_seq: None, to_seq: None, head_seq: head });
+    }
+    let appended = store::append(client, project_id, &cmd.meta, &events).await?;
+    Ok(UpdateFilesResponse {
+        applied: events.len(),
+        from_seq: Some(appended.from_seq),
+        to_seq: Some(appended.to_seq),
+        head_seq: appended.to_seq,
+    })
+}
+
+/// File deltas come from a source device of the project, so the log
+/// records which machine changed what.
+async fn require_source_device(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
+    let refused = || {
+        DomainError::rejected(
+            Rejection::Forbidden,
+            "source_device_required",
+            "file changes are sent with the device token of a source device of the project",
+        )
+    };
+    let device = caller.device_id.ok_or_else(refused)?;
+    let is_source = client
+        .query_opt(
+            "SELECT 1 FROM project_devices WHERE project_id = $1 AND device_id = $2 AND role = 'source'",
+            &[&project_id, &device],
+        )
+        .await?
+        .is_some();
+    if is_source {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+/// The stored state of every path the batch touches, in one query.
+async fn load(client: &impl GenericClient, project_id: Uuid, changes: &[Checked]) -> Result<HashMap<String, Known>, DomainError> {
+    let mut paths: Vec<&str> = Vec::with_capacity(changes.len());
+    for change in changes {
+        match change {
+            Upsert(s) => paths.push(&s.path),
+            Delete(p) => paths.push(p.as_str()),
+            Move(from, to) => paths.extend([from.as_str(), to.as_str()]),
+        }
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT path, size, hash, mime_type, modified_at, chunks, version, deleted
+             FROM remote_files WHERE project_id = $1 AND path = ANY($2)",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&project_id, &paths]).await?;
+    let mut known = HashMap::with_capacity(rows.len() + changes.len());
+    for row in rows {
+        let chunks: Option<serde_json::Value> = row.get(5);
+        let state = FileState {
+            path: row.get(0),
+            size: row.get(1),
+            hash: row.get(2),
+            mime_type: row.get(3),
+            modified_at: row.get(4),
+            chunks: chunks.and_then(|c| serde_json::from_value(c).ok()),
+            version: row.get(6),
+        };
+        known.insert(state.path.clone(), Known { state, deleted: row.get(7) });
+    }
+    Ok(known)
+}
+
+/// What a page of files asks for, checked.
+#[derive(Debug, Clone)]
+pub struct FilesQuery {
+    pub prefix: Option<String>,
+    pub cursor: Option<Cursor>,
+    pub limit: i64,
+    pub include_deleted: bool,
+}
+
+impl FilesQuery {
+    pub const MAX_LIMIT: i64 = 1000;
+
+    pub fn parse(
+        prefix: Option<String>,
+        cursor: Option<&str>,
+        limit: Option<i64>,
+        include_deleted: bool,
+    ) -> Result<Self, ValidationError> {
+        let limit = limit.unwrap_or(100);
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(ValidationError::new("invalid_limit", "limit must be 1 to 1000"));
+        }
+        let prefix = prefix.filter(|p| !p.is_empty());
+        if let Some(p) = &prefix {
+            if !p.starts_with('/') || p.len() > FilePath::MAX_BYTES || p.contains('\0') {
+                return Err(ValidationError::new("invalid_prefix", "prefix must start with / and be a path's beginning"));
+            }
+        }
+        let cursor = cursor.filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
+        Ok(Self { prefix, cursor, limit, include_deleted })
+    }
+}
+
+/// One page of files in path order, and the head it was read at: the page
+/// and the head come from one snapshot, so following the log from that
+/// head misses nothing.
+pub async fn list(client: &mut Object, caller: &Caller, project_id: Uuid, q: &FilesQuery) -> Result<FilesPage, DomainError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    access(&tx, project_id, caller, false).await?;
+    let head_seq: i64 =
+        tx.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project_id]).await?.get(0);
+
+    let prefix = q.prefix.as_deref().unwrap_or("");
+    // An upper bound lets the index scan stop at the end of the prefix.
+    let upper: Option<String> = prefix.as_bytes().last().filter(|b| **b < 0x7f).map(|b| {
+        let mut upper = prefix[..prefix.len() - 1].to_owned();
+        upper.push((b + 1) as char);
+        upper
+    });
+    let after = q.cursor.as_ref().map_or("", |c| c.0.as_str());
+    let live_only = if q.include_deleted { "" } else { "AND NOT deleted" };
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT path, size, hash, mime_type, modified_at, version, updated_seq, deleted
+             FROM remote_files
+             WHERE project_id = $1 AND path > $2 AND path >= $3 AND ($4::text IS NULL OR path < $4)
+               AND starts_with(path, $3) {live_only}
+             ORDER BY path
+             LIMIT $5"
+        ))
+        .await?;
+    let rows = tx.query(&stmt, &[&project_id, &after, &prefix, &upper, &(q.limit + 1)]).await?;
+    let more = rows.len() as i64 > q.limit;
+    let files: Vec<RemoteFile> = rows
+        .iter()
+        .take(q.limit as usize)
+        .map(|r| RemoteFile {
+            path: r.get(0),
+            size: r.get(1),
+            hash: r.get(2),
+            mime_type: r.get(3),
+            modified_at: r.get::<_, Option<DateTime<Utc>>>(4),
+            version: r.get(5),
+            updated_seq: r.get(6),
+            deleted: r.get(7),
+        })
+        .collect();
+    let next_cursor = more.then(|| Cursor(files.last().expect("a full page").path.clone()).encode());
+    tx.commit().await?;
+    Ok(FilesPage { files, next_cursor, head_seq })
+}

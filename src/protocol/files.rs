@@ -1,0 +1,237 @@
+//! Files: paths and hashes that validate on parse, the change batch of
+//! `files/update`, and the paginated listing.
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::validate::ValidationError;
+
+/// A file's path within its project: POSIX-style and absolute
+/// (`/documents/report.pdf`), no `.`/`..` or empty segments, no NUL or
+/// backslash, at most 4096 bytes, each segment at most 255 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct FilePath(String);
+
+impl FilePath {
+    pub const MAX_BYTES: usize = 4096;
+    pub const MAX_SEGMENT_BYTES: usize = 255;
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        let bad = |why: &str| ValidationError::new("invalid_path", format!("invalid path {value:?}: {why}"));
+        if value.len() > Self::MAX_BYTES {
+            return Err(bad("longer than 4096 bytes"));
+        }
+        let Some(rest) = value.strip_prefix('/') else { return Err(bad("must start with /")) };
+        if value.contains('\0') || value.contains('\\') {
+            return Err(bad("NUL and backslash are not allowed"));
+        }
+        for segment in rest.split('/') {
+            match segment {
+                "" => return Err(bad("empty segment")),
+                "." | ".." => return Err(bad("`.` and `..` segments are not allowed")),
+                s if s.len() > Self::MAX_SEGMENT_BYTES => return Err(bad("a segment is longer than 255 bytes")),
+                _ => {}
+            }
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for FilePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        FilePath::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A BLAKE3 hash: 64 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Blake3Hash(String);
+
+impl Blake3Hash {
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        if value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "invalid_hash",
+                format!("invalid hash {value:?}: a BLAKE3 hash is 64 lowercase hex characters"),
+            ))
+        }
+    }
+
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(blake3::hash(bytes).to_hex().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<blake3::Hash> for Blake3Hash {
+    fn from(h: blake3::Hash) -> Self {
+        Self(h.to_hex().to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Blake3Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Blake3Hash::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One chunk of a file, as sent by the owner's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: String,
+    pub size: i64,
+}
+
+/// One change of a `files/update` batch, as sent: fields are checked one
+/// change at a time so an error can name its index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileChange {
+    Upsert {
+        path: String,
+        size: i64,
+        hash: String,
+        #[serde(default)]
+        mime_type: Option<String>,
+        #[serde(default)]
+        modified_at: Option<DateTime<Utc>>,
+        #[serde(default)]
+        chunks: Option<Vec<ChunkRef>>,
+    },
+    Delete {
+        path: String,
+    },
+    Move {
+        from: String,
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateFilesRequest {
+    pub changes: Vec<FileChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateFilesResponse {
+    /// Changes that appended an event (unchanged upserts do not).
+    pub applied: usize,
+    /// The seqs of the appended events; null when nothing was applied.
+    pub from_seq: Option<i64>,
+    pub to_seq: Option<i64>,
+    pub head_seq: i64,
+}
+
+/// A file as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteFile {
+    pub path: String,
+    pub size: i64,
+    pub hash: String,
+    pub mime_type: String,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub updated_seq: i64,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FilesPage {
+    pub files: Vec<RemoteFile>,
+    /// Opaque; null on the last page.
+    pub next_cursor: Option<String>,
+    /// The project's head when this page was read: follow up from here.
+    pub head_seq: i64,
+}
+
+/// An opaque keyset cursor: the last key of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(pub String);
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+    }
+
+    pub fn decode(value: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::new("invalid_cursor", "the cursor is not one this server gave out");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value).map_err(|_| bad())?;
+        String::from_utf8(bytes).map(Cursor).map_err(|_| bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths_follow_the_contract() {
+        for good in ["/a", "/documents/report.pdf", "/ünï/cødé 名前.txt", "/a/.hidden", "/a/...", "/x..y"] {
+            assert!(FilePath::parse(good).is_ok(), "{good:?} refused");
+        }
+        let long_segment = format!("/{}", "a".repeat(256));
+        let long_path = format!("{}/end", "/abcdefgh".repeat(455));
+        for bad in ["", "/", "a/b", "/a//b", "/a/", "/./a", "/a/../b", "/a/..", "/a\\b", "/a\0b", &long_segment, &long_path] {
+            assert!(FilePath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(FilePath::parse(&format!("/{}", "a".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn hashes_are_64_lowercase_hex() {
+        assert!(Blake3Hash::parse(&"ab".repeat(32)).is_ok());
+        assert_eq!(Blake3Hash::of(b"abc").as_str().len(), 64);
+        for bad in ["", "AB".repeat(32).as_str(), &"a".repeat(63), &"g".repeat(64)] {
+            assert!(Blake3Hash::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        "[^/\\\\\u{0}]{1,40}".prop_filter("not . or ..", |s| s != "." && s != ".." && s.len() <= 255)
+    }
+
+    proptest! {
+        #[test]
+        fn joined_valid_segments_always_parse(segments in prop::collection::vec(segment(), 1..8)) {
+            let path = format!("/{}", segments.join("/"));
+            let parsed = FilePath::parse(&path).unwrap();
+            prop_assert_eq!(parsed.as_str(), path.as_str());
+        }
+
+        #[test]
+        fn whatever_parses_obeys_every_rule(s in "(/[a-z.\\\\\u{0}]{0,4}){0,5}") {
+            if let Ok(p) = FilePath::parse(&s) {
+                prop_assert!(p.as_str().starts_with('/'));
+                prop_assert!(!p.as_str().contains('\\') && !p.as_str().contains('\0'));
+                for seg in p.as_str()[1..].split('/') {
+                    prop_assert!(!seg.is_empty() && seg != "." && seg != "..");
+                }
+            }
+        }
+
+        #[test]
+        fn cursors_round_trip(key in "\\PC{0,300}") {
+            let cursor = Cursor(key.clone());
+            prop_assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        }
+    }
+}
