@@ -9,6 +9,7 @@ mod error;
 mod files;
 mod health;
 mod membership;
+mod openapi;
 mod projects;
 
 pub use auth::Auth;
@@ -49,7 +50,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(projects::routes)
                 .configure(membership::routes)
                 .configure(files::routes)
-                .configure(admin::routes),
+                .configure(admin::routes)
+                .configure(openapi::routes),
         )
         .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }));
 }
