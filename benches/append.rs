@@ -1,1 +1,305 @@
-fn main(){}
+//! `cargo bench --bench append`: single-event appends per second through
+//! `ferry::store::append` (head lock, both logs, the projection triggers,
+//! the NOTIFY trigger), beside a raw baseline of `BEGIN; UPDATE head;
+//! INSERT; COMMIT` on two trigger-less tables, in the same run, on the same
+//! database, with the same concurrency and pool.
+//!
+//! Environment: `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) names the server; the bench
+//! creates its own `ferry_bench_<random>` database there and drops it at the
+//! end. `BENCH_SECONDS` (default 10) is the measured time of each side, split
+//! into two alternating phases (raw, ferry, raw, ferry) so drift hits both.
+
+use std::error::Error;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::protocol::{Actor, EventType};
+use ferry::store::{self, EventMeta, NewEvent, Pool};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const TASKS: usize = 8;
+const PROJECTS: usize = 100;
+const WARM_UP: Duration = Duration::from_secs(1);
+/// The ratio ferry/raw we aim for.
+const GOAL: f64 = 0.5;
+
+const RAW_TABLES: &str = "
+CREATE TABLE bench_heads (
+    project_id  uuid PRIMARY KEY,
+    head_seq    bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE bench_events (
+    project_id  uuid NOT NULL,
+    seq         bigint NOT NULL,
+    id          uuid NOT NULL,
+    type        text NOT NULL,
+    data        jsonb NOT NULL,
+    PRIMARY KEY (project_id, seq)
+);";
+const RAW_HEAD: &str = "UPDATE bench_heads SET head_seq = head_seq + 1 WHERE project_id = $1 RETURNING head_seq";
+const RAW_INSERT: &str = "INSERT INTO bench_events (project_id, seq, id, type, data) VALUES ($1, $2, $3, $4, $5)";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Ferry,
+    Raw,
+}
+
+/// The projects, with their owners (the actor of the renames).
+#[derive(Clone)]
+struct Projects(Arc<Vec<(Uuid, Uuid)>>);
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let admin_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let seconds: f64 = match std::env::var("BENCH_SECONDS") {
+        Ok(s) => match s.parse() {
+            Ok(v) if v > 0.0 => v,
+            _ => {
+                eprintln!("BENCH_SECONDS must be a positive number of seconds, not {s:?}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        Err(_) => 10.0,
+    };
+
+    let db_name = format!("ferry_bench_{}", Uuid::new_v4().simple());
+    let admin = match admin_client(&admin_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect to {}: {e}", ferry::config::redact_url(&admin_url));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await {
+        eprintln!("cannot create database {db_name}: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+
+    let result = run(&url_for(&admin_url, &db_name), Duration::from_secs_f64(seconds)).await;
+
+    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
+        eprintln!("could not drop database {db_name}: {e}");
+    }
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench failed: {}", chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up, measures, prints; answers whether the sequence check passed.
+async fn run(url: &str, seconds: Duration) -> Result<bool, BoxError> {
+    let pool = store::connect(url, TASKS)?;
+    store::migrate::run(&pool).await?;
+    ferry::projections::ensure_up_to_date(&pool).await?;
+    let projects = create_projects(&pool).await?;
+    create_raw_tables(&pool, &projects).await?;
+
+    let version: String = pool.get().await?.query_one("SHOW server_version", &[]).await?.get(0);
+    println!(
+        "append bench: PostgreSQL {version}, {TASKS} tasks, pool of {TASKS}, {PROJECTS} projects, \
+         {:.1} s per side in 2 alternating phases",
+        seconds.as_secs_f64()
+    );
+
+    // Warm-up: fills the pool and every connection's statement cache.
+    for side in [Side::Raw, Side::Ferry] {
+        measure(&pool, &projects, side, WARM_UP).await?;
+    }
+
+    let phase = seconds / 2;
+    let mut totals = [(0u64, Duration::ZERO); 2];
+    for side in [Side::Raw, Side::Ferry, Side::Raw, Side::Ferry] {
+        let (count, elapsed) = measure(&pool, &projects, side, phase).await?;
+        let total = &mut totals[side as usize];
+        total.0 += count;
+        total.1 += elapsed;
+        println!(
+            "  phase {:<5} {count:>8} appends in {:.2} s",
+            format!("{side:?}").to_lowercase(),
+            elapsed.as_secs_f64()
+        );
+    }
+    let rate = |(count, elapsed): (u64, Duration)| count as f64 / elapsed.as_secs_f64();
+    let ferry_rate = rate(totals[Side::Ferry as usize]);
+    let raw_rate = rate(totals[Side::Raw as usize]);
+    println!("ferry append (store::append, 1 event/tx, {TASKS} tasks, {PROJECTS} projects): {ferry_rate:.0} appends/s");
+    println!("raw baseline (BEGIN; UPDATE head; INSERT; COMMIT):           {raw_rate:.0} appends/s");
+    println!("ratio ferry/raw: {:.2} (goal >= {GOAL})", ferry_rate / raw_rate);
+
+    let ok = check_sequences(&pool).await?;
+    pool.close();
+    Ok(ok)
+}
+
+/// 100 streams, each opened with `project_created`, as a command would.
+async fn create_projects(pool: &Pool) -> Result<Projects, BoxError> {
+    let mut client = pool.get().await?;
+    let mut projects = Vec::with_capacity(PROJECTS);
+    for i in 0..PROJECTS {
+        let (id, owner) = (Uuid::now_v7(), Uuid::now_v7());
+        let tx = client.transaction().await?;
+        store::create_stream(&tx, id).await?;
+        let created =
+            NewEvent::new(EventType::ProjectCreated, json!({"name": format!("project {i}"), "owner_id": owner}));
+        store::append(&tx, id, &meta(owner), &[created]).await?;
+        tx.commit().await?;
+        projects.push((id, owner));
+    }
+    Ok(Projects(Arc::new(projects)))
+}
+
+async fn create_raw_tables(pool: &Pool, projects: &Projects) -> Result<(), BoxError> {
+    let client = pool.get().await?;
+    client.batch_execute(RAW_TABLES).await?;
+    let ids: Vec<Uuid> = projects.0.iter().map(|(id, _)| *id).collect();
+    client.execute("INSERT INTO bench_heads (project_id) SELECT unnest($1::uuid[])", &[&ids]).await?;
+    // Fresh tables: give the planner statistics, as the migrated ones get.
+    client.batch_execute("ANALYZE bench_heads, bench_events, project_heads").await?;
+    Ok(())
+}
+
+fn meta(owner: Uuid) -> EventMeta {
+    EventMeta { actor: Actor { user_id: Some(owner), device_id: None }, idempotency_key: None }
+}
+
+/// Runs `TASKS` appenders on `side` for `duration`; answers the appends
+/// committed and the time from start until the last task finished.
+async fn measure(
+    pool: &Pool,
+    projects: &Projects,
+    side: Side,
+    duration: Duration,
+) -> Result<(u64, Duration), BoxError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> =
+        (0..TASKS).map(|_| tokio::spawn(appender(pool.clone(), projects.clone(), side, stop.clone()))).collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut count = 0;
+    for task in tasks {
+        count += task.await??;
+    }
+    Ok((count, started.elapsed()))
+}
+
+/// One client: a pooled connection per append, as a request handler gets.
+async fn appender(pool: Pool, projects: Projects, side: Side, stop: Arc<AtomicBool>) -> Result<u64, BoxError> {
+    let mut rng = StdRng::from_entropy();
+    let mut count = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (project, owner) = projects.0[rng.gen_range(0..projects.0.len())];
+        let name: Value = json!({"name": format!("renamed {}", rng.gen::<u32>())});
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        match side {
+            Side::Ferry => {
+                store::append(
+                    &tx,
+                    project,
+                    &meta(owner),
+                    &[NewEvent { event_type: EventType::ProjectRenamed, data: name }],
+                )
+                .await?;
+            }
+            Side::Raw => {
+                let head = tx.prepare_cached(RAW_HEAD).await?;
+                let insert = tx.prepare_cached(RAW_INSERT).await?;
+                let seq: i64 = tx.query_one(&head, &[&project]).await?.get(0);
+                let event_type = EventType::ProjectRenamed.as_str();
+                tx.execute(&insert, &[&project, &seq, &Uuid::now_v7(), &event_type, &name]).await?;
+            }
+        }
+        tx.commit().await?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Every project's seqs run 1..=head with no gap, on both sides, and the
+/// projects projection holds each project's last rename.
+async fn check_sequences(pool: &Pool) -> Result<bool, BoxError> {
+    let client = pool.get().await?;
+    let ferry = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE e.n = e.top AND e.top = h.head_seq), count(*), coalesce(sum(e.n), 0)::bigint
+             FROM project_heads h
+             JOIN (SELECT project_id, count(*) AS n, max(seq) AS top FROM events GROUP BY project_id) e
+               USING (project_id)",
+            &[],
+        )
+        .await?;
+    let raw = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE e.n = e.top AND e.top = h.head_seq), count(*), coalesce(sum(e.n), 0)::bigint
+             FROM bench_heads h
+             JOIN (SELECT project_id, count(*) AS n, max(seq) AS top FROM bench_events GROUP BY project_id) e
+               USING (project_id)",
+            &[],
+        )
+        .await?;
+    let projected: i64 = client
+        .query_one(
+            "SELECT count(*) FROM projects p
+             JOIN (SELECT DISTINCT ON (project_id) project_id, type, data->>'name' AS name
+                   FROM events ORDER BY project_id, seq DESC) last
+               ON last.project_id = p.id
+             WHERE last.type IN ('project_renamed', 'project_created') AND last.name = p.name",
+            &[],
+        )
+        .await?
+        .get(0);
+    let (ferry_ok, ferry_all, ferry_events): (i64, i64, i64) = (ferry.get(0), ferry.get(1), ferry.get(2));
+    let (raw_ok, raw_all, raw_events): (i64, i64, i64) = (raw.get(0), raw.get(1), raw.get(2));
+    let ok = ferry_ok == PROJECTS as i64
+        && ferry_all == PROJECTS as i64
+        && raw_ok == PROJECTS as i64
+        && raw_all == PROJECTS as i64
+        && projected == PROJECTS as i64;
+    println!(
+        "gap-free check (count(*) = max(seq) = head per project): ferry {ferry_ok}/{PROJECTS} projects \
+         ({ferry_events} events), raw {raw_ok}/{PROJECTS} projects ({raw_events} events); \
+         projects projection current: {projected}/{PROJECTS} — {}",
+        if ok { "OK" } else { "FAILED" }
+    );
+    Ok(ok)
+}
+
+async fn admin_client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `url` with its database replaced by `db` (query parameters kept).
+fn url_for(url: &str, db: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let base = match path.split_once("://") {
+        Some((_, rest)) if rest.contains('/') => path.rsplit_once('/').map(|(b, _)| b).unwrap_or(path),
+        _ => path,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+fn chain(error: &(dyn Error + 'static)) -> String {
+    ferry::api::error_chain(error)
+}

@@ -84,11 +84,47 @@ impl Database {
     }
 }
 
+/// How transfers behave, and how often the server tidies them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferSettings {
+    /// A pending transfer expires this many seconds after it was requested.
+    #[arg(long, env = "FERRY_TRANSFER_TTL_SECONDS", default_value_t = 3600)]
+    pub transfer_ttl_seconds: u32,
+    /// Attempts a transfer may make, the first included.
+    #[arg(long, env = "FERRY_TRANSFER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub transfer_max_attempts: u16,
+    /// An in-progress transfer idle this many seconds fails as `stalled`.
+    #[arg(long, env = "FERRY_TRANSFER_STALL_SECONDS", default_value_t = 120)]
+    pub transfer_stall_seconds: u32,
+    /// How often (milliseconds) the server expires and fails due transfers.
+    #[arg(long, env = "FERRY_SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        Self { transfer_ttl_seconds: 3600, transfer_max_attempts: 3, transfer_stall_seconds: 120, sweep_interval_ms: 5000 }
+    }
+}
+
+impl TransferSettings {
+    pub fn policy(&self) -> crate::domain::transfers::TransferPolicy {
+        crate::domain::transfers::TransferPolicy {
+            ttl: chrono::Duration::seconds(self.transfer_ttl_seconds.into()),
+            max_attempts: self.transfer_max_attempts.into(),
+            stall_after: chrono::Duration::seconds(self.transfer_stall_seconds.into()),
+            ..Default::default()
+        }
+    }
+}
+
 /// `ferryd serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeSettings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub transfers: TransferSettings,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FERRY_BIND", default_value = "127.0.0.1:7070")]
     pub bind: String,

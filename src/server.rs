@@ -7,6 +7,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
+use crate::domain::transfers::TransferPolicy;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,7 @@ pub struct Server {
     address: SocketAddr,
     server: actix_web::dev::Server,
     database: Database,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -42,7 +44,13 @@ impl Server {
             }
         };
         let address = listener.local_addr().map_err(bind_error)?;
-        let state = web::Data::new(AppState { pool: database.pool.clone() });
+        let policy = settings.transfers.policy();
+        let state = web::Data::new(AppState { pool: database.pool.clone(), transfers: policy });
+        let sweeper = tokio::spawn(sweep_transfers(
+            database.pool.clone(),
+            policy,
+            std::time::Duration::from_millis(settings.transfers.sweep_interval_ms.max(10)),
+        ));
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(api::json_errors())
@@ -57,7 +65,7 @@ impl Server {
         }
         let server = server.listen(listener).map_err(bind_error)?.run();
         tracing::info!("listening on {address}");
-        Ok(Self { address, server, database })
+        Ok(Self { address, server, database, sweeper })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -68,6 +76,7 @@ impl Server {
     /// then stops the embedded PostgreSQL, if any.
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
+        self.sweeper.abort();
         tracing::info!("server stopped");
         self.database.close().await;
         result
@@ -75,5 +84,22 @@ impl Server {
 
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
+    }
+}
+
+/// Expires and fails due transfers, forever. Safe beside other servers
+/// doing the same (see `transfers::sweep`).
+async fn sweep_transfers(pool: crate::store::Pool, policy: TransferPolicy, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match crate::domain::transfers::sweep(&pool, &policy).await {
+            Ok(swept) if swept.expired + swept.stalled > 0 => {
+                tracing::info!(expired = swept.expired, stalled = swept.stalled, "swept transfers");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "transfer sweep failed"),
+        }
     }
 }

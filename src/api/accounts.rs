@@ -3,7 +3,11 @@ use uuid::Uuid;
 
 use super::{created, no_content, resource, ApiError, AppState, Auth};
 use crate::domain::accounts::{self, NewUser};
-use crate::protocol::accounts::{DevicesResponse, LoginRequest, RegisterDeviceRequest, SignupRequest};
+use crate::protocol::accounts::{
+    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
+    SignupRequest,
+};
+use crate::protocol::ErrorBody;
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
 use crate::domain::DomainError;
 
@@ -16,6 +20,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/devices/{device_id}").delete(delete_device));
 }
 
+/// Creates an account and answers a user token.
+#[utoipa::path(
+    post,
+    path = "/api/auth/signup",
+    tag = "accounts",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "The new user and a token", body = AuthResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 409, description = "The email is taken", body = ErrorBody),
+        (status = 422, description = "Weak password (< 8 characters), bad email or display name", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(email = %body.email), err)]
 async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -28,23 +45,72 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
     Ok(created(&accounts::create_user(&state.pool, new).await?))
 }
 
+/// Exchanges an email and password for a user token.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "The user and a new token", body = AuthResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Wrong credentials", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, err)]
 async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     Ok(HttpResponse::Ok().json(accounts::login(&state.pool, &body.email, body.password).await?))
 }
 
+/// Revokes the token used for this call.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The token stopped working"),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn logout(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     accounts::logout(&state.pool, &auth.0).await?;
     Ok(no_content())
 }
 
+/// The caller, and the device for a device token.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = MeResponse),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn get_me(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(accounts::me(&state.pool, &auth.0).await?))
 }
 
+/// Registers a device of the caller and answers its token.
+#[utoipa::path(
+    post,
+    path = "/api/devices",
+    tag = "devices",
+    security(("bearer" = [])),
+    request_body = RegisterDeviceRequest,
+    responses(
+        (status = 201, description = "The device and its token (shown only here)", body = RegisterDeviceResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "A device token cannot register devices", body = ErrorBody),
+        (status = 422, description = "Bad name or platform", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn register_device(
     state: web::Data<AppState>,
@@ -56,12 +122,37 @@ async fn register_device(
     Ok(created(&accounts::register_device(&state.pool, &auth.0, name, platform).await?))
 }
 
+/// The caller's devices.
+#[utoipa::path(
+    get,
+    path = "/api/devices",
+    tag = "devices",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's devices", body = DevicesResponse),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn list_devices(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     let devices = accounts::list_devices(&state.pool, &auth.0).await?;
     Ok(HttpResponse::Ok().json(DevicesResponse { devices }))
 }
 
+/// Deletes one of the caller's devices; its token stops working.
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{device_id}",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("device_id" = Uuid, Path, description = "The device")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "No such device of the caller", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
 async fn delete_device(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     accounts::delete_device(&state.pool, &auth.0, path.into_inner()).await?;

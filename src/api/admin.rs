@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{resource, ApiError, AppState, Auth};
-use crate::domain::events::{self, decode_position, parse_limit, parse_types, require_admin, AuditQuery};
+use crate::domain::events::{self, decode_position, parse_limit, parse_types, require_admin, AuditPage, AuditQuery};
 use crate::domain::{DomainError, Rejection};
 use crate::projections;
+use crate::protocol::ErrorBody;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/admin/projections").get(list_projections))
@@ -14,16 +15,49 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/admin/audit").get(audit));
 }
 
-#[derive(Serialize)]
-struct ProjectionInfo {
+/// A read model: the version of its file, the version its tables were
+/// built from, and how big it is.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ProjectionInfo {
     name: &'static str,
+    /// The hash of the projection's current SQL file.
     version: String,
+    /// The version its tables were last built from; null before the first build.
     built_version: Option<String>,
     up_to_date: bool,
     rows: i64,
     rebuilt_at: Option<DateTime<Utc>>,
     events_read: i64,
 }
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ProjectionsResponse {
+    projections: Vec<ProjectionInfo>,
+}
+
+/// What a rebuild did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct RebuildResponse {
+    name: &'static str,
+    version: String,
+    /// Events read from the log: the snapshot plus the catch-up.
+    events_read: i64,
+    /// Of those, committed while the build ran.
+    caught_up: i64,
+}
+
+/// The projections (read models) and whether each is up to date (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/admin/projections",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every projection", body = ProjectionsResponse),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+    )
+)]
 
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn list_projections(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
@@ -41,9 +75,23 @@ async fn list_projections(state: web::Data<AppState>, auth: Auth) -> Result<Http
             events_read: s.events_read,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "projections": projections })))
+    Ok(HttpResponse::Ok().json(ProjectionsResponse { projections }))
 }
 
+/// Rebuilds one projection from the log without downtime (admins only).
+#[utoipa::path(
+    post,
+    path = "/api/admin/projections/{name}/rebuild",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The projection's name, e.g. `projects`")),
+    responses(
+        (status = 200, description = "Rebuilt and swapped in", body = RebuildResponse),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 404, description = "No projection has this name", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, projection = %path), err)]
 async fn rebuild_projection(
     state: web::Data<AppState>,
@@ -55,25 +103,50 @@ async fn rebuild_projection(
         DomainError::rejected(Rejection::NotFound, "not_found", format!("no projection named {:?}", path.as_str()))
     })?;
     let report = projections::rebuild(&state.pool, projection).await.map_err(DomainError::from)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "name": report.name,
-        "version": report.version,
-        "events_read": report.events_read,
-        "caught_up": report.caught_up,
-    })))
+    Ok(HttpResponse::Ok().json(RebuildResponse {
+        name: report.name,
+        version: report.version,
+        events_read: report.events_read,
+        caught_up: report.caught_up,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditParams {
+    /// Only this project's events.
     project_id: Option<Uuid>,
+    /// Only events appended by this user or device.
     actor_id: Option<Uuid>,
+    /// Only these event types, comma-separated.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Events created at or after this time.
     from: Option<DateTime<Utc>>,
+    /// Events created before this time.
     to: Option<DateTime<Utc>>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Events per page: 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
 }
+
+/// Both logs of every project in the order they were written, filtered (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/admin/audit",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of events", body = AuditPage),
+        (status = 400, description = "Malformed query", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not an administrator", body = ErrorBody),
+        (status = 422, description = "Bad limit, cursor or event type", body = ErrorBody),
+    )
+)]
 
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn audit(state: web::Data<AppState>, auth: Auth, params: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {

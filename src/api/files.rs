@@ -3,10 +3,11 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{idempotency_key, resource, ApiError, AppState, Auth};
-use crate::domain::events::{self, parse_limit, parse_types};
+use crate::domain::events::{self, parse_limit, parse_types, EventsPage};
 use crate::domain::files::{self, FilesQuery};
 use crate::domain::{self, DomainError};
-use crate::protocol::files::UpdateFilesRequest;
+use crate::protocol::files::{FilesPage, UpdateFilesRequest, UpdateFilesResponse};
+use crate::protocol::ErrorBody;
 
 /// A batch of 10,000 changes with their chunk lists fits comfortably.
 const UPDATE_LIMIT: usize = 32 * 1024 * 1024;
@@ -19,9 +20,31 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/projects/{project_id}/files-paginated").get(list_files))
     .service(resource("/projects/{project_id}/events").get(list_events))
-    .service(resource("/projects/{project_id}/project_events").get(list_events));
+    .service(resource("/projects/{project_id}/project_events").get(list_project_events));
 }
 
+/// Applies a batch of file changes from a source device, in one transaction.
+///
+/// An upsert whose hash and size equal the current ones appends nothing.
+/// `chunks` sizes must add up to `size`; `mime_type` is guessed from the
+/// path when absent. Up to 10,000 changes per call.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/files/update",
+    tag = "files",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body = UpdateFilesRequest,
+    responses(
+        (status = 200, description = "The batch was applied", body = UpdateFilesResponse),
+        (status = 400, description = "Malformed id, body or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a device token of a source device of the project", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 413, description = "More than 10,000 changes, or the body is too large", body = ErrorBody),
+        (status = 422, description = "A bad path, hash, size or chunk list (the message names the change's index)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path, changes = body.changes.len()), err)]
 async fn update_files(
     state: web::Data<AppState>,
@@ -40,15 +63,36 @@ async fn update_files(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct FilesParams {
+    /// Only paths starting with this, e.g. `/documents/`.
     prefix: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Files per page: 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<i64>,
+    /// Include tombstones of deleted files.
     #[serde(default)]
     include_deleted: bool,
 }
 
+/// The project's files, ordered by path, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/files-paginated",
+    tag = "files",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), FilesParams),
+    responses(
+        (status = 200, description = "A page of files", body = FilesPage),
+        (status = 400, description = "Malformed id or query", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 422, description = "Bad limit, cursor or prefix", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn list_files(
     state: web::Data<AppState>,
@@ -62,15 +106,37 @@ async fn list_files(
     Ok(HttpResponse::Ok().json(files::list(&mut client, &auth.0, path.into_inner(), &query).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsParams {
+    /// Events after this seq.
     #[serde(default)]
+    #[param(default = 0)]
     after_seq: i64,
+    /// Events per page: 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 500)]
     limit: Option<i64>,
+    /// Only these event types, comma-separated.
     #[serde(rename = "type")]
     event_type: Option<String>,
 }
 
+/// The project's events after `after_seq` that the caller may see: both
+/// logs merged in seq order.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/events",
+    tag = "events",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), EventsParams),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 400, description = "Malformed id or query", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 422, description = "Bad limit or unknown event type", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn list_events(
     state: web::Data<AppState>,
@@ -84,4 +150,28 @@ async fn list_events(
     let client = state.pool.get().await.map_err(DomainError::from)?;
     let page = events::feed(&client, &auth.0, path.into_inner(), p.after_seq.max(0), types.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// The same feed as `events`, under the name existing clients use.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/project_events",
+    tag = "events",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), EventsParams),
+    responses(
+        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 400, description = "Malformed id or query", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 422, description = "Bad limit or unknown event type", body = ErrorBody),
+    )
+)]
+async fn list_project_events(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+    params: web::Query<EventsParams>,
+) -> Result<HttpResponse, ApiError> {
+    list_events(state, auth, path, params).await
 }

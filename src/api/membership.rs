@@ -5,8 +5,10 @@ use super::{created, idempotency_key, no_content, optional_json, resource, ApiEr
 use crate::domain::membership::{self, InviteTerms};
 use crate::domain::{self, DomainError};
 use crate::protocol::membership::{
-    AcceptInviteRequest, CreateInviteRequest, InvitesResponse, MembersResponse, ProjectDevicesResponse,
+    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite, InvitesResponse,
+    MembersResponse, ProjectDevicesResponse,
 };
+use crate::protocol::ErrorBody;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/projects/{project_id}/invites").post(create_invite).get(list_invites))
@@ -22,6 +24,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Creates an invite (owner only); its token is shown only in this answer.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/invites",
+    tag = "invites",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body(content = Option<CreateInviteRequest>, description = "May be empty: every field has a default"),
+    responses(
+        (status = 201, description = "The invite and its token", body = CreatedInvite),
+        (status = 400, description = "Malformed id, body or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Only the owner may invite", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 422, description = "Expiry or use count out of range", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn create_invite(
     state: web::Data<AppState>,
@@ -41,6 +60,21 @@ async fn create_invite(
     Ok(created(&invite))
 }
 
+/// The project's invites (owner only), without their tokens.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/invites",
+    tag = "invites",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The invites", body = InvitesResponse),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Only the owner may list invites", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn list_invites(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
@@ -48,6 +82,21 @@ async fn list_invites(state: web::Data<AppState>, auth: Auth, path: web::Path<Uu
     Ok(HttpResponse::Ok().json(InvitesResponse { invites }))
 }
 
+/// Revokes an invite (owner only).
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{project_id}/invites/{invite_id}",
+    tag = "invites",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("invite_id" = Uuid, Path, description = "The invite")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Only the owner may revoke invites", body = ErrorBody),
+        (status = 404, description = "Unknown project or invite", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn revoke_invite(
     state: web::Data<AppState>,
@@ -62,6 +111,23 @@ async fn revoke_invite(
     Ok(no_content())
 }
 
+/// Joins a project with an invite token.
+#[utoipa::path(
+    post,
+    path = "/api/invites/accept",
+    tag = "invites",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body = AcceptInviteRequest,
+    responses(
+        (status = 200, description = "Joined as a member", body = AcceptedInvite),
+        (status = 400, description = "Malformed body or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "No invite has this token", body = ErrorBody),
+        (status = 409, description = "Already in the project", body = ErrorBody),
+        (status = 410, description = "The invite expired, was revoked or is used up", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn accept_invite(
     state: web::Data<AppState>,
@@ -78,6 +144,20 @@ async fn accept_invite(
     Ok(HttpResponse::Ok().json(accepted))
 }
 
+/// The project's owner and members.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/members",
+    tag = "members",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The members", body = MembersResponse),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn list_members(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
@@ -85,6 +165,22 @@ async fn list_members(state: web::Data<AppState>, auth: Auth, path: web::Path<Uu
     Ok(HttpResponse::Ok().json(MembersResponse { members }))
 }
 
+/// Removes a member (owner), or leaves the project (a member naming themself).
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{project_id}/members/{user_id}",
+    tag = "members",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("user_id" = Uuid, Path, description = "The member")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "A member may only remove themself", body = ErrorBody),
+        (status = 404, description = "Unknown project or member", body = ErrorBody),
+        (status = 409, description = "The owner cannot be removed", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn remove_member(
     state: web::Data<AppState>,
@@ -99,7 +195,23 @@ async fn remove_member(
     Ok(no_content())
 }
 
+/// Attaches one of the caller's devices to the project.
+///
 /// `PUT` is idempotent by nature; any body (the contract sends `{}`) is ignored.
+#[utoipa::path(
+    put,
+    path = "/api/projects/{project_id}/devices/{device_id}",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("device_id" = Uuid, Path, description = "One of the caller's devices")),
+    responses(
+        (status = 200, description = "Attached: the owner's device as a `source`, a member's as a `target`", body = AttachedDevice),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not the caller's device", body = ErrorBody),
+        (status = 404, description = "Unknown project or device", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn attach_device(
     state: web::Data<AppState>,
@@ -114,6 +226,21 @@ async fn attach_device(
     Ok(HttpResponse::Ok().json(attached))
 }
 
+/// Detaches a device from the project (its user, or the owner).
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{project_id}/devices/{device_id}",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("device_id" = Uuid, Path, description = "The device")),
+    responses(
+        (status = 204, description = "Detached"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Neither the device's user nor the owner", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the device is not attached", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn detach_device(
     state: web::Data<AppState>,
@@ -128,6 +255,21 @@ async fn detach_device(
     Ok(no_content())
 }
 
+/// The devices attached to the project, with their presence.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/devices",
+    tag = "devices",
+    operation_id = "list_project_devices",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The attached devices", body = ProjectDevicesResponse),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn list_devices(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;

@@ -11,6 +11,7 @@ mod health;
 mod membership;
 mod openapi;
 mod projects;
+mod transfers;
 
 pub use auth::Auth;
 pub use error::{error_chain, ApiError};
@@ -28,6 +29,7 @@ use crate::store::Pool;
 /// What every handler can reach.
 pub struct AppState {
     pub pool: Pool,
+    pub transfers: crate::domain::transfers::TransferPolicy,
 }
 
 /// Largest JSON body of an ordinary command.
@@ -50,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(projects::routes)
                 .configure(membership::routes)
                 .configure(files::routes)
+                .configure(transfers::routes)
                 .configure(admin::routes)
                 .configure(openapi::routes),
         )

@@ -3,7 +3,8 @@ use uuid::Uuid;
 
 use super::{created, idempotency_key, no_content, resource, ApiError, AppState, Auth};
 use crate::domain::{self, projects, DomainError};
-use crate::protocol::projects::{CreateProjectRequest, ProjectsResponse, UpdateProjectRequest};
+use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse, UpdateProjectRequest};
+use crate::protocol::ErrorBody;
 use crate::protocol::validate::ProjectName;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -16,6 +17,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Creates a project; the caller becomes its owner.
+#[utoipa::path(
+    post,
+    path = "/api/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body = CreateProjectRequest,
+    responses(
+        (status = 201, description = "The new project", body = Project),
+        (status = 400, description = "Malformed body or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 422, description = "The name is not 1 to 200 characters, or the idempotency key was used for another request", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn create_project(
     state: web::Data<AppState>,
@@ -32,18 +48,60 @@ async fn create_project(
     Ok(created(&project))
 }
 
+/// The projects the caller owns or is a member of.
+#[utoipa::path(
+    get,
+    path = "/api/projects",
+    tag = "projects",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's projects", body = ProjectsResponse),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn list_projects(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     let projects = projects::list(&state.pool, &auth.0).await?;
     Ok(HttpResponse::Ok().json(ProjectsResponse { projects }))
 }
 
+/// One project, with its member count.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project")),
+    responses(
+        (status = 200, description = "The project", body = Project),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown, or the caller is not in it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn get_project(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
     Ok(HttpResponse::Ok().json(projects::get(&client, &auth.0, path.into_inner()).await?))
 }
 
+/// Renames the project (owner only); appends `project_renamed`.
+#[utoipa::path(
+    patch,
+    path = "/api/projects/{project_id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body = UpdateProjectRequest,
+    responses(
+        (status = 200, description = "The renamed project", body = Project),
+        (status = 400, description = "Malformed id, body or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Only the owner may rename", body = ErrorBody),
+        (status = 404, description = "Unknown, or the caller is not in it", body = ErrorBody),
+        (status = 422, description = "The name is not 1 to 200 characters", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn update_project(
     state: web::Data<AppState>,
@@ -62,6 +120,21 @@ async fn update_project(
     Ok(HttpResponse::Ok().json(project))
 }
 
+/// Archives the project (owner only): an event, nothing erased.
+#[utoipa::path(
+    delete,
+    path = "/api/projects/{project_id}",
+    tag = "projects",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    responses(
+        (status = 204, description = "Archived"),
+        (status = 400, description = "Malformed id or idempotency key", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Only the owner may archive", body = ErrorBody),
+        (status = 404, description = "Unknown, or the caller is not in it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
 async fn archive_project(
     state: web::Data<AppState>,

@@ -56,7 +56,7 @@ pub fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Va
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventsPage {
     pub events: Vec<Event>,
     /// The head when this page was read. Fewer events than `limit` means
@@ -127,7 +127,7 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub position: i64,
     pub project_id: Uuid,
@@ -135,7 +135,7 @@ pub struct AuditEvent {
     pub event: Event,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub events: Vec<AuditEvent>,
     /// Opaque; null on the last page.

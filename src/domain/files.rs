@@ -1,7 +1,7 @@
 //! File metadata: batches of changes from a source device, applied in one
 //! transaction, and the keyset-paginated listing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
@@ -125,6 +125,7 @@ pub async fn update(
     let mut known = load(client, project_id, &checked).await?;
 
     let mut events = Vec::new();
+    let mut known_changed: Vec<String> = Vec::new();
     for (i, change) in checked.into_iter().enumerate() {
         match change {
             Upsert(mut state) => {
@@ -138,6 +139,7 @@ pub async fn update(
                 };
                 state.version = previous.map_or(0, |p| p.state.version) + 1;
                 events.push(NewEvent::new(event_type, &state));
+                known_changed.push(state.path.clone());
                 known.insert(state.path.clone(), Known { state, deleted: false });
             }
             Delete(path) => {
@@ -145,6 +147,7 @@ pub async fn update(
                 previous.state.version += 1;
                 previous.deleted = true;
                 events.push(NewEvent::new(EventType::FileDeleted, &previous.state));
+                known_changed.push(path.into_inner());
             }
             Move(from, to) => {
                 let source = known
@@ -160,7 +163,7 @@ pub async fn update(
                 events.push(NewEvent::new(
                     EventType::FileMoved,
                     FileMoved {
-                        from: from.into_inner(),
+                        from: from.as_str().to_owned(),
                         to: moved.path.clone(),
                         from_version,
                         size: moved.size,
@@ -171,18 +174,32 @@ pub async fn update(
                         version: moved.version,
                     },
                 ));
+                known_changed.push(from.as_str().to_owned());
+                known_changed.push(moved.path.clone());
                 known.insert(moved.path.clone(), Known { state: moved, deleted: false });
             }
         }
     }
 
+    // Open transfers of a path whose content changed under them fail, in
+    // the same batch.
+    let applied = events.len();
+    let changed: HashSet<&str> = known_changed.iter().map(String::as_str).collect();
+    let touched: Vec<(String, Option<String>)> = known
+        .iter()
+        .filter(|(path, _)| changed.contains(path.as_str()))
+        .map(|(path, k)| (path.clone(), (!k.deleted).then(|| k.state.hash.clone())))
+        .collect();
+    if !touched.is_empty() {
+        events.extend(super::transfers::fail_changed(client, project_id, &touched).await?);
+    }
     if events.is_empty() {
         let head = store::lock_stream(client, project_id).await?.unwrap_or_default();
         return Ok(UpdateFilesResponse { applied: 0, from_seq: None, to_seq: None, head_seq: head });
     }
     let appended = store::append(client, project_id, &cmd.meta, &events).await?;
     Ok(UpdateFilesResponse {
-        applied: events.len(),
+        applied,
         from_seq: Some(appended.from_seq),
         to_seq: Some(appended.to_seq),
         head_seq: appended.to_seq,

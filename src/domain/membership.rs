@@ -181,7 +181,8 @@ pub async fn list_members(client: &impl GenericClient, caller: &Caller, project_
 }
 
 /// The owner removes a member, or a member leaves. Their devices leave the
-/// project in the same command, and their access ends when it commits.
+/// project and their open transfers are cancelled in the same command, and
+/// their access ends when it commits.
 pub async fn remove_member(
     client: &impl GenericClient,
     cmd: &Command,
@@ -212,6 +213,7 @@ pub async fn remove_member(
         let detached = DeviceDetached { device_id: r.get(0), user_id, reason: DetachReason::MemberRemoved };
         NewEvent::new(EventType::DeviceDetached, detached)
     }));
+    events.extend(super::transfers::cancel_open_of(client, project_id, user_id).await?);
     store::append(client, project_id, &cmd.meta, &events).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod files;
 pub mod membership;
 pub mod projects;
 mod secrets;
+pub mod transfers;
 
 use futures_util::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};

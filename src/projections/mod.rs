@@ -61,6 +61,7 @@ pub static ALL: &[Projection] = &[
     Projection::new("project_invites", include_str!("../../projections/project_invites.sql")),
     Projection::new("project_devices", include_str!("../../projections/project_devices.sql")),
     Projection::new("remote_files", include_str!("../../projections/remote_files.sql")),
+    Projection::new("file_transfers", include_str!("../../projections/file_transfers.sql")),
 ];
 
 pub fn find(name: &str) -> Option<&'static Projection> {

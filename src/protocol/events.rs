@@ -14,7 +14,7 @@ pub enum Log {
 macro_rules! event_types {
     ($($variant:ident = $name:literal in $log:ident),+ $(,)?) => {
         /// Every event type of both logs, named in the past tense.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum EventType { $($variant),+ }
 
@@ -67,19 +67,22 @@ impl std::fmt::Display for EventType {
 }
 
 /// Who appended an event: a user, and the device when a device token was used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Actor {
     pub user_id: Option<Uuid>,
     pub device_id: Option<Uuid>,
 }
 
 /// One event as clients read it (event feed, audit, WebSocket).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub seq: i64,
     pub id: Uuid,
     #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
     pub event_type: String,
+    /// The event's payload; its fields depend on `type`.
+    #[schema(value_type = Object)]
     pub data: Value,
     pub actor: Actor,
     pub created_at: DateTime<Utc>,
@@ -187,6 +190,49 @@ pub mod data {
         pub modified_at: Option<DateTime<Utc>>,
         pub chunks: Option<Vec<crate::protocol::files::ChunkRef>>,
         pub version: i64,
+    }
+
+    /// The mutable state of a transfer after an event. Every transfer event
+    /// carries it whole, so the latest event of a transfer is its state.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct TransferState {
+        pub transfer_id: Uuid,
+        /// Who asked: members see the events of their own transfers only.
+        pub requester_id: Uuid,
+        pub file_path: String,
+        pub status: crate::protocol::transfers::TransferStatus,
+        pub bytes_transferred: i64,
+        pub total_bytes: i64,
+        pub percent: f64,
+        pub speed_mbps: Option<f64>,
+        pub eta_seconds: Option<i64>,
+        pub attempts: i32,
+        pub error_message: Option<String>,
+        pub started_at: Option<DateTime<Utc>>,
+        pub completed_at: Option<DateTime<Utc>>,
+        pub expires_at: DateTime<Utc>,
+        /// When bytes last moved or the status last changed (stall detection).
+        pub last_activity_at: DateTime<Utc>,
+        /// When the last progress event was appended (coalescing).
+        pub last_progress_at: Option<DateTime<Utc>>,
+        /// Recent progress samples, `[unix millis, bytes]`: the moving window
+        /// speed and ETA are computed over.
+        pub window: Vec<[i64; 2]>,
+    }
+
+    /// `transfer_requested`: what is moved, from where to where, and the
+    /// initial state.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct TransferRequested {
+        #[serde(flatten)]
+        pub state: TransferState,
+        pub file_hash: String,
+        pub mime_type: String,
+        pub source_device_id: Uuid,
+        pub target_device_id: Option<Uuid>,
+        pub protocol: String,
+        pub request_mode: crate::protocol::transfers::RequestMode,
+        pub chunks_needed: Vec<String>,
     }
 
     #[derive(Debug, Clone, Serialize, Deserialize)]

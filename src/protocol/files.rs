@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for Blake3Hash {
 }
 
 /// One chunk of a file, as sent by the owner's agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkRef {
     pub hash: String,
     pub size: i64,
@@ -102,7 +102,7 @@ pub struct ChunkRef {
 
 /// One change of a `files/update` batch, as sent: fields are checked one
 /// change at a time so an error can name its index.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FileChange {
     Upsert {
@@ -125,12 +125,12 @@ pub enum FileChange {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateFilesRequest {
     pub changes: Vec<FileChange>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateFilesResponse {
     /// Changes that appended an event (unchanged upserts do not).
     pub applied: usize,
@@ -141,7 +141,7 @@ pub struct UpdateFilesResponse {
 }
 
 /// A file as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoteFile {
     pub path: String,
     pub size: i64,
@@ -153,7 +153,7 @@ pub struct RemoteFile {
     pub deleted: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FilesPage {
     pub files: Vec<RemoteFile>,
     /// Opaque; null on the last page.

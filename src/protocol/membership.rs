@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::projects::Role;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateInviteRequest {
     /// Seconds until the invite expires: 60 to 31,536,000 (a year); default 7 days.
     #[serde(default)]
@@ -17,7 +17,7 @@ pub struct CreateInviteRequest {
 }
 
 /// The answer to creating an invite: the only time the token is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedInvite {
     pub id: Uuid,
     pub token: String,
@@ -25,7 +25,7 @@ pub struct CreatedInvite {
     pub max_uses: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invite {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -35,23 +35,23 @@ pub struct Invite {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvitesResponse {
     pub invites: Vec<Invite>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcceptInviteRequest {
     pub token: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcceptedInvite {
     pub project_id: Uuid,
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub user_id: Uuid,
     pub display_name: String,
@@ -59,13 +59,13 @@ pub struct Member {
     pub joined_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MembersResponse {
     pub members: Vec<Member>,
 }
 
 /// What a device does in a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceRole {
     /// The owner's machine: pushes file deltas, serves transfers.
@@ -92,7 +92,7 @@ impl DeviceRole {
 }
 
 /// The answer to attaching a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttachedDevice {
     pub device_id: Uuid,
     pub project_id: Uuid,
@@ -103,7 +103,7 @@ pub struct AttachedDevice {
 
 /// A device attached to a project. `online` and `last_seen_at` come from
 /// WebSocket presence; until a device has connected they are false and null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectDevice {
     pub device_id: Uuid,
     pub user_id: Uuid,
@@ -113,7 +113,7 @@ pub struct ProjectDevice {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectDevicesResponse {
     pub devices: Vec<ProjectDevice>,
 }

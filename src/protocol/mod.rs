@@ -8,6 +8,7 @@ pub mod events;
 pub mod files;
 pub mod membership;
 pub mod projects;
+pub mod transfers;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorDetail};

@@ -1,7 +1,5 @@
 use ferry::domain::accounts::{self, NewUser};
 use ferry::protocol::validate::{Email, Password};
-use ferry::protocol::{Actor, EventType};
-use ferry::store::{self, EventMeta, NewEvent};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -17,14 +15,11 @@ fn types(page: &Value) -> Vec<&str> {
     page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
-/// A transfer event as the transfers commands will append it.
+/// A download request of `/f.txt` by `requester`.
 async fn transfer_event(app: &TestApp, project: Uuid, requester: &TestUser) {
-    let mut client = app.pool.get().await.unwrap();
-    let tx = client.transaction().await.unwrap();
-    let meta = EventMeta { actor: Actor { user_id: Some(requester.id), device_id: None }, idempotency_key: None };
-    let event = NewEvent::new(EventType::TransferRequested, json!({"transfer_id": Uuid::now_v7(), "requester_id": requester.id}));
-    store::append(&tx, project, &meta, &[event]).await.unwrap();
-    tx.commit().await.unwrap();
+    let path = format!("/api/projects/{project}/files/download");
+    let (status, body) = app.post(&path, &requester.token, json!({"file_path": "/f.txt"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 /// A project with an owner's source device, two members, an invite, a

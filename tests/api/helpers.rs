@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use ferry::config::{DatabaseSettings, ServeSettings};
+use ferry::config::{DatabaseSettings, ServeSettings, TransferSettings};
 use ferry::store::embedded::EmbeddedPostgres;
 use ferry::store::Pool;
 use reqwest::{Method, StatusCode};
@@ -110,12 +110,23 @@ fn drop_database(name: String) {
     .join();
 }
 
+/// Starts a server with `settings`; answers its base URL and handle.
+pub async fn start_server(settings: &ServeSettings) -> (String, actix_web::dev::ServerHandle) {
+    let server = ferry::server::Server::build(settings).await.expect("server starts");
+    let address = format!("http://{}", server.address());
+    let handle = server.handle();
+    tokio::spawn(server.run());
+    (address, handle)
+}
+
 pub struct TestApp {
     pub address: String,
     pub database_url: String,
     /// A pool on the test's own database, for checks behind the API.
     pub pool: Pool,
     pub http: reqwest::Client,
+    /// The settings the server runs with, to start siblings on the same database.
+    pub settings: ServeSettings,
     db_name: String,
     handle: actix_web::dev::ServerHandle,
 }
@@ -130,28 +141,33 @@ pub struct TestUser {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with settings adjusted by `adjust` (say, short transfer timers).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut ServeSettings)) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             ferry::telemetry::init();
         }
         let (db_name, database_url) = fresh_database().await;
-        let settings = ServeSettings {
+        let mut settings = ServeSettings {
             database: DatabaseSettings {
                 database_url: Some(database_url.clone()),
                 data_dir: std::env::temp_dir(),
                 pool_size: 8,
             },
+            transfers: TransferSettings::default(),
             bind: "127.0.0.1:0".into(),
             workers: Some(2),
         };
-        let server = ferry::server::Server::build(&settings).await.expect("server starts");
-        let address = format!("http://{}", server.address());
-        let handle = server.handle();
-        tokio::spawn(server.run());
+        adjust(&mut settings);
+        let (address, handle) = start_server(&settings).await;
         Self {
             address,
             pool: ferry::store::connect(&database_url, 8).unwrap(),
             database_url,
             http: reqwest::Client::new(),
+            settings,
             db_name,
             handle,
         }

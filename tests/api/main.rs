@@ -10,4 +10,6 @@ mod permissions;
 mod projections;
 mod projects;
 mod store;
+mod transfers;
 mod cli;
+mod openapi;

@@ -15,13 +15,22 @@ enum Role {
     /// A device token of a user who is not in the project.
     StrangersDevice,
     Member,
+    /// A member who did not request the fixture's transfer.
+    OtherMember,
     /// The owner's source device, with its device token.
     OwnersDevice,
     Owner,
 }
 
-const ROLES: [Role; 6] =
-    [Role::Anonymous, Role::Stranger, Role::StrangersDevice, Role::Member, Role::OwnersDevice, Role::Owner];
+const ROLES: [Role; 7] = [
+    Role::Anonymous,
+    Role::Stranger,
+    Role::StrangersDevice,
+    Role::Member,
+    Role::OtherMember,
+    Role::OwnersDevice,
+    Role::Owner,
+];
 
 /// The people, once; a fresh project per call so no call disturbs another.
 struct World {
@@ -32,12 +41,15 @@ struct World {
     strangers_device: (Uuid, String),
     owners_device: (Uuid, String),
     members_device: Uuid,
+    other_members_device: Uuid,
 }
 
 /// What one row's calls refer to.
 struct Fixture {
     project: Uuid,
     invite: Uuid,
+    /// Requested by the member.
+    transfer: Uuid,
 }
 
 impl World {
@@ -45,11 +57,13 @@ impl World {
         let owner = app.signup("owner").await;
         let member = app.signup("member").await;
         let stranger = app.signup("stranger").await;
+        let other = app.signup("other").await;
         Self {
             owners_device: app.register_device(&owner, "studio").await,
             members_device: app.register_device(&member, "laptop").await.0,
             strangers_device: app.register_device(&stranger, "phone").await,
-            other_member: app.signup("other").await,
+            other_member: other.clone(),
+            other_members_device: app.register_device(&other, "tablet").await.0,
             owner,
             member,
             stranger,
@@ -63,7 +77,15 @@ impl World {
         let attach = format!("/api/projects/{project}/devices/{}", self.owners_device.0);
         assert_eq!(app.call(Method::PUT, &attach, Some(&self.owner.token), None).await.0, StatusCode::OK);
         let (_, invite) = app.post(&format!("/api/projects/{project}/invites"), &self.owner.token, json!({})).await;
-        Fixture { project, invite: invite["id"].as_str().unwrap().parse().unwrap() }
+        let file = json!([{"op": "upsert", "path": "/m.bin", "size": 1, "hash": FILE_HASH}]);
+        assert_eq!(app.push(&self.owners_device.1, project, file).await.0, StatusCode::OK);
+        let (_, transfer) =
+            app.post(&format!("/api/projects/{project}/files/download"), &self.member.token, json!({"file_path": "/m.bin"})).await;
+        Fixture {
+            project,
+            invite: invite["id"].as_str().unwrap().parse().unwrap(),
+            transfer: transfer["download_id"].as_str().unwrap().parse().unwrap(),
+        }
     }
 
     fn token(&self, role: Role) -> Option<&str> {
@@ -72,6 +94,7 @@ impl World {
             Role::Stranger => Some(&self.stranger.token),
             Role::StrangersDevice => Some(&self.strangers_device.1),
             Role::Member => Some(&self.member.token),
+            Role::OtherMember => Some(&self.other_member.token),
             Role::OwnersDevice => Some(&self.owners_device.1),
             Role::Owner => Some(&self.owner.token),
         }
@@ -82,10 +105,13 @@ impl World {
         match role {
             Role::Owner | Role::OwnersDevice => self.owners_device.0,
             Role::Member => self.members_device,
+            Role::OtherMember => self.other_members_device,
             _ => self.strangers_device.0,
         }
     }
 }
+
+const FILE_HASH: &str = "abababababababababababababababababababababababababababababababab";
 
 type PathFn = fn(&World, &Fixture, Role) -> String;
 
@@ -94,43 +120,61 @@ struct Row {
     path: PathFn,
     body: Option<Value>,
     /// Expected status for each of ROLES, in order.
-    expect: [u16; 6],
+    expect: [u16; 7],
 }
 
 fn rows() -> Vec<Row> {
-    let row = |method: Method, path: PathFn, body: Option<Value>, expect: [u16; 6]| Row { method, path, body, expect };
-    let change = json!({"changes": [{"op": "upsert", "path": "/m.txt", "size": 1, "hash": "ab".repeat(32)}]});
+    let row = |method: Method, path: PathFn, body: Option<Value>, expect: [u16; 7]| Row { method, path, body, expect };
+    let change = json!({"changes": [{"op": "upsert", "path": "/m.txt", "size": 1, "hash": FILE_HASH}]});
     vec![
-        row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200, 200]),
-        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 200, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 204, 204]),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 201, 201]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 200, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 204, 204]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 403, 200, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 403, 204, 204]),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 403, 201, 201]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 403, 200, 200]),
+        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 403, 204, 204]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
         row(
             Method::DELETE,
             |w, f, _| format!("/api/projects/{}/members/{}", f.project, w.other_member.id),
             None,
-            [401, 404, 404, 403, 204, 204],
+            [401, 404, 404, 403, 204, 204, 204],
         ),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
         row(
             Method::PUT,
             |w, f, role| format!("/api/projects/{}/devices/{}", f.project, w.own_device(role)),
             Some(json!({})),
-            [401, 404, 404, 200, 200, 200],
+            [401, 404, 404, 200, 200, 200, 200],
         ),
         row(
             Method::DELETE,
             |w, f, _| format!("/api/projects/{}/devices/{}", f.project, w.owners_device.0),
             None,
-            [401, 404, 404, 403, 204, 204],
+            [401, 404, 404, 403, 403, 204, 204],
         ),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/update", f.project), Some(change), [401, 404, 404, 403, 200, 403]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/files-paginated", f.project), None, [401, 404, 404, 200, 200, 200]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/events", f.project), None, [401, 404, 404, 200, 200, 200]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/project_events", f.project), None, [401, 404, 404, 200, 200, 200]),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/update", f.project), Some(change), [401, 404, 404, 403, 403, 200, 403]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/files-paginated", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/events", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/project_events", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/download", f.project), Some(json!({"file_path": "/m.bin"})), [401, 404, 404, 201, 201, 201, 201]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/transfers", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/transfers/{}", f.project, f.transfer), None, [401, 404, 404, 200, 404, 200, 200]),
+        row(
+            Method::PATCH,
+            |_, f, _| format!("/api/projects/{}/transfers/{}", f.project, f.transfer),
+            Some(json!({"status": "in_progress"})),
+            [401, 404, 404, 403, 404, 200, 403],
+        ),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/transfers/{}/verify", f.project, f.transfer),
+            Some(json!({"hash": FILE_HASH})),
+            [401, 404, 404, 200, 404, 403, 403],
+        ),
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/cancel", f.project, f.transfer), None, [401, 404, 404, 200, 404, 200, 200]),
+        // Permitted callers get past the permission check to the state check.
+        row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/retry", f.project, f.transfer), None, [401, 404, 404, 409, 404, 409, 409]),
     ]
 }
 

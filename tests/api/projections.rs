@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::TestApp;
 
-const TABLES: [&str; 5] = ["projects", "project_members", "project_invites", "project_devices", "remote_files"];
+const TABLES: [&str; 6] = ["projects", "project_members", "project_invites", "project_devices", "remote_files", "file_transfers"];
 
 /// Appends one random command: a new project, or a batch of renames,
 /// archives, invites, joins, removals, device attachments and detachments
@@ -42,7 +42,32 @@ async fn random_command(pool: &Pool, rng: &mut StdRng, projects: &mut Vec<Uuid>,
                     json!({"path": path, "size": size, "hash": format!("{:064x}", rng.gen::<u64>()), "mime_type": "text/plain",
                            "modified_at": null, "chunks": [{"hash": format!("{:064x}", size), "size": size}], "version": rng.gen_range(1..50)})
                 };
-                match rng.gen_range(0..22) {
+                let transfer = |rng: &mut StdRng, status: &str| {
+                    json!({"transfer_id": Uuid::from_u128(rng.gen_range(1..4) + (project.as_u128() << 8) + 100),
+                           "requester_id": user, "file_path": "/d0/f1", "status": status,
+                           "bytes_transferred": rng.gen_range(0..100), "total_bytes": 100, "percent": 1.5,
+                           "speed_mbps": null, "eta_seconds": null, "attempts": rng.gen_range(1..4), "error_message": null,
+                           "started_at": null, "completed_at": null, "expires_at": "2030-01-01T00:00:00Z",
+                           "last_activity_at": "2030-01-01T00:00:00Z", "last_progress_at": null, "window": [[1, 2]],
+                           "file_hash": format!("{:064x}", 7), "mime_type": "text/plain", "source_device_id": device,
+                           "target_device_id": null, "protocol": "relay", "request_mode": "full", "chunks_needed": []})
+                };
+                match rng.gen_range(0..26) {
+                    22..=23 => {
+                        let t = transfer(rng, "pending");
+                        NewEvent::new(EventType::TransferRequested, t)
+                    }
+                    24..=25 => {
+                        let (event_type, status) = [
+                            (EventType::FileTransferStarted, "in_progress"),
+                            (EventType::FileTransferProgress, "in_progress"),
+                            (EventType::FileTransferFailed, "failed"),
+                            (EventType::TransferRetried, "pending"),
+                            (EventType::FileTransferComplete, "completed"),
+                        ][rng.gen_range(0..5)];
+                        let t = transfer(rng, status);
+                        NewEvent::new(event_type, t)
+                    }
                     16..=17 => {
                         let t = if rng.gen() { EventType::FileAdded } else { EventType::FileUpdated };
                         let p = path(rng);

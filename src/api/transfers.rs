@@ -1,0 +1,271 @@
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{created, idempotency_key, optional_json, resource, ApiError, AppState, Auth};
+use crate::domain::events::parse_limit;
+use crate::domain::{self, transfers, DomainError};
+use crate::protocol::transfers::{DownloadRequest, TransferReport, TransferStatus, VerifyRequest};
+use crate::protocol::validate::ValidationError;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/projects/{project_id}/files/download").post(request_download))
+        .service(resource("/projects/{project_id}/transfers").get(list_transfers))
+        .service(resource("/projects/{project_id}/transfers/{transfer_id}").get(get_transfer).patch(report_transfer))
+        .service(resource("/projects/{project_id}/transfers/{transfer_id}/verify").post(verify_transfer))
+        .service(resource("/projects/{project_id}/transfers/{transfer_id}/cancel").post(cancel_transfer))
+        .service(resource("/projects/{project_id}/transfers/{transfer_id}/retry").post(retry_transfer));
+}
+
+/// Requests a file from the project's source device (owner or member).
+///
+/// `request_mode: "delta"` with `have_chunks` makes `chunks_needed` hold
+/// only what the requester lacks.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/files/download",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body(content = Object, description = "`{file_path, file_hash?, request_mode?, target_device_id?, have_chunks?}`"),
+    responses(
+        (status = 201, description = "`{success, download_id, file, transfer_info}`", body = Object),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project, or the file is unknown or deleted", body = crate::protocol::ErrorBody),
+        (status = 409, description = "`file_hash` is not the file's current hash", body = crate::protocol::ErrorBody),
+        (status = 422, description = "Bad path or hash", body = crate::protocol::ErrorBody),
+        (status = 503, description = "`no_source_device`: the project has no source device", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+async fn request_download(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Json<DownloadRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req, &*body)?;
+    let (project_id, body, policy) = (path.into_inner(), body.into_inner(), state.transfers);
+    let mut answer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { transfers::request(tx, cmd, &policy, project_id, body).await })
+    })
+    .await?;
+    // Endpoints are paths on this server; clients get them whole.
+    let info = req.connection_info();
+    for endpoint in &mut answer.transfer_info.endpoints {
+        if endpoint.url.starts_with('/') {
+            endpoint.url = format!("{}://{}{}", info.scheme(), info.host(), endpoint.url);
+        }
+    }
+    Ok(created(&answer))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only transfers in this status (`pending`, `in_progress`, `completed`, `failed`, `cancelled`, `expired`).
+    status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Transfers per page: 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 50)]
+    limit: Option<i64>,
+}
+
+/// The project's transfers: all of them for the owner, their own for a member.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/transfers",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ListParams),
+    responses(
+        (status = 200, description = "`{transfers: [transfer], next_cursor}`", body = Object),
+        (status = 400, description = "Malformed id or query", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = crate::protocol::ErrorBody),
+        (status = 422, description = "Bad status, limit or cursor", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+async fn list_transfers(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let p = params.into_inner();
+    let status = p
+        .status
+        .filter(|s| !s.is_empty())
+        .map(|s| TransferStatus::parse(&s).ok_or_else(|| ValidationError::new("invalid_status", format!("unknown status {s:?}"))))
+        .transpose()
+        .map_err(DomainError::from)?;
+    let limit = parse_limit(p.limit, 50, 1000).map_err(DomainError::from)?;
+    let client = state.pool.get().await.map_err(DomainError::from)?;
+    let page = transfers::list(&client, &auth.0, path.into_inner(), status, p.cursor.as_deref(), limit).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// One transfer (the owner, or its requester).
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer")),
+    responses(
+        (status = 200, description = "The transfer", body = Object),
+        (status = 400, description = "Malformed id", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn get_transfer(state: web::Data<AppState>, auth: Auth, path: web::Path<(Uuid, Uuid)>) -> Result<HttpResponse, ApiError> {
+    let (project_id, transfer_id) = path.into_inner();
+    let client = state.pool.get().await.map_err(DomainError::from)?;
+    Ok(HttpResponse::Ok().json(transfers::get(&client, &auth.0, project_id, transfer_id).await?))
+}
+
+/// The source device reports progress, failure or the start of a transfer.
+#[utoipa::path(
+    patch,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body(content = Object, description = "`{status?: \"in_progress\" | \"failed\", bytes_transferred?, error_message?}`"),
+    responses(
+        (status = 200, description = "The transfer", body = Object),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Not the transfer's source device", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+        (status = 409, description = "Illegal transition, or bytes going backwards or past the total", body = crate::protocol::ErrorBody),
+        (status = 422, description = "Invalid report", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn report_transfer(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<TransferReport>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req, &*body)?;
+    let ((project_id, transfer_id), report, policy) = (path.into_inner(), body.into_inner(), state.transfers);
+    let transfer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { transfers::report(tx, cmd, &policy, project_id, transfer_id, report).await })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(transfer))
+}
+
+/// The requester reports the hash of what it received: `completed` when it
+/// matches, else `failed` with `error_message: "hash_mismatch"`.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}/verify",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    request_body(content = Object, description = "`{hash}`"),
+    responses(
+        (status = 200, description = "The transfer", body = Object),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Not the transfer's requester", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+        (status = 409, description = "The transfer cannot be verified in its state", body = crate::protocol::ErrorBody),
+        (status = 422, description = "Bad hash", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn verify_transfer(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<VerifyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req, &*body)?;
+    let ((project_id, transfer_id), hash) = (path.into_inner(), body.into_inner().hash);
+    let transfer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, &hash).await })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(transfer))
+}
+
+/// Cancels a transfer (its requester, or the owner). Any body is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}/cancel",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    responses(
+        (status = 200, description = "The cancelled transfer", body = Object),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Neither the requester nor the owner", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+        (status = 409, description = "The transfer is already over", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn cancel_transfer(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    optional_json::<serde_json::Value>(&body)?;
+    let key = idempotency_key(&req, &())?;
+    let (project_id, transfer_id) = path.into_inner();
+    let transfer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(transfers::cancel(tx, cmd, project_id, transfer_id))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(transfer))
+}
+
+/// Puts a failed transfer back in `pending` (its requester, or the owner);
+/// `attempts` + 1. Any body is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}/retry",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    responses(
+        (status = 200, description = "The transfer, pending again", body = Object),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Neither the requester nor the owner", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+        (status = 409, description = "Only a failed transfer can be retried", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn retry_transfer(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    optional_json::<serde_json::Value>(&body)?;
+    let key = idempotency_key(&req, &())?;
+    let ((project_id, transfer_id), policy) = (path.into_inner(), state.transfers);
+    let transfer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { transfers::retry(tx, cmd, &policy, project_id, transfer_id).await })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(transfer))
+}
