@@ -15,6 +15,7 @@ mod transfers;
 
 pub use auth::Auth;
 pub use error::{error_chain, ApiError};
+pub use openapi::document;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};

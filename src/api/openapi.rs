@@ -19,6 +19,7 @@ use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
 use crate::protocol::membership as mem;
 use crate::protocol::projects as prj;
+use crate::protocol::transfers as trf;
 use crate::protocol::{Actor, ErrorBody, ErrorDetail, Event, EventType};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -117,6 +118,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         fil::UpdateFilesResponse,
         fil::RemoteFile,
         fil::FilesPage,
+        trf::TransferStatus,
+        trf::RequestMode,
+        trf::DownloadRequest,
+        trf::DownloadFile,
+        trf::Endpoint,
+        trf::TransferInfo,
+        trf::DownloadResponse,
+        trf::SourceDevice,
+        trf::Transfer,
+        trf::TransfersPage,
+        trf::TransferReport,
+        trf::VerifyRequest,
         admin::ProjectionInfo,
         admin::ProjectionsResponse,
         admin::RebuildResponse,

@@ -5,7 +5,9 @@ use uuid::Uuid;
 use super::{created, idempotency_key, optional_json, resource, ApiError, AppState, Auth};
 use crate::domain::events::parse_limit;
 use crate::domain::{self, transfers, DomainError};
-use crate::protocol::transfers::{DownloadRequest, TransferReport, TransferStatus, VerifyRequest};
+use crate::protocol::transfers::{
+    DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage, VerifyRequest,
+};
 use crate::protocol::validate::ValidationError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -27,9 +29,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     tag = "transfers",
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
-    request_body(content = Object, description = "`{file_path, file_hash?, request_mode?, target_device_id?, have_chunks?}`"),
+    request_body = DownloadRequest,
     responses(
-        (status = 201, description = "`{success, download_id, file, transfer_info}`", body = Object),
+        (status = 201, description = "The transfer was requested", body = DownloadResponse),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 404, description = "Unknown project, or the file is unknown or deleted", body = crate::protocol::ErrorBody),
@@ -82,7 +84,7 @@ struct ListParams {
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ListParams),
     responses(
-        (status = 200, description = "`{transfers: [transfer], next_cursor}`", body = Object),
+        (status = 200, description = "A page of transfers", body = TransfersPage),
         (status = 400, description = "Malformed id or query", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 404, description = "Unknown project, or the caller is not in it", body = crate::protocol::ErrorBody),
@@ -117,7 +119,7 @@ async fn list_transfers(
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer")),
     responses(
-        (status = 200, description = "The transfer", body = Object),
+        (status = 200, description = "The transfer", body = Transfer),
         (status = 400, description = "Malformed id", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
@@ -137,9 +139,9 @@ async fn get_transfer(state: web::Data<AppState>, auth: Auth, path: web::Path<(U
     tag = "transfers",
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
-    request_body(content = Object, description = "`{status?: \"in_progress\" | \"failed\", bytes_transferred?, error_message?}`"),
+    request_body = TransferReport,
     responses(
-        (status = 200, description = "The transfer", body = Object),
+        (status = 200, description = "The transfer", body = Transfer),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 403, description = "Not the transfer's source device", body = crate::protocol::ErrorBody),
@@ -173,9 +175,9 @@ async fn report_transfer(
     tag = "transfers",
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
-    request_body(content = Object, description = "`{hash}`"),
+    request_body = VerifyRequest,
     responses(
-        (status = 200, description = "The transfer", body = Object),
+        (status = 200, description = "The transfer", body = Transfer),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 403, description = "Not the transfer's requester", body = crate::protocol::ErrorBody),
@@ -209,7 +211,7 @@ async fn verify_transfer(
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
     responses(
-        (status = 200, description = "The cancelled transfer", body = Object),
+        (status = 200, description = "The cancelled transfer", body = Transfer),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 403, description = "Neither the requester nor the owner", body = crate::protocol::ErrorBody),
@@ -244,7 +246,7 @@ async fn cancel_transfer(
     security(("bearer" = [])),
     params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
     responses(
-        (status = 200, description = "The transfer, pending again", body = Object),
+        (status = 200, description = "The transfer, pending again", body = Transfer),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
         (status = 403, description = "Neither the requester nor the owner", body = crate::protocol::ErrorBody),

@@ -7,6 +7,8 @@
 
 mod rebuild;
 
+use crate::protocol::{EventType, Log};
+
 pub use rebuild::{ensure_up_to_date, rebuild, status, ProjectionStatus, RebuildReport};
 
 /// One read model, compiled into the binary.
@@ -17,15 +19,21 @@ pub struct Projection {
 }
 
 const APPLY_MARKER: &str = "\n-- apply\n";
+/// Bump when `rebuild::trigger_sql` changes, so live triggers are remade.
+const TRIGGER_FORMAT: &str = "2";
 
 impl Projection {
     const fn new(name: &'static str, source: &'static str) -> Self {
         Self { name, source }
     }
 
-    /// The hash of the file: a changed file is a new version to rebuild.
+    /// The hash of the file (and of how its trigger is made): a changed
+    /// file is a new version to rebuild.
     pub fn version(&self) -> String {
-        blake3::hash(self.source.as_bytes()).to_hex()[..16].to_owned()
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(TRIGGER_FORMAT.as_bytes());
+        hasher.update(self.source.as_bytes());
+        hasher.finalize().to_hex()[..16].to_owned()
     }
 
     /// The DDL creating its tables (unqualified names).
@@ -42,6 +50,18 @@ impl Projection {
         self.source
             .split_once(APPLY_MARKER)
             .unwrap_or_else(|| panic!("projections/{}.sql has no `-- apply` line", self.name))
+    }
+
+    /// The event types its apply SQL reads (named there as `'type'`).
+    pub fn event_types(&self) -> Vec<EventType> {
+        let apply = self.apply_sql();
+        EventType::ALL.iter().copied().filter(|t| apply.contains(&format!("'{}'", t.as_str()))).collect()
+    }
+
+    /// The logs holding those types: its trigger is on these only.
+    pub fn logs(&self) -> Vec<Log> {
+        let types = self.event_types();
+        [Log::Project, Log::Transfer].into_iter().filter(|l| types.iter().any(|t| t.log() == *l)).collect()
     }
 
     /// The tables the projection owns, in the order its file creates them.
@@ -83,7 +103,14 @@ mod tests {
                 p.name
             );
             assert_eq!(p.version().len(), 16);
+            assert!(!p.event_types().is_empty(), "{} reads no event type", p.name);
         }
         assert_eq!(find("projects").unwrap().tables(), vec!["projects"]);
+        assert_eq!(find("file_transfers").unwrap().logs(), vec![Log::Transfer]);
+        assert_eq!(find("remote_files").unwrap().logs(), vec![Log::Project]);
+        assert_eq!(
+            find("project_invites").unwrap().event_types(),
+            vec![EventType::InviteCreated, EventType::InviteRevoked, EventType::MemberJoined]
+        );
     }
 }

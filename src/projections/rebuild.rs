@@ -18,6 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 
 use super::{Projection, ALL};
+use crate::protocol::Log;
 use crate::store::{Pool, StoreError};
 
 /// Serialises rebuilds across servers sharing the database.
@@ -245,23 +246,10 @@ async fn swap(
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS {live} CASCADE;
          {moves}
-         CREATE OR REPLACE FUNCTION public.projection_{name}() RETURNS trigger
-         LANGUAGE plpgsql AS $projection$
-         BEGIN
-         {apply}
-         RETURN NULL;
-         END $projection$;
-         DROP TRIGGER IF EXISTS projection_{name} ON public.project_events;
-         DROP TRIGGER IF EXISTS projection_{name} ON public.transfer_events;
-         CREATE TRIGGER projection_{name} AFTER INSERT ON public.project_events
-             REFERENCING NEW TABLE AS new_events
-             FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();
-         CREATE TRIGGER projection_{name} AFTER INSERT ON public.transfer_events
-             REFERENCING NEW TABLE AS new_events
-             FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();
+         {trigger}
          DROP SCHEMA {schema} CASCADE;",
         live = live.join(", "),
-        apply = projection.apply_sql(),
+        trigger = trigger_sql(projection),
     ))
     .await?;
     let events_read = built_from + caught_up;
@@ -275,4 +263,35 @@ async fn swap(
     .await?;
     tx.commit().await?;
     Ok(caught_up)
+}
+
+/// The projection's live trigger: a statement trigger on each log holding
+/// its event types, returning at once when the statement brought none.
+fn trigger_sql(projection: &Projection) -> String {
+    let name = projection.name;
+    let types: Vec<String> = projection.event_types().iter().map(|t| format!("'{}'", t.as_str())).collect();
+    let mut sql = format!(
+        "CREATE OR REPLACE FUNCTION public.projection_{name}() RETURNS trigger
+         LANGUAGE plpgsql AS $projection$
+         BEGIN
+         IF NOT EXISTS (SELECT 1 FROM new_events WHERE type IN ({types})) THEN
+             RETURN NULL;
+         END IF;
+         {apply}
+         RETURN NULL;
+         END $projection$;",
+        types = types.join(", "),
+        apply = projection.apply_sql(),
+    );
+    for (log, table) in [(Log::Project, "project_events"), (Log::Transfer, "transfer_events")] {
+        sql.push_str(&format!("\nDROP TRIGGER IF EXISTS projection_{name} ON public.{table};"));
+        if projection.logs().contains(&log) {
+            sql.push_str(&format!(
+                "\nCREATE TRIGGER projection_{name} AFTER INSERT ON public.{table}
+                     REFERENCING NEW TABLE AS new_events
+                     FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();"
+            ));
+        }
+    }
+    sql
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Where a transfer is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     Pending,
@@ -53,7 +53,7 @@ impl TransferStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestMode {
     #[default]
@@ -62,7 +62,7 @@ pub enum RequestMode {
     Delta,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DownloadRequest {
     pub file_path: String,
     #[serde(default)]
@@ -75,7 +75,7 @@ pub struct DownloadRequest {
     pub have_chunks: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DownloadFile {
     pub path: String,
     pub size: i64,
@@ -83,13 +83,13 @@ pub struct DownloadFile {
     pub mime_type: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
     pub protocol: String,
     pub url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferInfo {
     pub protocol: String,
     pub source_device_id: Uuid,
@@ -99,7 +99,7 @@ pub struct TransferInfo {
 }
 
 /// The answer to a download request (the shape desktop clients expect).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DownloadResponse {
     pub success: bool,
     pub download_id: Uuid,
@@ -107,7 +107,7 @@ pub struct DownloadResponse {
     pub transfer_info: TransferInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceDevice {
     pub id: Uuid,
     pub name: String,
@@ -117,7 +117,7 @@ pub struct SourceDevice {
 /// A transfer as clients read it. `speed_mbps` (megabits per second) and
 /// `eta_seconds` are computed by the server over a moving window of the
 /// progress reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transfer {
     pub id: Uuid,
     pub project_id: Uuid,
@@ -141,7 +141,7 @@ pub struct Transfer {
     pub expires_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransfersPage {
     pub transfers: Vec<Transfer>,
     /// Opaque; null on the last page.
@@ -149,7 +149,7 @@ pub struct TransfersPage {
 }
 
 /// `PATCH .../transfers/:id`, from the source device.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferReport {
     #[serde(default)]
     pub status: Option<TransferStatus>,
@@ -159,7 +159,7 @@ pub struct TransferReport {
     pub error_message: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
     pub hash: String,
 }

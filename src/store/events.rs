@@ -1,5 +1,7 @@
 //! Appending to and reading from the two logs.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -68,11 +70,22 @@ pub async fn lock_stream(client: &impl GenericClient, project_id: Uuid) -> Resul
 }
 
 /// Raises the head by the batch size (taking the head row lock, held until
-/// commit, so commit order is seq order) and inserts the whole batch into
-/// both logs, in one statement. Each event's position is drawn in batch
-/// order, so within a project position order is seq order too.
-const APPEND: &str = "
-WITH head AS (
+/// commit, so commit order is seq order) and inserts the whole batch, in one
+/// statement. Each event's position is drawn in batch order, so within a
+/// project position order is seq order too. Only the logs the batch touches
+/// are written, so no empty statement fires the other log's triggers.
+fn append_sql(project: bool, transfer: bool) -> String {
+    let insert = |table: &str, which: &str| {
+        format!(
+            ", {table}_rows AS (
+    INSERT INTO {table}
+        (project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, position)
+    SELECT $1, seq, id, type, data, $6, $7, $8, position FROM batch WHERE {which}
+)"
+        )
+    };
+    format!(
+        "WITH head AS (
     UPDATE project_heads SET head_seq = head_seq + cardinality($2::uuid[])
     WHERE project_id = $1
     RETURNING head_seq
@@ -82,16 +95,16 @@ WITH head AS (
     FROM head,
          unnest($2::uuid[], $3::text[], $4::jsonb[], $5::bool[])
              WITH ORDINALITY AS e(id, type, data, is_transfer, ord)
-), project_rows AS (
-    INSERT INTO project_events
-        (project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, position)
-    SELECT $1, seq, id, type, data, $6, $7, $8, position FROM batch WHERE NOT is_transfer
-), transfer_rows AS (
-    INSERT INTO transfer_events
-        (project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, position)
-    SELECT $1, seq, id, type, data, $6, $7, $8, position FROM batch WHERE is_transfer
-)
-SELECT head_seq, now() FROM head";
+){}{}
+SELECT head_seq, now() FROM head",
+        if project { insert("project_events", "NOT is_transfer") } else { String::new() },
+        if transfer { insert("transfer_events", "is_transfer") } else { String::new() },
+    )
+}
+
+static APPEND_PROJECT: LazyLock<String> = LazyLock::new(|| append_sql(true, false));
+static APPEND_TRANSFER: LazyLock<String> = LazyLock::new(|| append_sql(false, true));
+static APPEND_BOTH: LazyLock<String> = LazyLock::new(|| append_sql(true, true));
 
 /// Appends `events` to the project's logs in the caller's transaction.
 pub async fn append(
@@ -108,7 +121,12 @@ pub async fn append(
     let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
     let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type.log() == Log::Transfer).collect();
 
-    let stmt = client.prepare_cached(APPEND).await?;
+    let sql = match (is_transfer.contains(&false), is_transfer.contains(&true)) {
+        (true, false) => &*APPEND_PROJECT,
+        (false, true) => &*APPEND_TRANSFER,
+        _ => &*APPEND_BOTH,
+    };
+    let stmt = client.prepare_cached(sql).await?;
     let row = client
         .query_opt(
             &stmt,

@@ -53,13 +53,15 @@ async fn admin_client() -> tokio_postgres::Client {
 async fn template() -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut hasher = blake3::Hasher::new();
-    for dir in ["migrations", "projections"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for file in files {
-            hasher.update(file.file_name().unwrap().as_encoded_bytes());
-            hasher.update(&std::fs::read(&file).unwrap());
-        }
+    let mut migrations: Vec<_> = std::fs::read_dir(root.join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+    migrations.sort();
+    for file in migrations {
+        hasher.update(file.file_name().unwrap().as_encoded_bytes());
+        hasher.update(&std::fs::read(&file).unwrap());
+    }
+    for projection in ferry::projections::ALL {
+        hasher.update(projection.name.as_bytes());
+        hasher.update(projection.version().as_bytes());
     }
     let name = format!("ferry_tpl_{}", &hasher.finalize().to_hex()[..12]);
     let admin = admin_client().await;

@@ -65,8 +65,7 @@ async fn the_document_is_served_and_well_formed() {
     // It is a document utoipa reads back unchanged.
     let parsed: utoipa::openapi::OpenApi = serde_json::from_value(doc.clone()).expect("a valid OpenAPI document");
     assert_eq!(serde_json::to_value(&parsed).unwrap(), doc);
-    // TODO(lead): with `pub use openapi::document;` in src/api/mod.rs, also
-    // assert_eq!(serde_json::to_value(ferry::api::document()).unwrap(), doc);
+    assert_eq!(serde_json::to_value(ferry::api::document()).unwrap(), doc);
 
     let schemas = doc["components"]["schemas"].as_object().expect("component schemas");
     for name in ["ErrorBody", "Event", "Project", "FileChange", "AuditPage"] {
