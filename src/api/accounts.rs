@@ -1,7 +1,7 @@
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
-use super::{created, no_content, resource, ApiError, AppState, Auth};
+use super::{created, idempotency_key, no_content, resource, ApiError, AppState, Auth};
 use crate::domain::accounts::{self, NewUser};
 use crate::protocol::accounts::{
     AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
@@ -9,7 +9,7 @@ use crate::protocol::accounts::{
 };
 use crate::protocol::ErrorBody;
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
-use crate::domain::DomainError;
+use crate::domain::{self, DomainError};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/signup").post(signup))
@@ -102,9 +102,11 @@ async fn get_me(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, 
     path = "/api/devices",
     tag = "devices",
     security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key registers nothing and answers 409 `already_applied`: the token is shown only once")),
     request_body = RegisterDeviceRequest,
     responses(
         (status = 201, description = "The device and its token (shown only here)", body = RegisterDeviceResponse),
+        (status = 409, description = "Idempotency-Key already applied", body = ErrorBody),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
         (status = 403, description = "A device token cannot register devices", body = ErrorBody),
@@ -115,11 +117,17 @@ async fn get_me(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, 
 async fn register_device(
     state: web::Data<AppState>,
     auth: Auth,
+    req: HttpRequest,
     body: web::Json<RegisterDeviceRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req, &*body)?;
     let name = DeviceName::parse(&body.name).map_err(DomainError::from)?;
     let platform = body.platform.as_deref().map(Platform::parse).transpose().map_err(DomainError::from)?;
-    Ok(created(&accounts::register_device(&state.pool, &auth.0, name, platform).await?))
+    let registered = domain::execute_secret(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { accounts::register_device(tx, &cmd.caller, name, platform).await })
+    })
+    .await?;
+    Ok(created(&registered))
 }
 
 /// The caller's devices.

@@ -30,13 +30,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     path = "/api/projects/{project_id}/invites",
     tag = "invites",
     security(("bearer" = [])),
-    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key answers the first response and appends nothing")),
+    params(("project_id" = Uuid, Path, description = "The project"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key appends nothing and answers 409 `already_applied`: the token is shown only once")),
     request_body(content = Option<CreateInviteRequest>, description = "May be empty: every field has a default"),
     responses(
         (status = 201, description = "The invite and its token", body = CreatedInvite),
         (status = 400, description = "Malformed id, body or idempotency key", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
         (status = 403, description = "Only the owner may invite", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key already applied", body = ErrorBody),
         (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
         (status = 422, description = "Expiry or use count out of range", body = ErrorBody),
     )
@@ -53,7 +54,7 @@ async fn create_invite(
     let key = idempotency_key(&req, &body)?;
     let terms = InviteTerms::parse(body.expires_in_seconds, body.max_uses).map_err(DomainError::from)?;
     let project_id = path.into_inner();
-    let invite = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+    let invite = domain::execute_secret(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
         Box::pin(membership::create_invite(tx, cmd, project_id, terms))
     })
     .await?;

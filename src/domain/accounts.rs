@@ -168,7 +168,7 @@ pub async fn me(pool: &Pool, caller: &Caller) -> Result<MeResponse, DomainError>
 }
 
 pub async fn register_device(
-    pool: &Pool,
+    client: &impl GenericClient,
     caller: &Caller,
     name: DeviceName,
     platform: Option<Platform>,
@@ -180,18 +180,15 @@ pub async fn register_device(
             "devices are registered with a user token, not a device token",
         ));
     }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let id = Uuid::now_v7();
-    let row = tx
+    let row = client
         .query_one(
             "INSERT INTO devices (id, user_id, name, platform) VALUES ($1, $2, $3, $4)
              RETURNING id, name, platform, created_at",
             &[&id, &caller.user_id, &name.as_str(), &platform.as_ref().map(Platform::as_str)],
         )
         .await?;
-    let device_token = insert_token(&tx, caller.user_id, Some(id)).await?;
-    tx.commit().await?;
+    let device_token = insert_token(client, caller.user_id, Some(id)).await?;
     Ok(RegisterDeviceResponse { device: device_from_row(&row, 0), device_token })
 }
 

@@ -116,6 +116,15 @@ pub struct Command {
     pub meta: EventMeta,
 }
 
+/// How a repeat of an applied idempotency key is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// With the first response.
+    Response,
+    /// With 409: the first response held a secret shown once, not kept.
+    Refuse,
+}
+
 /// Runs a command in one transaction, honouring its idempotency key: a
 /// repeat of an applied key returns the first response and runs nothing.
 pub async fn execute<T, F>(
@@ -128,11 +137,48 @@ where
     T: Serialize + DeserializeOwned,
     F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
 {
+    run(pool, caller, idempotency_key, Replay::Response, command).await
+}
+
+/// [`execute`] for commands whose answer holds a secret shown once (a
+/// token): secrets are never stored in the clear, so the answer is not kept
+/// and a repeat of the key is refused with 409 `already_applied`, still
+/// running nothing.
+pub async fn execute_secret<T, F>(
+    pool: &Pool,
+    caller: Caller,
+    idempotency_key: Option<&IdempotencyKey>,
+    command: F,
+) -> Result<T, DomainError>
+where
+    T: Serialize + DeserializeOwned,
+    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+{
+    run(pool, caller, idempotency_key, Replay::Refuse, command).await
+}
+
+async fn run<T, F>(
+    pool: &Pool,
+    caller: Caller,
+    idempotency_key: Option<&IdempotencyKey>,
+    replay: Replay,
+    command: F,
+) -> Result<T, DomainError>
+where
+    T: Serialize + DeserializeOwned,
+    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+{
     let mut client = pool.get().await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     if let Some(k) = idempotency_key {
         match idempotency::claim(&tx, caller.user_id, &k.key, &k.request_hash).await? {
             idempotency::Claim::New => {}
+            idempotency::Claim::Replay(_) if replay == Replay::Refuse => {
+                return Err(DomainError::conflict(
+                    "already_applied",
+                    "this request was already applied; the secret in its answer is shown only once",
+                ));
+            }
             idempotency::Claim::Replay(response) => {
                 return serde_json::from_value(response).map_err(|e| {
                     StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into()
@@ -155,8 +201,11 @@ where
     let output = command(&tx, &ctx).await?;
     let caller = &ctx.caller;
     if let Some(k) = idempotency_key {
-        let response = serde_json::to_value(&output)
-            .map_err(|e| StoreError::Invalid(format!("response does not serialize: {e}")))?;
+        let response = match replay {
+            Replay::Response => serde_json::to_value(&output)
+                .map_err(|e| StoreError::Invalid(format!("response does not serialize: {e}")))?,
+            Replay::Refuse => serde_json::json!({"kept": false}),
+        };
         store::idempotency::save(&tx, caller.user_id, &k.key, &response).await?;
     }
     tx.commit().await.map_err(StoreError::from)?;

@@ -308,3 +308,39 @@ async fn bad_membership_input_is_refused_and_appends_nothing() {
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_body"));
     assert_eq!(app.log(project).await.len(), 1, "nothing appended");
 }
+
+#[tokio::test]
+async fn secrets_are_never_kept_for_idempotent_replays() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Secrets").await;
+    let send = |path: String, body: Value| {
+        let key = if path.contains("invites") { "invite-once" } else { "device-once" };
+        app.http.post(app.url(&path)).bearer_auth(&owner.token).header("Idempotency-Key", key).json(&body).send()
+    };
+    let invites = format!("/api/projects/{project}/invites");
+    let first = send(invites.clone(), json!({})).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let token = first.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let again = send(invites.clone(), json!({})).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(again.json::<Value>().await.unwrap()["error"]["code"], "already_applied");
+    assert_eq!(app.get(&invites, &owner.token).await.1["invites"].as_array().unwrap().len(), 1, "one invite");
+
+    let device = send("/api/devices".into(), json!({"name": "laptop"})).await.unwrap();
+    assert_eq!(device.status(), StatusCode::CREATED);
+    let device_token = device.json::<Value>().await.unwrap()["device_token"].as_str().unwrap().to_owned();
+    assert_eq!(send("/api/devices".into(), json!({"name": "laptop"})).await.unwrap().status(), StatusCode::CONFLICT);
+    assert_eq!(app.get("/api/devices", &owner.token).await.1["devices"].as_array().unwrap().len(), 1, "one device");
+
+    let kept: String = app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT coalesce(string_agg(response::text, ' '), '') FROM idempotency_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!kept.contains(&token) && !kept.contains(&device_token), "{kept}");
+}
