@@ -41,6 +41,7 @@ pub fn redact_url(url: &str) -> String {
 /// An open database: the pool, and the embedded server when we started one.
 pub struct Database {
     pub pool: Pool,
+    url: String,
     embedded: Option<EmbeddedPostgres>,
 }
 
@@ -58,7 +59,7 @@ impl DatabaseSettings {
                 (pg.database_url(), Some(pg))
             }
         };
-        let database = Database { pool: store::connect(&url, self.pool_size)?, embedded };
+        let database = Database { pool: store::connect(&url, self.pool_size)?, url, embedded };
         let ready = async {
             store::check(&database.pool).await?;
             store::migrate::run(&database.pool).await
@@ -72,6 +73,11 @@ impl DatabaseSettings {
 }
 
 impl Database {
+    /// The URL connected to (with its password: never log it).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Closes the pool and stops the embedded PostgreSQL, if any.
     pub async fn close(self) {
         self.pool.close();
@@ -118,6 +124,32 @@ impl TransferSettings {
     }
 }
 
+/// WebSocket sessions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RealtimeSettings {
+    /// Seconds between the server's pings; a socket silent for three is dropped.
+    #[arg(long, env = "FERRY_WS_PING_SECONDS", default_value_t = 15)]
+    pub ws_ping_seconds: u32,
+    /// Batches of events a socket may have queued before it reads from the log instead.
+    #[arg(long, env = "FERRY_WS_QUEUE", default_value_t = 64)]
+    pub ws_queue: usize,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        Self { ws_ping_seconds: 15, ws_queue: 64 }
+    }
+}
+
+impl RealtimeSettings {
+    pub fn config(&self) -> crate::realtime::RealtimeConfig {
+        crate::realtime::RealtimeConfig {
+            ping_interval: std::time::Duration::from_secs(self.ws_ping_seconds.max(1).into()),
+            queue: self.ws_queue.max(1),
+        }
+    }
+}
+
 /// `ferryd serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeSettings {
@@ -125,6 +157,8 @@ pub struct ServeSettings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub transfers: TransferSettings,
+    #[command(flatten)]
+    pub realtime: RealtimeSettings,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FERRY_BIND", default_value = "127.0.0.1:7070")]
     pub bind: String,

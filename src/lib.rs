@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod projections;
 pub mod protocol;
+pub mod realtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,8 @@ use tracing_actix_web::TracingLogger;
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
 use crate::domain::transfers::TransferPolicy;
+use crate::realtime::Realtime;
+use std::sync::Arc;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,7 @@ pub struct Server {
     server: actix_web::dev::Server,
     database: Database,
     sweeper: tokio::task::JoinHandle<()>,
+    realtime: Arc<Realtime>,
 }
 
 impl Server {
@@ -45,7 +48,17 @@ impl Server {
         };
         let address = listener.local_addr().map_err(bind_error)?;
         let policy = settings.transfers.policy();
-        let state = web::Data::new(AppState { pool: database.pool.clone(), transfers: policy });
+        let realtime = match Realtime::start(database.pool.clone(), database.url(), settings.realtime.config()) {
+            Ok(realtime) => Arc::new(realtime),
+            Err(e) => {
+                database.close().await;
+                return Err(e.into());
+            }
+        };
+        if !realtime.wait_listening(std::time::Duration::from_secs(10)).await {
+            tracing::warn!("the event listener is not connected yet; live events start once it is");
+        }
+        let state = web::Data::new(AppState { pool: database.pool.clone(), transfers: policy, realtime: realtime.clone() });
         let sweeper = tokio::spawn(sweep_transfers(
             database.pool.clone(),
             policy,
@@ -65,7 +78,7 @@ impl Server {
         }
         let server = server.listen(listener).map_err(bind_error)?.run();
         tracing::info!("listening on {address}");
-        Ok(Self { address, server, database, sweeper })
+        Ok(Self { address, server, database, sweeper, realtime })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -77,6 +90,7 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.sweeper.abort();
+        self.realtime.stop().await;
         tracing::info!("server stopped");
         self.database.close().await;
         result

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
-    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`),
@@ -41,6 +41,23 @@ pub static EVENTS_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+pub static WS_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("ferry_ws_sessions", "Open WebSocket sessions on this server").expect("metric registers once")
+});
+
+pub static WS_BATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("ferry_ws_batches_total", "Batches of events read from the log for live delivery")
+        .expect("metric registers once")
+});
+
+pub static WS_LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "ferry_ws_lagged_total",
+        "Batches a socket's full queue could not take; that socket then caught up from the log"
+    )
+    .expect("metric registers once")
+});
+
 pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "ferry_db_pool_connections",
@@ -61,6 +78,9 @@ pub fn render(pool: &deadpool_postgres::Pool) -> String {
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_LATENCY);
     LazyLock::force(&EVENTS_APPENDED);
+    LazyLock::force(&WS_SESSIONS);
+    LazyLock::force(&WS_BATCHES);
+    LazyLock::force(&WS_LAGGED);
 
     let mut buffer = Vec::new();
     TextEncoder::new()

@@ -24,6 +24,7 @@ pub(super) struct Readiness {
     status: &'static str,
     #[schema(example = "up")]
     database: &'static str,
+    listener: &'static str,
 }
 
 /// The process is up.
@@ -48,17 +49,17 @@ async fn healthz() -> HttpResponse {
     )
 )]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match crate::store::check(&state.pool).await {
-        Ok(()) => Ok(HttpResponse::Ok().json(Readiness { status: "ready", database: "up" })),
-        Err(e) => {
-            tracing::warn!(error = %super::error_chain(&e), "readiness check failed");
-            Err(ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the database is not reachable",
-            ))
-        }
+    let not_ready = |message: &str| {
+        ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+    };
+    if let Err(e) = crate::store::check(&state.pool).await {
+        tracing::warn!(error = %super::error_chain(&e), "readiness check failed");
+        return Err(not_ready("the database is not reachable"));
     }
+    if !state.realtime.is_listening() {
+        return Err(not_ready("the event listener is not connected"));
+    }
+    Ok(HttpResponse::Ok().json(Readiness { status: "ready", database: "up", listener: "up" }))
 }
 
 /// Counters and histograms in the Prometheus text format.

@@ -12,6 +12,7 @@ mod membership;
 mod openapi;
 mod projects;
 mod transfers;
+mod ws;
 
 pub use auth::Auth;
 pub use error::{error_chain, ApiError};
@@ -31,6 +32,7 @@ use crate::store::Pool;
 pub struct AppState {
     pub pool: Pool,
     pub transfers: crate::domain::transfers::TransferPolicy,
+    pub realtime: std::sync::Arc<crate::realtime::Realtime>,
 }
 
 /// Largest JSON body of an ordinary command.
@@ -55,7 +57,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(files::routes)
                 .configure(transfers::routes)
                 .configure(admin::routes)
-                .configure(openapi::routes),
+                .configure(openapi::routes)
+                .configure(ws::routes),
         )
         .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }));
 }

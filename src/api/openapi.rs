@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::resource;
-use super::{accounts, admin, files, health, membership, projects, transfers};
+use super::{accounts, admin, files, health, membership, projects, transfers, ws};
 use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
@@ -73,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         transfers::verify_transfer,
         transfers::cancel_transfer,
         transfers::retry_transfer,
+        ws::connect,
         admin::list_projections,
         admin::rebuild_projection,
         admin::audit,

@@ -318,10 +318,15 @@ pub async fn list_devices(
     access(client, project_id, caller, false).await?;
     let rows = client
         .query(
-            "SELECT pd.device_id, pd.user_id, d.name, pd.role
-             FROM project_devices pd JOIN devices d ON d.id = pd.device_id
-             WHERE pd.project_id = $1
-             ORDER BY pd.role, pd.attached_at, pd.device_id",
+            &format!(
+                "SELECT pd.device_id, pd.user_id, d.name, pd.role, {}, p.last_seen_at
+                 FROM project_devices pd
+                 JOIN devices d ON d.id = pd.device_id
+                 LEFT JOIN device_presence p ON p.device_id = pd.device_id
+                 WHERE pd.project_id = $1
+                 ORDER BY pd.role, pd.attached_at, pd.device_id",
+                crate::realtime::presence::online_sql("pd.device_id")
+            ),
             &[&project_id],
         )
         .await?;
@@ -332,8 +337,8 @@ pub async fn list_devices(
             user_id: r.get(1),
             name: r.get(2),
             role: DeviceRole::parse(r.get(3)).unwrap_or(DeviceRole::Target),
-            online: false,
-            last_seen_at: None,
+            online: r.get(4),
+            last_seen_at: r.get(5),
         })
         .collect())
 }

@@ -4,6 +4,7 @@
 //! state; the `file_transfers` projection is the latest of them.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
@@ -19,6 +20,7 @@ use crate::protocol::transfers::{
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventType;
+use crate::realtime::presence::online_sql;
 use crate::store::{self, EventMeta, GenericClient, NewEvent, Pool};
 
 use TransferStatus::{Cancelled, Completed, Expired, Failed, InProgress, Pending};
@@ -264,11 +266,14 @@ async fn check_target(client: &impl GenericClient, project_id: Uuid, caller: &Ca
 async fn choose_source(client: &impl GenericClient, project_id: Uuid) -> Result<Uuid, DomainError> {
     client
         .query_opt(
-            "SELECT pd.device_id FROM project_devices pd
-             LEFT JOIN device_presence p ON p.device_id = pd.device_id
-             WHERE pd.project_id = $1 AND pd.role = 'source'
-             ORDER BY (p.online_until > now()) IS TRUE DESC, p.last_seen_at DESC NULLS LAST, pd.attached_at DESC
-             LIMIT 1",
+            &format!(
+                "SELECT pd.device_id FROM project_devices pd
+                 LEFT JOIN device_presence p ON p.device_id = pd.device_id
+                 WHERE pd.project_id = $1 AND pd.role = 'source'
+                 ORDER BY {} DESC, p.last_seen_at DESC NULLS LAST, pd.attached_at DESC
+                 LIMIT 1",
+                online_sql("pd.device_id")
+            ),
             &[&project_id],
         )
         .await?
@@ -628,13 +633,17 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
     Ok(swept)
 }
 
-const TRANSFER_SELECT: &str = "SELECT t.id, t.project_id, t.file_path, t.file_hash, t.status, t.requester_id,
-        t.target_device_id, t.source_device_id, d.name, (p.online_until > now()) IS TRUE, t.protocol,
-        t.bytes_transferred, t.total_bytes, t.percent, t.speed_mbps, t.eta_seconds, t.attempts,
-        t.error_message, t.requested_at, t.started_at, t.completed_at, t.expires_at
-    FROM file_transfers t
-    JOIN devices d ON d.id = t.source_device_id
-    LEFT JOIN device_presence p ON p.device_id = t.source_device_id";
+static TRANSFER_SELECT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT t.id, t.project_id, t.file_path, t.file_hash, t.status, t.requester_id,
+            t.target_device_id, t.source_device_id, d.name, {}, t.protocol,
+            t.bytes_transferred, t.total_bytes, t.percent, t.speed_mbps, t.eta_seconds, t.attempts,
+            t.error_message, t.requested_at, t.started_at, t.completed_at, t.expires_at
+        FROM file_transfers t
+        JOIN devices d ON d.id = t.source_device_id",
+        online_sql("t.source_device_id")
+    )
+});
 
 fn transfer_from(r: &tokio_postgres::Row) -> Transfer {
     Transfer {
@@ -663,7 +672,7 @@ fn transfer_from(r: &tokio_postgres::Row) -> Transfer {
 
 async fn get_one(client: &impl GenericClient, project_id: Uuid, transfer_id: Uuid) -> Result<Transfer, DomainError> {
     client
-        .query_opt(&format!("{TRANSFER_SELECT} WHERE t.id = $1 AND t.project_id = $2"), &[&transfer_id, &project_id])
+        .query_opt(&format!("{} WHERE t.id = $1 AND t.project_id = $2", *TRANSFER_SELECT), &[&transfer_id, &project_id])
         .await?
         .map(|r| transfer_from(&r))
         .ok_or_else(|| DomainError::not_found("transfer"))
@@ -703,10 +712,11 @@ pub async fn list(
     let rows = client
         .query(
             &format!(
-                "{TRANSFER_SELECT}
+                "{}
                  WHERE t.project_id = $1 AND ($2::uuid IS NULL OR t.requester_id = $2)
                    AND ($3::text IS NULL OR t.status = $3) AND ($4::uuid IS NULL OR t.id < $4)
-                 ORDER BY t.id DESC LIMIT $5"
+                 ORDER BY t.id DESC LIMIT $5",
+                *TRANSFER_SELECT
             ),
             &[&project_id, &requester, &status.map(TransferStatus::as_str), &before, &(limit + 1)],
         )

@@ -8,6 +8,7 @@ pub mod events;
 pub mod files;
 pub mod membership;
 pub mod projects;
+pub mod realtime;
 pub mod transfers;
 pub mod validate;
 

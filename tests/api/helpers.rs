@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use ferry::config::{DatabaseSettings, ServeSettings, TransferSettings};
+use ferry::config::{DatabaseSettings, RealtimeSettings, ServeSettings, TransferSettings};
 use ferry::store::embedded::EmbeddedPostgres;
 use ferry::store::Pool;
 use reqwest::{Method, StatusCode};
@@ -159,6 +159,7 @@ impl TestApp {
                 pool_size: 8,
             },
             transfers: TransferSettings::default(),
+            realtime: RealtimeSettings::default(),
             bind: "127.0.0.1:0".into(),
             workers: Some(2),
         };

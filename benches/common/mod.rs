@@ -1,0 +1,385 @@
+//! Shared by the benchmarks (`mod common;` in each): a fresh database of
+//! their own, the real server in-process, the HTTP calls that set a scene
+//! up, environment knobs and figures.
+//!
+//! Not a bench itself: cargo only discovers `benches/*.rs` and
+//! `benches/*/main.rs`.
+
+#![allow(dead_code)]
+
+use std::error::Error;
+use std::future::Future;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry::config::ServeSettings;
+use ferry::store::Pool;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The server the benches create their database on.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A positive number from the environment, or `default`.
+pub fn env_num<T>(name: &str, default: T) -> Result<T, BoxError>
+where
+    T: FromStr + PartialOrd + Default + Copy,
+{
+    match std::env::var(name) {
+        Ok(s) => match s.trim().replace('_', "").parse::<T>() {
+            Ok(v) if v > T::default() => Ok(v),
+            _ => Err(format!("{name} must be a positive number, not {s:?}").into()),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
+/// A comma-separated list of positive numbers from the environment, or `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Result<Vec<usize>, BoxError> {
+    match std::env::var(name) {
+        Ok(s) => s
+            .split(',')
+            .map(|part| match part.trim().replace('_', "").parse::<usize>() {
+                Ok(v) if v > 0 => Ok(v),
+                _ => Err(format!("{name} must list positive numbers separated by commas, not {s:?}").into()),
+            })
+            .collect(),
+        Err(_) => Ok(default.to_vec()),
+    }
+}
+
+/// The 1/5/15-minute load averages, as `uptime` prints them.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Creates `ferry_bench_<random>` on the server, runs `bench` with its URL
+/// (in a task, so a panic still drops the database), drops it WITH (FORCE).
+/// `bench` answers whether its checks passed.
+pub async fn with_database<F, Fut>(bench: F) -> ExitCode
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<bool, BoxError>> + Send + 'static,
+{
+    let admin_url = admin_url();
+    let db_name = format!("ferry_bench_{}", Uuid::new_v4().simple());
+    let admin = match admin_client(&admin_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect to {}: {e}", ferry::config::redact_url(&admin_url));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await {
+        eprintln!("cannot create database {db_name}: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let result = tokio::spawn(bench(url_for(&admin_url, &db_name))).await;
+
+    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
+        eprintln!("could not drop database {db_name}: {e}");
+    }
+    match result {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE,
+        Ok(Err(e)) => {
+            eprintln!("bench failed: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench panicked: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A pool on the bench database, migrated, with every projection built.
+pub async fn prepare(url: &str, pool_size: usize) -> Result<Pool, BoxError> {
+    let pool = ferry::store::connect(url, pool_size)?;
+    ferry::store::migrate::run(&pool).await?;
+    ferry::projections::ensure_up_to_date(&pool).await?;
+    Ok(pool)
+}
+
+pub async fn server_version(pool: &Pool) -> Result<String, BoxError> {
+    Ok(pool.get().await?.query_one("SHOW server_version", &[]).await?.get(0))
+}
+
+pub async fn admin_client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `url` with its database replaced by `db` (query parameters kept).
+pub fn url_for(url: &str, db: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let base = match path.split_once("://") {
+        Some((_, rest)) if rest.contains('/') => path.rsplit_once('/').map(|(b, _)| b).unwrap_or(path),
+        _ => path,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+pub fn chain(error: &(dyn Error + 'static)) -> String {
+    ferry::api::error_chain(error)
+}
+
+/// The `q`-quantile (0..=1) of sorted samples, nearest rank.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The real server, in-process on 127.0.0.1:0, as `ferryd serve` runs it.
+pub struct App {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub workers: usize,
+    pub pool_size: usize,
+    handle: actix_web::dev::ServerHandle,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A signed-up user and their token.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub token: String,
+}
+
+impl App {
+    /// Starts the server with the settings `ferryd serve` would take from
+    /// its defaults and `FERRY_*` environment (one HTTP worker per core, a
+    /// pool of 16, unless `FERRY_WORKERS`/`FERRY_DB_POOL_SIZE` say otherwise),
+    /// on `database_url`, listening on 127.0.0.1:0.
+    pub async fn start(database_url: &str) -> Result<Self, BoxError> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            settings: ServeSettings,
+        }
+        let settings =
+            <Serve as clap::Parser>::try_parse_from(["bench", "--database-url", database_url, "--bind", "127.0.0.1:0"])?
+                .settings;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = settings.workers.unwrap_or(cores);
+        let pool_size = settings.database.pool_size;
+        let server = ferry::server::Server::build(&settings).await?;
+        let address = format!("http://{}", server.address());
+        let handle = server.handle();
+        let served = tokio::spawn(server.run());
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        Ok(Self { address, http, workers, pool_size, handle, served })
+    }
+
+    /// Stops the server gracefully and waits for it (its pool closes).
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.served.await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Sends a request; answers the status and the JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), BoxError> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let bytes = res.bytes().await?;
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
+        Ok((status, value))
+    }
+
+    /// [`App::call`] that must answer `expected`.
+    pub async fn expect(
+        &self,
+        expected: StatusCode,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, BoxError> {
+        let (status, value) = self.call(method.clone(), path, token, body).await?;
+        if status != expected {
+            return Err(format!("{method} {path}: expected {expected}, got {status}: {value}").into());
+        }
+        Ok(value)
+    }
+
+    pub async fn signup(&self, name: &str) -> Result<User, BoxError> {
+        let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
+        let body = json!({"email": email, "password": "correct horse battery"});
+        let v = self.expect(StatusCode::CREATED, Method::POST, "/api/auth/signup", None, Some(&body)).await?;
+        Ok(User { id: field(&v["user"]["id"])?.parse()?, token: field(&v["token"])?.to_owned() })
+    }
+
+    pub async fn create_project(&self, owner: &User, name: &str) -> Result<Uuid, BoxError> {
+        let v = self
+            .expect(StatusCode::CREATED, Method::POST, "/api/projects", Some(&owner.token), Some(&json!({"name": name})))
+            .await?;
+        Ok(field(&v["id"])?.parse()?)
+    }
+
+    /// Registers a device of the owner and attaches it to the project as a
+    /// source; answers its id and token.
+    pub async fn source_device(&self, owner: &User, project: Uuid) -> Result<(Uuid, String), BoxError> {
+        let body = json!({"name": "studio", "platform": "linux"});
+        let v = self.expect(StatusCode::CREATED, Method::POST, "/api/devices", Some(&owner.token), Some(&body)).await?;
+        let device: Uuid = field(&v["device"]["id"])?.parse()?;
+        let token = field(&v["device_token"])?.to_owned();
+        let path = format!("/api/projects/{project}/devices/{device}");
+        let v = self.expect(StatusCode::OK, Method::PUT, &path, Some(&owner.token), Some(&json!({}))).await?;
+        if v["role"] != "source" {
+            return Err(format!("device attached as {}, not source", v["role"]).into());
+        }
+        Ok((device, token))
+    }
+
+    /// `user` joins the owner's project through an invite.
+    pub async fn join(&self, owner: &User, project: Uuid, user: &User) -> Result<(), BoxError> {
+        let path = format!("/api/projects/{project}/invites");
+        let invite = self.expect(StatusCode::CREATED, Method::POST, &path, Some(&owner.token), Some(&json!({}))).await?;
+        let body = json!({"token": field(&invite["token"])?});
+        self.expect(StatusCode::OK, Method::POST, "/api/invites/accept", Some(&user.token), Some(&body)).await?;
+        Ok(())
+    }
+}
+
+fn field(v: &Value) -> Result<&str, BoxError> {
+    v.as_str().ok_or_else(|| format!("expected a string, got {v}").into())
+}
+
+/// BLAKE3 of `seed`, hex: a well-formed file or chunk hash.
+pub fn hash_of(seed: impl AsRef<[u8]>) -> String {
+    blake3::hash(seed.as_ref()).to_hex().to_string()
+}
+
+/// One file as a source device describes it: a path, a size, its BLAKE3,
+/// and its 4 MiB chunks (1–3 of them).
+#[derive(Debug, Clone)]
+pub struct FileRow {
+    pub path: String,
+    pub size: i64,
+    pub hash: String,
+    pub mime_type: &'static str,
+    pub modified_at: chrono::DateTime<chrono::Utc>,
+    pub chunks: Vec<(String, i64)>,
+}
+
+const KINDS: &[(&str, &str)] = &[
+    ("jpg", "image/jpeg"),
+    ("pdf", "application/pdf"),
+    ("txt", "text/plain"),
+    ("mp4", "video/mp4"),
+    ("png", "image/png"),
+];
+pub const CHUNK_BYTES: i64 = 4 * 1024 * 1024;
+
+impl FileRow {
+    /// A file at `stem` plus an extension (the MIME type follows it).
+    pub fn new(rng: &mut impl rand::Rng, stem: &str) -> Self {
+        let (ext, mime_type) = KINDS[rng.gen_range(0..KINDS.len())];
+        let path = format!("{stem}.{ext}");
+        let size = rng.gen_range(1..=3 * CHUNK_BYTES);
+        let chunks = (0..(size + CHUNK_BYTES - 1) / CHUNK_BYTES)
+            .map(|i| {
+                let len = (size - i * CHUNK_BYTES).min(CHUNK_BYTES);
+                (hash_of(format!("{path}#{i}#{}", rng.gen::<u64>())), len)
+            })
+            .collect();
+        let modified_at = chrono::DateTime::from_timestamp(1_700_000_000 + rng.gen_range(0..50_000_000), 0)
+            .expect("a valid timestamp");
+        Self { hash: hash_of(format!("{path}#{}", rng.gen::<u64>())), path, size, mime_type, modified_at, chunks }
+    }
+
+    pub fn chunks_json(&self) -> Value {
+        Value::Array(self.chunks.iter().map(|(hash, size)| json!({"hash": hash, "size": size})).collect())
+    }
+
+    /// The `upsert` change of a `files/update` body.
+    pub fn upsert(&self) -> Value {
+        json!({"op": "upsert", "path": self.path, "size": self.size, "hash": self.hash,
+               "mime_type": self.mime_type, "modified_at": self.modified_at, "chunks": self.chunks_json()})
+    }
+
+    /// The `file_added` payload ferry appends for it.
+    pub fn state(&self) -> ferry::protocol::events::data::FileState {
+        ferry::protocol::events::data::FileState {
+            path: self.path.clone(),
+            size: self.size,
+            hash: self.hash.clone(),
+            mime_type: self.mime_type.to_owned(),
+            modified_at: Some(self.modified_at),
+            chunks: Some(
+                self.chunks
+                    .iter()
+                    .map(|(hash, size)| ferry::protocol::files::ChunkRef { hash: hash.clone(), size: *size })
+                    .collect(),
+            ),
+            version: 1,
+        }
+    }
+}
+
+/// A `files/update` body, serialised ahead so the client's JSON work is
+/// not timed.
+pub fn update_body(files: &[FileRow]) -> Vec<u8> {
+    let changes: Vec<Value> = files.iter().map(FileRow::upsert).collect();
+    serde_json::to_vec(&json!({ "changes": changes })).expect("JSON")
+}
+
+/// Pushes a prepared `files/update` body with a device token; answers the
+/// response (which must be 200).
+pub async fn push_body(app: &App, device_token: &str, project: Uuid, body: Vec<u8>) -> Result<Value, BoxError> {
+    let res = app
+        .http
+        .post(app.url(&format!("/api/projects/{project}/files/update")))
+        .bearer_auth(device_token)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = res.status();
+    let bytes = res.bytes().await?;
+    if status != StatusCode::OK {
+        return Err(format!("files/update answered {status}: {}", String::from_utf8_lossy(&bytes)).into());
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}

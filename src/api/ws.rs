@@ -1,0 +1,38 @@
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{resource, ApiError, AppState, Auth};
+use crate::protocol::ErrorBody;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/ws").get(connect));
+}
+
+/// Opens a WebSocket (a bad token cannot). Client messages: `subscribe`
+/// `{project_id, after_seq}`, `unsubscribe` `{project_id}`, `ping`. Server
+/// messages: `subscribed`, every visible event after `after_seq` in seq
+/// order, `caught_up`, then live events; `pong`; `error`.
+#[utoipa::path(
+    get,
+    path = "/api/ws",
+    tag = "realtime",
+    security(("bearer" = [])),
+    params(("access_token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn connect(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("not_a_websocket", format!("a WebSocket handshake is expected: {e}")))?;
+    let stream = stream.max_frame_size(64 * 1024);
+    actix_web::rt::spawn(crate::realtime::session::run(state.realtime.clone(), auth.0, session, stream));
+    Ok(response)
+}

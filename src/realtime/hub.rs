@@ -1,0 +1,174 @@
+//! The hub: per project, the seq this server has read up to and the sockets
+//! subscribed. A wake-up reads the new rows once and hands every socket the
+//! same batch; a socket whose queue is full is told it lagged instead, and
+//! catches up from the log itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+
+use crate::store::{self, Pool, RecordedEvent};
+
+/// Most events read per round trip.
+const READ_BATCH: i64 = 1000;
+
+/// Consecutive events of one project, `from_seq..=to_seq`, as read from the
+/// log: every event of the range, visible to the socket or not.
+#[derive(Debug)]
+pub struct Batch {
+    pub project_id: Uuid,
+    pub from_seq: i64,
+    pub to_seq: i64,
+    pub events: Vec<RecordedEvent>,
+}
+
+/// How the hub tells a socket that it dropped batches for it.
+#[derive(Default)]
+pub struct Lag {
+    projects: Mutex<HashSet<Uuid>>,
+    pub notify: Notify,
+}
+
+impl Lag {
+    fn mark(&self, project_id: Uuid) {
+        self.projects.lock().expect("lag lock").insert(project_id);
+        self.notify.notify_one();
+    }
+
+    /// The projects the socket lagged on since the last call.
+    pub fn take(&self) -> Vec<Uuid> {
+        self.projects.lock().expect("lag lock").drain().collect()
+    }
+}
+
+struct Subscriber {
+    outbox: mpsc::Sender<Arc<Batch>>,
+    lag: Arc<Lag>,
+}
+
+struct Feed {
+    /// Everything up to here has been handed to the subscribers.
+    last_seq: i64,
+    subscribers: HashMap<u64, Subscriber>,
+    reading: bool,
+    /// A wake-up came while reading: read once more.
+    again: bool,
+}
+
+pub struct Hub {
+    pool: Pool,
+    feeds: Mutex<HashMap<Uuid, Feed>>,
+    next_socket: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(pool: Pool) -> Arc<Self> {
+        Arc::new(Self { pool, feeds: Mutex::new(HashMap::new()), next_socket: AtomicU64::new(1) })
+    }
+
+    pub fn next_socket_id(&self) -> u64 {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds a socket to a project's feed. `head` is a head the caller read
+    /// before: a new feed starts there (the socket replays the rest itself).
+    pub fn subscribe(&self, project_id: Uuid, socket: u64, head: i64, outbox: mpsc::Sender<Arc<Batch>>, lag: Arc<Lag>) {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        let feed = feeds.entry(project_id).or_insert_with(|| Feed {
+            last_seq: head,
+            subscribers: HashMap::new(),
+            reading: false,
+            again: false,
+        });
+        feed.subscribers.insert(socket, Subscriber { outbox, lag });
+    }
+
+    pub fn unsubscribe(&self, project_id: Uuid, socket: u64) {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        if let Some(feed) = feeds.get_mut(&project_id) {
+            feed.subscribers.remove(&socket);
+            if feed.subscribers.is_empty() && !feed.reading {
+                feeds.remove(&project_id);
+            }
+        }
+    }
+
+    /// Something was committed in a project (up to `head`, when known).
+    pub fn wake(self: &Arc<Self>, project_id: Uuid, head: Option<i64>) {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        let Some(feed) = feeds.get_mut(&project_id) else { return };
+        if head.is_some_and(|h| h <= feed.last_seq) {
+            return;
+        }
+        if feed.reading {
+            feed.again = true;
+            return;
+        }
+        feed.reading = true;
+        tokio::spawn(self.clone().read(project_id));
+    }
+
+    /// Catch every feed up: after the listener reconnects, notifications
+    /// may have been lost.
+    pub fn wake_all(self: &Arc<Self>) {
+        let projects: Vec<Uuid> = self.feeds.lock().expect("hub lock").keys().copied().collect();
+        for project_id in projects {
+            self.wake(project_id, None);
+        }
+    }
+
+    /// Reads the project's new events, once for every socket, and hands
+    /// them out, until the log has no more.
+    async fn read(self: Arc<Self>, project_id: Uuid) {
+        loop {
+            let Some(from) = self.feeds.lock().expect("hub lock").get(&project_id).map(|f| f.last_seq) else {
+                return;
+            };
+            let events = match self.pool.get().await {
+                Ok(client) => store::read_after(&client, project_id, from, READ_BATCH).await,
+                Err(e) => Err(e.into()),
+            };
+            let mut feeds = self.feeds.lock().expect("hub lock");
+            let Some(feed) = feeds.get_mut(&project_id) else { return };
+            let events = match events {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(%project_id, error = %crate::api::error_chain(&e), "hub read failed; retrying");
+                    feed.reading = false;
+                    drop(feeds);
+                    let hub = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        hub.wake(project_id, None);
+                    });
+                    return;
+                }
+            };
+            let full = events.len() as i64 == READ_BATCH;
+            if let Some(last) = events.last() {
+                let batch = Arc::new(Batch { project_id, from_seq: from + 1, to_seq: last.seq, events });
+                feed.last_seq = batch.to_seq;
+                crate::telemetry::WS_BATCHES.inc();
+                for subscriber in feed.subscribers.values() {
+                    if subscriber.outbox.try_send(batch.clone()).is_err() {
+                        crate::telemetry::WS_LAGGED.inc();
+                        subscriber.lag.mark(project_id);
+                    }
+                }
+            }
+            if full || feed.again {
+                feed.again = false;
+                continue;
+            }
+            feed.reading = false;
+            if feed.subscribers.is_empty() {
+                feeds.remove(&project_id);
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The one LISTEN connection of a server: dedicated, never pooled, read with
+//! `poll_message`. It reconnects on its own and then wakes every feed, so
+//! whatever was committed while it was down is caught up from the log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+use super::Hub;
+
+pub const CHANNEL: &str = "ferry_events";
+
+#[derive(serde::Deserialize)]
+struct Payload {
+    project_id: Uuid,
+    head_seq: i64,
+}
+
+pub async fn listen(config: tokio_postgres::Config, hub: Arc<Hub>, listening: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notes, mut received) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if notes.send(n.payload().to_owned()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => {
+                        tracing::info!("listening for events");
+                        listening.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_millis(100);
+                        hub.wake_all();
+                        while let Some(payload) = received.recv().await {
+                            match serde_json::from_str::<Payload>(&payload) {
+                                Ok(p) => hub.wake(p.project_id, Some(p.head_seq)),
+                                Err(e) => tracing::warn!(%payload, error = %e, "unreadable notification"),
+                            }
+                        }
+                        listening.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
+                }
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect the listener"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

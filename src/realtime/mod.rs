@@ -1,0 +1,85 @@
+//! Realtime: one LISTEN connection per server wakes a hub that reads each
+//! project's new events from the log once and fans them out to WebSocket
+//! sessions; sessions replay from any seq and fall back to the log whenever
+//! they fall behind. Presence of devices is kept here too.
+
+pub mod hub;
+pub mod listener;
+pub mod presence;
+pub mod session;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::store::Pool;
+
+pub use hub::Hub;
+pub use presence::Presence;
+
+/// How sessions behave.
+#[derive(Debug, Clone, Copy)]
+pub struct RealtimeConfig {
+    /// The server pings every socket this often and drops one silent for
+    /// three intervals.
+    pub ping_interval: Duration,
+    /// Batches a socket may have queued before it falls back to the log.
+    pub queue: usize,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self { ping_interval: Duration::from_secs(15), queue: 64 }
+    }
+}
+
+/// The realtime side of one server.
+pub struct Realtime {
+    pub pool: Pool,
+    pub hub: Arc<Hub>,
+    pub presence: Presence,
+    pub config: RealtimeConfig,
+    listening: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Realtime {
+    /// Starts the listener (on its own connection to `database_url`) and the
+    /// presence keeper.
+    pub fn start(pool: Pool, database_url: &str, config: RealtimeConfig) -> Result<Self, crate::store::StoreError> {
+        let mut listen_config: tokio_postgres::Config =
+            database_url.parse().map_err(crate::store::StoreError::Config)?;
+        listen_config.application_name("ferryd-listener");
+        let hub = Hub::new(pool.clone());
+        let presence = Presence::new(pool.clone());
+        let listening = Arc::new(AtomicBool::new(false));
+        let tasks = vec![
+            tokio::spawn(listener::listen(listen_config, hub.clone(), listening.clone())),
+            tokio::spawn(presence.clone().keep_alive()),
+        ];
+        Ok(Self { pool, hub, presence, config, listening, tasks })
+    }
+
+    /// Waits (up to `timeout`) for the LISTEN connection, so a server that
+    /// says it listens also hears.
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_listening() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.is_listening()
+    }
+
+    /// Whether the LISTEN connection is up.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Stops the tasks and marks this server's devices offline.
+    pub async fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.presence.forget_server().await;
+    }
+}

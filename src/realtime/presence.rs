@@ -1,0 +1,99 @@
+//! Which devices are online: every server counts the sockets it holds per
+//! device in `device_connections` and keeps extending their expiry while it
+//! runs; a device is online while any unexpired row exists.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::store::{Pool, StoreError};
+
+/// A server's rows expire this long after their last refresh.
+const TTL_SECONDS: f64 = 60.0;
+const REFRESH: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+pub struct Presence {
+    pool: Pool,
+    server_id: Uuid,
+}
+
+impl Presence {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool, server_id: Uuid::now_v7() }
+    }
+
+    pub async fn connect(&self, device_id: Uuid) -> Result<(), StoreError> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "WITH seen AS (
+                     INSERT INTO device_presence (device_id, last_seen_at) VALUES ($2, now())
+                     ON CONFLICT (device_id) DO UPDATE SET last_seen_at = now())
+                 INSERT INTO device_connections (server_id, device_id, connections, expires_at)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+                 ON CONFLICT (device_id, server_id) DO UPDATE
+                     SET connections = device_connections.connections + 1, expires_at = EXCLUDED.expires_at",
+                &[&self.server_id, &device_id, &TTL_SECONDS],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn disconnect(&self, device_id: Uuid) -> Result<(), StoreError> {
+        self.pool
+            .get()
+            .await?
+            .execute(
+                "WITH seen AS (
+                     UPDATE device_presence SET last_seen_at = now() WHERE device_id = $2
+                 ), gone AS (
+                     DELETE FROM device_connections
+                     WHERE server_id = $1 AND device_id = $2 AND connections = 1
+                     RETURNING 1)
+                 UPDATE device_connections SET connections = connections - 1
+                 WHERE server_id = $1 AND device_id = $2 AND NOT EXISTS (SELECT 1 FROM gone)",
+                &[&self.server_id, &device_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Extends this server's rows, forever.
+    pub async fn keep_alive(self) {
+        let mut ticks = tokio::time::interval(REFRESH);
+        loop {
+            ticks.tick().await;
+            let refreshed = async {
+                self.pool
+                    .get()
+                    .await?
+                    .execute(
+                        "WITH mine AS (
+                             UPDATE device_connections SET expires_at = now() + make_interval(secs => $2)
+                             WHERE server_id = $1 RETURNING device_id)
+                         UPDATE device_presence SET last_seen_at = now() WHERE device_id IN (SELECT device_id FROM mine)",
+                        &[&self.server_id, &TTL_SECONDS],
+                    )
+                    .await?;
+                Ok::<_, StoreError>(())
+            };
+            if let Err(e) = refreshed.await {
+                tracing::warn!(error = %crate::api::error_chain(&e), "presence refresh failed");
+            }
+        }
+    }
+
+    /// On shutdown: this server holds no sockets any more.
+    pub async fn forget_server(&self) {
+        if let Ok(client) = self.pool.get().await {
+            let _ = client.execute("DELETE FROM device_connections WHERE server_id = $1", &[&self.server_id]).await;
+        }
+    }
+}
+
+/// SQL: whether the device named by `column` is online.
+pub fn online_sql(column: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM device_connections c WHERE c.device_id = {column} AND c.expires_at > now())")
+}
