@@ -9,6 +9,7 @@ mod membership;
 mod permissions;
 mod projections;
 mod projects;
+mod realtime;
 mod store;
 mod transfers;
 mod cli;

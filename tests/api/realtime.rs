@@ -1,0 +1,371 @@
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::helpers::{start_server, TestApp, TestUser};
+use crate::membership::join;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client speaking the JSON messages of `/api/ws`.
+struct Ws {
+    socket: Socket,
+}
+
+impl Ws {
+    async fn connect(base: &str, token: &str) -> Self {
+        Self::try_connect(base, token).await.expect("socket opens")
+    }
+
+    async fn try_connect(base: &str, token: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("{}/api/ws", base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self { socket })
+    }
+
+    /// A client whose socket takes only a few KiB before the server must wait.
+    async fn connect_small_window(base: &str, token: &str) -> Self {
+        let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(4096).unwrap();
+        let stream = tcp.connect(address).await.unwrap();
+        let mut request = format!("ws://{address}/api/ws").into_client_request().unwrap();
+        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (socket, _) = tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Self { socket }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket.send(Message::Text(message.to_string().into())).await.unwrap();
+    }
+
+    async fn subscribe(&mut self, project: Uuid, after_seq: i64) {
+        self.send(json!({"type": "subscribe", "project_id": project, "after_seq": after_seq})).await;
+    }
+
+    /// The next JSON message, or None after 5 s of silence or a close.
+    async fn next(&mut self) -> Option<Value> {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(wait, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return Some(serde_json::from_str(&text).unwrap()),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Messages until one satisfies `last` (included).
+    async fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(message) = self.next().await {
+            let done = last(&message);
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the awaited message never came; got {seen:#?}");
+    }
+
+    /// Event seqs until an event with `seq` arrives.
+    async fn seqs_until(&mut self, seq: i64) -> Vec<i64> {
+        let messages = self.until(|m| m["seq"].as_i64() == Some(seq) && m.get("data").is_some()).await;
+        messages.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect()
+    }
+}
+
+async fn rename(app: &TestApp, owner: &TestUser, project: Uuid, name: &str) {
+    let path = format!("/api/projects/{project}");
+    let (status, body) = app.call(Method::PATCH, &path, Some(&owner.token), Some(&json!({"name": name}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn head(app: &TestApp, owner: &TestUser, project: Uuid) -> i64 {
+    app.get(&format!("/api/projects/{project}"), &owner.token).await.1["head_seq"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn a_socket_replays_from_a_seq_then_follows_live() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Live").await;
+    for i in 0..3 {
+        rename(&app, &owner, project, &format!("n{i}")).await;
+    }
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    ws.subscribe(project, 1).await;
+    let first = ws.next().await.unwrap();
+    assert_eq!(first, json!({"type": "subscribed", "project_id": project, "head_seq": 4}));
+    let replay = ws.until(|m| m["type"] == "caught_up").await;
+    let seqs: Vec<i64> = replay.iter().filter_map(|m| m["seq"].as_i64()).collect();
+    assert_eq!(seqs, [2, 3, 4, 4], "events 2..4, then caught_up at 4");
+    assert_eq!(replay[0]["type"], "project_renamed");
+    assert_eq!(replay[0]["data"], json!({"name": "n0"}));
+    assert_eq!(replay[0]["actor"]["user_id"], owner.id.to_string());
+    assert_eq!(replay[0]["project_id"], project.to_string());
+    assert!(replay[0]["created_at"].is_string());
+
+    rename(&app, &owner, project, "live").await;
+    let live = ws.next().await.unwrap();
+    assert_eq!((live["type"].as_str(), live["seq"].as_i64()), (Some("project_renamed"), Some(5)));
+
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next().await.unwrap(), json!({"type": "pong"}));
+    ws.send(json!({"type": "dance"})).await;
+    assert_eq!(ws.next().await.unwrap()["code"], "invalid_message");
+
+    ws.send(json!({"type": "unsubscribe", "project_id": project})).await;
+    assert_eq!(ws.next().await.unwrap()["type"], "unsubscribed");
+    rename(&app, &owner, project, "unheard").await;
+    assert_eq!(ws.next_within(Duration::from_millis(500)).await, None, "nothing after unsubscribing");
+}
+
+#[tokio::test]
+async fn bad_tokens_cannot_open_a_socket_and_query_tokens_can() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    for token in ["nope", "fy_unknown"] {
+        match Ws::try_connect(&app.address, token).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+            other => panic!("a bad token opened a socket: {:?}", other.map(|_| ())),
+        }
+    }
+    let url = format!("{}/api/ws?access_token={}", app.address.replacen("http", "ws", 1), owner.token);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("a query token opens a socket");
+    socket.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    let pong = loop {
+        if let Some(Ok(Message::Text(t))) = socket.next().await {
+            break t;
+        }
+    };
+    assert_eq!(serde_json::from_str::<Value>(&pong).unwrap(), json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn each_caller_hears_what_they_may_see() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let other = app.signup("other").await;
+    let stranger = app.signup("stranger").await;
+    let project = app.create_project(&owner, "Visibility").await;
+    join(&app, &owner, project, &member).await;
+    join(&app, &owner, project, &other).await;
+    let device = app.source_device(&owner, project).await;
+    let file = json!([{"op": "upsert", "path": "/f", "size": 1, "hash": blake3::hash(b"f").to_hex().to_string()}]);
+    app.push(&device, project, file).await;
+
+    let mut strangers = Ws::connect(&app.address, &stranger.token).await;
+    strangers.subscribe(project, 0).await;
+    let refused = strangers.next().await.unwrap();
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("not_found")));
+    assert_eq!(strangers.next_within(Duration::from_millis(300)).await, None, "and nothing else");
+
+    let mut members = Ws::connect(&app.address, &member.token).await;
+    members.subscribe(project, 0).await;
+    let replay = members.until(|m| m["type"] == "caught_up").await;
+    let types: Vec<&str> = replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["project_created", "member_joined", "member_joined", "device_attached", "file_added"], "no invites");
+
+    // Live: the member hears their own transfer, not the other member's.
+    let download = format!("/api/projects/{project}/files/download");
+    app.post(&download, &other.token, json!({"file_path": "/f"})).await;
+    let (_, mine) = app.post(&download, &member.token, json!({"file_path": "/f"})).await;
+    let heard = members.next().await.unwrap();
+    assert_eq!((heard["type"].as_str(), heard["data"]["transfer_id"].as_str()), (Some("transfer_requested"), mine["download_id"].as_str()));
+
+    // Removed: the removal, then the end of the subscription.
+    app.delete(&format!("/api/projects/{project}/members/{}", member.id), &owner.token).await;
+    let removed = members.until(|m| m["type"] == "error").await;
+    assert_eq!(removed.first().unwrap()["type"], "member_removed");
+    assert_eq!(removed.last().unwrap()["code"], "access_revoked");
+    rename(&app, &owner, project, "after").await;
+    assert_eq!(members.next_within(Duration::from_millis(500)).await, None);
+}
+
+#[tokio::test]
+async fn concurrent_writers_reach_every_socket_once_in_order_even_a_slow_one() {
+    let app = TestApp::spawn_with(|s| s.realtime.ws_queue = 1).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Busy").await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = Ws::connect(&app.address, &owner.token).await;
+        ws.subscribe(project, 0).await;
+        ws.until(|m| m["type"] == "caught_up").await;
+        sockets.push(ws);
+    }
+
+    let writers = (0..4).map(|w| {
+        let (app, owner) = (&app, &owner);
+        async move {
+            for i in 0..25 {
+                rename(app, owner, project, &format!("w{w}-{i}")).await;
+            }
+        }
+    });
+    let slow = sockets.pop().unwrap();
+    let slow_reader = tokio::spawn(async move {
+        let mut slow = slow;
+        tokio::time::sleep(Duration::from_millis(1500)).await; // let its queue overflow
+        slow.seqs_until(101).await
+    });
+    futures_util::future::join_all(writers).await;
+    assert_eq!(head(&app, &owner, project).await, 101);
+    for ws in &mut sockets {
+        assert_eq!(ws.seqs_until(101).await, (2..=101).collect::<Vec<_>>());
+    }
+    assert_eq!(slow_reader.await.unwrap(), (2..=101).collect::<Vec<_>>(), "the slow socket too");
+}
+
+#[tokio::test]
+async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
+    // One batch of queue, and a client with a tiny receive window that does
+    // not read: the server cannot push, the hub cannot queue, the socket
+    // must catch up from the log once it reads again.
+    let app = TestApp::spawn_with(|s| s.realtime.ws_queue = 1).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Stuck").await;
+    let device = app.source_device(&owner, project).await;
+    let mut ws = Ws::connect_small_window(&app.address, &owner.token).await;
+    ws.subscribe(project, 0).await;
+    ws.until(|m| m["type"] == "caught_up").await;
+    let lagged_before = metric(&app, "ferry_ws_lagged_total").await;
+
+    // Events of about 3 KiB (long paths): several MiB in all, more than
+    // the kernel buffers between server and client hold.
+    let long = vec!["x".repeat(250); 11].join("/");
+    for batch in 0..6 {
+        let changes: Vec<Value> = (0..250)
+            .map(|i| json!({"op": "upsert", "path": format!("/b{batch}/{i:04}/{long}"), "size": i,
+                            "hash": blake3::hash(format!("{batch}-{i}").as_bytes()).to_hex().to_string()}))
+            .collect();
+        assert_eq!(app.push(&device, project, Value::Array(changes)).await.0, StatusCode::OK);
+    }
+    let last = head(&app, &owner, project).await;
+    assert_eq!(last, 2 + 1500);
+    assert_eq!(ws.seqs_until(last).await, (3..=last).collect::<Vec<_>>());
+    assert!(metric(&app, "ferry_ws_lagged_total").await > lagged_before, "the lag path ran");
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn resubscribing_with_the_last_seq_misses_and_repeats_nothing_across_servers() {
+    let app = TestApp::spawn().await;
+    let (other_server, handle) = start_server(&app.settings).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Resume").await;
+    let mut ws = Ws::connect(&other_server, &owner.token).await;
+    ws.subscribe(project, 0).await;
+    ws.until(|m| m["type"] == "caught_up").await;
+    // Committed through one server, heard through the other.
+    rename(&app, &owner, project, "a").await;
+    assert_eq!(ws.seqs_until(2).await, [2]);
+    drop(ws);
+
+    for name in ["b", "c", "d"] {
+        rename(&app, &owner, project, name).await;
+    }
+    let mut again = Ws::connect(&app.address, &owner.token).await;
+    again.subscribe(project, 2).await;
+    let replay = again.until(|m| m["type"] == "caught_up").await;
+    let seqs: Vec<i64> = replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    handle.stop(false).await;
+}
+
+#[tokio::test]
+async fn a_lost_listener_reconnects_and_catches_up() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Reconnect").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    ws.subscribe(project, 0).await;
+    ws.until(|m| m["type"] == "caught_up").await;
+
+    // As when PostgreSQL restarts: the LISTEN connection dies.
+    let client = app.pool.get().await.unwrap();
+    let killed = client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'ferryd-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Committed while nobody listens: only the log knows.
+    for name in ["x", "y", "z"] {
+        rename(&app, &owner, project, name).await;
+    }
+    assert_eq!(ws.seqs_until(4).await, [2, 3, 4]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.call(Method::GET, "/readyz", None, None).await.0 != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rename(&app, &owner, project, "after").await;
+    assert_eq!(ws.seqs_until(5).await, [5]);
+}
+
+#[tokio::test]
+async fn connected_devices_are_online_and_serve_first() {
+    let app = TestApp::spawn_with(|s| s.realtime.ws_ping_seconds = 1).await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let project = app.create_project(&owner, "Presence").await;
+    join(&app, &owner, project, &member).await;
+    let older = app.source_device(&owner, project).await;
+    let _newer = app.source_device(&owner, project).await;
+    let file = json!([{"op": "upsert", "path": "/f", "size": 1, "hash": blake3::hash(b"f").to_hex().to_string()}]);
+    app.push(&older, project, file).await;
+    let older_id = app.get("/api/me", &older).await.1["device"]["id"].as_str().unwrap().to_owned();
+    let online = |devices: &Value| -> Vec<(String, bool)> {
+        devices["devices"].as_array().unwrap().iter().map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["online"].as_bool().unwrap())).collect()
+    };
+    let devices_path = format!("/api/projects/{project}/devices");
+    assert!(online(&app.get(&devices_path, &owner.token).await.1).iter().all(|(_, on)| !on));
+
+    // The older device connects: it is online, and it now serves.
+    let mut agent = Ws::connect(&app.address, &older).await;
+    agent.subscribe(project, 0).await;
+    agent.until(|m| m["type"] == "caught_up").await;
+    let devices = app.get(&devices_path, &member.token).await.1;
+    assert!(online(&devices).contains(&(older_id.clone(), true)), "{devices}");
+    assert!(devices["devices"].as_array().unwrap().iter().any(|d| d["last_seen_at"].is_string()));
+    let (_, requested) = app.post(&format!("/api/projects/{project}/files/download"), &member.token, json!({"file_path": "/f"})).await;
+    assert_eq!(requested["transfer_info"]["source_device_id"], older_id.as_str(), "online first, though attached earlier");
+    // ...and hears of it live.
+    let heard = agent.until(|m| m["type"] == "transfer_requested").await;
+    assert_eq!(heard.last().unwrap()["data"]["transfer_id"], requested["download_id"]);
+    let transfer = app.get(&format!("/api/projects/{project}/transfers/{}", requested["download_id"].as_str().unwrap()), &owner.token).await.1;
+    assert_eq!(transfer["source_device"]["online"], true);
+
+    // A socket that stops answering pings is dropped, and its device goes offline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if online(&app.get(&devices_path, &owner.token).await.1).iter().all(|(_, on)| !on) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a silent socket was kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+}
