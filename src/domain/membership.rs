@@ -244,7 +244,11 @@ pub async fn attach_device(
             "only a device's own user may attach it",
         ));
     }
-    let attached = AttachedDevice { device_id, project_id, user_id: device_owner, role, online: false };
+    let online: bool = client
+        .query_one(&format!("SELECT {}", crate::realtime::presence::online_sql("$1::uuid")), &[&device_id])
+        .await?
+        .get(0);
+    let attached = AttachedDevice { device_id, project_id, user_id: device_owner, role, online };
     let current = client
         .query_opt(
             "SELECT role FROM project_devices WHERE project_id = $1 AND device_id = $2",

@@ -362,3 +362,32 @@ async fn migrate_and_rebuild_run_and_name_what_they_did() {
     assert!(!unknown.status.success(), "rebuild of an unknown projection");
     assert!(text(&unknown.stderr).contains("no projection named"), "{}", text(&unknown.stderr));
 }
+
+#[tokio::test]
+async fn two_servers_on_one_database_hear_each_others_events() {
+    let db = TestDb::fresh().await;
+    let mut first = Serve::start(&["--database-url", &db.url], |_| {});
+    let mut second = Serve::start(&["--database-url", &db.url], |_| {});
+    let (a, b) = (first.wait_listening(START_WITHIN), second.wait_listening(START_WITHIN));
+
+    let http = http();
+    let (status, user) =
+        post(&http, format!("{b}/api/auth/signup"), json!({"email": "two@example.org", "password": "two servers"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let token = user["token"].as_str().unwrap();
+    let created = http.post(format!("{b}/api/projects")).bearer_auth(token).json(&json!({"name": "Shared"})).send().await.unwrap();
+    let project: uuid::Uuid = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+
+    // Listening on the first, committing through the second.
+    let mut ws = crate::realtime::Ws::connect(&a, token).await;
+    ws.subscribe(project, 0).await;
+    ws.until(|m| m["type"] == "caught_up").await;
+    for name in ["one", "two"] {
+        let res = http.patch(format!("{b}/api/projects/{project}")).bearer_auth(token).json(&json!({"name": name})).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(ws.seqs_until(3).await, [2, 3]);
+    drop(ws);
+    first.terminate_cleanly();
+    second.terminate_cleanly();
+}

@@ -13,12 +13,12 @@ use crate::membership::join;
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client speaking the JSON messages of `/api/ws`.
-struct Ws {
+pub struct Ws {
     socket: Socket,
 }
 
 impl Ws {
-    async fn connect(base: &str, token: &str) -> Self {
+    pub async fn connect(base: &str, token: &str) -> Self {
         Self::try_connect(base, token).await.expect("socket opens")
     }
 
@@ -48,7 +48,7 @@ impl Ws {
         self.socket.send(Message::Text(message.to_string().into())).await.unwrap();
     }
 
-    async fn subscribe(&mut self, project: Uuid, after_seq: i64) {
+    pub async fn subscribe(&mut self, project: Uuid, after_seq: i64) {
         self.send(json!({"type": "subscribe", "project_id": project, "after_seq": after_seq})).await;
     }
 
@@ -68,7 +68,7 @@ impl Ws {
     }
 
     /// Messages until one satisfies `last` (included).
-    async fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub async fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut seen = Vec::new();
         while let Some(message) = self.next().await {
             let done = last(&message);
@@ -81,7 +81,7 @@ impl Ws {
     }
 
     /// Event seqs until an event with `seq` arrives.
-    async fn seqs_until(&mut self, seq: i64) -> Vec<i64> {
+    pub async fn seqs_until(&mut self, seq: i64) -> Vec<i64> {
         let messages = self.until(|m| m["seq"].as_i64() == Some(seq) && m.get("data").is_some()).await;
         messages.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect()
     }
