@@ -89,7 +89,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let mut pushing = Duration::ZERO;
     let filling = Instant::now();
     for start in (0..files).step_by(FILL_BATCH) {
-        let batch: Vec<FileRow> = (start..(start + FILL_BATCH).min(files)).map(|i| FileRow::new(&mut rng, &stem(i))).collect();
+        let batch: Vec<FileRow> =
+            (start..(start + FILL_BATCH).min(files)).map(|i| FileRow::new(&mut rng, &stem(i))).collect();
         let body = common::update_body(&batch);
         let started = Instant::now();
         let answer = common::push_body(&app, &device, project, body).await?;

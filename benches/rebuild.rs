@@ -67,7 +67,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
         let (id, owner) = (Uuid::now_v7(), Uuid::now_v7());
         let tx = client.transaction().await?;
         store::create_stream(&tx, id).await?;
-        let created = NewEvent::new(EventType::ProjectCreated, json!({"name": format!("project {p}"), "owner_id": owner}));
+        let created =
+            NewEvent::new(EventType::ProjectCreated, json!({"name": format!("project {p}"), "owner_id": owner}));
         store::append(&tx, id, &meta(owner), &[created]).await?;
         tx.commit().await?;
         ids.push((id, owner));
@@ -105,10 +106,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let vacuuming = Instant::now();
     client.batch_execute("VACUUM ANALYZE project_events, remote_files").await?;
     println!("VACUUM ANALYZE project_events, remote_files: {:.1} s", vacuuming.elapsed().as_secs_f64());
-    let log_size: String = client
-        .query_one("SELECT pg_size_pretty(pg_total_relation_size('project_events'))", &[])
-        .await?
-        .get(0);
+    let log_size: String =
+        client.query_one("SELECT pg_size_pretty(pg_total_relation_size('project_events'))", &[]).await?.get(0);
 
     let projection = ferry::projections::find("remote_files").ok_or("no remote_files projection")?;
     let (mut raw_time, mut ferry_time) = (Duration::ZERO, Duration::ZERO);

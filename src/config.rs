@@ -124,6 +124,40 @@ impl TransferSettings {
     }
 }
 
+/// The relay: where chunk bytes live, how much a project may keep, how long.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelaySettings {
+    /// A folder, or `s3://bucket/prefix` (with the usual AWS environment;
+    /// `AWS_ENDPOINT_URL` for S3-compatible servers). Default: `<data-dir>/relay`.
+    #[arg(long, env = "FERRY_RELAY_STORE")]
+    pub relay_store: Option<String>,
+    /// Bytes of chunks a project may keep in the relay.
+    #[arg(long, env = "FERRY_RELAY_QUOTA_BYTES", default_value_t = 10 * 1024 * 1024 * 1024)]
+    pub relay_quota_bytes: i64,
+    /// Seconds an unneeded chunk is kept after its last use.
+    #[arg(long, env = "FERRY_RELAY_RETENTION_SECONDS", default_value_t = 86_400)]
+    pub relay_retention_seconds: u32,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self { relay_store: None, relay_quota_bytes: 10 * 1024 * 1024 * 1024, relay_retention_seconds: 86_400 }
+    }
+}
+
+impl RelaySettings {
+    pub fn policy(&self) -> crate::domain::relay::RelayPolicy {
+        crate::domain::relay::RelayPolicy {
+            quota_bytes: self.relay_quota_bytes,
+            retention: chrono::Duration::seconds(self.relay_retention_seconds.into()),
+        }
+    }
+
+    pub fn store_spec(&self, data_dir: &std::path::Path) -> String {
+        self.relay_store.clone().unwrap_or_else(|| data_dir.join("relay").to_string_lossy().into_owned())
+    }
+}
+
 /// WebSocket sessions.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RealtimeSettings {
@@ -159,6 +193,8 @@ pub struct ServeSettings {
     pub transfers: TransferSettings,
     #[command(flatten)]
     pub realtime: RealtimeSettings,
+    #[command(flatten)]
+    pub relay: RelaySettings,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FERRY_BIND", default_value = "127.0.0.1:7070")]
     pub bind: String,

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod projections;
 pub mod protocol;
 pub mod realtime;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod telemetry;

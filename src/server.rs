@@ -8,7 +8,9 @@ use tracing_actix_web::TracingLogger;
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
 use crate::domain::transfers::TransferPolicy;
+use crate::domain::relay::RelayPolicy;
 use crate::realtime::Realtime;
+use crate::relay::ChunkStore;
 use std::sync::Arc;
 use crate::store::StoreError;
 
@@ -16,6 +18,8 @@ use crate::store::StoreError;
 pub enum StartError {
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    #[error("relay store: {0}")]
+    Relay(#[from] crate::relay::RelayError),
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: std::io::Error },
 }
@@ -30,40 +34,42 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the database (migrations, then projections brought up to date)
-    /// and binds the listener.
+    /// Opens the database (migrations, then projections brought up to date),
+    /// the relay store and the event listener, and binds the address.
     pub async fn build(settings: &ServeSettings) -> Result<Self, StartError> {
         let database = settings.database.open().await?;
-        if let Err(e) = crate::projections::ensure_up_to_date(&database.pool).await {
-            database.close().await;
-            return Err(e.into());
+        match Self::start(settings, &database).await {
+            Ok((address, server, sweeper, realtime)) => Ok(Self { address, server, database, sweeper, realtime }),
+            Err(e) => {
+                database.close().await;
+                Err(e)
+            }
         }
+    }
+
+    async fn start(
+        settings: &ServeSettings,
+        database: &Database,
+    ) -> Result<(SocketAddr, actix_web::dev::Server, tokio::task::JoinHandle<()>, Arc<Realtime>), StartError> {
+        crate::projections::ensure_up_to_date(&database.pool).await?;
+        let chunks = ChunkStore::open(&settings.relay.store_spec(&settings.database.data_dir))?;
         let bind_error = |source| StartError::Bind { address: settings.bind.clone(), source };
-        let listener = match TcpListener::bind(&settings.bind) {
-            Ok(l) => l,
-            Err(e) => {
-                database.close().await;
-                return Err(bind_error(e));
-            }
-        };
+        let listener = TcpListener::bind(&settings.bind).map_err(bind_error)?;
         let address = listener.local_addr().map_err(bind_error)?;
-        let policy = settings.transfers.policy();
-        let realtime = match Realtime::start(database.pool.clone(), database.url(), settings.realtime.config()) {
-            Ok(realtime) => Arc::new(realtime),
-            Err(e) => {
-                database.close().await;
-                return Err(e.into());
-            }
-        };
+
+        let realtime = Arc::new(Realtime::start(database.pool.clone(), database.url(), settings.realtime.config())?);
         if !realtime.wait_listening(std::time::Duration::from_secs(10)).await {
             tracing::warn!("the event listener is not connected yet; live events start once it is");
         }
-        let state = web::Data::new(AppState { pool: database.pool.clone(), transfers: policy, realtime: realtime.clone() });
-        let sweeper = tokio::spawn(sweep_transfers(
-            database.pool.clone(),
-            policy,
-            std::time::Duration::from_millis(settings.transfers.sweep_interval_ms.max(10)),
-        ));
+        let (transfers, relay) = (settings.transfers.policy(), settings.relay.policy());
+        let state = web::Data::new(AppState {
+            pool: database.pool.clone(),
+            transfers,
+            realtime: realtime.clone(),
+            chunks: chunks.clone(),
+            relay,
+            relayed: Default::default(),
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(api::json_errors())
@@ -76,9 +82,17 @@ impl Server {
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
         }
-        let server = server.listen(listener).map_err(bind_error)?.run();
+        let server = match server.listen(listener) {
+            Ok(server) => server.run(),
+            Err(e) => {
+                realtime.stop().await;
+                return Err(bind_error(e));
+            }
+        };
+        let every = std::time::Duration::from_millis(settings.transfers.sweep_interval_ms.max(10));
+        let sweeper = tokio::spawn(sweep(database.pool.clone(), transfers, chunks, relay, every));
         tracing::info!("listening on {address}");
-        Ok(Self { address, server, database, sweeper, realtime })
+        Ok((address, server, sweeper, realtime))
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -101,19 +115,40 @@ impl Server {
     }
 }
 
-/// Expires and fails due transfers, forever. Safe beside other servers
-/// doing the same (see `transfers::sweep`).
-async fn sweep_transfers(pool: crate::store::Pool, policy: TransferPolicy, every: std::time::Duration) {
+/// Keeps the system clean, forever: expires and fails due transfers, and
+/// removes relay chunks nothing needs. Safe beside other servers doing the
+/// same (see `transfers::sweep` and `relay::expire`).
+async fn sweep(
+    pool: crate::store::Pool,
+    transfers: TransferPolicy,
+    chunks: ChunkStore,
+    relay: RelayPolicy,
+    every: std::time::Duration,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match crate::domain::transfers::sweep(&pool, &policy).await {
+        match crate::domain::transfers::sweep(&pool, &transfers).await {
             Ok(swept) if swept.expired + swept.stalled > 0 => {
                 tracing::info!(expired = swept.expired, stalled = swept.stalled, "swept transfers");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "transfer sweep failed"),
+        }
+        match crate::domain::relay::expire(&pool, &relay).await {
+            Ok(expired) => {
+                for (project_id, hash) in &expired {
+                    chunks.delete(*project_id, hash).await;
+                }
+                if !expired.is_empty() {
+                    tracing::info!(chunks = expired.len(), "removed relay chunks nothing needs");
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "relay retention failed"),
+        }
+        if let Err(e) = chunks.sweep_temporaries(chrono::Duration::hours(1)).await {
+            tracing::warn!(error = %e, "removing abandoned uploads failed");
         }
     }
 }

@@ -181,9 +181,14 @@ impl App {
             #[command(flatten)]
             settings: ServeSettings,
         }
-        let settings =
-            <Serve as clap::Parser>::try_parse_from(["bench", "--database-url", database_url, "--bind", "127.0.0.1:0"])?
-                .settings;
+        let settings = <Serve as clap::Parser>::try_parse_from([
+            "bench",
+            "--database-url",
+            database_url,
+            "--bind",
+            "127.0.0.1:0",
+        ])?
+        .settings;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = settings.workers.unwrap_or(cores);
         let pool_size = settings.database.pool_size;
@@ -252,7 +257,13 @@ impl App {
 
     pub async fn create_project(&self, owner: &User, name: &str) -> Result<Uuid, BoxError> {
         let v = self
-            .expect(StatusCode::CREATED, Method::POST, "/api/projects", Some(&owner.token), Some(&json!({"name": name})))
+            .expect(
+                StatusCode::CREATED,
+                Method::POST,
+                "/api/projects",
+                Some(&owner.token),
+                Some(&json!({"name": name})),
+            )
             .await?;
         Ok(field(&v["id"])?.parse()?)
     }
@@ -275,7 +286,8 @@ impl App {
     /// `user` joins the owner's project through an invite.
     pub async fn join(&self, owner: &User, project: Uuid, user: &User) -> Result<(), BoxError> {
         let path = format!("/api/projects/{project}/invites");
-        let invite = self.expect(StatusCode::CREATED, Method::POST, &path, Some(&owner.token), Some(&json!({}))).await?;
+        let invite =
+            self.expect(StatusCode::CREATED, Method::POST, &path, Some(&owner.token), Some(&json!({}))).await?;
         let body = json!({"token": field(&invite["token"])?});
         self.expect(StatusCode::OK, Method::POST, "/api/invites/accept", Some(&user.token), Some(&body)).await?;
         Ok(())

@@ -49,6 +49,7 @@ impl From<DomainError> for ApiError {
                     Rejection::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
                     Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                     Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    Rejection::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
                 };
                 ApiError::Client { status, code, message }
             }

@@ -11,6 +11,7 @@ mod health;
 mod membership;
 mod openapi;
 mod projects;
+mod relay;
 mod transfers;
 mod ws;
 
@@ -33,6 +34,10 @@ pub struct AppState {
     pub pool: Pool,
     pub transfers: crate::domain::transfers::TransferPolicy,
     pub realtime: std::sync::Arc<crate::realtime::Realtime>,
+    pub chunks: crate::relay::ChunkStore,
+    pub relay: crate::domain::relay::RelayPolicy,
+    /// Relayed bytes not yet counted as transfer progress.
+    pub relayed: relay::RelayedBytes,
 }
 
 /// Largest JSON body of an ordinary command.
@@ -56,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(membership::routes)
                 .configure(files::routes)
                 .configure(transfers::routes)
+                .configure(relay::routes)
                 .configure(admin::routes)
                 .configure(openapi::routes)
                 .configure(ws::routes),

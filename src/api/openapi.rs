@@ -13,7 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::resource;
-use super::{accounts, admin, files, health, membership, projects, transfers, ws};
+use super::{accounts, admin, files, health, membership, projects, relay, transfers, ws};
 use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
@@ -74,11 +74,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         transfers::cancel_transfer,
         transfers::retry_transfer,
         ws::connect,
+        relay::missing_chunks,
+        relay::upload_chunk,
+        relay::download_chunk,
         admin::list_projections,
         admin::rebuild_projection,
         admin::audit,
     ),
     components(schemas(
+        relay::HashesRequest,
+        relay::MissingResponse,
+        relay::StoredChunk,
         ErrorBody,
         ErrorDetail,
         Actor,

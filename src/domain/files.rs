@@ -208,7 +208,7 @@ pub async fn update(
 
 /// File deltas come from a source device of the project, so the log
 /// records which machine changed what.
-async fn require_source_device(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
+pub(crate) async fn require_source_device(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
     let refused = || {
         DomainError::rejected(
             Rejection::Forbidden,

@@ -7,6 +7,7 @@ pub mod events;
 pub mod files;
 pub mod membership;
 pub mod projects;
+pub mod relay;
 mod secrets;
 pub mod transfers;
 
@@ -37,6 +38,8 @@ pub enum Rejection {
     TooLarge,
     /// A needed party is missing (e.g. no source device).
     Unavailable,
+    /// A storage quota is used up.
+    InsufficientStorage,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -726,3 +726,39 @@ pub async fn list(
     let next_cursor = more.then(|| Cursor(transfers.last().expect("a full page").id.to_string()).encode());
     Ok(TransfersPage { transfers, next_cursor })
 }
+
+/// Bytes the relay served for a transfer advance it, as the server saw
+/// them: started if pending, never past the total. Only the requester's (or
+/// the owner's) downloads count. The caller batches them (at most one call
+/// a second per transfer), so none is coalesced away here.
+pub async fn advance_relayed(
+    client: &impl GenericClient,
+    cmd: &Command,
+    project_id: Uuid,
+    transfer_id: Uuid,
+    bytes: i64,
+) -> Result<(), DomainError> {
+    let role = lock_for(client, project_id, &cmd.caller, false).await?;
+    let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
+    if !row.state.status.is_active() || bytes <= 0 {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let mut state = row.state.clone();
+    let mut events = Vec::new();
+    if state.status == Pending {
+        state.status = InProgress;
+        state.started_at = Some(now);
+        state.window = vec![[now.timestamp_millis(), state.bytes_transferred]];
+        events.push((EventType::FileTransferStarted, state.clone()));
+    }
+    let total = (state.bytes_transferred + bytes).min(state.total_bytes);
+    if total > state.bytes_transferred {
+        record_progress(&mut state, total, now);
+        events.push((EventType::FileTransferProgress, state));
+    }
+    if !events.is_empty() {
+        transition(client, &cmd.meta, row, &events).await?;
+    }
+    Ok(())
+}

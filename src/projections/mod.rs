@@ -82,6 +82,7 @@ pub static ALL: &[Projection] = &[
     Projection::new("project_devices", include_str!("../../projections/project_devices.sql")),
     Projection::new("remote_files", include_str!("../../projections/remote_files.sql")),
     Projection::new("file_transfers", include_str!("../../projections/file_transfers.sql")),
+    Projection::new("file_chunks", include_str!("../../projections/file_chunks.sql")),
 ];
 
 pub fn find(name: &str) -> Option<&'static Projection> {

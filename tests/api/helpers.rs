@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use ferry::config::{DatabaseSettings, RealtimeSettings, ServeSettings, TransferSettings};
+use ferry::config::{DatabaseSettings, RealtimeSettings, RelaySettings, ServeSettings, TransferSettings};
 use ferry::store::embedded::EmbeddedPostgres;
 use ferry::store::Pool;
 use reqwest::{Method, StatusCode};
@@ -112,6 +112,11 @@ fn drop_database(name: String) {
     .join();
 }
 
+/// The relay folder of a test (beside its database's name).
+pub fn relay_dir(db_name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("relay-{db_name}"))
+}
+
 /// Starts a server with `settings`; answers its base URL and handle.
 pub async fn start_server(settings: &ServeSettings) -> (String, actix_web::dev::ServerHandle) {
     let server = ferry::server::Server::build(settings).await.expect("server starts");
@@ -160,6 +165,10 @@ impl TestApp {
             },
             transfers: TransferSettings::default(),
             realtime: RealtimeSettings::default(),
+            relay: RelaySettings {
+                relay_store: Some(relay_dir(&db_name).to_string_lossy().into_owned()),
+                ..RelaySettings::default()
+            },
             bind: "127.0.0.1:0".into(),
             workers: Some(2),
         };
@@ -276,6 +285,7 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.pool.close();
         drop(self.handle.stop(false));
+        let _ = std::fs::remove_dir_all(relay_dir(&self.db_name));
         drop_database(std::mem::take(&mut self.db_name));
     }
 }

@@ -10,6 +10,7 @@ mod permissions;
 mod projections;
 mod projects;
 mod realtime;
+mod relay;
 mod store;
 mod transfers;
 mod cli;

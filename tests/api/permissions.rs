@@ -173,6 +173,21 @@ fn rows() -> Vec<Row> {
             [401, 404, 404, 200, 404, 403, 403],
         ),
         row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/cancel", f.project, f.transfer), None, [401, 404, 404, 200, 404, 200, 200]),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/chunks/missing", f.project),
+            Some(json!({"hashes": [FILE_HASH]})),
+            [401, 404, 404, 403, 403, 200, 403],
+        ),
+        // An empty body does not hash to the name: permitted callers reach that check.
+        row(
+            Method::PUT,
+            |_, f, _| format!("/api/projects/{}/chunks/{FILE_HASH}", f.project),
+            None,
+            [401, 404, 404, 403, 403, 422, 403],
+        ),
+        // Not uploaded yet: permitted callers reach "no such chunk".
+        row(Method::GET, |_, f, _| format!("/api/projects/{}/chunks/{FILE_HASH}", f.project), None, [401, 404, 404, 404, 404, 404, 404]),
         // Permitted callers get past the permission check to the state check.
         row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/retry", f.project, f.transfer), None, [401, 404, 404, 409, 404, 409, 409]),
     ]

@@ -1,0 +1,277 @@
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{resource, ApiError, AppState, Auth};
+use crate::domain::{self, relay, transfers, DomainError};
+use crate::protocol::ErrorBody;
+use crate::relay::{parse_range, RelayError, MAX_CHUNK_BYTES};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/projects/{project_id}/chunks/missing").post(missing_chunks))
+        .service(resource("/projects/{project_id}/chunks/{hash}").put(upload_chunk).get(download_chunk));
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HashesRequest {
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MissingResponse {
+    /// The asked hashes the relay does not hold, in the order asked.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StoredChunk {
+    pub hash: String,
+    pub size: i64,
+}
+
+/// Which of these chunks the relay lacks (source device).
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/chunks/missing",
+    tag = "relay",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project")),
+    request_body = HashesRequest,
+    responses(
+        (status = 200, description = "The hashes not held", body = MissingResponse),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a source device of the project", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 413, description = "More than 10,000 hashes", body = ErrorBody),
+        (status = 422, description = "A malformed hash", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+async fn missing_chunks(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+    body: web::Json<HashesRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(DomainError::from)?;
+    let missing = relay::missing(&client, &auth.0, path.into_inner(), &body.hashes).await?;
+    Ok(HttpResponse::Ok().json(MissingResponse { missing }))
+}
+
+fn relay_error(e: RelayError) -> ApiError {
+    use actix_web::http::StatusCode;
+    match e {
+        RelayError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk_too_large", e.to_string()),
+        RelayError::HashMismatch { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", e.to_string()),
+        RelayError::BadEncoding(_) => ApiError::bad_request("invalid_encoding", e.to_string()),
+        RelayError::Body(_) => ApiError::bad_request("body_unreadable", e.to_string()),
+        RelayError::Store(_) | RelayError::BadSpec(_) => ApiError::Internal(Box::new(e)),
+    }
+}
+
+/// Uploads a chunk's bytes (source device): verified against `hash` while
+/// streaming, at most 16 MiB, optionally `Content-Encoding: zstd`.
+#[utoipa::path(
+    put,
+    path = "/api/projects/{project_id}/chunks/{hash}",
+    tag = "relay",
+    security(("bearer" = [])),
+    params(
+        ("project_id" = Uuid, Path, description = "The project"),
+        ("hash" = String, Path, description = "The chunk's BLAKE3, 64 lowercase hex characters"),
+        ("Content-Encoding" = Option<String>, Header, description = "`zstd` for a compressed body"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored", body = StoredChunk),
+        (status = 200, description = "Already there: nothing written", body = StoredChunk),
+        (status = 400, description = "A body that is not valid zstd", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a source device of the project", body = ErrorBody),
+        (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
+        (status = 413, description = "Larger than 16 MiB", body = ErrorBody),
+        (status = 415, description = "An encoding other than zstd", body = ErrorBody),
+        (status = 422, description = "The bytes do not hash to `hash`, or a malformed hash", body = ErrorBody),
+        (status = 507, description = "The project's relay quota is used up", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn upload_chunk(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, String)>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (project_id, hash) = path.into_inner();
+    let zstd = match req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+        None | Some("identity") => false,
+        Some("zstd") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not accepted: send zstd or plain bytes"),
+            ))
+        }
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+    if !zstd && declared.is_some_and(|n| n as u64 > MAX_CHUNK_BYTES) {
+        return Err(relay_error(RelayError::TooLarge));
+    }
+    let known = {
+        let client = state.pool.get().await.map_err(DomainError::from)?;
+        relay::plan_upload(&client, &auth.0, &state.relay, project_id, &hash, declared).await?
+    };
+    if let Some(size) = known {
+        return Ok(HttpResponse::Ok().json(StoredChunk { hash, size }));
+    }
+    let saved = state.chunks.receive(project_id, &hash, zstd, body).await.map_err(relay_error)?;
+    if let Err(e) = relay::record_upload(&state.pool, &state.relay, project_id, &hash, saved).await {
+        state.chunks.delete(project_id, &hash).await;
+        return Err(e.into());
+    }
+    Ok(HttpResponse::Created().json(StoredChunk { hash, size: saved.size }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DownloadParams {
+    /// The transfer these bytes are for: the server counts them as its progress.
+    transfer_id: Option<Uuid>,
+}
+
+/// Downloads a chunk of a file (or open transfer) of the project. Honours
+/// `Range` (206) and `Accept-Encoding: zstd`.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/chunks/{hash}",
+    tag = "relay",
+    security(("bearer" = [])),
+    params(
+        ("project_id" = Uuid, Path, description = "The project"),
+        ("hash" = String, Path, description = "The chunk's BLAKE3"),
+        DownloadParams,
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=a-b`"),
+        ("Accept-Encoding" = Option<String>, Header, description = "`zstd` to receive the compressed variant"),
+    ),
+    responses(
+        (status = 200, description = "The chunk's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 206, description = "The asked range", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Unknown project or chunk, or not one of the project's files", body = ErrorBody),
+        (status = 416, description = "The range starts past the end", body = ErrorBody),
+        (status = 422, description = "A malformed hash", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+async fn download_chunk(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, String)>,
+    params: web::Query<DownloadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let (project_id, hash) = path.into_inner();
+    let caller = auth.0;
+    let chunk = {
+        let client = state.pool.get().await.map_err(DomainError::from)?;
+        relay::plan_download(&client, &caller, project_id, &hash).await?
+    };
+    let size = chunk.size as u64;
+    let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = parse_range(range_header, size).map_err(|()| {
+        ApiError::new(actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the chunk has {size} bytes"))
+    })?;
+    let accepts_zstd = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd")));
+    let zstd = range.is_none() && accepts_zstd && chunk.zstd_size.is_some();
+
+    let stream = state.chunks.read(project_id, &hash, zstd, range.clone()).await.map_err(relay_error)?;
+    let served = range.as_ref().map_or(size, |r| r.end - r.start);
+    let stream = count_progress(stream, state.clone(), caller, project_id, params.transfer_id, served as i64);
+    let mut response = match &range {
+        Some(r) => {
+            let mut res = HttpResponse::PartialContent();
+            res.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
+            res
+        }
+        None => HttpResponse::Ok(),
+    };
+    response
+        .content_type("application/octet-stream")
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::VARY, "Accept-Encoding"))
+        .no_chunking(if zstd { chunk.zstd_size.unwrap_or_default() as u64 } else { served });
+    if zstd {
+        response.insert_header((header::CONTENT_ENCODING, "zstd"));
+    }
+    Ok(response.streaming(stream))
+}
+
+/// Bytes relayed for transfers, gathered for at most the progress interval
+/// so a transfer gets at most about one progress event a second from here.
+#[derive(Default)]
+pub struct RelayedBytes {
+    pending: std::sync::Mutex<std::collections::HashMap<Uuid, Pending>>,
+}
+
+struct Pending {
+    project_id: Uuid,
+    caller: domain::Caller,
+    bytes: i64,
+}
+
+impl RelayedBytes {
+    fn add(state: &web::Data<AppState>, caller: domain::Caller, project_id: Uuid, transfer_id: Uuid, bytes: i64) {
+        let mut pending = state.relayed.pending.lock().expect("relayed lock");
+        if let Some(p) = pending.get_mut(&transfer_id) {
+            p.bytes += bytes;
+            return;
+        }
+        pending.insert(transfer_id, Pending { project_id, caller, bytes });
+        actix_web::rt::spawn(Self::flush(state.clone(), transfer_id));
+    }
+
+    async fn flush(state: web::Data<AppState>, transfer_id: Uuid) {
+        let interval = state.transfers.progress_interval.to_std().unwrap_or_default();
+        tokio::time::sleep(interval).await;
+        let Some(p) = state.relayed.pending.lock().expect("relayed lock").remove(&transfer_id) else { return };
+        let counted = domain::execute(&state.pool, p.caller, None, move |tx, cmd| {
+            Box::pin(async move { transfers::advance_relayed(tx, cmd, p.project_id, transfer_id, p.bytes).await })
+        })
+        .await;
+        if let Err(e) = counted {
+            tracing::warn!(%transfer_id, error = %e, "relayed bytes not counted");
+        }
+    }
+}
+
+/// Passes the bytes through; once all were sent for a transfer, counts them
+/// as its progress.
+fn count_progress(
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes, object_store::Error>> + 'static,
+    state: web::Data<AppState>,
+    caller: domain::Caller,
+    project_id: Uuid,
+    transfer_id: Option<Uuid>,
+    bytes: i64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> {
+    let body = stream.map(|piece| piece.map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string())));
+    let done = futures_util::stream::once(async move {
+        if let Some(transfer_id) = transfer_id {
+            RelayedBytes::add(&state, caller, project_id, transfer_id, bytes);
+        }
+    })
+    .filter_map(|()| async { None });
+    body.chain(done)
+}

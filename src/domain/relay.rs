@@ -1,0 +1,187 @@
+//! The relay's rules: who uploads and downloads which chunks, the per-project
+//! quota, and retention. The bytes themselves are `relay::ChunkStore`'s.
+
+use chrono::Duration;
+use uuid::Uuid;
+
+use super::files::require_source_device;
+use super::projects::access;
+use super::{Caller, DomainError, Rejection};
+use crate::protocol::files::Blake3Hash;
+use crate::relay::Stored;
+use crate::store::{GenericClient, Pool};
+
+/// Most hashes one `chunks/missing` call asks about.
+pub const MAX_HASHES: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayPolicy {
+    /// Bytes of chunks (with their zstd variants) a project may keep.
+    pub quota_bytes: i64,
+    /// A chunk no current file or open transfer needs is removed once
+    /// unused this long.
+    pub retention: Duration,
+}
+
+impl Default for RelayPolicy {
+    fn default() -> Self {
+        Self { quota_bytes: 10 * 1024 * 1024 * 1024, retention: Duration::hours(24) }
+    }
+}
+
+fn parse_hash(hash: &str) -> Result<String, DomainError> {
+    Ok(Blake3Hash::parse(hash)?.as_str().to_owned())
+}
+
+fn quota_exceeded(policy: &RelayPolicy) -> DomainError {
+    DomainError::rejected(
+        Rejection::InsufficientStorage,
+        "quota_exceeded",
+        format!("the project's relay quota of {} bytes is used up", policy.quota_bytes),
+    )
+}
+
+/// The hashes of `hashes` the relay does not hold for the project.
+pub async fn missing(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+    hashes: &[String],
+) -> Result<Vec<String>, DomainError> {
+    if hashes.len() > MAX_HASHES {
+        return Err(DomainError::rejected(
+            Rejection::TooLarge,
+            "too_many_hashes",
+            format!("at most {MAX_HASHES} hashes per call"),
+        ));
+    }
+    let hashes = hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+    access(client, project_id, caller, false).await?;
+    require_source_device(client, project_id, caller).await?;
+    let rows = client
+        .query(
+            "SELECT h FROM unnest($2::text[]) WITH ORDINALITY AS u(h, i)
+             WHERE NOT EXISTS (SELECT 1 FROM relay_chunks r WHERE r.project_id = $1 AND r.hash = u.h)
+             ORDER BY i",
+            &[&project_id, &hashes],
+        )
+        .await?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).filter(|h| seen.insert(h.clone())).collect())
+}
+
+/// Before an upload: may the caller upload, and is the chunk new? Answers
+/// the stored size when the relay has it already (nothing to write).
+pub async fn plan_upload(
+    client: &impl GenericClient,
+    caller: &Caller,
+    policy: &RelayPolicy,
+    project_id: Uuid,
+    hash: &str,
+    declared_size: Option<i64>,
+) -> Result<Option<i64>, DomainError> {
+    let hash = parse_hash(hash)?;
+    access(client, project_id, caller, false).await?;
+    require_source_device(client, project_id, caller).await?;
+    let known = client
+        .query_opt(
+            "UPDATE relay_chunks SET last_used_at = now() WHERE project_id = $1 AND hash = $2 RETURNING size",
+            &[&project_id, &hash],
+        )
+        .await?;
+    if let Some(row) = known {
+        return Ok(Some(row.get(0)));
+    }
+    if used(client, project_id).await? + declared_size.unwrap_or(0) > policy.quota_bytes {
+        return Err(quota_exceeded(policy));
+    }
+    Ok(None)
+}
+
+async fn used(client: &impl GenericClient, project_id: Uuid) -> Result<i64, DomainError> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint FROM relay_chunks WHERE project_id = $1",
+            &[&project_id],
+        )
+        .await?
+        .get(0))
+}
+
+/// After the bytes are stored: records the chunk, unless that would pass
+/// the quota (then the caller removes the bytes). Uploads to one project
+/// are serialised here, so racing uploads cannot both slip under it.
+pub async fn record_upload(pool: &Pool, policy: &RelayPolicy, project_id: Uuid, hash: &str, stored: Stored) -> Result<(), DomainError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))", &[&project_id.to_string()]).await?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM relay_chunks WHERE project_id = $1 AND hash = $2", &[&project_id, &hash])
+        .await?
+        .is_some();
+    if !exists {
+        if used(&tx, project_id).await? + stored.size + stored.zstd_size.unwrap_or(0) > policy.quota_bytes {
+            return Err(quota_exceeded(policy));
+        }
+        tx.execute(
+            "INSERT INTO relay_chunks (project_id, hash, size, zstd_size) VALUES ($1, $2, $3, $4)",
+            &[&project_id, &hash, &stored.size, &stored.zstd_size],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A chunk the caller may download: it belongs to a current file of the
+/// project or to one of its open transfers, and the relay holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkInfo {
+    pub size: i64,
+    pub zstd_size: Option<i64>,
+}
+
+pub async fn plan_download(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+    hash: &str,
+) -> Result<ChunkInfo, DomainError> {
+    let hash = parse_hash(hash)?;
+    access(client, project_id, caller, false).await?;
+    let row = client
+        .query_opt(
+            "UPDATE relay_chunks r SET last_used_at = now()
+             WHERE r.project_id = $1 AND r.hash = $2
+               AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
+                    OR EXISTS (SELECT 1 FROM file_transfers t
+                               WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
+                                 AND t.chunks_needed ? $2))
+             RETURNING r.size, r.zstd_size",
+            &[&project_id, &hash],
+        )
+        .await?
+        .ok_or_else(|| DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you"))?;
+    Ok(ChunkInfo { size: row.get(0), zstd_size: row.get(1) })
+}
+
+/// Forgets chunks nothing needs any more; answers them, for the caller to
+/// delete their bytes. Safe with several servers: each row is deleted once.
+pub async fn expire(pool: &Pool, policy: &RelayPolicy) -> Result<Vec<(Uuid, String)>, DomainError> {
+    let cutoff = chrono::Utc::now() - policy.retention;
+    let rows = pool
+        .get()
+        .await?
+        .query(
+            "DELETE FROM relay_chunks r
+             WHERE r.last_used_at < $1
+               AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = r.project_id AND f.hash = r.hash)
+               AND NOT EXISTS (SELECT 1 FROM file_transfers t
+                               WHERE t.project_id = r.project_id AND t.status IN ('pending', 'in_progress')
+                                 AND t.chunks_needed ? r.hash)
+             RETURNING r.project_id, r.hash",
+            &[&cutoff],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -1,0 +1,288 @@
+//! The relay's chunk store: content-addressed chunk bytes, per project,
+//! through `object_store` (a local folder by default, S3-compatible storage
+//! when several servers share it). Uploads are verified while they stream:
+//! bytes land in a temporary object and become the chunk only when they
+//! hash to its name, so a crash mid-upload leaves no chunk behind.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+use uuid::Uuid;
+
+/// Largest chunk accepted (after decompression).
+pub const MAX_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("relay store setting {0:?}: use a folder path, file:///path, or s3://bucket/prefix")]
+    BadSpec(String),
+    #[error("the chunk is larger than 16 MiB")]
+    TooLarge,
+    #[error("the bytes hash to {actual}, not to the chunk's name")]
+    HashMismatch { actual: String },
+    #[error("the body is not a valid zstd stream: {0}")]
+    BadEncoding(String),
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+}
+
+/// Where chunk bytes live.
+#[derive(Clone)]
+pub struct ChunkStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+/// What an upload stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub size: i64,
+    /// Size of the zstd variant kept beside it, when it is smaller.
+    pub zstd_size: Option<i64>,
+}
+
+impl ChunkStore {
+    /// `spec`: a folder (or `file:///folder`), or `s3://bucket/prefix` with
+    /// the usual AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL` for S3-compatible servers).
+    pub fn open(spec: &str) -> Result<Self, RelayError> {
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(RelayError::BadSpec(spec.to_owned()));
+            }
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
+            }
+            return Ok(Self { store: Arc::new(builder.build()?), prefix: Path::from(prefix) });
+        }
+        let folder = spec.strip_prefix("file://").unwrap_or(spec);
+        if folder.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
+            return Err(RelayError::BadSpec(spec.to_owned()));
+        }
+        std::fs::create_dir_all(folder).map_err(|e| RelayError::Store(object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        }))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?;
+        Ok(Self { store: Arc::new(store), prefix: Path::from("") })
+    }
+
+    fn key(&self, project_id: Uuid, hash: &str, zstd: bool) -> Path {
+        let name = if zstd { format!("{hash}.zst") } else { hash.to_owned() };
+        self.prefix.child("chunks").child(project_id.to_string()).child(name)
+    }
+
+    fn temp(&self) -> Path {
+        self.prefix.child("tmp").child(Uuid::now_v7().to_string())
+    }
+
+    /// Streams a body in, decompressing it when `zstd_encoded`, hashing and
+    /// bounding it as it goes, and keeps it as `project/hash` only when it
+    /// hashes to `hash`. A zstd variant is kept beside it when smaller.
+    pub async fn receive<S, E>(
+        &self,
+        project_id: Uuid,
+        hash: &str,
+        zstd_encoded: bool,
+        mut body: S,
+    ) -> Result<Stored, RelayError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (raw_tmp, zst_tmp) = (self.temp(), self.temp());
+        let mut raw = WriteMultipart::new(self.store.put_multipart(&raw_tmp).await?);
+        let mut zst = WriteMultipart::new(self.store.put_multipart(&zst_tmp).await?);
+        let mut codec = Codec::new(zstd_encoded)?;
+        let mut hasher = blake3::Hasher::new();
+        let (mut size, mut zst_size) = (0u64, 0u64);
+
+        let outcome: Result<(), RelayError> = async {
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
+                let (plain, packed) = codec.feed(&piece)?;
+                size += plain.len() as u64;
+                if size > MAX_CHUNK_BYTES {
+                    return Err(RelayError::TooLarge);
+                }
+                hasher.update(&plain);
+                raw.wait_for_capacity(4).await?;
+                raw.write(&plain);
+                zst_size += packed.len() as u64;
+                zst.wait_for_capacity(4).await?;
+                zst.write(&packed);
+            }
+            let (plain, packed) = codec.finish()?;
+            size += plain.len() as u64;
+            if size > MAX_CHUNK_BYTES {
+                return Err(RelayError::TooLarge);
+            }
+            hasher.update(&plain);
+            raw.write(&plain);
+            zst_size += packed.len() as u64;
+            zst.write(&packed);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            let _ = raw.abort().await;
+            let _ = zst.abort().await;
+            return Err(e);
+        }
+        raw.finish().await?;
+        zst.finish().await?;
+
+        let actual = hasher.finalize().to_hex().to_string();
+        if actual != hash {
+            self.forget(&[&raw_tmp, &zst_tmp]).await;
+            return Err(RelayError::HashMismatch { actual });
+        }
+        let keep_zst = zst_size < size;
+        if keep_zst {
+            self.store.rename(&zst_tmp, &self.key(project_id, hash, true)).await?;
+        } else {
+            self.forget(&[&zst_tmp]).await;
+        }
+        self.store.rename(&raw_tmp, &self.key(project_id, hash, false)).await?;
+        Ok(Stored { size: size as i64, zstd_size: keep_zst.then_some(zst_size as i64) })
+    }
+
+    async fn forget(&self, paths: &[&Path]) {
+        for path in paths {
+            let _ = self.store.delete(path).await;
+        }
+    }
+
+    /// A chunk's bytes (a range of them), or its zstd variant, streamed.
+    pub async fn read(
+        &self,
+        project_id: Uuid,
+        hash: &str,
+        zstd: bool,
+        range: Option<Range<u64>>,
+    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>>, RelayError> {
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        let result = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?;
+        Ok(result.into_stream())
+    }
+
+    /// Deletes a chunk and its variant.
+    pub async fn delete(&self, project_id: Uuid, hash: &str) {
+        for zstd in [false, true] {
+            match self.store.delete(&self.key(project_id, hash, zstd)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(%project_id, hash, error = %e, "could not delete a chunk"),
+            }
+        }
+    }
+
+    /// Removes temporary objects older than `age` (uploads that died).
+    pub async fn sweep_temporaries(&self, age: chrono::Duration) -> Result<usize, RelayError> {
+        let before = chrono::Utc::now() - age;
+        let old: Vec<Path> = self
+            .store
+            .list(Some(&self.prefix.child("tmp")))
+            .try_filter(|meta| std::future::ready(meta.last_modified < before))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for path in &old {
+            let _ = self.store.delete(path).await;
+        }
+        Ok(old.len())
+    }
+}
+
+/// The body's two forms: plain bytes (hashed and stored) and zstd (kept as
+/// the variant served to clients that accept it).
+struct Codec {
+    decoder: Option<zstd::stream::write::Decoder<'static, Vec<u8>>>,
+    encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+}
+
+impl Codec {
+    fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
+        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
+        Ok(if zstd_encoded {
+            Self { decoder: Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(bad)?), encoder: None }
+        } else {
+            Self { decoder: None, encoder: Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(bad)?) }
+        })
+    }
+
+    /// Feeds a piece of the body; answers (plain, zstd) bytes produced.
+    fn feed(&mut self, piece: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
+        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
+        if let Some(decoder) = &mut self.decoder {
+            decoder.write_all(piece).map_err(bad)?;
+            decoder.flush().map_err(bad)?;
+            return Ok((std::mem::take(decoder.get_mut()), piece.to_vec()));
+        }
+        let encoder = self.encoder.as_mut().expect("one of the two");
+        encoder.write_all(piece).map_err(bad)?;
+        Ok((piece.to_vec(), std::mem::take(encoder.get_mut())))
+    }
+
+    fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
+        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
+        if let Some(mut decoder) = self.decoder.take() {
+            decoder.flush().map_err(bad)?;
+            // A truncated stream yields fewer bytes: the hash check catches it.
+            return Ok((std::mem::take(decoder.get_mut()), Vec::new()));
+        }
+        let encoder = self.encoder.take().expect("one of the two");
+        Ok((Vec::new(), encoder.finish().map_err(bad)?))
+    }
+}
+
+/// A `Range` header against an object of `size` bytes: `Ok(None)` to send
+/// it whole (no header, or one we do not serve, such as several ranges),
+/// `Ok(Some(range))` for one satisfiable range, `Err(())` when it is not
+/// satisfiable (416).
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((start, end)) = spec.split_once('-') else { return Ok(None) };
+    let (start, end) = (start.trim(), end.trim());
+    let range = match (start.parse::<u64>(), end.parse::<u64>()) {
+        (Ok(s), Ok(e)) if s <= e => s..(e + 1).min(size),
+        (Ok(s), Err(_)) if end.is_empty() => s..size,
+        (Err(_), Ok(n)) if start.is_empty() && n > 0 => size.saturating_sub(n)..size,
+        _ => return Ok(None),
+    };
+    if range.start >= size {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some(0..10)));
+        assert_eq!(parse_range(Some("bytes=90-200"), 100), Ok(Some(90..100)));
+        assert_eq!(parse_range(Some("bytes=50-"), 100), Ok(Some(50..100)));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some(90..100)));
+        assert_eq!(parse_range(Some("bytes=-500"), 100), Ok(Some(0..100)));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=9-3"), 100), Ok(None));
+    }
+}
