@@ -11,6 +11,7 @@ mod projections;
 mod projects;
 mod realtime;
 mod relay;
+mod relay_s3;
 mod store;
 mod transfers;
 mod cli;
