@@ -2,6 +2,7 @@
 //! owner's machine to its members. See `README.md` and `DESIGN.md`.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod projections;

@@ -16,3 +16,5 @@ mod store;
 mod transfers;
 mod cli;
 mod openapi;
+mod client_accounts;
+mod client_share;

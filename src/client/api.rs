@@ -1,0 +1,394 @@
+//! A typed HTTP client for the Ferry API over reqwest, speaking the wire
+//! types of `crate::protocol`. Error answers become [`ClientError::Api`].
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::ClientError;
+use crate::protocol::accounts::{
+    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest,
+    RegisterDeviceResponse, SignupRequest,
+};
+use crate::protocol::files::{
+    FileChange, FilesPage, RemoteFile, UpdateFilesRequest, UpdateFilesResponse,
+};
+use crate::protocol::membership::{
+    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite,
+    InvitesResponse, MembersResponse, ProjectDevicesResponse,
+};
+use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
+use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus, TransfersPage};
+use crate::protocol::ErrorBody;
+
+/// One server, one token (a user's or a device's). Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token,
+        }
+    }
+
+    /// The same server with another token.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `ws://…/api/ws` (or `wss://`).
+    pub fn ws_url(&self) -> String {
+        format!("{}/api/ws", self.base.replacen("http", "ws", 1))
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// Sends; answers the body of a 2xx, else the server's error.
+    async fn send_raw(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let res = req.send().await.map_err(|e| self.transport(e))?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let bytes = res.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_lowercase()
+                    .replace(' ', "_"),
+                message: format!("the server answered {status}"),
+            },
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() || e.is_timeout() {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason = s.to_string();
+                source = s.source();
+            }
+            ClientError::Unreachable {
+                server: self.base.clone(),
+                reason,
+            }
+        } else {
+            ClientError::Http(e.to_string())
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let res = self.send_raw(req).await?;
+        let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(Method::PUT, path).json(body)).await
+    }
+
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(Method::PATCH, path).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.send_raw(self.request(Method::DELETE, path))
+            .await
+            .map(drop)
+    }
+
+    // Accounts and devices.
+
+    pub async fn signup(&self, req: &SignupRequest) -> Result<AuthResponse, ClientError> {
+        self.post("/api/auth/signup", req).await
+    }
+
+    pub async fn login(&self, req: &LoginRequest) -> Result<AuthResponse, ClientError> {
+        self.post("/api/auth/login", req).await
+    }
+
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.send_raw(self.request(Method::POST, "/api/auth/logout"))
+            .await
+            .map(drop)
+    }
+
+    pub async fn me(&self) -> Result<MeResponse, ClientError> {
+        self.get("/api/me").await
+    }
+
+    pub async fn register_device(
+        &self,
+        req: &RegisterDeviceRequest,
+    ) -> Result<RegisterDeviceResponse, ClientError> {
+        self.post("/api/devices", req).await
+    }
+
+    pub async fn devices(&self) -> Result<DevicesResponse, ClientError> {
+        self.get("/api/devices").await
+    }
+
+    // Projects, invites, members, device assignment.
+
+    pub async fn create_project(&self, name: &str) -> Result<Project, ClientError> {
+        self.post(
+            "/api/projects",
+            &CreateProjectRequest {
+                name: name.to_owned(),
+            },
+        )
+        .await
+    }
+
+    pub async fn projects(&self) -> Result<ProjectsResponse, ClientError> {
+        self.get("/api/projects").await
+    }
+
+    pub async fn project(&self, id: Uuid) -> Result<Project, ClientError> {
+        self.get(&format!("/api/projects/{id}")).await
+    }
+
+    pub async fn create_invite(
+        &self,
+        project: Uuid,
+        req: &CreateInviteRequest,
+    ) -> Result<CreatedInvite, ClientError> {
+        self.post(&format!("/api/projects/{project}/invites"), req)
+            .await
+    }
+
+    pub async fn invites(&self, project: Uuid) -> Result<InvitesResponse, ClientError> {
+        self.get(&format!("/api/projects/{project}/invites")).await
+    }
+
+    pub async fn revoke_invite(&self, project: Uuid, invite: Uuid) -> Result<(), ClientError> {
+        self.delete(&format!("/api/projects/{project}/invites/{invite}"))
+            .await
+    }
+
+    pub async fn accept_invite(&self, token: &str) -> Result<AcceptedInvite, ClientError> {
+        self.post(
+            "/api/invites/accept",
+            &AcceptInviteRequest {
+                token: token.to_owned(),
+            },
+        )
+        .await
+    }
+
+    pub async fn members(&self, project: Uuid) -> Result<MembersResponse, ClientError> {
+        self.get(&format!("/api/projects/{project}/members")).await
+    }
+
+    pub async fn attach_device(
+        &self,
+        project: Uuid,
+        device: Uuid,
+    ) -> Result<AttachedDevice, ClientError> {
+        self.put(
+            &format!("/api/projects/{project}/devices/{device}"),
+            &json!({}),
+        )
+        .await
+    }
+
+    pub async fn project_devices(
+        &self,
+        project: Uuid,
+    ) -> Result<ProjectDevicesResponse, ClientError> {
+        self.get(&format!("/api/projects/{project}/devices")).await
+    }
+
+    // Files.
+
+    pub async fn update_files(
+        &self,
+        project: Uuid,
+        changes: Vec<FileChange>,
+    ) -> Result<UpdateFilesResponse, ClientError> {
+        self.post(
+            &format!("/api/projects/{project}/files/update"),
+            &UpdateFilesRequest { changes },
+        )
+        .await
+    }
+
+    pub async fn files_page(
+        &self,
+        project: Uuid,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<FilesPage, ClientError> {
+        let req = self
+            .request(
+                Method::GET,
+                &format!("/api/projects/{project}/files-paginated"),
+            )
+            .query(&[
+                ("limit", limit.to_string()),
+                ("cursor", cursor.unwrap_or("").to_owned()),
+            ]);
+        self.send(req).await
+    }
+
+    /// Every live file, all pages; and the head seq of the first page.
+    pub async fn all_files(&self, project: Uuid) -> Result<(Vec<RemoteFile>, i64), ClientError> {
+        let mut files = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut head = None;
+        loop {
+            let page = self.files_page(project, cursor.as_deref(), 1000).await?;
+            head.get_or_insert(page.head_seq);
+            files.extend(page.files);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok((files, head.unwrap_or_default())),
+            }
+        }
+    }
+
+    // Transfers and the relay.
+
+    pub async fn transfers_page(
+        &self,
+        project: Uuid,
+        status: Option<TransferStatus>,
+        cursor: Option<&str>,
+    ) -> Result<TransfersPage, ClientError> {
+        let mut query = vec![("limit", "100".to_owned())];
+        if let Some(status) = status {
+            query.push(("status", status.as_str().to_owned()));
+        }
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        self.send(
+            self.request(Method::GET, &format!("/api/projects/{project}/transfers"))
+                .query(&query),
+        )
+        .await
+    }
+
+    pub async fn report_transfer(
+        &self,
+        project: Uuid,
+        transfer: Uuid,
+        report: &TransferReport,
+    ) -> Result<Transfer, ClientError> {
+        self.patch(
+            &format!("/api/projects/{project}/transfers/{transfer}"),
+            report,
+        )
+        .await
+    }
+
+    pub async fn missing_chunks(
+        &self,
+        project: Uuid,
+        hashes: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        let body: Value = self
+            .post(
+                &format!("/api/projects/{project}/chunks/missing"),
+                &json!({"hashes": hashes}),
+            )
+            .await?;
+        serde_json::from_value(body["missing"].clone())
+            .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
+    }
+
+    /// Uploads one chunk's raw bytes; true when the relay did not have it.
+    pub async fn put_chunk(
+        &self,
+        project: Uuid,
+        hash: &str,
+        bytes: Vec<u8>,
+    ) -> Result<bool, ClientError> {
+        let req = self
+            .request(
+                Method::PUT,
+                &format!("/api/projects/{project}/chunks/{hash}"),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        let res = self.send_raw(req).await?;
+        Ok(res.status() == StatusCode::CREATED)
+    }
+}

@@ -1,0 +1,408 @@
+//! The owner's view of DIR: a walk honouring `.ferryignore` (gitignore
+//! syntax), BLAKE3 of every file and of each of its FastCDC chunks, hashed
+//! on all cores, and a local index (path, size, mtime → hashes, chunks) in
+//! `DIR/.ferry/index.json` so that an unchanged file is never hashed again,
+//! across restarts too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::UNIX_EPOCH;
+
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::files::FilePath;
+
+/// FastCDC bounds: about 1 MiB on average, 256 KiB to 4 MiB.
+pub const MIN_CHUNK: u32 = 256 * 1024;
+pub const AVG_CHUNK: u32 = 1024 * 1024;
+pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+/// The agent's own folder in DIR, never shared.
+pub const STATE_DIR: &str = ".ferry";
+/// Ignore rules, gitignore syntax, in any folder of DIR.
+pub const IGNORE_FILE: &str = ".ferryignore";
+const INDEX_FILE: &str = "index.json";
+const INDEX_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub hash: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A file as last hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// The inode (0 where there is none): a renamed file keeps it, so a
+    /// rename is recognised without hashing.
+    #[serde(default)]
+    pub ino: u64,
+    pub hash: String,
+    pub chunks: Vec<Chunk>,
+}
+
+impl Entry {
+    pub fn modified_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::from_timestamp(
+            self.mtime_ns.div_euclid(1_000_000_000),
+            self.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        )
+    }
+}
+
+/// Project path (`/a/b.txt`) → entry.
+pub type Files = BTreeMap<String, Entry>;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Index {
+    pub version: u32,
+    pub files: Files,
+}
+
+impl Index {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_DIR).join(INDEX_FILE)
+    }
+
+    /// The saved index, or an empty one (missing, unreadable or of another
+    /// version: everything is hashed again, nothing is lost).
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read(Self::path(dir))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Index>(&bytes).ok())
+            .filter(|i| i.version == INDEX_VERSION)
+            .unwrap_or_default()
+    }
+
+    pub fn save(dir: &Path, files: &Files) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            files: &'a Files,
+        }
+        let folder = dir.join(STATE_DIR);
+        std::fs::create_dir_all(&folder)?;
+        let tmp = folder.join(format!("{INDEX_FILE}.tmp"));
+        let bytes = serde_json::to_vec(&Out {
+            version: INDEX_VERSION,
+            files,
+        })
+        .map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, Self::path(dir))
+    }
+}
+
+/// A file found by the walk.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub path: String,
+    pub abs: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    /// Every settled file now in DIR.
+    pub files: Files,
+    pub hashed_files: usize,
+    pub hashed_bytes: u64,
+    /// Files that changed while being hashed: still being written, to be
+    /// scanned again once they settle. Their old state stands meanwhile.
+    pub unsettled: Vec<String>,
+    /// Files skipped, with why (unreadable, a name that is not a valid path).
+    pub warnings: Vec<String>,
+}
+
+fn stat(meta: &std::fs::Metadata) -> (u64, i64, u64) {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).ok(),
+            Err(e) => i64::try_from(e.duration().as_nanos()).ok().map(|n| -n),
+        })
+        .unwrap_or(0);
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (meta.len(), mtime_ns, ino)
+}
+
+/// `/a/b` for `DIR/a/b`, when every part is UTF-8 and the path valid.
+pub fn project_path(dir: &Path, abs: &Path) -> Option<String> {
+    let rel = abs.strip_prefix(dir).ok()?;
+    let mut out = String::new();
+    for part in rel.components() {
+        match part {
+            std::path::Component::Normal(s) => {
+                out.push('/');
+                out.push_str(s.to_str()?);
+            }
+            _ => return None,
+        }
+    }
+    FilePath::parse(&out).ok().map(FilePath::into_inner)
+}
+
+/// Every regular file of DIR but ignored ones and the agent's own state.
+pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut warnings = Vec::new();
+    let walker = ignore::WalkBuilder::new(dir)
+        .standard_filters(false)
+        .hidden(false)
+        .parents(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR))
+        .build();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                warnings.push(e.to_string());
+                continue;
+            }
+        };
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let Some(path) = project_path(dir, entry.path()) else {
+            warnings.push(format!(
+                "{}: not a valid Ferry path (UTF-8, segments of at most 255 bytes), skipped",
+                entry.path().display()
+            ));
+            continue;
+        };
+        match entry.metadata() {
+            Ok(meta) => {
+                let (size, mtime_ns, ino) = stat(&meta);
+                found.push(Found {
+                    path,
+                    abs: entry.into_path(),
+                    size,
+                    mtime_ns,
+                    ino,
+                });
+            }
+            Err(e) => warnings.push(format!("{}: {e}", entry.path().display())),
+        }
+    }
+    (found, warnings)
+}
+
+/// The BLAKE3 of a file and its FastCDC chunks, each with its BLAKE3, in
+/// one read. `on_bytes` is told of each chunk's size as it is hashed.
+pub fn hash_file(
+    path: &Path,
+    on_bytes: &dyn Fn(u64),
+) -> std::io::Result<(String, Vec<Chunk>, u64)> {
+    let file = File::open(path)?;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut size = 0;
+    for chunk in fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let chunk = chunk.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        whole.update(&chunk.data);
+        chunks.push(Chunk {
+            hash: blake3::hash(&chunk.data).to_hex().to_string(),
+            offset: chunk.offset,
+            size: chunk.length as u64,
+        });
+        size += chunk.length as u64;
+        on_bytes(chunk.length as u64);
+    }
+    Ok((whole.finalize().to_hex().to_string(), chunks, size))
+}
+
+/// Reads `size` bytes at `offset` of a file.
+pub fn read_at(path: &Path, offset: u64, size: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; usize::try_from(size).map_err(std::io::Error::other)?];
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Runs `work` over `items` on `threads` threads, biggest first; answers
+/// the results in the order of `items`.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    weight: impl Fn(&T) -> u64,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(weight(&items[i])));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(n) else { break };
+                let r = work(&items[i]);
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every item was worked on"))
+        .collect()
+}
+
+pub fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Walks DIR and hashes what the index does not already know.
+/// `bar` shows bytes hashed (its length is set here).
+pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
+    let (found, warnings) = walk(dir);
+    let mut out = ScanOutcome {
+        warnings,
+        ..Default::default()
+    };
+    let by_inode: HashMap<(u64, u64, i64), &Entry> = index
+        .values()
+        .filter(|e| e.ino != 0)
+        .map(|e| ((e.ino, e.size, e.mtime_ns), e))
+        .collect();
+    let mut to_hash = Vec::new();
+    for f in found {
+        let known = index
+            .get(&f.path)
+            .filter(|e| e.size == f.size && e.mtime_ns == f.mtime_ns)
+            .or_else(|| {
+                (f.ino != 0)
+                    .then(|| by_inode.get(&(f.ino, f.size, f.mtime_ns)).copied())
+                    .flatten()
+            });
+        match known {
+            Some(e) => {
+                let mut e = e.clone();
+                e.ino = f.ino;
+                out.files.insert(f.path, e);
+            }
+            None => to_hash.push(f),
+        }
+    }
+    bar.set_length(to_hash.iter().map(|f| f.size).sum());
+    let results = parallel_map(
+        &to_hash,
+        threads(),
+        |f| f.size,
+        |f| hash_file(&f.abs, &|n| bar.inc(n)),
+    );
+    for (f, result) in to_hash.into_iter().zip(results) {
+        match result {
+            Ok((hash, chunks, size)) => {
+                out.hashed_files += 1;
+                out.hashed_bytes += size;
+                // Changed while it was read: still being written.
+                let now = std::fs::symlink_metadata(&f.abs).map(|m| stat(&m));
+                match now {
+                    Ok((s, m, _)) if s == f.size && m == f.mtime_ns && size == f.size => {
+                        out.files.insert(
+                            f.path,
+                            Entry {
+                                size,
+                                mtime_ns: f.mtime_ns,
+                                ino: f.ino,
+                                hash,
+                                chunks,
+                            },
+                        );
+                    }
+                    Ok(_) => out.unsettled.push(f.path),
+                    // Gone meanwhile: it is simply not there.
+                    Err(_) => {}
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => out.warnings.push(format!("{}: {e}", f.abs.display())),
+        }
+    }
+    bar.finish_and_clear();
+    out
+}
+
+/// Where a file's local state is kept, for `.ferryignore`-aware callers.
+pub fn is_own_state(dir: &Path, path: &Path) -> bool {
+    path.strip_prefix(dir)
+        .ok()
+        .and_then(|rel| rel.components().next())
+        .is_some_and(|c| c.as_os_str() == STATE_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_file_and_hash_it() {
+        let dir =
+            std::env::temp_dir().join(format!("ferry-scan-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        let mut state = 7u64;
+        let big: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect();
+        std::fs::write(dir.join("a/b/big.bin"), &big).unwrap();
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        std::fs::write(dir.join(".ferryignore"), "*.tmp\n").unwrap();
+        std::fs::write(dir.join("x.tmp"), b"ignored").unwrap();
+        std::fs::create_dir_all(dir.join(STATE_DIR)).unwrap();
+        std::fs::write(dir.join(STATE_DIR).join("junk"), b"own").unwrap();
+
+        let first = scan(&dir, &Files::new(), &ProgressBar::hidden());
+        assert_eq!(
+            first.files.keys().collect::<Vec<_>>(),
+            ["/.ferryignore", "/a/b/big.bin", "/empty"]
+        );
+        let e = &first.files["/a/b/big.bin"];
+        assert_eq!(e.hash, blake3::hash(&big).to_hex().to_string());
+        assert!(e.chunks.len() >= 2);
+        let mut offset = 0;
+        for c in &e.chunks {
+            assert_eq!(c.offset, offset);
+            assert_eq!(
+                c.hash,
+                blake3::hash(&big[offset as usize..(offset + c.size) as usize])
+                    .to_hex()
+                    .to_string()
+            );
+            offset += c.size;
+        }
+        assert_eq!(offset, big.len() as u64);
+        assert!(first.files["/empty"].chunks.is_empty());
+        assert_eq!(first.hashed_files, 3);
+
+        let again = scan(&dir, &first.files, &ProgressBar::hidden());
+        assert_eq!((again.hashed_files, &again.files), (0, &first.files));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
