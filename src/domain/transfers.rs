@@ -182,14 +182,15 @@ pub async fn request(
 
     let chunks: Option<Vec<ChunkRef>> = file.get::<_, Option<serde_json::Value>>(3).and_then(|c| serde_json::from_value(c).ok());
     // A file sent without a chunk list travels as one chunk: itself.
-    let all: Vec<String> = match chunks {
-        Some(chunks) => chunks.into_iter().map(|c| c.hash).collect(),
-        None if size > 0 => vec![hash.clone()],
+    let chunks: Vec<ChunkRef> = match chunks {
+        Some(chunks) => chunks,
+        None if size > 0 => vec![ChunkRef { hash: hash.clone(), size }],
         None => vec![],
     };
     let mut seen = HashSet::new();
-    let chunks_needed: Vec<String> = all
-        .into_iter()
+    let chunks_needed: Vec<String> = chunks
+        .iter()
+        .map(|c| c.hash.clone())
         .filter(|h| seen.insert(h.clone()))
         .filter(|h| req.request_mode == RequestMode::Full || !have.contains(h))
         .collect();
@@ -230,7 +231,7 @@ pub async fn request(
     Ok(DownloadResponse {
         success: true,
         download_id: id,
-        file: DownloadFile { path: path.into_inner(), size, hash, mime_type },
+        file: DownloadFile { path: path.into_inner(), size, hash, mime_type, chunks },
         transfer_info: TransferInfo {
             protocol: protocol.clone(),
             source_device_id: source,

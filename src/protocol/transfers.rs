@@ -81,6 +81,11 @@ pub struct DownloadFile {
     pub size: i64,
     pub hash: String,
     pub mime_type: String,
+    /// Every chunk of the file in order (an addition to API.md): what the
+    /// requester assembles, from chunks it has and `chunks_needed`. A file
+    /// pushed without a chunk list is one chunk, itself.
+    #[serde(default)]
+    pub chunks: Vec<crate::protocol::files::ChunkRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -85,7 +85,11 @@ async fn a_download_request_names_the_file_the_source_and_the_chunks_needed() {
     let (status, body) = s.request(&app, &s.member, json!({"file_path": "/big.bin", "file_hash": hash("big")})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["success"], true);
-    assert_eq!(body["file"], json!({"path": "/big.bin", "size": SIZE, "hash": hash("big"), "mime_type": "application/octet-stream"}));
+    let chunks: Vec<Value> = (0..3).map(|i| json!({"hash": hash(&format!("c{i}")), "size": 1024 * 1024})).collect();
+    assert_eq!(
+        body["file"],
+        json!({"path": "/big.bin", "size": SIZE, "hash": hash("big"), "mime_type": "application/octet-stream", "chunks": chunks})
+    );
     let info = &body["transfer_info"];
     assert_eq!(info["protocol"], "relay");
     assert_eq!(info["chunks_needed"], json!([hash("c0"), hash("c1"), hash("c2")]));
