@@ -186,7 +186,7 @@ async fn download_chunk(
     };
     let size = chunk.size as u64;
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range = parse_range(range_header, size).map_err(|()| {
+    let range = parse_range(range_header, size).map_err(|_| {
         ApiError::new(actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the chunk has {size} bytes"))
     })?;
     let accepts_zstd = req

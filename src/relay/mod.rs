@@ -245,11 +245,14 @@ impl Codec {
     }
 }
 
+/// A range that starts past the end of the object (416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A `Range` header against an object of `size` bytes: `Ok(None)` to send
 /// it whole (no header, or one we do not serve, such as several ranges),
-/// `Ok(Some(range))` for one satisfiable range, `Err(())` when it is not
-/// satisfiable (416).
-pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, ()> {
+/// `Ok(Some(range))` for one satisfiable range.
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>, Unsatisfiable> {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
@@ -263,7 +266,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>
         _ => return Ok(None),
     };
     if range.start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some(range))
 }
@@ -280,7 +283,7 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=50-"), 100), Ok(Some(50..100)));
         assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some(90..100)));
         assert_eq!(parse_range(Some("bytes=-500"), 100), Ok(Some(0..100)));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(Unsatisfiable));
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
         assert_eq!(parse_range(Some("bytes=9-3"), 100), Ok(None));

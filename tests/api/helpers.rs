@@ -185,6 +185,11 @@ impl TestApp {
         }
     }
 
+    /// The folder the relay keeps this server's chunks in.
+    pub fn relay_dir(&self) -> std::path::PathBuf {
+        relay_dir(&self.db_name)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
