@@ -20,7 +20,9 @@ use crate::protocol::membership::{
     InvitesResponse, MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
-use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus, TransfersPage};
+use crate::protocol::transfers::{
+    DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
+};
 use crate::protocol::ErrorBody;
 
 /// One server, one token (a user's or a device's). Cheap to clone.
@@ -324,6 +326,39 @@ impl Api {
         }
     }
 
+    /// Every live file under `prefix` (all when None), all pages.
+    pub async fn files_under(
+        &self,
+        project: Uuid,
+        prefix: Option<&str>,
+    ) -> Result<Vec<RemoteFile>, ClientError> {
+        let mut files = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(prefix) = prefix {
+                query.push(("prefix", prefix.to_owned()));
+            }
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor.clone()));
+            }
+            let page: FilesPage = self
+                .send(
+                    self.request(
+                        Method::GET,
+                        &format!("/api/projects/{project}/files-paginated"),
+                    )
+                    .query(&query),
+                )
+                .await?;
+            files.extend(page.files);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(files),
+            }
+        }
+    }
+
     // Transfers and the relay.
 
     pub async fn transfers_page(
@@ -390,5 +425,96 @@ impl Api {
             .body(bytes);
         let res = self.send_raw(req).await?;
         Ok(res.status() == StatusCode::CREATED)
+    }
+    /// Every transfer the caller may see, all pages.
+    pub async fn all_transfers(&self, project: Uuid) -> Result<Vec<Transfer>, ClientError> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .transfers_page(project, None, cursor.as_deref())
+                .await?;
+            all.extend(page.transfers);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn request_download(
+        &self,
+        project: Uuid,
+        req: &DownloadRequest,
+    ) -> Result<DownloadResponse, ClientError> {
+        self.post(&format!("/api/projects/{project}/files/download"), req)
+            .await
+    }
+
+    pub async fn transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
+        self.get(&format!("/api/projects/{project}/transfers/{transfer}"))
+            .await
+    }
+
+    pub async fn verify_transfer(
+        &self,
+        project: Uuid,
+        transfer: Uuid,
+        hash: &str,
+    ) -> Result<Transfer, ClientError> {
+        self.post(
+            &format!("/api/projects/{project}/transfers/{transfer}/verify"),
+            &json!({"hash": hash}),
+        )
+        .await
+    }
+
+    pub async fn retry_transfer(
+        &self,
+        project: Uuid,
+        transfer: Uuid,
+    ) -> Result<Transfer, ClientError> {
+        self.post(
+            &format!("/api/projects/{project}/transfers/{transfer}/retry"),
+            &json!({}),
+        )
+        .await
+    }
+
+    pub async fn cancel_transfer(
+        &self,
+        project: Uuid,
+        transfer: Uuid,
+    ) -> Result<Transfer, ClientError> {
+        self.post(
+            &format!("/api/projects/{project}/transfers/{transfer}/cancel"),
+            &json!({}),
+        )
+        .await
+    }
+
+    /// One chunk's raw bytes from the relay (counted for `transfer`);
+    /// None when the relay does not have it (yet).
+    pub async fn get_chunk(
+        &self,
+        project: Uuid,
+        hash: &str,
+        transfer: Option<Uuid>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut req = self.request(
+            Method::GET,
+            &format!("/api/projects/{project}/chunks/{hash}"),
+        );
+        if let Some(transfer) = transfer {
+            req = req.query(&[("transfer_id", transfer.to_string())]);
+        }
+        match self.send_raw(req).await {
+            Ok(res) => {
+                let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
+                Ok(Some(bytes.to_vec()))
+            }
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::api::Api;
 use super::config::{config_dir, Config};
-use super::output::{table, Output};
+use super::output::{human_bytes, table, Output};
 use super::ClientError;
 use crate::protocol::accounts::{LoginRequest, SignupRequest};
 use crate::protocol::membership::CreateInviteRequest;
@@ -78,6 +78,24 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// List the project's files (all, or those under PREFIX).
+    Ls {
+        project: String,
+        prefix: Option<String>,
+    },
+    /// Member: download files (all, or the PATHs: files or folders) into
+    /// DIR, fetching only the chunks DIR lacks; resumes an interrupted pull.
+    Pull {
+        project: String,
+        paths: Vec<String>,
+        #[arg(long)]
+        to: PathBuf,
+        /// Longest wait, in seconds, for the owner's machine to provide a chunk.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// List the project's transfers and their progress.
+    Transfers { project: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -407,6 +425,93 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         }
         Command::Share { project, dir, once } => {
             super::agent::share(&mut session, out, &project, &dir, once).await?;
+        }
+        Command::Ls { project, prefix } => {
+            let api = session.user()?;
+            let project = resolve_project(&api, &project).await?;
+            let prefix = prefix.map(|p| {
+                if p.starts_with('/') {
+                    p
+                } else {
+                    format!("/{p}")
+                }
+            });
+            let files = api.files_under(project, prefix.as_deref()).await?;
+            out.result(json!({"files": files}), || {
+                if files.is_empty() {
+                    return "No files.".into();
+                }
+                let rows = files
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.path.clone(),
+                            human_bytes(f.size.max(0) as u64),
+                            f.modified_at
+                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                                .unwrap_or_default(),
+                            f.version.to_string(),
+                            f.hash[..12.min(f.hash.len())].to_owned(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table(&["path", "size", "modified", "version", "hash"], &rows)
+            });
+        }
+        Command::Pull {
+            project,
+            paths,
+            to,
+            wait,
+        } => {
+            super::pull::pull(
+                &session,
+                out,
+                super::pull::PullRequest {
+                    project,
+                    paths,
+                    to,
+                    wait: std::time::Duration::from_secs(wait),
+                },
+            )
+            .await?;
+        }
+        Command::Transfers { project } => {
+            let api = session.user()?;
+            let project = resolve_project(&api, &project).await?;
+            let transfers = api.all_transfers(project).await?;
+            out.result(json!({"transfers": transfers}), || {
+                if transfers.is_empty() {
+                    return "No transfers.".into();
+                }
+                let rows = transfers
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.to_string(),
+                            t.file_path.clone(),
+                            t.status.as_str().into(),
+                            format!("{:.0}%", t.percent_complete),
+                            format!(
+                                "{}/{}",
+                                human_bytes(t.bytes_transferred.max(0) as u64),
+                                human_bytes(t.total_bytes.max(0) as u64)
+                            ),
+                            t.speed_mbps
+                                .map(|s| format!("{s:.1} Mbit/s"))
+                                .unwrap_or_default(),
+                            t.attempts.to_string(),
+                            t.error_message.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table(
+                    &[
+                        "id", "file", "status", "done", "bytes", "speed", "attempts", "error",
+                    ],
+                    &rows,
+                )
+            });
         }
     }
     Ok(())

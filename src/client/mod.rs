@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod output;
+pub mod pull;
 pub mod scan;
 
 use std::path::Path;

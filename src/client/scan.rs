@@ -140,6 +140,11 @@ fn stat(meta: &std::fs::Metadata) -> (u64, i64, u64) {
     (meta.len(), mtime_ns, ino)
 }
 
+/// Size, mtime (ns) and inode of a path, as the index keeps them.
+pub fn stat_path(path: &Path) -> std::io::Result<(u64, i64, u64)> {
+    std::fs::symlink_metadata(path).map(|m| stat(&m))
+}
+
 /// `/a/b` for `DIR/a/b`, when every part is UTF-8 and the path valid.
 pub fn project_path(dir: &Path, abs: &Path) -> Option<String> {
     let rel = abs.strip_prefix(dir).ok()?;

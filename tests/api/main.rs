@@ -18,3 +18,4 @@ mod cli;
 mod openapi;
 mod client_accounts;
 mod client_share;
+mod client_pull;

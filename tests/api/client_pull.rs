@@ -1,0 +1,253 @@
+//! `ferry pull`, `ferry ls` and `ferry transfers`, as people run them: the
+//! owner's real `ferry share` agent in the background, the member's real
+//! `ferry pull` through the relay, one config folder per identity.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client_share::{describe, noise, Person, TempDir};
+use crate::helpers::TestApp;
+
+const AGENT_WITHIN: Duration = Duration::from_secs(30);
+
+fn write(dir: &Path, rel: &str, bytes: &[u8]) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// `ferry share PROJECT DIR --json` running, killed when dropped.
+struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Agent {
+    fn start(person: &Person, project: &str, dir: &Path) -> Self {
+        let mut child = person
+            .command(&["share", project, dir.to_str().unwrap(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ferry share starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + AGENT_WITHIN;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                        if want(&value) {
+                            return value;
+                        }
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => panic!(
+                    "the agent never reported {what}; it printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
+    let app = TestApp::spawn().await;
+    let owner = Person::new(&app, "owner");
+    let member = Person::new(&app, "member");
+    owner.signup("owner").await;
+    member.signup("member").await;
+    let project = owner.json(&["project", "create", "Pull"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    member.json(&["join", &invite]).await;
+
+    let tree = TempDir::new("pull-src");
+    let src = tree.path();
+    let mut big = noise(6 * 1024 * 1024 + 4321, 9);
+    write(src, "media/big.bin", &big);
+    write(src, "docs/small.txt", b"small and plain");
+
+    let mut agent = Agent::start(&owner, &project, src);
+    agent
+        .wait_for("its first push", |v| v["event"] == "synced")
+        .await;
+
+    // ls, with and without a prefix.
+    let listed = member.json(&["ls", &project]).await;
+    let paths: Vec<&str> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/docs/small.txt", "/media/big.bin"], "{listed}");
+    let docs = member.json(&["ls", &project, "/docs/"]).await;
+    assert_eq!(docs["files"].as_array().unwrap().len(), 1, "{docs}");
+    assert_eq!(docs["files"][0]["hash"], hash(b"small and plain"));
+    let table = member.run(&["ls", &project]).await;
+    assert!(table.status.success(), "{}", describe(&table));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("/media/big.bin"));
+
+    // The first pull: everything crosses the relay.
+    let target = TempDir::new("pull-dst");
+    let dst = target.path();
+    let to = dst.to_str().unwrap();
+    let first = member.json(&["pull", &project, "--to", to]).await;
+    assert_eq!(first["files"].as_u64(), Some(2), "{first}");
+    assert_eq!(
+        first["bytes_transferred"].as_u64(),
+        Some(big.len() as u64 + 15),
+        "{first}"
+    );
+    assert_eq!(first["bytes_reused"].as_u64(), Some(0), "{first}");
+    assert!(std::fs::read(dst.join("media/big.bin")).unwrap() == big);
+    assert_eq!(
+        std::fs::read(dst.join("docs/small.txt")).unwrap(),
+        b"small and plain"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dst.join(".ferry/manifest.json")).unwrap()).unwrap();
+    let entry = &manifest["files"]["/media/big.bin"];
+    assert_eq!(
+        (
+            entry["project_id"].as_str(),
+            entry["hash"].as_str(),
+            entry["size"].as_u64()
+        ),
+        (
+            Some(project.as_str()),
+            Some(hash(&big).as_str()),
+            Some(big.len() as u64)
+        ),
+        "{manifest}"
+    );
+    assert!(entry["synced_at"].is_string() && entry["local_path"].is_string());
+    assert!(
+        std::fs::read_dir(dst.join(".ferry/chunks"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "kept chunks are dropped once the pull is whole"
+    );
+
+    // The transfers, completed, as the member sees them.
+    let transfers = member.json(&["transfers", &project]).await;
+    let list = transfers["transfers"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{transfers}");
+    assert!(
+        list.iter().all(|t| t["status"] == "completed"),
+        "{transfers}"
+    );
+    let table = member.run(&["transfers", &project]).await;
+    assert!(String::from_utf8_lossy(&table.stdout).contains("completed"));
+
+    // Nothing changed: nothing moves.
+    let again = member.json(&["pull", &project, "--to", to]).await;
+    assert_eq!(
+        (again["files"].as_u64(), again["bytes_transferred"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+
+    // One byte in the middle: about one chunk crosses, the rest is reused.
+    let middle = big.len() / 2;
+    big[middle] ^= 0xff;
+    write(src, "media/big.bin", &big);
+    let new_hash = hash(&big);
+    let deadline = Instant::now() + AGENT_WITHIN;
+    loop {
+        let listed = member.json(&["ls", &project, "/media/"]).await;
+        if listed["files"][0]["hash"] == new_hash.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let delta = member.json(&["pull", &project, "media", "--to", to]).await;
+    let transferred = delta["bytes_transferred"].as_u64().unwrap();
+    let reused = delta["bytes_reused"].as_u64().unwrap();
+    assert_eq!(delta["files"].as_u64(), Some(1), "{delta}");
+    assert_eq!(transferred + reused, big.len() as u64, "{delta}");
+    assert!(
+        transferred > 0 && transferred < big.len() as u64 / 2,
+        "{delta}"
+    );
+    assert!(std::fs::read(dst.join("media/big.bin")).unwrap() == big);
+
+    // The source away: the pull gives up in time, says why, and fails.
+    drop(agent);
+    write(src, "docs/small.txt", b"changed while nobody serves");
+    owner
+        .json(&["share", &project, src.to_str().unwrap(), "--once"])
+        .await;
+    let stuck = member
+        .run(&[
+            "pull",
+            &project,
+            "/docs/small.txt",
+            "--to",
+            to,
+            "--wait",
+            "2",
+        ])
+        .await;
+    assert!(!stuck.status.success(), "{}", describe(&stuck));
+    let stderr = String::from_utf8_lossy(&stuck.stderr);
+    assert!(
+        stderr.contains("/docs/small.txt") && stderr.contains("ferry share"),
+        "{}",
+        describe(&stuck)
+    );
+    assert_eq!(
+        std::fs::read(dst.join("docs/small.txt")).unwrap(),
+        b"small and plain",
+        "a failed pull leaves the old file"
+    );
+}
