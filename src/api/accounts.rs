@@ -17,7 +17,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/auth/logout").post(logout))
         .service(resource("/me").get(get_me))
         .service(resource("/devices").post(register_device).get(list_devices))
-        .service(resource("/devices/{device_id}").delete(delete_device));
+        .service(resource("/devices/{device_id}").delete(delete_device))
+        .service(resource("/devices/{device_id}/direct").put(advertise_direct).delete(withdraw_direct));
 }
 
 /// Creates an account and answers a user token.
@@ -164,5 +165,53 @@ async fn list_devices(state: web::Data<AppState>, auth: Auth) -> Result<HttpResp
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
 async fn delete_device(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     accounts::delete_device(&state.pool, &auth.0, path.into_inner()).await?;
+    Ok(no_content())
+}
+
+/// The device's agent advertises where members can reach it directly and
+/// the key it checks transfer tokens with (the caller's own device).
+#[utoipa::path(
+    put,
+    path = "/api/devices/{device_id}/direct",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("device_id" = Uuid, Path, description = "One of the caller's devices")),
+    request_body = crate::protocol::transfers::DirectAdvert,
+    responses(
+        (status = 204, description = "Advertised: new transfers served by this device offer these URLs first"),
+        (status = 400, description = "Malformed id or body", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Not one of the caller's devices", body = ErrorBody),
+        (status = 422, description = "Bad URLs or key", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
+async fn advertise_direct(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+    body: web::Json<crate::protocol::transfers::DirectAdvert>,
+) -> Result<HttpResponse, ApiError> {
+    accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), Some(body.into_inner())).await?;
+    Ok(no_content())
+}
+
+/// The device stops offering direct transfers.
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{device_id}/direct",
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("device_id" = Uuid, Path, description = "One of the caller's devices")),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 404, description = "Not one of the caller's devices", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
+async fn withdraw_direct(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), None).await?;
     Ok(no_content())
 }

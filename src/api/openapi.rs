@@ -74,6 +74,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         transfers::cancel_transfer,
         transfers::retry_transfer,
         ws::connect,
+        accounts::advertise_direct,
+        accounts::withdraw_direct,
         relay::missing_chunks,
         relay::upload_chunk,
         relay::download_chunk,
@@ -82,6 +84,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         admin::audit,
     ),
     components(schemas(
+        trf::DirectAdvert,
         relay::HashesRequest,
         relay::MissingResponse,
         relay::StoredChunk,

@@ -226,3 +226,40 @@ pub async fn delete_device(pool: &Pool, caller: &Caller, device_id: Uuid) -> Res
     tx.commit().await?;
     Ok(())
 }
+
+/// A source device's agent advertises (or, with `None`, withdraws) where it
+/// can be reached directly and the key it checks transfer tokens with.
+pub async fn advertise_direct(
+    pool: &Pool,
+    caller: &Caller,
+    device_id: Uuid,
+    advert: Option<crate::protocol::transfers::DirectAdvert>,
+) -> Result<(), DomainError> {
+    let invalid = |code, message: &str| DomainError::rejected(Rejection::Invalid, code, message);
+    let (urls, key) = match advert {
+        None => (None, None),
+        Some(a) => {
+            let usable = |u: &String| (u.starts_with("http://") || u.starts_with("https://")) && u.len() <= 2048;
+            if a.urls.is_empty() || a.urls.len() > 8 || !a.urls.iter().all(usable) {
+                return Err(invalid("invalid_urls", "give 1 to 8 http:// or https:// URLs"));
+            }
+            if crate::protocol::transfers::DirectToken::key(&a.key).is_none() {
+                return Err(invalid("invalid_key", "the key is 64 hex characters (32 bytes)"));
+            }
+            (Some(serde_json::json!(a.urls)), Some(a.key))
+        }
+    };
+    let updated = pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE devices SET direct_urls = $3, direct_key = $4
+             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+            &[&device_id, &caller.user_id, &urls, &key],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(DomainError::not_found("device"));
+    }
+    Ok(())
+}

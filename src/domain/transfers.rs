@@ -15,7 +15,7 @@ use crate::protocol::events::data::{TransferRequested, TransferState};
 use crate::protocol::files::{Blake3Hash, ChunkRef, Cursor, FilePath};
 use crate::protocol::projects::Role;
 use crate::protocol::transfers::{
-    DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer, TransferInfo,
+    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer, TransferInfo,
     TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::validate::ValidationError;
@@ -197,7 +197,15 @@ pub async fn request(
 
     let now = Utc::now();
     let id = Uuid::now_v7();
-    let protocol = "relay".to_owned();
+    let expires_at = now + policy.ttl;
+    // Direct first when the source's agent advertises itself; the relay always.
+    let mut endpoints = direct_endpoints(client, source, id, expires_at).await?;
+    let protocol = if endpoints.is_empty() { "relay" } else { "http" }.to_owned();
+    endpoints.push(Endpoint {
+        protocol: "relay".to_owned(),
+        url: format!("/api/projects/{project_id}/chunks"),
+        token: None,
+    });
     let state = TransferState {
         transfer_id: id,
         requester_id: cmd.caller.user_id,
@@ -212,7 +220,7 @@ pub async fn request(
         error_message: None,
         started_at: None,
         completed_at: None,
-        expires_at: now + policy.ttl,
+        expires_at,
         last_activity_at: now,
         last_progress_at: None,
         window: vec![],
@@ -236,10 +244,35 @@ pub async fn request(
             protocol: protocol.clone(),
             source_device_id: source,
             expires_at: state.expires_at,
-            endpoints: vec![Endpoint { protocol, url: format!("/api/projects/{project_id}/chunks") }],
+            endpoints,
             chunks_needed,
         },
     })
+}
+
+/// The source device's advertised direct endpoints, each with a token for
+/// this transfer that its agent can check with its key.
+async fn direct_endpoints(
+    client: &impl GenericClient,
+    source: Uuid,
+    transfer_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<Vec<Endpoint>, DomainError> {
+    let row = client
+        .query_opt("SELECT direct_urls, direct_key FROM devices WHERE id = $1", &[&source])
+        .await?;
+    let Some((Some(urls), Some(key))) = row.map(|r| (r.get::<_, Option<serde_json::Value>>(0), r.get::<_, Option<String>>(1)))
+    else {
+        return Ok(vec![]);
+    };
+    let (Ok(urls), Some(key)) = (serde_json::from_value::<Vec<String>>(urls), DirectToken::key(&key)) else {
+        return Ok(vec![]);
+    };
+    let token = DirectToken::mint(&key, transfer_id, expires_at);
+    Ok(urls
+        .into_iter()
+        .map(|url| Endpoint { protocol: "http".to_owned(), url, token: Some(token.clone()) })
+        .collect())
 }
 
 /// A target must be one of the caller's devices attached to the project.

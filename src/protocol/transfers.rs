@@ -92,6 +92,10 @@ pub struct DownloadFile {
 pub struct Endpoint {
     pub protocol: String,
     pub url: String,
+    /// For `http` (direct) endpoints: the transfer's secret, sent by the
+    /// requester as `Authorization: Bearer <token>` to the source's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -167,4 +171,72 @@ pub struct TransferReport {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
     pub hash: String,
+}
+
+/// `PUT /api/devices/:deviceId/direct`: the agent of a source device
+/// advertises where members can reach it directly, and the key it checks
+/// transfer tokens with (64 hex characters, chosen by the agent).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DirectAdvert {
+    pub urls: Vec<String>,
+    pub key: String,
+}
+
+/// A short-lived secret for one transfer, given to the requester in the
+/// download answer and checked by the source device's agent on
+/// `GET /chunks/:hash` without asking the server:
+/// `<transfer id>.<expiry, unix seconds>.<BLAKE3 keyed MAC>`.
+pub struct DirectToken;
+
+impl DirectToken {
+    fn mac(key: &[u8; 32], transfer_id: Uuid, expires: i64) -> String {
+        let message = format!("ferry-direct:{transfer_id}:{expires}");
+        blake3::keyed_hash(key, message.as_bytes()).to_hex().to_string()
+    }
+
+    /// Parses the hex key of a [`DirectAdvert`].
+    pub fn key(hex_key: &str) -> Option<[u8; 32]> {
+        let bytes = hex::decode(hex_key).ok()?;
+        bytes.try_into().ok()
+    }
+
+    pub fn mint(key: &[u8; 32], transfer_id: Uuid, expires_at: DateTime<Utc>) -> String {
+        let expires = expires_at.timestamp();
+        format!("{transfer_id}.{expires}.{}", Self::mac(key, transfer_id, expires))
+    }
+
+    /// The transfer a token is for, when it was minted with `key` and has
+    /// not expired at `now`.
+    pub fn verify(key: &[u8; 32], token: &str, now: DateTime<Utc>) -> Option<Uuid> {
+        let mut parts = token.splitn(3, '.');
+        let transfer_id: Uuid = parts.next()?.parse().ok()?;
+        let expires: i64 = parts.next()?.parse().ok()?;
+        let mac = parts.next()?;
+        let expected = Self::mac(key, transfer_id, expires);
+        // Compare in constant time: the MAC is a secret.
+        let same = mac.len() == expected.len()
+            && mac.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        (same && now.timestamp() < expires).then_some(transfer_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_tokens_check_key_transfer_and_expiry() {
+        let key = [7u8; 32];
+        let id = Uuid::now_v7();
+        let now = Utc::now();
+        let token = DirectToken::mint(&key, id, now + chrono::Duration::minutes(5));
+        assert_eq!(DirectToken::verify(&key, &token, now), Some(id));
+        assert_eq!(DirectToken::verify(&[8u8; 32], &token, now), None, "another key");
+        assert_eq!(DirectToken::verify(&key, &token, now + chrono::Duration::minutes(6)), None, "expired");
+        let forged = token.replacen(&id.to_string(), &Uuid::now_v7().to_string(), 1);
+        assert_eq!(DirectToken::verify(&key, &forged, now), None, "another transfer");
+        assert_eq!(DirectToken::verify(&key, "garbage", now), None);
+        assert_eq!(DirectToken::key(&"ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(DirectToken::key("abc"), None);
+    }
 }

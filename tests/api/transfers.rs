@@ -364,3 +364,50 @@ async fn servers_expire_and_fail_due_transfers_once_even_when_several_sweep() {
     );
     sibling.stop(false).await;
 }
+
+#[tokio::test]
+async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer_token() {
+    use ferry::protocol::transfers::DirectToken;
+    let app = TestApp::spawn().await;
+    let s = Scene::new(&app).await;
+    let me = app.get("/api/me", &s.device).await.1;
+    let device = me["device"]["id"].as_str().unwrap().to_owned();
+    let key = "5a".repeat(32);
+    let direct = format!("/api/devices/{device}/direct");
+    let advert = json!({"urls": ["http://192.0.2.10:7071"], "key": key});
+
+    // Only the device's own user (or the device) advertises it, and sanely.
+    let stranger = app.signup("stranger").await;
+    assert_eq!(app.call(Method::PUT, &direct, Some(&stranger.token), Some(&advert)).await.0, StatusCode::NOT_FOUND);
+    for (bad, expected) in [
+        (json!({"urls": [], "key": key}), "invalid_urls"),
+        (json!({"urls": ["ftp://x"], "key": key}), "invalid_urls"),
+        (json!({"urls": ["http://x"], "key": "short"}), "invalid_key"),
+    ] {
+        let (status, body) = app.call(Method::PUT, &direct, Some(&s.device), Some(&bad)).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, expected), "{bad}");
+    }
+    assert_eq!(app.call(Method::PUT, &direct, Some(&s.device), Some(&advert)).await.0, StatusCode::NO_CONTENT);
+
+    let (status, body) = s.request(&app, &s.member, json!({"file_path": "/big.bin"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let info = &body["transfer_info"];
+    assert_eq!(info["protocol"], "http");
+    assert_eq!((info["endpoints"][0]["protocol"].as_str(), info["endpoints"][0]["url"].as_str()), (Some("http"), Some("http://192.0.2.10:7071")));
+    assert_eq!(info["endpoints"][1]["protocol"], "relay", "the relay stays the fallback");
+    assert!(info["endpoints"][1].get("token").is_none());
+    // The agent checks the token with its key alone: right transfer, not expired.
+    let token = info["endpoints"][0]["token"].as_str().unwrap();
+    let id: Uuid = body["download_id"].as_str().unwrap().parse().unwrap();
+    let key = DirectToken::key(&key).unwrap();
+    assert_eq!(DirectToken::verify(&key, token, chrono::Utc::now()), Some(id));
+    let expires: chrono::DateTime<chrono::Utc> = info["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(DirectToken::verify(&key, token, expires + chrono::Duration::seconds(1)), None);
+    assert!(!app.log(s.project).await.iter().any(|e| e.data.to_string().contains(token)), "the token is not in the log");
+
+    // Withdrawn: relay only again.
+    assert_eq!(app.delete(&direct, &s.device).await.0, StatusCode::NO_CONTENT);
+    let (_, body) = s.request(&app, &s.member, json!({"file_path": "/big.bin"})).await;
+    assert_eq!(body["transfer_info"]["protocol"], "relay");
+    assert_eq!(body["transfer_info"]["endpoints"].as_array().unwrap().len(), 1);
+}
