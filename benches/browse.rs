@@ -87,6 +87,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
     // Fill through the product's own path.
     let mut rng = StdRng::from_entropy();
     let mut pushing = Duration::ZERO;
+    // Ingest as the project grows: the rate of each tenth of the fill.
+    let tenth = (files / 10).max(FILL_BATCH);
+    let (mut segment, mut segment_files, mut segments) = (Duration::ZERO, 0, Vec::new());
     let filling = Instant::now();
     for start in (0..files).step_by(FILL_BATCH) {
         let batch: Vec<FileRow> =
@@ -94,9 +97,16 @@ async fn run(url: String) -> Result<bool, BoxError> {
         let body = common::update_body(&batch);
         let started = Instant::now();
         let answer = common::push_body(&app, &device, project, body).await?;
-        pushing += started.elapsed();
+        let took = started.elapsed();
+        pushing += took;
         if answer["applied"].as_u64() != Some(batch.len() as u64) {
             return Err(format!("a fill batch answered {answer}").into());
+        }
+        segment += took;
+        segment_files += batch.len();
+        if segment_files >= tenth || start + FILL_BATCH >= files {
+            segments.push(format!("{:.0}", segment_files as f64 / segment.as_secs_f64()));
+            (segment, segment_files) = (Duration::ZERO, 0);
         }
     }
     println!(
@@ -106,6 +116,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         files as f64 / pushing.as_secs_f64(),
         filling.elapsed().as_secs_f64()
     );
+    println!("  changes/s by tenth of the fill, as the project grows: {}", segments.join(", "));
     let vacuuming = Instant::now();
     pool.get().await?.batch_execute("VACUUM ANALYZE remote_files, project_events").await?;
     println!("VACUUM ANALYZE remote_files, project_events: {:.1} s", vacuuming.elapsed().as_secs_f64());

@@ -9,12 +9,14 @@
 
 use std::error::Error;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
 use ferry::config::ServeSettings;
 use ferry::store::Pool;
+use futures_util::FutureExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -62,12 +64,13 @@ pub fn load() -> String {
 }
 
 /// Creates `ferry_bench_<random>` on the server, runs `bench` with its URL
-/// (in a task, so a panic still drops the database), drops it WITH (FORCE).
+/// (catching a panic, so the database is still dropped), drops it WITH
+/// (FORCE).
 /// `bench` answers whether its checks passed.
 pub async fn with_database<F, Fut>(bench: F) -> ExitCode
 where
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<bool, BoxError>> + Send + 'static,
+    Fut: Future<Output = Result<bool, BoxError>>,
 {
     let admin_url = admin_url();
     let db_name = format!("ferry_bench_{}", Uuid::new_v4().simple());
@@ -83,7 +86,7 @@ where
         return ExitCode::FAILURE;
     }
 
-    let result = tokio::spawn(bench(url_for(&admin_url, &db_name))).await;
+    let result = AssertUnwindSafe(bench(url_for(&admin_url, &db_name))).catch_unwind().await;
 
     if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
         eprintln!("could not drop database {db_name}: {e}");
@@ -95,8 +98,8 @@ where
             eprintln!("bench failed: {}", chain(e.as_ref()));
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("bench panicked: {e}");
+        Err(_) => {
+            eprintln!("bench panicked");
             ExitCode::FAILURE
         }
     }

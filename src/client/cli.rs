@@ -94,6 +94,15 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Member: pull everything into DIR, then follow the project live and
+    /// keep DIR current (adds, edits, deletes, moves) until stopped.
+    Sync {
+        project: String,
+        dir: PathBuf,
+        /// Longest wait, in seconds, for the owner's machine to provide a chunk.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
     /// List the project's transfers and their progress.
     Transfers { project: String },
 }
@@ -473,6 +482,16 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                     to,
                     wait: std::time::Duration::from_secs(wait),
                 },
+            )
+            .await?;
+        }
+        Command::Sync { project, dir, wait } => {
+            super::sync::sync(
+                &session,
+                out,
+                &project,
+                &dir,
+                std::time::Duration::from_secs(wait),
             )
             .await?;
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod output;
 pub mod pull;
 pub mod scan;
+pub mod sync;
 
 use std::path::Path;
 

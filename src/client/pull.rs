@@ -60,6 +60,9 @@ pub struct Manifest {
     pub version: u32,
     #[serde(default)]
     pub files: BTreeMap<String, ManifestEntry>,
+    /// `ferry sync`: the seq of the last project event applied to DIR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +95,7 @@ impl Manifest {
         let bytes = serde_json::to_vec_pretty(&Manifest {
             version: 1,
             files: self.files.clone(),
+            last_seq: self.last_seq,
         })
         .map_err(std::io::Error::other)?;
         std::fs::write(&tmp, bytes)?;
@@ -190,7 +194,46 @@ fn normalize(path: &str) -> String {
 pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, &req.project).await?;
-    let dir = req.to.clone();
+    let s = pull_into(&api, project, &req.to, &req.paths, req.wait, out).await?;
+    out.result(
+        json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred, "bytes_reused": s.bytes_reused}),
+        || {
+            format!(
+                "Pulled {} file(s) into {} ({} transferred, {} reused from local copies); {} already up to date.",
+                s.files,
+                s.dir.display(),
+                human_bytes(s.bytes_transferred),
+                human_bytes(s.bytes_reused),
+                s.unchanged
+            )
+        },
+    );
+    Ok(())
+}
+
+/// What one pull did.
+#[derive(Debug, Clone)]
+pub struct PullSummary {
+    pub dir: PathBuf,
+    pub files: usize,
+    pub unchanged: usize,
+    pub bytes_transferred: u64,
+    pub bytes_reused: u64,
+}
+
+/// Pulls the files of `project` matching `paths` (all when empty) into
+/// `to`; prints only notes and warnings (the caller reports the result).
+/// Nothing matching `paths` is a `ClientError::Usage`.
+pub async fn pull_into(
+    api: &Api,
+    project: Uuid,
+    to: &Path,
+    paths: &[String],
+    wait: Duration,
+    out: Output,
+) -> Result<PullSummary, ClientError> {
+    let api = api.clone();
+    let dir = to.to_path_buf();
     let state = dir.join(STATE_DIR);
     for sub in [CHUNKS_DIR, TMP_DIR] {
         let d = state.join(sub);
@@ -198,7 +241,7 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
     }
     let dir = dir.canonicalize().map_err(|e| ClientError::io(&dir, e))?;
 
-    let paths: Vec<String> = req.paths.iter().map(|p| normalize(p)).collect();
+    let paths: Vec<String> = paths.iter().map(|p| normalize(p)).collect();
     let remote: Vec<RemoteFile> = api
         .files_under(project, None)
         .await?
@@ -279,7 +322,7 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
         local,
         store,
         have,
-        wait: req.wait,
+        wait,
         bar,
         manifest: Mutex::new(manifest),
         index: Mutex::new(scanned.files),
@@ -338,18 +381,13 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
     }
     // Every chunk kept for resuming is now part of a file in DIR.
     ctx.store.clear();
-    out.result(
-        json!({"files": done, "unchanged": unchanged, "bytes_transferred": transferred, "bytes_reused": reused}),
-        || {
-            format!(
-                "Pulled {done} file(s) into {} ({} transferred, {} reused from local copies); {unchanged} already up to date.",
-                dir.display(),
-                human_bytes(transferred),
-                human_bytes(reused)
-            )
-        },
-    );
-    Ok(())
+    Ok(PullSummary {
+        dir,
+        files: done,
+        unchanged,
+        bytes_transferred: transferred,
+        bytes_reused: reused,
+    })
 }
 
 /// Why fetching stopped short.

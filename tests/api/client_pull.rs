@@ -13,27 +13,27 @@ use serde_json::Value;
 use crate::client_share::{describe, noise, Person, TempDir};
 use crate::helpers::TestApp;
 
-const AGENT_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const AGENT_WITHIN: Duration = Duration::from_secs(30);
 
-fn write(dir: &Path, rel: &str, bytes: &[u8]) {
+pub(crate) fn write(dir: &Path, rel: &str, bytes: &[u8]) {
     let path = dir.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 
-fn hash(bytes: &[u8]) -> String {
+pub(crate) fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
 /// `ferry share PROJECT DIR --json` running, killed when dropped.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Agent {
-    fn start(person: &Person, project: &str, dir: &Path) -> Self {
+    pub(crate) fn start(person: &Person, project: &str, dir: &Path) -> Self {
         let mut child = person
             .command(&["share", project, dir.to_str().unwrap(), "--json"])
             .stdout(Stdio::piped())
@@ -57,7 +57,7 @@ impl Agent {
         }
     }
 
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + AGENT_WITHIN;
         loop {
             match self.lines.try_recv() {

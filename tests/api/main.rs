@@ -19,3 +19,5 @@ mod openapi;
 mod client_accounts;
 mod client_share;
 mod client_pull;
+mod client_resume;
+mod client_sync;

@@ -1,0 +1,404 @@
+//! `ferry sync PROJECT DIR`, the member's live mirror: pull everything, then
+//! follow the project's events over the WebSocket and keep DIR current —
+//! added and updated files are pulled (as deltas), deleted files removed
+//! (only when untouched here), moved files renamed (or pulled when the local
+//! copy differs). The seq of the last applied event is kept as `last_seq` in
+//! `DIR/.ferry/manifest.json`; a lost socket (a server restart, a network
+//! cut) is reconnected with backoff and resubscribed after the last seq
+//! received, and a restarted `ferry sync` resumes after the last seq applied.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use super::api::Api;
+use super::cli::{resolve_project, Session};
+use super::output::{human_bytes, Output};
+use super::pull::{pull_into, Manifest, ManifestEntry};
+use super::scan::STATE_DIR;
+use super::ClientError;
+use crate::protocol::files::FilePath;
+
+/// Attempts at applying one event before it is skipped with a warning.
+const APPLY_TRIES: u32 = 3;
+
+pub async fn sync(
+    session: &Session,
+    out: Output,
+    project: &str,
+    dir: &Path,
+    wait: Duration,
+) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let state = dir.join(STATE_DIR);
+    std::fs::create_dir_all(&state).map_err(|e| ClientError::io(&state, e))?;
+    let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
+
+    let stop = super::agent::stop_signal();
+    tokio::pin!(stop);
+
+    // Everything the project holds now. Events before `head` are reflected
+    // by this pull; a sync that ran before resumes after what it applied
+    // (replaying deletes and moves the pull cannot see).
+    let head = api.project(project).await?.head_seq;
+    let after_seq = Manifest::load(&dir).last_seq.unwrap_or(head);
+    let initial = tokio::select! {
+        _ = &mut stop => return Ok(()),
+        r = pull_into(&api, project, &dir, &[], wait, out) => r,
+    };
+    match initial {
+        Ok(s) => out.event(
+            json!({"event": "pulled", "files": s.files, "unchanged": s.unchanged,
+                   "bytes_transferred": s.bytes_transferred, "bytes_reused": s.bytes_reused}),
+            || {
+                format!(
+                    "Pulled {} file(s) ({} transferred, {} reused); {} already up to date.",
+                    s.files,
+                    human_bytes(s.bytes_transferred),
+                    human_bytes(s.bytes_reused),
+                    s.unchanged
+                )
+            },
+        ),
+        Err(ClientError::Usage(_)) => {}
+        // Partial: what failed is pulled again by later events or the next sync.
+        Err(e) => out.warn(&format!("the first pull was incomplete: {e}")),
+    }
+    set_last_seq(&dir, after_seq);
+    out.note(&format!(
+        "Keeping {} in sync with the project; Ctrl-C stops.",
+        dir.display()
+    ));
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let socket = tokio::spawn(hold_socket(api.clone(), project, after_seq, out, tx));
+    let applier = Applier {
+        api,
+        project,
+        dir,
+        wait,
+        out,
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            message = rx.recv() => match message {
+                Some(event) => {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = applier.apply(&event) => {}
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+    socket.abort();
+    Ok(())
+}
+
+fn set_last_seq(dir: &Path, seq: i64) {
+    let mut m = Manifest::load(dir);
+    if m.last_seq != Some(seq) {
+        m.last_seq = Some(seq);
+        let _ = m.save(dir);
+    }
+}
+
+/// Keeps a WebSocket subscribed to the project, forwarding every event
+/// after `after_seq`; reconnects with backoff and resubscribes after the
+/// last seq received.
+async fn hold_socket(
+    api: Api,
+    project: Uuid,
+    mut after_seq: i64,
+    out: Output,
+    tx: mpsc::UnboundedSender<Value>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut got_any = false;
+        match socket_session(&api, project, &mut after_seq, &tx, &mut got_any).await {
+            Ok(()) => out.warn("the live connection closed; reconnecting"),
+            Err(e) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        if got_any {
+            backoff = Duration::from_millis(250);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn socket_session(
+    api: &Api,
+    project: Uuid,
+    after_seq: &mut i64,
+    tx: &mpsc::UnboundedSender<Value>,
+    got_any: &mut bool,
+) -> Result<(), String> {
+    let mut request = api
+        .ws_url()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let token = api.token().unwrap_or_default();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "a token that is not a header".to_owned())?,
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": *after_seq});
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                socket.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.map_err(|e| e.to_string())?;
+            }
+            message = socket.next() => match message {
+                None | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                    *got_any = true;
+                    if value["type"] == "error" {
+                        return Err(format!(
+                            "the server said: {}",
+                            value["message"].as_str().unwrap_or("an error")
+                        ));
+                    }
+                    let Some(seq) = value["seq"].as_i64() else { continue };
+                    if value.get("data").is_none() || seq <= *after_seq {
+                        continue;
+                    }
+                    *after_seq = seq;
+                    if tx.send(value).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+struct Applier {
+    api: Api,
+    project: Uuid,
+    dir: PathBuf,
+    wait: Duration,
+    out: Output,
+}
+
+impl Applier {
+    /// Applies one event to DIR (retrying a failed pull a few times), then
+    /// records its seq.
+    async fn apply(&self, event: &Value) {
+        let seq = event["seq"].as_i64().unwrap_or_default();
+        let kind = event["type"].as_str().unwrap_or_default();
+        if matches!(
+            kind,
+            "file_added" | "file_updated" | "file_deleted" | "file_moved"
+        ) {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.apply_file_event(kind, &event["data"]).await {
+                    Ok(Some(change)) => {
+                        let mut change = change;
+                        change["seq"] = json!(seq);
+                        self.out.event(change.clone(), || describe(&change));
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(why) if tries < APPLY_TRIES => {
+                        self.out
+                            .warn(&format!("{kind} (seq {seq}): {why}; trying again"));
+                        tokio::time::sleep(Duration::from_secs(1 << tries)).await;
+                    }
+                    Err(why) => {
+                        self.out.warn(&format!(
+                            "{kind} (seq {seq}) not applied, skipped: {why} (the next `ferry sync` pulls what is missing)"
+                        ));
+                        self.out.event(
+                            json!({"event": "failed", "type": kind, "seq": seq, "error": why}),
+                            String::new,
+                        );
+                        break;
+                    }
+                }
+            }
+            set_last_seq(&self.dir, seq);
+        }
+    }
+
+    /// Answers the change made (for the `--json` line), or None when
+    /// nothing needed doing.
+    async fn apply_file_event(&self, kind: &str, data: &Value) -> Result<Option<Value>, String> {
+        match kind {
+            "file_added" | "file_updated" => {
+                let path = data["path"].as_str().ok_or("an event without a path")?;
+                self.pull_path(path).await.map(|pulled| {
+                    pulled.map(|(t, r)| {
+                        json!({"event": if kind == "file_added" {"added"} else {"updated"},
+                               "path": path, "bytes_transferred": t, "bytes_reused": r})
+                    })
+                })
+            }
+            "file_deleted" => {
+                let path = data["path"].as_str().ok_or("an event without a path")?;
+                self.delete(path)
+            }
+            "file_moved" => {
+                let from = data["from"].as_str().ok_or("a move without `from`")?;
+                let to = data["to"].as_str().ok_or("a move without `to`")?;
+                self.rename(from, to).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn local(&self, path: &str) -> Result<PathBuf, String> {
+        let p = FilePath::parse(path).map_err(|e| e.to_string())?;
+        Ok(self.dir.join(p.as_str().trim_start_matches('/')))
+    }
+
+    /// Pulls one path; None when there was nothing to fetch (current
+    /// already, or gone from the project by now).
+    async fn pull_path(&self, path: &str) -> Result<Option<(u64, u64)>, String> {
+        match pull_into(
+            &self.api,
+            self.project,
+            &self.dir,
+            &[path.to_owned()],
+            self.wait,
+            self.out,
+        )
+        .await
+        {
+            Ok(s) if s.files == 0 => Ok(None),
+            Ok(s) => Ok(Some((s.bytes_transferred, s.bytes_reused))),
+            Err(ClientError::Usage(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn delete(&self, path: &str) -> Result<Option<Value>, String> {
+        let local = self.local(path)?;
+        let mut manifest = Manifest::load(&self.dir);
+        let known = manifest.files.get(path).cloned();
+        let change = match (std::fs::read(&local), &known) {
+            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => None,
+            (Err(e), _) => return Err(format!("{}: {e}", local.display())),
+            (Ok(bytes), Some(entry)) if blake3::hash(&bytes).to_hex().as_str() == entry.hash => {
+                std::fs::remove_file(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+                remove_empty_parents(&self.dir, &local);
+                Some(json!({"event": "deleted", "path": path}))
+            }
+            (Ok(_), _) => {
+                self.out.warn(&format!(
+                    "{path} was deleted in the project but changed here: kept {}",
+                    local.display()
+                ));
+                Some(json!({"event": "kept", "path": path, "reason": "changed_locally"}))
+            }
+        };
+        if manifest.files.remove(path).is_some() {
+            manifest.save(&self.dir).map_err(|e| e.to_string())?;
+        }
+        Ok(change)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<Value>, String> {
+        let src = self.local(from)?;
+        let dst = self.local(to)?;
+        let manifest = Manifest::load(&self.dir);
+        let matches = match (manifest.files.get(from), std::fs::read(&src)) {
+            (Some(entry), Ok(bytes)) => blake3::hash(&bytes).to_hex().as_str() == entry.hash,
+            _ => false,
+        };
+        if matches && !dst.exists() {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::rename(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+            remove_empty_parents(&self.dir, &src);
+            let mut manifest = Manifest::load(&self.dir);
+            if let Some(entry) = manifest.files.remove(from) {
+                manifest.files.insert(
+                    to.to_owned(),
+                    ManifestEntry {
+                        path: to.to_owned(),
+                        local_path: dst.clone(),
+                        synced_at: chrono::Utc::now(),
+                        ..entry
+                    },
+                );
+            }
+            manifest.save(&self.dir).map_err(|e| e.to_string())?;
+            return Ok(Some(json!({"event": "moved", "from": from, "to": to})));
+        }
+        // The local copy differs (or is missing): fetch the new path (as a
+        // delta against whatever is here), and drop the old one if untouched.
+        let pulled = self.pull_path(to).await?;
+        if matches {
+            self.delete(from)?;
+        } else if src.exists() {
+            self.out.warn(&format!(
+                "{from} was moved to {to} in the project but changed here: kept {}",
+                src.display()
+            ));
+        }
+        let (t, r) = pulled.unwrap_or((0, 0));
+        Ok(Some(json!({"event": "moved", "from": from, "to": to,
+                       "pulled": true, "bytes_transferred": t, "bytes_reused": r})))
+    }
+}
+
+/// Removes the now-empty folders between `file` and `root`.
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut at = file.parent();
+    while let Some(dir) = at {
+        if dir == root || !dir.starts_with(root) || std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+        at = dir.parent();
+    }
+}
+
+fn describe(change: &Value) -> String {
+    let seq = &change["seq"];
+    match change["event"].as_str().unwrap_or_default() {
+        "moved" => format!(
+            "moved {} → {} (seq {seq})",
+            change["from"].as_str().unwrap_or_default(),
+            change["to"].as_str().unwrap_or_default()
+        ),
+        "kept" => format!(
+            "kept {}: changed here (seq {seq})",
+            change["path"].as_str().unwrap_or_default()
+        ),
+        other => format!(
+            "{other} {} (seq {seq})",
+            change["path"].as_str().unwrap_or_default()
+        ),
+    }
+}

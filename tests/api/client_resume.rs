@@ -1,0 +1,114 @@
+//! `ferry pull` killed with SIGKILL mid-way resumes from the chunks it kept
+//! in `DIR/.ferry/chunks/`: the second run fetches only what it lacked.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::client_pull::{hash, write, Agent};
+use crate::client_share::{describe, last_json, noise, Person, TempDir};
+use crate::helpers::TestApp;
+
+/// An owner and a member of a new project; answers the project id.
+pub(crate) async fn owner_and_member(app: &TestApp, name: &str) -> (Person, Person, String) {
+    let owner = Person::new(app, "owner");
+    let member = Person::new(app, "member");
+    owner.signup("owner").await;
+    member.signup("member").await;
+    let project = owner.json(&["project", "create", name]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    member.json(&["join", &invite]).await;
+    (owner, member, project)
+}
+
+/// The kept chunks (named by their 64-hex hash) and their total size.
+fn kept_chunks(dir: &Path) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir.join(".ferry/chunks")) else {
+        return (0, 0);
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .fold((0, 0), |(n, bytes), e| {
+            (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Resume").await;
+
+    let tree = TempDir::new("resume-src");
+    let src = tree.path();
+    let big = noise(24 * 1024 * 1024 + 777, 21);
+    write(src, "big.bin", &big);
+    let mut agent = Agent::start(&owner, &project, src);
+    agent
+        .wait_for("its first push", |v| v["event"] == "synced")
+        .await;
+
+    let target = TempDir::new("resume-dst");
+    let dst = target.path();
+    let to = dst.to_str().unwrap();
+
+    // The first pull, killed with SIGKILL once a few chunks have landed.
+    let mut child = member
+        .command(&["pull", &project, "--to", to, "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry pull starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if kept_chunks(dst).0 >= 2 {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the pull ended ({status:?}) before it could be killed");
+        }
+        assert!(Instant::now() < deadline, "no chunk ever landed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the pull finished before the kill: {status:?}"
+        );
+    }
+    assert!(
+        !dst.join("big.bin").exists(),
+        "a killed pull leaves no partial file in place"
+    );
+    let (count, kept) = kept_chunks(dst);
+    assert!(count >= 2 && kept > 0 && kept < big.len() as u64);
+
+    // Again: only what was not kept crosses; the kept chunks are reused.
+    let again = member.run(&["pull", &project, "--to", to, "--json"]).await;
+    assert!(again.status.success(), "{}", describe(&again));
+    let result = last_json(&again);
+    assert_eq!(result["files"].as_u64(), Some(1), "{result}");
+    assert_eq!(
+        result["bytes_transferred"].as_u64(),
+        Some(big.len() as u64 - kept),
+        "kept {count} chunks ({kept} bytes): {result}"
+    );
+    assert_eq!(result["bytes_reused"].as_u64(), Some(kept), "{result}");
+    let got = std::fs::read(dst.join("big.bin")).unwrap();
+    assert!(got == big, "the resumed file differs");
+    assert_eq!(hash(&got), hash(&big));
+    assert_eq!(kept_chunks(dst).0, 0, "kept chunks are dropped once whole");
+}
