@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::helpers::TestApp;
 
-const TABLES: [&str; 6] = ["projects", "project_members", "project_invites", "project_devices", "remote_files", "file_transfers"];
+const TABLES: [&str; 7] =
+    ["projects", "project_members", "project_invites", "project_devices", "remote_files", "file_transfers", "file_chunks"];
 
 /// Appends one random command: a new project, or a batch of renames,
 /// archives, invites, joins, removals, device attachments and detachments
