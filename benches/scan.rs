@@ -45,17 +45,12 @@ impl Rng {
 fn sizes(files: u64, total: u64, rng: &mut Rng) -> Vec<u64> {
     let raw: Vec<f64> = (0..files)
         .map(|_| {
-            (1024f64.ln()
-                + (rng.next() % 10_000) as f64 / 10_000.0 * (64.0 * 1024.0 * 1024.0f64).ln()
-                - 1024f64.ln())
-            .exp()
+            (1024f64.ln() + (rng.next() % 10_000) as f64 / 10_000.0 * (64.0 * 1024.0 * 1024.0f64).ln() - 1024f64.ln())
+                .exp()
         })
         .collect();
     let sum: f64 = raw.iter().sum();
-    let mut sizes: Vec<u64> = raw
-        .iter()
-        .map(|r| (r / sum * total as f64) as u64)
-        .collect();
+    let mut sizes: Vec<u64> = raw.iter().map(|r| (r / sum * total as f64) as u64).collect();
     let short = total - sizes.iter().sum::<u64>();
     sizes[0] += short;
     sizes
@@ -123,27 +118,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let _cleanup = Cleanup(dir.clone());
     let started = Instant::now();
     let paths = generate(&dir, files, total)?;
-    println!(
-        "generated {files} files, {mib} MiB in {:.1?} ({threads} threads)",
-        started.elapsed()
-    );
+    println!("generated {files} files, {mib} MiB in {:.1?} ({threads} threads)", started.elapsed());
 
     let mb = total as f64 / 1e6;
     // Baseline first, then ours: both from a warm page cache.
     let started = Instant::now();
-    let hashed: u64 = scan::parallel_map(&paths, threads, |_| 0, |p| plain_hash(p))
-        .into_iter()
-        .sum::<std::io::Result<u64>>()?;
+    let hashed: u64 =
+        scan::parallel_map(&paths, threads, |_| 0, |p| plain_hash(p)).into_iter().sum::<std::io::Result<u64>>()?;
     let base = started.elapsed().as_secs_f64();
     assert_eq!(hashed, total);
 
     let started = Instant::now();
     let outcome = scan::scan(&dir, &scan::Files::new(), &ProgressBar::hidden());
     let ours = started.elapsed().as_secs_f64();
-    assert_eq!(
-        (outcome.hashed_files as u64, outcome.hashed_bytes),
-        (files, total)
-    );
+    assert_eq!((outcome.hashed_files as u64, outcome.hashed_bytes), (files, total));
     let chunks: usize = outcome.files.values().map(|e| e.chunks.len()).sum();
 
     let started = Instant::now();
@@ -152,11 +140,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(again.hashed_files, 0);
 
     println!("initial scan (walk + BLAKE3 + FastCDC + chunk BLAKE3): {:>9.0} files/s {:>8.0} MB/s  ({ours:.2} s, {chunks} chunks)", files as f64 / ours, mb / ours);
-    println!("baseline (b3sum-style BLAKE3 per file, same threads):  {:>9.0} files/s {:>8.0} MB/s  ({base:.2} s)", files as f64 / base, mb / base);
     println!(
-        "ratio ours/baseline: {:.2} of the baseline's throughput",
-        base / ours
+        "baseline (b3sum-style BLAKE3 per file, same threads):  {:>9.0} files/s {:>8.0} MB/s  ({base:.2} s)",
+        files as f64 / base,
+        mb / base
     );
+    println!("ratio ours/baseline: {:.2} of the baseline's throughput", base / ours);
     println!(
         "rescan with the index (stat only, nothing hashed):     {:>9.0} files/s  ({rescan:.3} s)",
         files as f64 / rescan

@@ -109,7 +109,12 @@ pub struct TransferSettings {
 
 impl Default for TransferSettings {
     fn default() -> Self {
-        Self { transfer_ttl_seconds: 3600, transfer_max_attempts: 3, transfer_stall_seconds: 120, sweep_interval_ms: 5000 }
+        Self {
+            transfer_ttl_seconds: 3600,
+            transfer_max_attempts: 3,
+            transfer_stall_seconds: 120,
+            sweep_interval_ms: 5000,
+        }
     }
 }
 
@@ -209,7 +214,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password_in_debug_output() {
-        assert_eq!(redact_url("postgres://ferry:s3cret@127.0.0.1:5432/ferry"), "postgres://ferry:***@127.0.0.1:5432/ferry");
+        assert_eq!(
+            redact_url("postgres://ferry:s3cret@127.0.0.1:5432/ferry"),
+            "postgres://ferry:***@127.0.0.1:5432/ferry"
+        );
         let settings = DatabaseSettings {
             database_url: Some("postgres://a:s3cret@h/db".into()),
             data_dir: "d".into(),

@@ -7,12 +7,12 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
-use crate::domain::transfers::TransferPolicy;
 use crate::domain::relay::RelayPolicy;
+use crate::domain::transfers::TransferPolicy;
 use crate::realtime::Realtime;
 use crate::relay::ChunkStore;
-use std::sync::Arc;
 use crate::store::StoreError;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

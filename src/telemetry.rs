@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`),
@@ -83,8 +83,6 @@ pub fn render(pool: &deadpool_postgres::Pool) -> String {
     LazyLock::force(&WS_LAGGED);
 
     let mut buffer = Vec::new();
-    TextEncoder::new()
-        .encode(&prometheus::gather(), &mut buffer)
-        .expect("text encoding of metrics cannot fail");
+    TextEncoder::new().encode(&prometheus::gather(), &mut buffer).expect("text encoding of metrics cannot fail");
     String::from_utf8(buffer).expect("prometheus text is UTF-8")
 }

@@ -20,12 +20,8 @@ struct Scratch {
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{name}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch { dir, pg: None }
     }
@@ -83,10 +79,7 @@ async fn embedded_lifecycle_restart_and_adoption() {
     let (url, port, debug) = (pg.database_url(), pg.port(), format!("{pg:?}"));
     assert!(url.starts_with("postgres://ferry:"), "{url}");
     assert!(url.ends_with(&format!("@127.0.0.1:{port}/ferry")), "{url}");
-    assert!(
-        !debug.contains(scratch.password().trim()),
-        "Debug shows the password"
-    );
+    assert!(!debug.contains(scratch.password().trim()), "Debug shows the password");
     assert!(!scratch.dir.join("pg/junk").exists());
     assert!(!scratch.dir.join("pg.init").exists());
     assert!(!scratch.dir.join("pg.pwfile.tmp").exists());
@@ -94,28 +87,16 @@ async fn embedded_lifecycle_restart_and_adoption() {
     assert!(password.trim().len() >= 32);
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(scratch.dir.join("pg.password"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(scratch.dir.join("pg.password")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
-    let client = connect(&url)
-        .await
-        .expect("connect to the embedded cluster");
+    let client = connect(&url).await.expect("connect to the embedded cluster");
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    let db: String = client
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let db: String = client.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
     assert_eq!(db, "ferry");
-    client
-        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
-        .await
-        .unwrap();
+    client.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')").await.unwrap();
     drop(client);
 
     // A wrong password is refused: loopback needs the password.
@@ -134,22 +115,14 @@ async fn embedded_lifecycle_restart_and_adoption() {
     let (url, port) = (pg.database_url(), pg.port());
     assert_eq!(scratch.password(), password, "initdb ran again");
     let client = connect(&url).await.unwrap();
-    let v: String = client
-        .query_one("SELECT v FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: String = client.query_one("SELECT v FROM t", &[]).await.unwrap().get(0);
     assert_eq!(v, "kept");
 
     // A second start while it runs (a crashed ferryd left it): adopted.
     let adopted = scratch.start().await;
     assert_eq!(adopted.port(), port);
     assert_eq!(adopted.database_url(), url);
-    let v: String = client
-        .query_one("SELECT v FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: String = client.query_one("SELECT v FROM t", &[]).await.unwrap().get(0);
     assert_eq!(v, "kept");
     drop(client);
 

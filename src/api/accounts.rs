@@ -3,13 +3,13 @@ use uuid::Uuid;
 
 use super::{created, idempotency_key, no_content, resource, ApiError, AppState, Auth};
 use crate::domain::accounts::{self, NewUser};
+use crate::domain::{self, DomainError};
 use crate::protocol::accounts::{
     AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
     SignupRequest,
 };
-use crate::protocol::ErrorBody;
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
-use crate::domain::{self, DomainError};
+use crate::protocol::ErrorBody;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/signup").post(signup))
@@ -163,7 +163,11 @@ async fn list_devices(state: web::Data<AppState>, auth: Auth) -> Result<HttpResp
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
-async fn delete_device(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+async fn delete_device(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     accounts::delete_device(&state.pool, &auth.0, path.into_inner()).await?;
     Ok(no_content())
 }
@@ -211,7 +215,11 @@ async fn advertise_direct(
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
-async fn withdraw_direct(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+async fn withdraw_direct(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
     accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), None).await?;
     Ok(no_content())
 }

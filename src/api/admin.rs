@@ -58,7 +58,6 @@ pub(super) struct RebuildResponse {
         (status = 403, description = "Not an administrator", body = ErrorBody),
     )
 )]
-
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
 async fn list_projections(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     require_admin(&auth.0)?;
@@ -147,9 +146,12 @@ struct AuditParams {
         (status = 422, description = "Bad limit, cursor or event type", body = ErrorBody),
     )
 )]
-
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
-async fn audit(state: web::Data<AppState>, auth: Auth, params: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
+async fn audit(
+    state: web::Data<AppState>,
+    auth: Auth,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
     require_admin(&auth.0)?;
     let p = params.into_inner();
     let query = AuditQuery {
@@ -158,7 +160,13 @@ async fn audit(state: web::Data<AppState>, auth: Auth, params: web::Query<AuditP
         types: parse_types(p.event_type.as_deref()).map_err(DomainError::from)?,
         from: p.from,
         to: p.to,
-        after_position: p.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_position).transpose().map_err(DomainError::from)?,
+        after_position: p
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(decode_position)
+            .transpose()
+            .map_err(DomainError::from)?,
         limit: parse_limit(p.limit, 100, 1000).map_err(DomainError::from)?,
     };
     let client = state.pool.get().await.map_err(DomainError::from)?;

@@ -74,9 +74,8 @@ impl ResponseError for ApiError {
                 ("internal_error", "something went wrong on our side".to_owned())
             }
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
-            error: ErrorDetail { code: code.to_owned(), message },
-        })
+        HttpResponse::build(self.status_code())
+            .json(ErrorBody { error: ErrorDetail { code: code.to_owned(), message } })
     }
 }
 

@@ -101,7 +101,8 @@ async fn list_files(
     params: web::Query<FilesParams>,
 ) -> Result<HttpResponse, ApiError> {
     let p = params.into_inner();
-    let query = FilesQuery::parse(p.prefix, p.cursor.as_deref(), p.limit, p.include_deleted).map_err(DomainError::from)?;
+    let query =
+        FilesQuery::parse(p.prefix, p.cursor.as_deref(), p.limit, p.include_deleted).map_err(DomainError::from)?;
     let mut client = state.pool.get().await.map_err(DomainError::from)?;
     Ok(HttpResponse::Ok().json(files::list(&mut client, &auth.0, path.into_inner(), &query).await?))
 }

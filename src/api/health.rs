@@ -49,9 +49,8 @@ async fn healthz() -> HttpResponse {
     )
 )]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let not_ready = |message: &str| {
-        ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
-    };
+    let not_ready =
+        |message: &str| ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
     if let Err(e) = crate::store::check(&state.pool).await {
         tracing::warn!(error = %super::error_chain(&e), "readiness check failed");
         return Err(not_ready("the database is not reachable"));
@@ -72,7 +71,5 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     )
 )]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(crate::telemetry::render(&state.pool))
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::telemetry::render(&state.pool))
 }

@@ -17,11 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/projects/{project_id}/members").get(list_members))
         .service(resource("/projects/{project_id}/members/{user_id}").delete(remove_member))
         .service(resource("/projects/{project_id}/devices").get(list_devices))
-        .service(
-            resource("/projects/{project_id}/devices/{device_id}")
-                .put(attach_device)
-                .delete(detach_device),
-        );
+        .service(resource("/projects/{project_id}/devices/{device_id}").put(attach_device).delete(detach_device));
 }
 
 /// Creates an invite (owner only); its token is shown only in this answer.

@@ -80,9 +80,7 @@ pub fn json_config() -> web::JsonConfig {
                 "unsupported_media_type",
                 "the body must be application/json",
             ),
-            JsonPayloadError::Deserialize(e) if e.is_data() => {
-                ApiError::bad_request("invalid_body", e.to_string())
-            }
+            JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::bad_request("invalid_body", e.to_string()),
             _ => ApiError::bad_request("malformed_json", err.to_string()),
         };
         api.into()
@@ -104,10 +102,8 @@ pub(crate) fn resource(path: &str) -> actix_web::Resource {
 /// raw body, say) gets the same JSON shape as ours.
 pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
-        let is_json = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let is_json =
+            res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
         if is_json {
             return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
         }
@@ -145,11 +141,9 @@ pub async fn record_metrics(
 /// (method, path, body) so a key reused for another request is refused.
 pub fn idempotency_key(req: &HttpRequest, body: &impl Serialize) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters"))?;
+    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    })?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(req.method().as_str().as_bytes());
     hasher.update(b"\n");

@@ -4,17 +4,12 @@ use uuid::Uuid;
 use super::{created, idempotency_key, no_content, resource, ApiError, AppState, Auth};
 use crate::domain::{self, projects, DomainError};
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse, UpdateProjectRequest};
-use crate::protocol::ErrorBody;
 use crate::protocol::validate::ProjectName;
+use crate::protocol::ErrorBody;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/projects").post(create_project).get(list_projects))
-        .service(
-            resource("/projects/{project_id}")
-                .get(get_project)
-                .patch(update_project)
-                .delete(archive_project),
-        );
+        .service(resource("/projects/{project_id}").get(get_project).patch(update_project).delete(archive_project));
 }
 
 /// Creates a project; the caller becomes its owner.
@@ -41,10 +36,9 @@ async fn create_project(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req, &*body)?;
     let name = ProjectName::parse(&body.name).map_err(DomainError::from)?;
-    let project = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
-        Box::pin(projects::create(tx, cmd, name))
-    })
-    .await?;
+    let project =
+        domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| Box::pin(projects::create(tx, cmd, name)))
+            .await?;
     Ok(created(&project))
 }
 
@@ -144,9 +138,7 @@ async fn archive_project(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req, &())?;
     let project_id = path.into_inner();
-    domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
-        Box::pin(projects::archive(tx, cmd, project_id))
-    })
-    .await?;
+    domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| Box::pin(projects::archive(tx, cmd, project_id)))
+        .await?;
     Ok(no_content())
 }

@@ -65,7 +65,9 @@ fn relay_error(e: RelayError) -> ApiError {
     use actix_web::http::StatusCode;
     match e {
         RelayError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "chunk_too_large", e.to_string()),
-        RelayError::HashMismatch { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", e.to_string()),
+        RelayError::HashMismatch { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", e.to_string())
+        }
         RelayError::BadEncoding(_) => ApiError::bad_request("invalid_encoding", e.to_string()),
         RelayError::Body(_) => ApiError::bad_request("body_unreadable", e.to_string()),
         RelayError::Store(_) | RelayError::BadSpec(_) => ApiError::Internal(Box::new(e)),
@@ -118,10 +120,7 @@ async fn upload_chunk(
             ))
         }
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
     if !zstd && declared.is_some_and(|n| n as u64 > MAX_CHUNK_BYTES) {
         return Err(relay_error(RelayError::TooLarge));
     }
@@ -187,7 +186,11 @@ async fn download_chunk(
     let size = chunk.size as u64;
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = parse_range(range_header, size).map_err(|_| {
-        ApiError::new(actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the chunk has {size} bytes"))
+        ApiError::new(
+            actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the chunk has {size} bytes"),
+        )
     })?;
     let accepts_zstd = req
         .headers()

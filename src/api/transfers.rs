@@ -102,7 +102,10 @@ async fn list_transfers(
     let status = p
         .status
         .filter(|s| !s.is_empty())
-        .map(|s| TransferStatus::parse(&s).ok_or_else(|| ValidationError::new("invalid_status", format!("unknown status {s:?}"))))
+        .map(|s| {
+            TransferStatus::parse(&s)
+                .ok_or_else(|| ValidationError::new("invalid_status", format!("unknown status {s:?}")))
+        })
         .transpose()
         .map_err(DomainError::from)?;
     let limit = parse_limit(p.limit, 50, 1000).map_err(DomainError::from)?;
@@ -126,7 +129,11 @@ async fn list_transfers(
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
-async fn get_transfer(state: web::Data<AppState>, auth: Auth, path: web::Path<(Uuid, Uuid)>) -> Result<HttpResponse, ApiError> {
+async fn get_transfer(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
     let (project_id, transfer_id) = path.into_inner();
     let client = state.pool.get().await.map_err(DomainError::from)?;
     Ok(HttpResponse::Ok().json(transfers::get(&client, &auth.0, project_id, transfer_id).await?))

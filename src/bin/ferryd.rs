@@ -153,7 +153,12 @@ async fn run(command: Command) -> Result<(), String> {
             let created = accounts::create_user(&db.pool, new).await;
             db.close().await;
             let created = created.map_err(|e| chain(&e))?;
-            println!("created user {} <{}>{}", created.user.id, created.user.email, if admin { " (admin)" } else { "" });
+            println!(
+                "created user {} <{}>{}",
+                created.user.id,
+                created.user.email,
+                if admin { " (admin)" } else { "" }
+            );
             Ok(())
         }
     }
@@ -170,7 +175,11 @@ async fn print_audit(
     let client = pool.get().await.map_err(|e| chain(&e))?;
     let mut out = std::io::stdout().lock();
     if let AuditFormat::Table = format {
-        let _ = writeln!(out, "{:>10}  {:<32}  {:<36}  {:>6}  {:<24}  actor", "position", "created_at", "project", "seq", "type");
+        let _ = writeln!(
+            out,
+            "{:>10}  {:<32}  {:<36}  {:>6}  {:<24}  actor",
+            "position", "created_at", "project", "seq", "type"
+        );
     }
     loop {
         let page = ferry::domain::events::audit(&client, query).await.map_err(|e| chain(&e))?;
@@ -178,7 +187,8 @@ async fn print_audit(
             let line = match format {
                 AuditFormat::Json => serde_json::to_string(e).expect("events serialize"),
                 AuditFormat::Table => {
-                    let actor = e.event.actor.device_id.or(e.event.actor.user_id).map_or("-".to_owned(), |id| id.to_string());
+                    let actor =
+                        e.event.actor.device_id.or(e.event.actor.user_id).map_or("-".to_owned(), |id| id.to_string());
                     format!(
                         "{:>10}  {:<32}  {:<36}  {:>6}  {:<24}  {actor}",
                         e.position,

@@ -58,10 +58,7 @@ pub async fn share(
 ) -> Result<(), ClientError> {
     let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
     if !dir.is_dir() {
-        return Err(ClientError::Usage(format!(
-            "{} is not a folder",
-            dir.display()
-        )));
+        return Err(ClientError::Usage(format!("{} is not a folder", dir.display())));
     }
     let user = session.user()?;
     let project = resolve_project(&user, project).await?;
@@ -93,11 +90,7 @@ pub async fn share(
 /// config; registered again if its token no longer works.
 async fn ensure_device(session: &mut Session, user: &Api) -> Result<DeviceIdentity, ClientError> {
     let server = session.server.clone();
-    if let Some(device) = session
-        .config
-        .profile(&server)
-        .and_then(|p| p.device.clone())
-    {
+    if let Some(device) = session.config.profile(&server).and_then(|p| p.device.clone()) {
         match user.with_token(&device.token).me().await {
             Ok(me) if me.device.as_ref().is_some_and(|d| d.id == device.id) => return Ok(device),
             Ok(_) | Err(ClientError::Api { status: 401, .. }) => {}
@@ -106,16 +99,9 @@ async fn ensure_device(session: &mut Session, user: &Api) -> Result<DeviceIdenti
     }
     let name = hostname();
     let registered = user
-        .register_device(&RegisterDeviceRequest {
-            name: name.clone(),
-            platform: Some(std::env::consts::OS.to_owned()),
-        })
+        .register_device(&RegisterDeviceRequest { name: name.clone(), platform: Some(std::env::consts::OS.to_owned()) })
         .await?;
-    let device = DeviceIdentity {
-        id: registered.device.id,
-        token: registered.device_token,
-        name,
-    };
+    let device = DeviceIdentity { id: registered.device.id, token: registered.device_token, name };
     session.config.profile_mut(&server).device = Some(device.clone());
     session.save()?;
     Ok(device)
@@ -133,11 +119,7 @@ fn hostname() -> String {
 /// The changes that make `remote` what `local` is. A remote file gone
 /// from DIR whose content (hash and size) appears at a new path is a move;
 /// `unsettled` paths are left alone.
-pub fn diff(
-    local: &Files,
-    remote: &BTreeMap<String, RemoteState>,
-    unsettled: &HashSet<String>,
-) -> Vec<FileChange> {
+pub fn diff(local: &Files, remote: &BTreeMap<String, RemoteState>, unsettled: &HashSet<String>) -> Vec<FileChange> {
     let mut gone: HashMap<(u64, &str), Vec<&str>> = HashMap::new();
     let mut deletes = Vec::new();
     for (path, (size, hash)) in remote {
@@ -155,14 +137,8 @@ pub fn diff(
         match remote.get(path) {
             Some((size, hash)) if *size == entry.size && *hash == entry.hash => {}
             Some(_) => upserts.push(upsert(path, entry)),
-            None => match gone
-                .get_mut(&(entry.size, entry.hash.as_str()))
-                .and_then(Vec::pop)
-            {
-                Some(from) => moves.push(FileChange::Move {
-                    from: from.to_owned(),
-                    to: path.clone(),
-                }),
+            None => match gone.get_mut(&(entry.size, entry.hash.as_str())).and_then(Vec::pop) {
+                Some(from) => moves.push(FileChange::Move { from: from.to_owned(), to: path.clone() }),
                 None => upserts.push(upsert(path, entry)),
             },
         }
@@ -182,15 +158,7 @@ fn upsert(path: &str, e: &scan::Entry) -> FileChange {
         hash: e.hash.clone(),
         mime_type: None,
         modified_at: e.modified_at(),
-        chunks: Some(
-            e.chunks
-                .iter()
-                .map(|c| ChunkRef {
-                    hash: c.hash.clone(),
-                    size: c.size as i64,
-                })
-                .collect(),
-        ),
+        chunks: Some(e.chunks.iter().map(|c| ChunkRef { hash: c.hash.clone(), size: c.size as i64 }).collect()),
     }
 }
 
@@ -201,13 +169,10 @@ fn batches(changes: Vec<FileChange>) -> Vec<Vec<FileChange>> {
     let mut chunks = 0;
     for change in changes {
         let weight = match &change {
-            FileChange::Upsert {
-                chunks: Some(c), ..
-            } => c.len(),
+            FileChange::Upsert { chunks: Some(c), .. } => c.len(),
             _ => 0,
         };
-        if !current.is_empty() && (current.len() >= BATCH_CHANGES || chunks + weight > BATCH_CHUNKS)
-        {
+        if !current.is_empty() && (current.len() >= BATCH_CHANGES || chunks + weight > BATCH_CHUNKS) {
             out.push(std::mem::take(&mut current));
             chunks = 0;
         }
@@ -269,11 +234,7 @@ impl Agent {
             active: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashSet::new()),
         };
-        Self {
-            ctx: Arc::new(ctx),
-            remote: None,
-            head_seq: 0,
-        }
+        Self { ctx: Arc::new(ctx), remote: None, head_seq: 0 }
     }
 
     /// Scans DIR (hashing only what changed), then pushes what the server
@@ -290,22 +251,14 @@ impl Agent {
             ctx.out.warn(warning);
         }
         if let Err(e) = Index::save(&ctx.dir, &outcome.files) {
-            ctx.out.warn(&format!(
-                "cannot save the local index in {}: {e}",
-                ctx.dir.join(scan::STATE_DIR).display()
-            ));
+            ctx.out.warn(&format!("cannot save the local index in {}: {e}", ctx.dir.join(scan::STATE_DIR).display()));
         }
         *lock(&ctx.files) = Arc::new(outcome.files.clone());
 
         if self.remote.is_none() {
             let (files, head) = ctx.api.all_files(ctx.project).await?;
             self.head_seq = head;
-            self.remote = Some(
-                files
-                    .into_iter()
-                    .map(|f| (f.path, (f.size.max(0) as u64, f.hash)))
-                    .collect(),
-            );
+            self.remote = Some(files.into_iter().map(|f| (f.path, (f.size.max(0) as u64, f.hash))).collect());
         }
         let remote = self.remote.as_mut().expect("loaded above");
         let unsettled: HashSet<String> = outcome.unsettled.iter().cloned().collect();
@@ -323,9 +276,7 @@ impl Agent {
             applied += response.applied;
             for change in batch {
                 match change {
-                    FileChange::Upsert {
-                        path, size, hash, ..
-                    } => {
+                    FileChange::Upsert { path, size, hash, .. } => {
                         remote.insert(path, (size as u64, hash));
                     }
                     FileChange::Delete { path } => {
@@ -372,19 +323,12 @@ impl Agent {
             let _ = tx.send(());
         })
         .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
-        notify::Watcher::watch(
-            &mut watcher,
-            &self.ctx.dir,
-            notify::RecursiveMode::Recursive,
-        )
-        .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
+        notify::Watcher::watch(&mut watcher, &self.ctx.dir, notify::RecursiveMode::Recursive)
+            .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
 
         let socket = tokio::spawn(hold_socket(self.ctx.clone(), self.head_seq));
         let pending = tokio::spawn(serve_pending(self.ctx.clone()));
-        self.ctx.out.note(&format!(
-            "Watching {} and serving transfers; Ctrl-C stops.",
-            self.ctx.dir.display()
-        ));
+        self.ctx.out.note(&format!("Watching {} and serving transfers; Ctrl-C stops.", self.ctx.dir.display()));
 
         // One more look once the watch is on: whatever changed between the
         // first scan and now is caught (unchanged files are not re-hashed).
@@ -435,11 +379,10 @@ impl Agent {
 pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -458,9 +401,7 @@ async fn hold_socket(ctx: Arc<Ctx>, mut after_seq: i64) {
     loop {
         match socket_session(&ctx, &mut after_seq).await {
             Ok(()) => backoff = Duration::from_millis(500),
-            Err(e) => ctx
-                .out
-                .warn(&format!("the live connection dropped ({e}); reconnecting")),
+            Err(e) => ctx.out.warn(&format!("the live connection dropped ({e}); reconnecting")),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(15));
@@ -468,27 +409,15 @@ async fn hold_socket(ctx: Arc<Ctx>, mut after_seq: i64) {
 }
 
 async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64) -> Result<(), String> {
-    let mut request = ctx
-        .api
-        .ws_url()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    let mut request = ctx.api.ws_url().into_client_request().map_err(|e| e.to_string())?;
     let token = ctx.api.token().unwrap_or_default();
     request.headers_mut().insert(
         "Authorization",
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "a token that is not a header".to_owned())?,
+        format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let subscribe =
-        json!({"type": "subscribe", "project_id": ctx.project, "after_seq": *after_seq});
-    socket
-        .send(Message::Text(subscribe.to_string().into()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+    let subscribe = json!({"type": "subscribe", "project_id": ctx.project, "after_seq": *after_seq});
+    socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     loop {
         tokio::select! {
@@ -547,15 +476,8 @@ fn on_message(ctx: &Arc<Ctx>, message: &Value, after_seq: &mut i64) {
             if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let path = format!(
-                        "/api/projects/{}/transfers/{}",
-                        ctx.project, state.transfer_id
-                    );
-                    if let Ok(t) = ctx
-                        .api
-                        .get::<crate::protocol::transfers::Transfer>(&path)
-                        .await
-                    {
+                    let path = format!("/api/projects/{}/transfers/{}", ctx.project, state.transfer_id);
+                    if let Ok(t) = ctx.api.get::<crate::protocol::transfers::Transfer>(&path).await {
                         if t.source_device.id == ctx.device_id && t.status.is_active() {
                             start(
                                 &ctx,
@@ -572,10 +494,7 @@ fn on_message(ctx: &Arc<Ctx>, message: &Value, after_seq: &mut i64) {
                 });
             }
         }
-        "error" => ctx.out.warn(&format!(
-            "the server said: {}",
-            message["message"].as_str().unwrap_or("an error")
-        )),
+        "error" => ctx.out.warn(&format!("the server said: {}", message["message"].as_str().unwrap_or("an error"))),
         _ => {}
     }
 }
@@ -584,15 +503,7 @@ fn on_message(ctx: &Arc<Ctx>, message: &Value, after_seq: &mut i64) {
 async fn serve_pending(ctx: Arc<Ctx>) {
     let mut cursor: Option<String> = None;
     loop {
-        let page = match ctx
-            .api
-            .transfers_page(
-                ctx.project,
-                Some(TransferStatus::Pending),
-                cursor.as_deref(),
-            )
-            .await
-        {
+        let page = match ctx.api.transfers_page(ctx.project, Some(TransferStatus::Pending), cursor.as_deref()).await {
             Ok(page) => page,
             Err(e) => {
                 ctx.out.warn(&format!("cannot list pending transfers: {e}"));
@@ -686,44 +597,22 @@ async fn serve(ctx: &Arc<Ctx>, job: &Job, cancelled: &AtomicBool) -> Result<(usi
         Some(list) => list.clone(),
         None => {
             let mut seen = HashSet::new();
-            entry
-                .chunks
-                .iter()
-                .map(|c| c.hash.clone())
-                .filter(|h| seen.insert(h.clone()))
-                .collect()
+            entry.chunks.iter().map(|c| c.hash.clone()).filter(|h| seen.insert(h.clone())).collect()
         }
     };
     if let Some(unknown) = needed.iter().find(|h| !table.contains_key(*h)) {
-        return Err(Stop::Failed(format!(
-            "chunk {unknown} is not part of the file at the source"
-        )));
+        return Err(Stop::Failed(format!("chunk {unknown} is not part of the file at the source")));
     }
 
-    let started = TransferReport {
-        status: Some(TransferStatus::InProgress),
-        ..Default::default()
-    };
-    ctx.api
-        .report_transfer(ctx.project, job.id, &started)
-        .await
-        .map_err(Stop::Refused)?;
+    let started = TransferReport { status: Some(TransferStatus::InProgress), ..Default::default() };
+    ctx.api.report_transfer(ctx.project, job.id, &started).await.map_err(Stop::Refused)?;
 
     let mut missing = Vec::new();
     for batch in needed.chunks(MISSING_BATCH) {
-        missing.extend(
-            ctx.api
-                .missing_chunks(ctx.project, batch)
-                .await
-                .map_err(|e| Stop::Failed(e.to_string()))?,
-        );
+        missing.extend(ctx.api.missing_chunks(ctx.project, batch).await.map_err(|e| Stop::Failed(e.to_string()))?);
     }
     let missing_set: HashSet<&String> = missing.iter().collect();
-    let present: u64 = needed
-        .iter()
-        .filter(|h| !missing_set.contains(h))
-        .map(|h| table[h].1)
-        .sum();
+    let present: u64 = needed.iter().filter(|h| !missing_set.contains(h)).map(|h| table[h].1).sum();
     let total = job.total_bytes.max(0) as u64;
     let progress = Arc::new(Progress {
         ctx: ctx.clone(),
@@ -751,13 +640,7 @@ async fn serve(ctx: &Arc<Ctx>, job: &Job, cancelled: &AtomicBool) -> Result<(usi
                 result = Err(Stop::Cancelled);
                 break;
             }
-            running.push(upload(
-                ctx.clone(),
-                abs.clone(),
-                table.clone(),
-                hash,
-                progress.clone(),
-            ));
+            running.push(upload(ctx.clone(), abs.clone(), table.clone(), hash, progress.clone()));
         }
         match running.next().await {
             None => break,
@@ -803,17 +686,10 @@ impl Progress {
             }
             *last = Instant::now();
         }
-        let report = TransferReport {
-            bytes_transferred: Some(bytes as i64),
-            ..Default::default()
-        };
+        let report = TransferReport { bytes_transferred: Some(bytes as i64), ..Default::default() };
         // A 409 (the relay's own count ran ahead, or the transfer ended
         // meanwhile) is not this upload's failure.
-        let _ = self
-            .ctx
-            .api
-            .report_transfer(self.ctx.project, self.transfer, &report)
-            .await;
+        let _ = self.ctx.api.report_transfer(self.ctx.project, self.transfer, &report).await;
     }
 }
 
@@ -833,10 +709,7 @@ async fn upload(
     if blake3::hash(&bytes).to_hex().as_str() != hash {
         return Err(Stop::Failed("file_changed_at_source".into()));
     }
-    ctx.api
-        .put_chunk(ctx.project, &hash, bytes)
-        .await
-        .map_err(|e| Stop::Failed(e.to_string()))?;
+    ctx.api.put_chunk(ctx.project, &hash, bytes).await.map_err(|e| Stop::Failed(e.to_string()))?;
     progress.done.fetch_add(size, Ordering::SeqCst);
     progress.bar.inc(size);
     progress.report(false).await;
@@ -848,13 +721,7 @@ mod tests {
     use super::*;
 
     fn entry(size: u64, hash: &str) -> scan::Entry {
-        scan::Entry {
-            size,
-            mtime_ns: 0,
-            ino: 0,
-            hash: hash.into(),
-            chunks: vec![],
-        }
+        scan::Entry { size, mtime_ns: 0, ino: 0, hash: hash.into(), chunks: vec![] }
     }
 
     #[test]
@@ -881,21 +748,9 @@ mod tests {
             .unwrap()
             .iter()
             .map(|c| {
-                format!(
-                    "{} {}",
-                    c["op"].as_str().unwrap(),
-                    c.get("path").or(c.get("to")).unwrap().as_str().unwrap()
-                )
+                format!("{} {}", c["op"].as_str().unwrap(), c.get("path").or(c.get("to")).unwrap().as_str().unwrap())
             })
             .collect();
-        assert_eq!(
-            ops,
-            [
-                "move /new/a.txt",
-                "upsert /b.txt",
-                "upsert /c",
-                "delete /gone"
-            ]
-        );
+        assert_eq!(ops, ["move /new/a.txt", "upsert /b.txt", "upsert /c", "delete /gone"]);
     }
 }

@@ -9,15 +9,13 @@ use uuid::Uuid;
 
 use super::ClientError;
 use crate::protocol::accounts::{
-    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest,
-    RegisterDeviceResponse, SignupRequest,
+    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
+    SignupRequest,
 };
-use crate::protocol::files::{
-    FileChange, FilesPage, RemoteFile, UpdateFilesRequest, UpdateFilesResponse,
-};
+use crate::protocol::files::{FileChange, FilesPage, RemoteFile, UpdateFilesRequest, UpdateFilesResponse};
 use crate::protocol::membership::{
-    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite,
-    InvitesResponse, MembersResponse, ProjectDevicesResponse,
+    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite, InvitesResponse,
+    MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
 use crate::protocol::transfers::{
@@ -49,20 +47,12 @@ impl Api {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
-            token,
-        }
+        Self { base: base.trim_end_matches('/').to_owned(), http, token }
     }
 
     /// The same server with another token.
     pub fn with_token(&self, token: &str) -> Self {
-        Self {
-            base: self.base.clone(),
-            http: self.http.clone(),
-            token: Some(token.to_owned()),
-        }
+        Self { base: self.base.clone(), http: self.http.clone(), token: Some(token.to_owned()) }
     }
 
     pub fn base(&self) -> &str {
@@ -95,18 +85,12 @@ impl Api {
         }
         let bytes = res.bytes().await.unwrap_or_default();
         Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => ClientError::Api {
-                status: status.as_u16(),
-                code: body.error.code,
-                message: body.error.message,
-            },
+            Ok(body) => {
+                ClientError::Api { status: status.as_u16(), code: body.error.code, message: body.error.message }
+            }
             Err(_) => ClientError::Api {
                 status: status.as_u16(),
-                code: status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_lowercase()
-                    .replace(' ', "_"),
+                code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
                 message: format!("the server answered {status}"),
             },
         })
@@ -120,10 +104,7 @@ impl Api {
                 reason = s.to_string();
                 source = s.source();
             }
-            ClientError::Unreachable {
-                server: self.base.clone(),
-                reason,
-            }
+            ClientError::Unreachable { server: self.base.clone(), reason }
         } else {
             ClientError::Http(e.to_string())
         }
@@ -132,13 +113,8 @@ impl Api {
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
         let res = self.send_raw(req).await?;
         let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes)
-            .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
+        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -166,14 +142,11 @@ impl Api {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.send(self.request(Method::PATCH, path).json(body))
-            .await
+        self.send(self.request(Method::PATCH, path).json(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.send_raw(self.request(Method::DELETE, path))
-            .await
-            .map(drop)
+        self.send_raw(self.request(Method::DELETE, path)).await.map(drop)
     }
 
     // Accounts and devices.
@@ -187,19 +160,14 @@ impl Api {
     }
 
     pub async fn logout(&self) -> Result<(), ClientError> {
-        self.send_raw(self.request(Method::POST, "/api/auth/logout"))
-            .await
-            .map(drop)
+        self.send_raw(self.request(Method::POST, "/api/auth/logout")).await.map(drop)
     }
 
     pub async fn me(&self) -> Result<MeResponse, ClientError> {
         self.get("/api/me").await
     }
 
-    pub async fn register_device(
-        &self,
-        req: &RegisterDeviceRequest,
-    ) -> Result<RegisterDeviceResponse, ClientError> {
+    pub async fn register_device(&self, req: &RegisterDeviceRequest) -> Result<RegisterDeviceResponse, ClientError> {
         self.post("/api/devices", req).await
     }
 
@@ -210,13 +178,7 @@ impl Api {
     // Projects, invites, members, device assignment.
 
     pub async fn create_project(&self, name: &str) -> Result<Project, ClientError> {
-        self.post(
-            "/api/projects",
-            &CreateProjectRequest {
-                name: name.to_owned(),
-            },
-        )
-        .await
+        self.post("/api/projects", &CreateProjectRequest { name: name.to_owned() }).await
     }
 
     pub async fn projects(&self) -> Result<ProjectsResponse, ClientError> {
@@ -227,13 +189,8 @@ impl Api {
         self.get(&format!("/api/projects/{id}")).await
     }
 
-    pub async fn create_invite(
-        &self,
-        project: Uuid,
-        req: &CreateInviteRequest,
-    ) -> Result<CreatedInvite, ClientError> {
-        self.post(&format!("/api/projects/{project}/invites"), req)
-            .await
+    pub async fn create_invite(&self, project: Uuid, req: &CreateInviteRequest) -> Result<CreatedInvite, ClientError> {
+        self.post(&format!("/api/projects/{project}/invites"), req).await
     }
 
     pub async fn invites(&self, project: Uuid) -> Result<InvitesResponse, ClientError> {
@@ -241,40 +198,22 @@ impl Api {
     }
 
     pub async fn revoke_invite(&self, project: Uuid, invite: Uuid) -> Result<(), ClientError> {
-        self.delete(&format!("/api/projects/{project}/invites/{invite}"))
-            .await
+        self.delete(&format!("/api/projects/{project}/invites/{invite}")).await
     }
 
     pub async fn accept_invite(&self, token: &str) -> Result<AcceptedInvite, ClientError> {
-        self.post(
-            "/api/invites/accept",
-            &AcceptInviteRequest {
-                token: token.to_owned(),
-            },
-        )
-        .await
+        self.post("/api/invites/accept", &AcceptInviteRequest { token: token.to_owned() }).await
     }
 
     pub async fn members(&self, project: Uuid) -> Result<MembersResponse, ClientError> {
         self.get(&format!("/api/projects/{project}/members")).await
     }
 
-    pub async fn attach_device(
-        &self,
-        project: Uuid,
-        device: Uuid,
-    ) -> Result<AttachedDevice, ClientError> {
-        self.put(
-            &format!("/api/projects/{project}/devices/{device}"),
-            &json!({}),
-        )
-        .await
+    pub async fn attach_device(&self, project: Uuid, device: Uuid) -> Result<AttachedDevice, ClientError> {
+        self.put(&format!("/api/projects/{project}/devices/{device}"), &json!({})).await
     }
 
-    pub async fn project_devices(
-        &self,
-        project: Uuid,
-    ) -> Result<ProjectDevicesResponse, ClientError> {
+    pub async fn project_devices(&self, project: Uuid) -> Result<ProjectDevicesResponse, ClientError> {
         self.get(&format!("/api/projects/{project}/devices")).await
     }
 
@@ -285,28 +224,13 @@ impl Api {
         project: Uuid,
         changes: Vec<FileChange>,
     ) -> Result<UpdateFilesResponse, ClientError> {
-        self.post(
-            &format!("/api/projects/{project}/files/update"),
-            &UpdateFilesRequest { changes },
-        )
-        .await
+        self.post(&format!("/api/projects/{project}/files/update"), &UpdateFilesRequest { changes }).await
     }
 
-    pub async fn files_page(
-        &self,
-        project: Uuid,
-        cursor: Option<&str>,
-        limit: u32,
-    ) -> Result<FilesPage, ClientError> {
+    pub async fn files_page(&self, project: Uuid, cursor: Option<&str>, limit: u32) -> Result<FilesPage, ClientError> {
         let req = self
-            .request(
-                Method::GET,
-                &format!("/api/projects/{project}/files-paginated"),
-            )
-            .query(&[
-                ("limit", limit.to_string()),
-                ("cursor", cursor.unwrap_or("").to_owned()),
-            ]);
+            .request(Method::GET, &format!("/api/projects/{project}/files-paginated"))
+            .query(&[("limit", limit.to_string()), ("cursor", cursor.unwrap_or("").to_owned())]);
         self.send(req).await
     }
 
@@ -327,11 +251,7 @@ impl Api {
     }
 
     /// Every live file under `prefix` (all when None), all pages.
-    pub async fn files_under(
-        &self,
-        project: Uuid,
-        prefix: Option<&str>,
-    ) -> Result<Vec<RemoteFile>, ClientError> {
+    pub async fn files_under(&self, project: Uuid, prefix: Option<&str>) -> Result<Vec<RemoteFile>, ClientError> {
         let mut files = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -343,13 +263,7 @@ impl Api {
                 query.push(("cursor", cursor.clone()));
             }
             let page: FilesPage = self
-                .send(
-                    self.request(
-                        Method::GET,
-                        &format!("/api/projects/{project}/files-paginated"),
-                    )
-                    .query(&query),
-                )
+                .send(self.request(Method::GET, &format!("/api/projects/{project}/files-paginated")).query(&query))
                 .await?;
             files.extend(page.files);
             match page.next_cursor {
@@ -374,11 +288,7 @@ impl Api {
         if let Some(cursor) = cursor {
             query.push(("cursor", cursor.to_owned()));
         }
-        self.send(
-            self.request(Method::GET, &format!("/api/projects/{project}/transfers"))
-                .query(&query),
-        )
-        .await
+        self.send(self.request(Method::GET, &format!("/api/projects/{project}/transfers")).query(&query)).await
     }
 
     pub async fn report_transfer(
@@ -387,40 +297,20 @@ impl Api {
         transfer: Uuid,
         report: &TransferReport,
     ) -> Result<Transfer, ClientError> {
-        self.patch(
-            &format!("/api/projects/{project}/transfers/{transfer}"),
-            report,
-        )
-        .await
+        self.patch(&format!("/api/projects/{project}/transfers/{transfer}"), report).await
     }
 
-    pub async fn missing_chunks(
-        &self,
-        project: Uuid,
-        hashes: &[String],
-    ) -> Result<Vec<String>, ClientError> {
-        let body: Value = self
-            .post(
-                &format!("/api/projects/{project}/chunks/missing"),
-                &json!({"hashes": hashes}),
-            )
-            .await?;
+    pub async fn missing_chunks(&self, project: Uuid, hashes: &[String]) -> Result<Vec<String>, ClientError> {
+        let body: Value =
+            self.post(&format!("/api/projects/{project}/chunks/missing"), &json!({"hashes": hashes})).await?;
         serde_json::from_value(body["missing"].clone())
             .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
     }
 
     /// Uploads one chunk's raw bytes; true when the relay did not have it.
-    pub async fn put_chunk(
-        &self,
-        project: Uuid,
-        hash: &str,
-        bytes: Vec<u8>,
-    ) -> Result<bool, ClientError> {
+    pub async fn put_chunk(&self, project: Uuid, hash: &str, bytes: Vec<u8>) -> Result<bool, ClientError> {
         let req = self
-            .request(
-                Method::PUT,
-                &format!("/api/projects/{project}/chunks/{hash}"),
-            )
+            .request(Method::PUT, &format!("/api/projects/{project}/chunks/{hash}"))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
         let res = self.send_raw(req).await?;
@@ -431,9 +321,7 @@ impl Api {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self
-                .transfers_page(project, None, cursor.as_deref())
-                .await?;
+            let page = self.transfers_page(project, None, cursor.as_deref()).await?;
             all.extend(page.transfers);
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
@@ -447,50 +335,23 @@ impl Api {
         project: Uuid,
         req: &DownloadRequest,
     ) -> Result<DownloadResponse, ClientError> {
-        self.post(&format!("/api/projects/{project}/files/download"), req)
-            .await
+        self.post(&format!("/api/projects/{project}/files/download"), req).await
     }
 
     pub async fn transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
-        self.get(&format!("/api/projects/{project}/transfers/{transfer}"))
-            .await
+        self.get(&format!("/api/projects/{project}/transfers/{transfer}")).await
     }
 
-    pub async fn verify_transfer(
-        &self,
-        project: Uuid,
-        transfer: Uuid,
-        hash: &str,
-    ) -> Result<Transfer, ClientError> {
-        self.post(
-            &format!("/api/projects/{project}/transfers/{transfer}/verify"),
-            &json!({"hash": hash}),
-        )
-        .await
+    pub async fn verify_transfer(&self, project: Uuid, transfer: Uuid, hash: &str) -> Result<Transfer, ClientError> {
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/verify"), &json!({"hash": hash})).await
     }
 
-    pub async fn retry_transfer(
-        &self,
-        project: Uuid,
-        transfer: Uuid,
-    ) -> Result<Transfer, ClientError> {
-        self.post(
-            &format!("/api/projects/{project}/transfers/{transfer}/retry"),
-            &json!({}),
-        )
-        .await
+    pub async fn retry_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/retry"), &json!({})).await
     }
 
-    pub async fn cancel_transfer(
-        &self,
-        project: Uuid,
-        transfer: Uuid,
-    ) -> Result<Transfer, ClientError> {
-        self.post(
-            &format!("/api/projects/{project}/transfers/{transfer}/cancel"),
-            &json!({}),
-        )
-        .await
+    pub async fn cancel_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &json!({})).await
     }
 
     /// One chunk's raw bytes from the relay (counted for `transfer`);
@@ -501,10 +362,7 @@ impl Api {
         hash: &str,
         transfer: Option<Uuid>,
     ) -> Result<Option<Vec<u8>>, ClientError> {
-        let mut req = self.request(
-            Method::GET,
-            &format!("/api/projects/{project}/chunks/{hash}"),
-        );
+        let mut req = self.request(Method::GET, &format!("/api/projects/{project}/chunks/{hash}"));
         if let Some(transfer) = transfer {
             req = req.query(&[("transfer_id", transfer.to_string())]);
         }

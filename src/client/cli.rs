@@ -15,11 +15,7 @@ use crate::protocol::accounts::{LoginRequest, SignupRequest};
 use crate::protocol::membership::CreateInviteRequest;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Share a project's files from the owner's machine with its members"
-)]
+#[command(name = "ferry", version, about = "Share a project's files from the owner's machine with its members")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -79,10 +75,7 @@ pub enum Command {
         once: bool,
     },
     /// List the project's files (all, or those under PREFIX).
-    Ls {
-        project: String,
-        prefix: Option<String>,
-    },
+    Ls { project: String, prefix: Option<String> },
     /// Member: download files (all, or the PATHs: files or folders) into
     /// DIR, fetching only the chunks DIR lacks; resumes an interrupted pull.
     Pull {
@@ -135,10 +128,7 @@ pub enum InviteCommand {
 /// Runs a command line; prints errors and answers the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     let out = Output::new(cli.global.json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
@@ -150,10 +140,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             if out.json {
-                println!(
-                    "{}",
-                    json!({"error": {"code": e.code(), "message": e.to_string()}})
-                );
+                println!("{}", json!({"error": {"code": e.code(), "message": e.to_string()}}));
             }
             ExitCode::FAILURE
         }
@@ -172,11 +159,7 @@ impl Session {
         let dir = config_dir()?;
         let config = Config::load(&dir)?;
         let server = config.resolve_server(server);
-        Ok(Self {
-            dir,
-            config,
-            server,
-        })
+        Ok(Self { dir, config, server })
     }
 
     pub fn anonymous(&self) -> Api {
@@ -185,10 +168,7 @@ impl Session {
 
     /// A client with the user's token.
     pub fn user(&self) -> Result<Api, ClientError> {
-        let token = self
-            .config
-            .profile(&self.server)
-            .and_then(|p| p.token.clone());
+        let token = self.config.profile(&self.server).and_then(|p| p.token.clone());
         match token {
             Some(token) => Ok(Api::new(&self.server, Some(token))),
             None => Err(ClientError::NotLoggedIn(self.server.clone())),
@@ -209,44 +189,23 @@ pub async fn resolve_project(api: &Api, reference: &str) -> Result<Uuid, ClientE
     let matching: Vec<_> = projects.iter().filter(|p| p.name == reference).collect();
     match matching.as_slice() {
         [one] => Ok(one.id),
-        [] => Err(ClientError::Usage(format!(
-            "no project of yours is named {reference:?} (give its name or id)"
-        ))),
-        _ => Err(ClientError::Usage(format!(
-            "several of your projects are named {reference:?}: give its id"
-        ))),
+        [] => Err(ClientError::Usage(format!("no project of yours is named {reference:?} (give its name or id)"))),
+        _ => Err(ClientError::Usage(format!("several of your projects are named {reference:?}: give its id"))),
     }
 }
 
 async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
     let mut session = Session::open(cli.global.server.as_deref())?;
     match cli.command {
-        Command::Signup {
-            email,
-            password,
-            display_name,
-        } => {
-            let auth = session
-                .anonymous()
-                .signup(&SignupRequest {
-                    email,
-                    password,
-                    display_name,
-                })
-                .await?;
+        Command::Signup { email, password, display_name } => {
+            let auth = session.anonymous().signup(&SignupRequest { email, password, display_name }).await?;
             remember_login(&mut session, &auth)?;
             out.result(json!({"user_id": auth.user.id}), || {
-                format!(
-                    "Signed up and logged in as {} on {}.",
-                    auth.user.email, session.server
-                )
+                format!("Signed up and logged in as {} on {}.", auth.user.email, session.server)
             });
         }
         Command::Login { email, password } => {
-            let auth = session
-                .anonymous()
-                .login(&LoginRequest { email, password })
-                .await?;
+            let auth = session.anonymous().login(&LoginRequest { email, password }).await?;
             remember_login(&mut session, &auth)?;
             out.result(json!({"user_id": auth.user.id}), || {
                 format!("Logged in as {} on {}.", auth.user.email, session.server)
@@ -261,15 +220,11 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             let profile = session.config.profile_mut(&session.server.clone());
             profile.token = None;
             session.save()?;
-            out.result(json!({"logged_out": true}), || {
-                format!("Logged out of {}.", session.server)
-            });
+            out.result(json!({"logged_out": true}), || format!("Logged out of {}.", session.server));
         }
         Command::Project(ProjectCommand::Create { name }) => {
             let p = session.user()?.create_project(&name).await?;
-            out.result(json!({"id": p.id, "name": p.name}), || {
-                format!("Created project {:?} ({}).", p.name, p.id)
-            });
+            out.result(json!({"id": p.id, "name": p.name}), || format!("Created project {:?} ({}).", p.name, p.id));
         }
         Command::Project(ProjectCommand::List) => {
             let projects = session.user()?.projects().await?.projects;
@@ -291,22 +246,11 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                 table(&["id", "name", "role", "created"], &rows)
             });
         }
-        Command::Invite(InviteCommand::Create {
-            project,
-            max_uses,
-            expires_in,
-        }) => {
+        Command::Invite(InviteCommand::Create { project, max_uses, expires_in }) => {
             let api = session.user()?;
             let project = resolve_project(&api, &project).await?;
-            let invite = api
-                .create_invite(
-                    project,
-                    &CreateInviteRequest {
-                        expires_in_seconds: expires_in,
-                        max_uses,
-                    },
-                )
-                .await?;
+            let invite =
+                api.create_invite(project, &CreateInviteRequest { expires_in_seconds: expires_in, max_uses }).await?;
             out.result(json!({"token": invite.token, "expires_at": invite.expires_at, "id": invite.id, "max_uses": invite.max_uses}), || {
                 format!(
                     "Invite created (id {}), usable {} time(s) until {}.\nShare this token; it is shown only now:\n{}",
@@ -346,9 +290,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             let api = session.user()?;
             let project = resolve_project(&api, &project).await?;
             api.revoke_invite(project, invite_id).await?;
-            out.result(json!({"revoked": invite_id}), || {
-                format!("Invite {invite_id} revoked.")
-            });
+            out.result(json!({"revoked": invite_id}), || format!("Invite {invite_id} revoked."));
         }
         Command::Join { token } => {
             let accepted = session.user()?.accept_invite(&token).await?;
@@ -377,20 +319,13 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         }
         Command::Devices { project: None } => {
             let devices = session.user()?.devices().await?.devices;
-            let this = session
-                .config
-                .profile(&session.server)
-                .and_then(|p| p.device.as_ref())
-                .map(|d| d.id);
+            let this = session.config.profile(&session.server).and_then(|p| p.device.as_ref()).map(|d| d.id);
             out.result(json!({"devices": devices}), || {
                 let rows = devices
                     .iter()
                     .map(|d| {
-                        let name = if Some(d.id) == this {
-                            format!("{} (this machine)", d.name)
-                        } else {
-                            d.name.clone()
-                        };
+                        let name =
+                            if Some(d.id) == this { format!("{} (this machine)", d.name) } else { d.name.clone() };
                         vec![
                             d.id.to_string(),
                             name,
@@ -402,9 +337,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                 table(&["id", "name", "platform", "registered"], &rows)
             });
         }
-        Command::Devices {
-            project: Some(project),
-        } => {
+        Command::Devices { project: Some(project) } => {
             let api = session.user()?;
             let project = resolve_project(&api, &project).await?;
             let devices = api.project_devices(project).await?.devices;
@@ -420,11 +353,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                             d.device_id.to_string(),
                             d.name.clone(),
                             d.role.as_str().into(),
-                            if d.online {
-                                "online".into()
-                            } else {
-                                "offline".into()
-                            },
+                            if d.online { "online".into() } else { "offline".into() },
                             seen,
                         ]
                     })
@@ -438,13 +367,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         Command::Ls { project, prefix } => {
             let api = session.user()?;
             let project = resolve_project(&api, &project).await?;
-            let prefix = prefix.map(|p| {
-                if p.starts_with('/') {
-                    p
-                } else {
-                    format!("/{p}")
-                }
-            });
+            let prefix = prefix.map(|p| if p.starts_with('/') { p } else { format!("/{p}") });
             let files = api.files_under(project, prefix.as_deref()).await?;
             out.result(json!({"files": files}), || {
                 if files.is_empty() {
@@ -456,9 +379,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                         vec![
                             f.path.clone(),
                             human_bytes(f.size.max(0) as u64),
-                            f.modified_at
-                                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-                                .unwrap_or_default(),
+                            f.modified_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default(),
                             f.version.to_string(),
                             f.hash[..12.min(f.hash.len())].to_owned(),
                         ]
@@ -467,33 +388,16 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                 table(&["path", "size", "modified", "version", "hash"], &rows)
             });
         }
-        Command::Pull {
-            project,
-            paths,
-            to,
-            wait,
-        } => {
+        Command::Pull { project, paths, to, wait } => {
             super::pull::pull(
                 &session,
                 out,
-                super::pull::PullRequest {
-                    project,
-                    paths,
-                    to,
-                    wait: std::time::Duration::from_secs(wait),
-                },
+                super::pull::PullRequest { project, paths, to, wait: std::time::Duration::from_secs(wait) },
             )
             .await?;
         }
         Command::Sync { project, dir, wait } => {
-            super::sync::sync(
-                &session,
-                out,
-                &project,
-                &dir,
-                std::time::Duration::from_secs(wait),
-            )
-            .await?;
+            super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await?;
         }
         Command::Transfers { project } => {
             let api = session.user()?;
@@ -516,30 +420,20 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                                 human_bytes(t.bytes_transferred.max(0) as u64),
                                 human_bytes(t.total_bytes.max(0) as u64)
                             ),
-                            t.speed_mbps
-                                .map(|s| format!("{s:.1} Mbit/s"))
-                                .unwrap_or_default(),
+                            t.speed_mbps.map(|s| format!("{s:.1} Mbit/s")).unwrap_or_default(),
                             t.attempts.to_string(),
                             t.error_message.clone().unwrap_or_default(),
                         ]
                     })
                     .collect::<Vec<_>>();
-                table(
-                    &[
-                        "id", "file", "status", "done", "bytes", "speed", "attempts", "error",
-                    ],
-                    &rows,
-                )
+                table(&["id", "file", "status", "done", "bytes", "speed", "attempts", "error"], &rows)
             });
         }
     }
     Ok(())
 }
 
-fn remember_login(
-    session: &mut Session,
-    auth: &crate::protocol::accounts::AuthResponse,
-) -> Result<(), ClientError> {
+fn remember_login(session: &mut Session, auth: &crate::protocol::accounts::AuthResponse) -> Result<(), ClientError> {
     let server = session.server.clone();
     let profile = session.config.profile_mut(&server);
     if profile.user_id != Some(auth.user.id) {

@@ -48,9 +48,9 @@ pub fn config_dir() -> Result<PathBuf, ClientError> {
     if let Some(dir) = std::env::var_os("FERRY_CONFIG_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    dirs::config_dir().map(|d| d.join("ferry")).ok_or_else(|| {
-        ClientError::Usage("no config folder on this platform: set FERRY_CONFIG_DIR".into())
-    })
+    dirs::config_dir()
+        .map(|d| d.join("ferry"))
+        .ok_or_else(|| ClientError::Usage("no config folder on this platform: set FERRY_CONFIG_DIR".into()))
 }
 
 /// A server URL without its trailing slash.
@@ -62,12 +62,8 @@ impl Config {
     pub fn load(dir: &Path) -> Result<Self, ClientError> {
         let path = dir.join(FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ClientError::Other(format!(
-                    "{} is not a valid Ferry config: {e}",
-                    path.display()
-                ))
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Other(format!("{} is not a valid Ferry config: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(ClientError::io(&path, e)),
         }
@@ -78,8 +74,7 @@ impl Config {
         std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
         let path = dir.join(FILE);
         let tmp = dir.join(format!("{FILE}.tmp"));
-        let bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| ClientError::Other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| ClientError::Other(e.to_string()))?;
         write_private(&tmp, &bytes).map_err(|e| ClientError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| ClientError::io(&path, e))
     }

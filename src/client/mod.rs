@@ -18,11 +18,7 @@ use std::path::Path;
 pub enum ClientError {
     /// The server refused, with its `{"error": {code, message}}`.
     #[error("{message} ({code}, HTTP {status})")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("cannot reach the Ferry server at {server}: {reason}")]
     Unreachable { server: String, reason: String },
     #[error("talking to the server failed: {0}")]
@@ -32,20 +28,14 @@ pub enum ClientError {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Other(String),
 }
 
 impl ClientError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ClientError::Io {
-            path: path.display().to_string(),
-            source,
-        }
+        ClientError::Io { path: path.display().to_string(), source }
     }
 
     /// A stable snake_case code for `--json` error output.

@@ -81,23 +81,15 @@ impl Manifest {
     }
 
     pub fn load(dir: &Path) -> Self {
-        std::fs::read(Self::path(dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        std::fs::read(Self::path(dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let path = Self::path(dir);
-        let tmp = dir
-            .join(STATE_DIR)
-            .join(format!("{MANIFEST_FILE}.{}.tmp", Uuid::new_v4().simple()));
-        let bytes = serde_json::to_vec_pretty(&Manifest {
-            version: 1,
-            files: self.files.clone(),
-            last_seq: self.last_seq,
-        })
-        .map_err(std::io::Error::other)?;
+        let tmp = dir.join(STATE_DIR).join(format!("{MANIFEST_FILE}.{}.tmp", Uuid::new_v4().simple()));
+        let bytes =
+            serde_json::to_vec_pretty(&Manifest { version: 1, files: self.files.clone(), last_seq: self.last_seq })
+                .map_err(std::io::Error::other)?;
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(tmp, path)
     }
@@ -135,9 +127,7 @@ impl ChunkStore {
     }
 
     fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self
-            .dir
-            .join(format!("{hash}.{}.tmp", Uuid::new_v4().simple()));
+        let tmp = self.dir.join(format!("{hash}.{}.tmp", Uuid::new_v4().simple()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(tmp, self.path(hash))
     }
@@ -242,17 +232,10 @@ pub async fn pull_into(
     let dir = dir.canonicalize().map_err(|e| ClientError::io(&dir, e))?;
 
     let paths: Vec<String> = paths.iter().map(|p| normalize(p)).collect();
-    let remote: Vec<RemoteFile> = api
-        .files_under(project, None)
-        .await?
-        .into_iter()
-        .filter(|f| !f.deleted && wanted(&paths, &f.path))
-        .collect();
+    let remote: Vec<RemoteFile> =
+        api.files_under(project, None).await?.into_iter().filter(|f| !f.deleted && wanted(&paths, &f.path)).collect();
     if remote.is_empty() && !paths.is_empty() {
-        return Err(ClientError::Usage(format!(
-            "nothing in the project matches {}",
-            paths.join(", ")
-        )));
+        return Err(ClientError::Usage(format!("nothing in the project matches {}", paths.join(", "))));
     }
 
     // What DIR already holds, chunk by chunk.
@@ -270,19 +253,13 @@ pub async fn pull_into(
     for (path, entry) in &scanned.files {
         let abs = dir.join(path.trim_start_matches('/'));
         for c in &entry.chunks {
-            local
-                .entry(c.hash.clone())
-                .or_insert((abs.clone(), c.offset, c.size));
+            local.entry(c.hash.clone()).or_insert((abs.clone(), c.offset, c.size));
         }
         if entry.size > 0 {
-            local
-                .entry(entry.hash.clone())
-                .or_insert((abs.clone(), 0, entry.size));
+            local.entry(entry.hash.clone()).or_insert((abs.clone(), 0, entry.size));
         }
     }
-    let store = ChunkStore {
-        dir: state.join(CHUNKS_DIR),
-    };
+    let store = ChunkStore { dir: state.join(CHUNKS_DIR) };
     let mut have: HashSet<String> = local.keys().cloned().collect();
     have.extend(store.hashes());
     let mut have: Vec<String> = have.into_iter().collect();
@@ -295,17 +272,14 @@ pub async fn pull_into(
         match scanned.files.get(&f.path) {
             Some(e) if e.hash == f.hash && e.size == f.size as u64 => {
                 unchanged += 1;
-                manifest
-                    .files
-                    .entry(f.path.clone())
-                    .or_insert(ManifestEntry {
-                        project_id: project,
-                        local_path: dir.join(f.path.trim_start_matches('/')),
-                        path: f.path.clone(),
-                        hash: f.hash.clone(),
-                        size: f.size as u64,
-                        synced_at: Utc::now(),
-                    });
+                manifest.files.entry(f.path.clone()).or_insert(ManifestEntry {
+                    project_id: project,
+                    local_path: dir.join(f.path.trim_start_matches('/')),
+                    path: f.path.clone(),
+                    hash: f.hash.clone(),
+                    size: f.size as u64,
+                    synced_at: Utc::now(),
+                });
             }
             _ => todo.push(f),
         }
@@ -342,9 +316,7 @@ pub async fn pull_into(
                             human_bytes(p.reused)
                         ))
                     }),
-                    Err(why) => ctx
-                        .bar
-                        .suspend(|| ctx.out.warn(&format!("{path}: not pulled: {why}"))),
+                    Err(why) => ctx.bar.suspend(|| ctx.out.warn(&format!("{path}: not pulled: {why}"))),
                 }
                 (path, r)
             }
@@ -368,8 +340,7 @@ pub async fn pull_into(
     }
     {
         let m = lock(&ctx.manifest);
-        m.save(&dir)
-            .map_err(|e| ClientError::io(&Manifest::path(&dir), e))?;
+        m.save(&dir).map_err(|e| ClientError::io(&Manifest::path(&dir), e))?;
     }
     let _ = Index::save(&dir, &lock(&ctx.index));
     if !failed.is_empty() {
@@ -381,13 +352,7 @@ pub async fn pull_into(
     }
     // Every chunk kept for resuming is now part of a file in DIR.
     ctx.store.clear();
-    Ok(PullSummary {
-        dir,
-        files: done,
-        unchanged,
-        bytes_transferred: transferred,
-        bytes_reused: reused,
-    })
+    Ok(PullSummary { dir, files: done, unchanged, bytes_transferred: transferred, bytes_reused: reused })
 }
 
 /// Why fetching stopped short.
@@ -437,14 +402,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
             )
             .await
             .map_err(|e| e.to_string())?;
-        res.transfer_info
-            .chunks_needed
-            .iter()
-            .map(|h| ChunkRef {
-                hash: h.clone(),
-                size: -1,
-            })
-            .collect()
+        res.transfer_info.chunks_needed.iter().map(|h| ChunkRef { hash: h.clone(), size: -1 }).collect()
     };
     let transfer = res.download_id;
 
@@ -481,21 +439,16 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
             None => break,
             Some(Stop::Fatal(why)) => return Err(why),
             Some(Stop::Failed(why)) => match ctx.api.retry_transfer(ctx.project, transfer).await {
-                Ok(t) => ctx.out.note(&format!(
-                    "{}: transfer failed ({why}); retrying (attempt {})",
-                    file.path, t.attempts
-                )),
+                Ok(t) => {
+                    ctx.out.note(&format!("{}: transfer failed ({why}); retrying (attempt {})", file.path, t.attempts))
+                }
                 Err(e) => return Err(format!("{why} (no retry: {e})")),
             },
         }
     }
 
     // Assemble in DIR/.ferry/tmp, hashing as it goes.
-    let tmp = ctx
-        .dir
-        .join(STATE_DIR)
-        .join(TMP_DIR)
-        .join(Uuid::new_v4().simple().to_string());
+    let tmp = ctx.dir.join(STATE_DIR).join(TMP_DIR).join(Uuid::new_v4().simple().to_string());
     let assembled = assemble(ctx, transfer, &order, &fetched, &tmp).await;
     let (hash, written, transferred) = match assembled {
         Ok(v) => v,
@@ -530,26 +483,14 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
             .iter()
             .filter(|c| c.size >= 0)
             .map(|c| {
-                let chunk = scan::Chunk {
-                    hash: c.hash.clone(),
-                    offset,
-                    size: c.size as u64,
-                };
+                let chunk = scan::Chunk { hash: c.hash.clone(), offset, size: c.size as u64 };
                 offset += c.size as u64;
                 chunk
             })
             .collect::<Vec<_>>();
         if offset == s {
-            lock(&ctx.index).insert(
-                file.path.clone(),
-                scan::Entry {
-                    size: s,
-                    mtime_ns,
-                    ino,
-                    hash: hash.clone(),
-                    chunks,
-                },
-            );
+            lock(&ctx.index)
+                .insert(file.path.clone(), scan::Entry { size: s, mtime_ns, ino, hash: hash.clone(), chunks });
         }
     }
 
@@ -580,10 +521,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         );
         let _ = m.save(&ctx.dir);
     }
-    Ok(Pulled {
-        transferred,
-        reused: size.saturating_sub(transferred),
-    })
+    Ok(Pulled { transferred, reused: size.saturating_sub(transferred) })
 }
 
 /// Fetches one chunk from the relay into the store, waiting for the source
@@ -597,25 +535,17 @@ async fn fetch_chunk(ctx: &Ctx, transfer: Uuid, hash: String) -> Result<(String,
         match ctx.api.get_chunk(ctx.project, &hash, Some(transfer)).await {
             Ok(Some(bytes)) => {
                 if blake3::hash(&bytes).to_hex().as_str() == hash {
-                    ctx.store
-                        .put(&hash, &bytes)
-                        .map_err(|e| Stop::Fatal(format!("cannot keep chunk {hash}: {e}")))?;
+                    ctx.store.put(&hash, &bytes).map_err(|e| Stop::Fatal(format!("cannot keep chunk {hash}: {e}")))?;
                     return Ok((hash, bytes.len() as u64));
                 }
                 bad += 1;
                 if bad >= BAD_CHUNK_TRIES {
-                    return Err(Stop::Failed(format!(
-                        "chunk {hash} failed verification {bad} times"
-                    )));
+                    return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
                 }
                 continue;
             }
             Ok(None) => {}
-            Err(
-                e @ ClientError::Api {
-                    status: 401 | 403, ..
-                },
-            ) => return Err(Stop::Fatal(e.to_string())),
+            Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
             // A network hiccup: wait and try again, within the deadline.
             Err(_) => {}
         }
@@ -628,11 +558,7 @@ async fn fetch_chunk(ctx: &Ctx, transfer: Uuid, hash: String) -> Result<(String,
         if Instant::now() >= next_status {
             next_status = Instant::now() + STATUS_EVERY;
             if let Ok(t) = ctx.api.transfer(ctx.project, transfer).await {
-                let why = || {
-                    t.error_message
-                        .clone()
-                        .unwrap_or_else(|| t.status.as_str().to_owned())
-                };
+                let why = || t.error_message.clone().unwrap_or_else(|| t.status.as_str().to_owned());
                 match t.status {
                     TransferStatus::Failed => return Err(Stop::Failed(why())),
                     TransferStatus::Cancelled | TransferStatus::Expired => {
@@ -656,9 +582,7 @@ async fn assemble(
     fetched: &HashSet<String>,
     tmp: &Path,
 ) -> Result<(String, u64, u64), String> {
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?,
-    );
+    let mut out = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?);
     let mut hasher = blake3::Hasher::new();
     let (mut written, mut transferred) = (0u64, 0u64);
     for c in order {
@@ -666,9 +590,7 @@ async fn assemble(
         let mut bytes = ctx.store.get(&c.hash);
         if bytes.is_none() {
             bytes = ctx.local.get(&c.hash).and_then(|(path, offset, size)| {
-                scan::read_at(path, *offset, *size)
-                    .ok()
-                    .filter(|b| blake3::hash(b).to_hex().as_str() == c.hash)
+                scan::read_at(path, *offset, *size).ok().filter(|b| blake3::hash(b).to_hex().as_str() == c.hash)
             });
         }
         if bytes.is_none() {
@@ -689,16 +611,12 @@ async fn assemble(
             transferred += bytes.len() as u64;
         }
         hasher.update(&bytes);
-        out.write_all(&bytes)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        out.write_all(&bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
         written += bytes.len() as u64;
         ctx.bar.inc(bytes.len() as u64);
     }
-    let file = out
-        .into_inner()
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file.sync_all()
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let file = out.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
     Ok((hasher.finalize().to_hex().to_string(), written, transferred))
 }
 

@@ -91,11 +91,7 @@ impl Index {
         let folder = dir.join(STATE_DIR);
         std::fs::create_dir_all(&folder)?;
         let tmp = folder.join(format!("{INDEX_FILE}.tmp"));
-        let bytes = serde_json::to_vec(&Out {
-            version: INDEX_VERSION,
-            files,
-        })
-        .map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec(&Out { version: INDEX_VERSION, files }).map_err(std::io::Error::other)?;
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(tmp, Self::path(dir))
     }
@@ -194,13 +190,7 @@ pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
         match entry.metadata() {
             Ok(meta) => {
                 let (size, mtime_ns, ino) = stat(&meta);
-                found.push(Found {
-                    path,
-                    abs: entry.into_path(),
-                    size,
-                    mtime_ns,
-                    ino,
-                });
+                found.push(Found { path, abs: entry.into_path(), size, mtime_ns, ino });
             }
             Err(e) => warnings.push(format!("{}: {e}", entry.path().display())),
         }
@@ -210,10 +200,7 @@ pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
 
 /// The BLAKE3 of a file and its FastCDC chunks, each with its BLAKE3, in
 /// one read. `on_bytes` is told of each chunk's size as it is hashed.
-pub fn hash_file(
-    path: &Path,
-    on_bytes: &dyn Fn(u64),
-) -> std::io::Result<(String, Vec<Chunk>, u64)> {
+pub fn hash_file(path: &Path, on_bytes: &dyn Fn(u64)) -> std::io::Result<(String, Vec<Chunk>, u64)> {
     let file = File::open(path)?;
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
@@ -282,25 +269,15 @@ pub fn threads() -> usize {
 /// `bar` shows bytes hashed (its length is set here).
 pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
     let (found, warnings) = walk(dir);
-    let mut out = ScanOutcome {
-        warnings,
-        ..Default::default()
-    };
-    let by_inode: HashMap<(u64, u64, i64), &Entry> = index
-        .values()
-        .filter(|e| e.ino != 0)
-        .map(|e| ((e.ino, e.size, e.mtime_ns), e))
-        .collect();
+    let mut out = ScanOutcome { warnings, ..Default::default() };
+    let by_inode: HashMap<(u64, u64, i64), &Entry> =
+        index.values().filter(|e| e.ino != 0).map(|e| ((e.ino, e.size, e.mtime_ns), e)).collect();
     let mut to_hash = Vec::new();
     for f in found {
         let known = index
             .get(&f.path)
             .filter(|e| e.size == f.size && e.mtime_ns == f.mtime_ns)
-            .or_else(|| {
-                (f.ino != 0)
-                    .then(|| by_inode.get(&(f.ino, f.size, f.mtime_ns)).copied())
-                    .flatten()
-            });
+            .or_else(|| (f.ino != 0).then(|| by_inode.get(&(f.ino, f.size, f.mtime_ns)).copied()).flatten());
         match known {
             Some(e) => {
                 let mut e = e.clone();
@@ -311,12 +288,7 @@ pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
         }
     }
     bar.set_length(to_hash.iter().map(|f| f.size).sum());
-    let results = parallel_map(
-        &to_hash,
-        threads(),
-        |f| f.size,
-        |f| hash_file(&f.abs, &|n| bar.inc(n)),
-    );
+    let results = parallel_map(&to_hash, threads(), |f| f.size, |f| hash_file(&f.abs, &|n| bar.inc(n)));
     for (f, result) in to_hash.into_iter().zip(results) {
         match result {
             Ok((hash, chunks, size)) => {
@@ -326,16 +298,7 @@ pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
                 let now = std::fs::symlink_metadata(&f.abs).map(|m| stat(&m));
                 match now {
                     Ok((s, m, _)) if s == f.size && m == f.mtime_ns && size == f.size => {
-                        out.files.insert(
-                            f.path,
-                            Entry {
-                                size,
-                                mtime_ns: f.mtime_ns,
-                                ino: f.ino,
-                                hash,
-                                chunks,
-                            },
-                        );
+                        out.files.insert(f.path, Entry { size, mtime_ns: f.mtime_ns, ino: f.ino, hash, chunks });
                     }
                     Ok(_) => out.unsettled.push(f.path),
                     // Gone meanwhile: it is simply not there.
@@ -352,10 +315,7 @@ pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
 
 /// Where a file's local state is kept, for `.ferryignore`-aware callers.
 pub fn is_own_state(dir: &Path, path: &Path) -> bool {
-    path.strip_prefix(dir)
-        .ok()
-        .and_then(|rel| rel.components().next())
-        .is_some_and(|c| c.as_os_str() == STATE_DIR)
+    path.strip_prefix(dir).ok().and_then(|rel| rel.components().next()).is_some_and(|c| c.as_os_str() == STATE_DIR)
 }
 
 #[cfg(test)]
@@ -364,15 +324,12 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_file_and_hash_it() {
-        let dir =
-            std::env::temp_dir().join(format!("ferry-scan-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("ferry-scan-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(dir.join("a/b")).unwrap();
         let mut state = 7u64;
         let big: Vec<u8> = (0..3_000_000)
             .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (state >> 33) as u8
             })
             .collect();
@@ -384,22 +341,14 @@ mod tests {
         std::fs::write(dir.join(STATE_DIR).join("junk"), b"own").unwrap();
 
         let first = scan(&dir, &Files::new(), &ProgressBar::hidden());
-        assert_eq!(
-            first.files.keys().collect::<Vec<_>>(),
-            ["/.ferryignore", "/a/b/big.bin", "/empty"]
-        );
+        assert_eq!(first.files.keys().collect::<Vec<_>>(), ["/.ferryignore", "/a/b/big.bin", "/empty"]);
         let e = &first.files["/a/b/big.bin"];
         assert_eq!(e.hash, blake3::hash(&big).to_hex().to_string());
         assert!(e.chunks.len() >= 2);
         let mut offset = 0;
         for c in &e.chunks {
             assert_eq!(c.offset, offset);
-            assert_eq!(
-                c.hash,
-                blake3::hash(&big[offset as usize..(offset + c.size) as usize])
-                    .to_hex()
-                    .to_string()
-            );
+            assert_eq!(c.hash, blake3::hash(&big[offset as usize..(offset + c.size) as usize]).to_hex().to_string());
             offset += c.size;
         }
         assert_eq!(offset, big.len() as u64);

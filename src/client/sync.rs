@@ -72,20 +72,11 @@ pub async fn sync(
         Err(e) => out.warn(&format!("the first pull was incomplete: {e}")),
     }
     set_last_seq(&dir, after_seq);
-    out.note(&format!(
-        "Keeping {} in sync with the project; Ctrl-C stops.",
-        dir.display()
-    ));
+    out.note(&format!("Keeping {} in sync with the project; Ctrl-C stops.", dir.display()));
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     let socket = tokio::spawn(hold_socket(api.clone(), project, after_seq, out, tx));
-    let applier = Applier {
-        api,
-        project,
-        dir,
-        wait,
-        out,
-    };
+    let applier = Applier { api, project, dir, wait, out };
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -115,13 +106,7 @@ fn set_last_seq(dir: &Path, seq: i64) {
 /// Keeps a WebSocket subscribed to the project, forwarding every event
 /// after `after_seq`; reconnects with backoff and resubscribes after the
 /// last seq received.
-async fn hold_socket(
-    api: Api,
-    project: Uuid,
-    mut after_seq: i64,
-    out: Output,
-    tx: mpsc::UnboundedSender<Value>,
-) {
+async fn hold_socket(api: Api, project: Uuid, mut after_seq: i64, out: Output, tx: mpsc::UnboundedSender<Value>) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let mut got_any = false;
@@ -147,25 +132,15 @@ async fn socket_session(
     tx: &mpsc::UnboundedSender<Value>,
     got_any: &mut bool,
 ) -> Result<(), String> {
-    let mut request = api
-        .ws_url()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
+    let mut request = api.ws_url().into_client_request().map_err(|e| e.to_string())?;
     let token = api.token().unwrap_or_default();
     request.headers_mut().insert(
         "Authorization",
-        format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "a token that is not a header".to_owned())?,
+        format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
     let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": *after_seq});
-    socket
-        .send(Message::Text(subscribe.to_string().into()))
-        .await
-        .map_err(|e| e.to_string())?;
+    socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     loop {
         tokio::select! {
@@ -213,10 +188,7 @@ impl Applier {
     async fn apply(&self, event: &Value) {
         let seq = event["seq"].as_i64().unwrap_or_default();
         let kind = event["type"].as_str().unwrap_or_default();
-        if matches!(
-            kind,
-            "file_added" | "file_updated" | "file_deleted" | "file_moved"
-        ) {
+        if matches!(kind, "file_added" | "file_updated" | "file_deleted" | "file_moved") {
             let mut tries = 0;
             loop {
                 tries += 1;
@@ -229,18 +201,14 @@ impl Applier {
                     }
                     Ok(None) => break,
                     Err(why) if tries < APPLY_TRIES => {
-                        self.out
-                            .warn(&format!("{kind} (seq {seq}): {why}; trying again"));
+                        self.out.warn(&format!("{kind} (seq {seq}): {why}; trying again"));
                         tokio::time::sleep(Duration::from_secs(1 << tries)).await;
                     }
                     Err(why) => {
                         self.out.warn(&format!(
                             "{kind} (seq {seq}) not applied, skipped: {why} (the next `ferry sync` pulls what is missing)"
                         ));
-                        self.out.event(
-                            json!({"event": "failed", "type": kind, "seq": seq, "error": why}),
-                            String::new,
-                        );
+                        self.out.event(json!({"event": "failed", "type": kind, "seq": seq, "error": why}), String::new);
                         break;
                     }
                 }
@@ -283,16 +251,7 @@ impl Applier {
     /// Pulls one path; None when there was nothing to fetch (current
     /// already, or gone from the project by now).
     async fn pull_path(&self, path: &str) -> Result<Option<(u64, u64)>, String> {
-        match pull_into(
-            &self.api,
-            self.project,
-            &self.dir,
-            &[path.to_owned()],
-            self.wait,
-            self.out,
-        )
-        .await
-        {
+        match pull_into(&self.api, self.project, &self.dir, &[path.to_owned()], self.wait, self.out).await {
             Ok(s) if s.files == 0 => Ok(None),
             Ok(s) => Ok(Some((s.bytes_transferred, s.bytes_reused))),
             Err(ClientError::Usage(_)) => Ok(None),
@@ -313,10 +272,7 @@ impl Applier {
                 Some(json!({"event": "deleted", "path": path}))
             }
             (Ok(_), _) => {
-                self.out.warn(&format!(
-                    "{path} was deleted in the project but changed here: kept {}",
-                    local.display()
-                ));
+                self.out.warn(&format!("{path} was deleted in the project but changed here: kept {}", local.display()));
                 Some(json!({"event": "kept", "path": path, "reason": "changed_locally"}))
             }
         };
@@ -336,8 +292,7 @@ impl Applier {
         };
         if matches && !dst.exists() {
             if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
             }
             std::fs::rename(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
             remove_empty_parents(&self.dir, &src);
@@ -362,10 +317,7 @@ impl Applier {
         if matches {
             self.delete(from)?;
         } else if src.exists() {
-            self.out.warn(&format!(
-                "{from} was moved to {to} in the project but changed here: kept {}",
-                src.display()
-            ));
+            self.out.warn(&format!("{from} was moved to {to} in the project but changed here: kept {}", src.display()));
         }
         let (t, r) = pulled.unwrap_or((0, 0));
         Ok(Some(json!({"event": "moved", "from": from, "to": to,
@@ -392,13 +344,7 @@ fn describe(change: &Value) -> String {
             change["from"].as_str().unwrap_or_default(),
             change["to"].as_str().unwrap_or_default()
         ),
-        "kept" => format!(
-            "kept {}: changed here (seq {seq})",
-            change["path"].as_str().unwrap_or_default()
-        ),
-        other => format!(
-            "{other} {} (seq {seq})",
-            change["path"].as_str().unwrap_or_default()
-        ),
+        "kept" => format!("kept {}: changed here (seq {seq})", change["path"].as_str().unwrap_or_default()),
+        other => format!("{other} {} (seq {seq})", change["path"].as_str().unwrap_or_default()),
     }
 }

@@ -17,9 +17,7 @@ const TOKEN_PREFIX: &str = "fy_";
 async fn hash_password(password: Password) -> Result<String, DomainError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map(|h| h.to_string())
+        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
     })
     .await
     .map_err(|e| StoreError::Invalid(format!("password hashing task failed: {e}")))?
@@ -85,7 +83,11 @@ pub async fn create_user(pool: &Pool, new: NewUser) -> Result<AuthResponse, Doma
     Ok(AuthResponse { user: User { id, email: new.email.as_str().to_owned(), display_name }, token })
 }
 
-async fn insert_token(client: &impl GenericClient, user_id: Uuid, device_id: Option<Uuid>) -> Result<String, DomainError> {
+async fn insert_token(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    device_id: Option<Uuid>,
+) -> Result<String, DomainError> {
     let (token, hash) = new_secret(TOKEN_PREFIX);
     client
         .execute(
@@ -106,11 +108,7 @@ pub async fn login(pool: &Pool, email: &str, password: String) -> Result<AuthRes
         .await?;
     let stored = row.as_ref().map(|r| r.get::<_, String>(3));
     if !verify_password(password, stored).await {
-        return Err(DomainError::rejected(
-            Rejection::Unauthorized,
-            "invalid_credentials",
-            "wrong email or password",
-        ));
+        return Err(DomainError::rejected(Rejection::Unauthorized, "invalid_credentials", "wrong email or password"));
     }
     let user = user_from_row(row.as_ref().expect("verified users exist"));
     let token = insert_token(&client, user.id, None).await?;
@@ -119,10 +117,7 @@ pub async fn login(pool: &Pool, email: &str, password: String) -> Result<AuthRes
 
 /// Revokes exactly the token the caller presented.
 pub async fn logout(pool: &Pool, caller: &Caller) -> Result<(), DomainError> {
-    pool.get()
-        .await?
-        .execute("DELETE FROM api_tokens WHERE token_hash = $1", &[&caller.token_hash])
-        .await?;
+    pool.get().await?.execute("DELETE FROM api_tokens WHERE token_hash = $1", &[&caller.token_hash]).await?;
     Ok(())
 }
 

@@ -114,11 +114,8 @@ pub async fn update(
             format!("at most {MAX_CHANGES} changes per call, got {}", changes.len()),
         ));
     }
-    let checked = changes
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| check(c).map_err(|e| at(i, e)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let checked =
+        changes.into_iter().enumerate().map(|(i, c)| check(c).map_err(|e| at(i, e))).collect::<Result<Vec<_>, _>>()?;
 
     lock_for(client, project_id, &cmd.caller, false).await?;
     require_source_device(client, project_id, &cmd.caller).await?;
@@ -150,10 +147,9 @@ pub async fn update(
                 known_changed.push(path.into_inner());
             }
             Move(from, to) => {
-                let source = known
-                    .get_mut(from.as_str())
-                    .filter(|p| !p.deleted)
-                    .ok_or_else(|| at(i, ValidationError::new("not_found", format!("{} does not exist", from.as_str()))))?;
+                let source = known.get_mut(from.as_str()).filter(|p| !p.deleted).ok_or_else(|| {
+                    at(i, ValidationError::new("not_found", format!("{} does not exist", from.as_str())))
+                })?;
                 source.state.version += 1;
                 source.deleted = true;
                 let from_version = source.state.version;
@@ -208,7 +204,11 @@ pub async fn update(
 
 /// File deltas come from a source device of the project, so the log
 /// records which machine changed what.
-pub(crate) async fn require_source_device(client: &impl GenericClient, project_id: Uuid, caller: &Caller) -> Result<(), DomainError> {
+pub(crate) async fn require_source_device(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    caller: &Caller,
+) -> Result<(), DomainError> {
     let refused = || {
         DomainError::rejected(
             Rejection::Forbidden,
@@ -232,7 +232,11 @@ pub(crate) async fn require_source_device(client: &impl GenericClient, project_i
 }
 
 /// The stored state of every path the batch touches, in one query.
-async fn load(client: &impl GenericClient, project_id: Uuid, changes: &[Checked]) -> Result<HashMap<String, Known>, DomainError> {
+async fn load(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    changes: &[Checked],
+) -> Result<HashMap<String, Known>, DomainError> {
     let mut paths: Vec<&str> = Vec::with_capacity(changes.len());
     for change in changes {
         match change {
@@ -290,7 +294,10 @@ impl FilesQuery {
         let prefix = prefix.filter(|p| !p.is_empty());
         if let Some(p) = &prefix {
             if !p.starts_with('/') || p.len() > FilePath::MAX_BYTES || p.contains('\0') {
-                return Err(ValidationError::new("invalid_prefix", "prefix must start with / and be a path's beginning"));
+                return Err(ValidationError::new(
+                    "invalid_prefix",
+                    "prefix must start with / and be a path's beginning",
+                ));
             }
         }
         let cursor = cursor.filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
@@ -301,13 +308,13 @@ impl FilesQuery {
 /// One page of files in path order, and the head it was read at: the page
 /// and the head come from one snapshot, so following the log from that
 /// head misses nothing.
-pub async fn list(client: &mut Object, caller: &Caller, project_id: Uuid, q: &FilesQuery) -> Result<FilesPage, DomainError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+pub async fn list(
+    client: &mut Object,
+    caller: &Caller,
+    project_id: Uuid,
+    q: &FilesQuery,
+) -> Result<FilesPage, DomainError> {
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
     access(&tx, project_id, caller, false).await?;
     let head_seq: i64 =
         tx.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project_id]).await?.get(0);

@@ -43,10 +43,7 @@ impl InviteTerms {
         }
         let max_uses = max_uses.unwrap_or(1);
         if !(1..=Self::MAX_USES).contains(&max_uses) {
-            return Err(ValidationError::new(
-                "invalid_max_uses",
-                format!("max_uses must be 1 to {}", Self::MAX_USES),
-            ));
+            return Err(ValidationError::new("invalid_max_uses", format!("max_uses must be 1 to {}", Self::MAX_USES)));
         }
         Ok(Self { expires_in_seconds, max_uses: max_uses as i32 })
     }
@@ -67,7 +64,11 @@ pub async fn create_invite(
     Ok(CreatedInvite { id, token, expires_at, max_uses: terms.max_uses })
 }
 
-pub async fn list_invites(client: &impl GenericClient, caller: &Caller, project_id: Uuid) -> Result<Vec<Invite>, DomainError> {
+pub async fn list_invites(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+) -> Result<Vec<Invite>, DomainError> {
     access(client, project_id, caller, true).await?;
     let rows = client
         .query(
@@ -114,7 +115,11 @@ pub async fn revoke_invite(
 
 /// Joins the caller to the invite's project. Accepts of one project are
 /// serialised by its head lock, so the last use goes to exactly one caller.
-pub async fn accept_invite(client: &impl GenericClient, cmd: &Command, token: &str) -> Result<AcceptedInvite, DomainError> {
+pub async fn accept_invite(
+    client: &impl GenericClient,
+    cmd: &Command,
+    token: &str,
+) -> Result<AcceptedInvite, DomainError> {
     let not_found = || DomainError::rejected(Rejection::NotFound, "invite_not_found", "no invite has this token");
     if !token.starts_with(INVITE_PREFIX) || token.len() > 128 {
         return Err(not_found());
@@ -158,7 +163,11 @@ pub async fn accept_invite(client: &impl GenericClient, cmd: &Command, token: &s
     Ok(AcceptedInvite { project_id, role: Role::Member })
 }
 
-pub async fn list_members(client: &impl GenericClient, caller: &Caller, project_id: Uuid) -> Result<Vec<Member>, DomainError> {
+pub async fn list_members(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+) -> Result<Vec<Member>, DomainError> {
     access(client, project_id, caller, false).await?;
     let rows = client
         .query(

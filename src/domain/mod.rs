@@ -183,9 +183,8 @@ where
                 ));
             }
             idempotency::Claim::Replay(response) => {
-                return serde_json::from_value(response).map_err(|e| {
-                    StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into()
-                });
+                return serde_json::from_value(response)
+                    .map_err(|e| StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into());
             }
             idempotency::Claim::Mismatch => {
                 return Err(DomainError::rejected(
@@ -196,10 +195,7 @@ where
             }
         }
     }
-    let meta = EventMeta {
-        actor: caller.actor(),
-        idempotency_key: idempotency_key.map(|k| k.key.clone()),
-    };
+    let meta = EventMeta { actor: caller.actor(), idempotency_key: idempotency_key.map(|k| k.key.clone()) };
     let ctx = Command { caller, meta };
     let output = command(&tx, &ctx).await?;
     let caller = &ctx.caller;

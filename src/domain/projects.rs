@@ -12,7 +12,11 @@ use crate::store::{self, GenericClient, NewEvent, Pool};
 
 /// The caller's role in a live (not archived) project, or None when the
 /// project is unknown, archived, or the caller is not in it.
-pub async fn role_of(client: &impl GenericClient, project_id: Uuid, user_id: Uuid) -> Result<Option<Role>, DomainError> {
+pub async fn role_of(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<Role>, DomainError> {
     let stmt = client
         .prepare_cached(
             "SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
@@ -50,11 +54,7 @@ pub async fn lock_for(
     access(client, project_id, caller, owner_only).await
 }
 
-pub async fn create(
-    client: &impl GenericClient,
-    cmd: &Command,
-    name: ProjectName,
-) -> Result<Project, DomainError> {
+pub async fn create(client: &impl GenericClient, cmd: &Command, name: ProjectName) -> Result<Project, DomainError> {
     let id = Uuid::now_v7();
     store::create_stream(client, id).await?;
     let event = NewEvent::new(
@@ -85,14 +85,15 @@ pub async fn rename(
     get(client, &cmd.caller, project_id).await
 }
 
-pub async fn archive(
-    client: &impl GenericClient,
-    cmd: &Command,
-    project_id: Uuid,
-) -> Result<(), DomainError> {
+pub async fn archive(client: &impl GenericClient, cmd: &Command, project_id: Uuid) -> Result<(), DomainError> {
     lock_for(client, project_id, &cmd.caller, true).await?;
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::ProjectArchived, data::ProjectArchived {})])
-        .await?;
+    store::append(
+        client,
+        project_id,
+        &cmd.meta,
+        &[NewEvent::new(EventType::ProjectArchived, data::ProjectArchived {})],
+    )
+    .await?;
     Ok(())
 }
 

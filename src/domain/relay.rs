@@ -111,7 +111,13 @@ async fn used(client: &impl GenericClient, project_id: Uuid) -> Result<i64, Doma
 /// After the bytes are stored: records the chunk, unless that would pass
 /// the quota (then the caller removes the bytes). Uploads to one project
 /// are serialised here, so racing uploads cannot both slip under it.
-pub async fn record_upload(pool: &Pool, policy: &RelayPolicy, project_id: Uuid, hash: &str, stored: Stored) -> Result<(), DomainError> {
+pub async fn record_upload(
+    pool: &Pool,
+    policy: &RelayPolicy,
+    project_id: Uuid,
+    hash: &str,
+    stored: Stored,
+) -> Result<(), DomainError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))", &[&project_id.to_string()]).await?;
@@ -161,7 +167,9 @@ pub async fn plan_download(
             &[&project_id, &hash],
         )
         .await?
-        .ok_or_else(|| DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you"))?;
+        .ok_or_else(|| {
+            DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you")
+        })?;
     Ok(ChunkInfo { size: row.get(0), zstd_size: row.get(1) })
 }
 

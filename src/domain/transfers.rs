@@ -15,8 +15,8 @@ use crate::protocol::events::data::{TransferRequested, TransferState};
 use crate::protocol::files::{Blake3Hash, ChunkRef, Cursor, FilePath};
 use crate::protocol::projects::Role;
 use crate::protocol::transfers::{
-    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer, TransferInfo,
-    TransferReport, TransferStatus, TransfersPage,
+    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer,
+    TransferInfo, TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventType;
@@ -134,8 +134,8 @@ fn record_progress(state: &mut TransferState, bytes: i64, now: DateTime<Utc>) {
     let bytes_per_second = if t1 > t0 { (b1 - b0) as f64 * 1000.0 / (t1 - t0) as f64 } else { 0.0 };
     if state.window.len() >= 2 {
         state.speed_mbps = Some((bytes_per_second * 8.0 / 1e6 * 1000.0).round() / 1000.0);
-        state.eta_seconds = (bytes_per_second > 0.0)
-            .then(|| ((state.total_bytes - bytes) as f64 / bytes_per_second).ceil() as i64);
+        state.eta_seconds =
+            (bytes_per_second > 0.0).then(|| ((state.total_bytes - bytes) as f64 / bytes_per_second).ceil() as i64);
     }
     state.last_activity_at = now;
     state.last_progress_at = Some(now);
@@ -170,7 +170,9 @@ pub async fn request(
             &[&project_id, &path.as_str()],
         )
         .await?
-        .ok_or_else(|| rejected(Rejection::NotFound, "file_not_found", format!("{} is not in the project", path.as_str())))?;
+        .ok_or_else(|| {
+            rejected(Rejection::NotFound, "file_not_found", format!("{} is not in the project", path.as_str()))
+        })?;
     let (size, hash, mime_type): (i64, String, String) = (file.get(0), file.get(1), file.get(2));
     if expected_hash.is_some_and(|h| h.as_str() != hash) {
         return Err(rejected(Rejection::Conflict, "file_changed", "the file's current hash is not the one asked for"));
@@ -180,7 +182,8 @@ pub async fn request(
     }
     let source = choose_source(client, project_id).await?;
 
-    let chunks: Option<Vec<ChunkRef>> = file.get::<_, Option<serde_json::Value>>(3).and_then(|c| serde_json::from_value(c).ok());
+    let chunks: Option<Vec<ChunkRef>> =
+        file.get::<_, Option<serde_json::Value>>(3).and_then(|c| serde_json::from_value(c).ok());
     // A file sent without a chunk list travels as one chunk: itself.
     let chunks: Vec<ChunkRef> = match chunks {
         Some(chunks) => chunks,
@@ -258,10 +261,9 @@ async fn direct_endpoints(
     transfer_id: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<Endpoint>, DomainError> {
-    let row = client
-        .query_opt("SELECT direct_urls, direct_key FROM devices WHERE id = $1", &[&source])
-        .await?;
-    let Some((Some(urls), Some(key))) = row.map(|r| (r.get::<_, Option<serde_json::Value>>(0), r.get::<_, Option<String>>(1)))
+    let row = client.query_opt("SELECT direct_urls, direct_key FROM devices WHERE id = $1", &[&source]).await?;
+    let Some((Some(urls), Some(key))) =
+        row.map(|r| (r.get::<_, Option<serde_json::Value>>(0), r.get::<_, Option<String>>(1)))
     else {
         return Ok(vec![]);
     };
@@ -269,14 +271,16 @@ async fn direct_endpoints(
         return Ok(vec![]);
     };
     let token = DirectToken::mint(&key, transfer_id, expires_at);
-    Ok(urls
-        .into_iter()
-        .map(|url| Endpoint { protocol: "http".to_owned(), url, token: Some(token.clone()) })
-        .collect())
+    Ok(urls.into_iter().map(|url| Endpoint { protocol: "http".to_owned(), url, token: Some(token.clone()) }).collect())
 }
 
 /// A target must be one of the caller's devices attached to the project.
-async fn check_target(client: &impl GenericClient, project_id: Uuid, caller: &Caller, device: Uuid) -> Result<(), DomainError> {
+async fn check_target(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    caller: &Caller,
+    device: Uuid,
+) -> Result<(), DomainError> {
     let row = client
         .query_opt(
             "SELECT d.user_id, pd.device_id IS NOT NULL FROM devices d
@@ -290,7 +294,11 @@ async fn check_target(client: &impl GenericClient, project_id: Uuid, caller: &Ca
         return Err(rejected(Rejection::Forbidden, "not_your_device", "the target must be one of your devices"));
     }
     if !row.get::<_, bool>(1) {
-        return Err(rejected(Rejection::Invalid, "device_not_attached", "attach the target device to the project first"));
+        return Err(rejected(
+            Rejection::Invalid,
+            "device_not_attached",
+            "attach the target device to the project first",
+        ));
     }
     Ok(())
 }
@@ -312,7 +320,9 @@ async fn choose_source(client: &impl GenericClient, project_id: Uuid) -> Result<
         )
         .await?
         .map(|r| r.get(0))
-        .ok_or_else(|| rejected(Rejection::Unavailable, "no_source_device", "the project has no source device to serve files"))
+        .ok_or_else(|| {
+            rejected(Rejection::Unavailable, "no_source_device", "the project has no source device to serve files")
+        })
 }
 
 /// The transfer, if the caller may see it: the owner sees all, a member
@@ -490,7 +500,12 @@ pub async fn verify(
 }
 
 /// The requester or the owner cancels a pending or in-progress transfer.
-pub async fn cancel(client: &impl GenericClient, cmd: &Command, project_id: Uuid, transfer_id: Uuid) -> Result<Transfer, DomainError> {
+pub async fn cancel(
+    client: &impl GenericClient,
+    cmd: &Command,
+    project_id: Uuid,
+    transfer_id: Uuid,
+) -> Result<Transfer, DomainError> {
     let role = lock_for(client, project_id, &cmd.caller, false).await?;
     let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
     let from = row.state.status;
@@ -625,7 +640,10 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
     let projects: Vec<Uuid> = pool
         .get()
         .await?
-        .query(&format!("SELECT DISTINCT t.project_id FROM file_transfers t WHERE {DUE} LIMIT 100"), &[&now, &stalled_before])
+        .query(
+            &format!("SELECT DISTINCT t.project_id FROM file_transfers t WHERE {DUE} LIMIT 100"),
+            &[&now, &stalled_before],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -659,7 +677,8 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
             }
         }
         if !events.is_empty() {
-            let meta = EventMeta { actor: crate::protocol::Actor { user_id: None, device_id: None }, idempotency_key: None };
+            let meta =
+                EventMeta { actor: crate::protocol::Actor { user_id: None, device_id: None }, idempotency_key: None };
             store::append(&tx, project_id, &meta, &events).await?;
         }
         tx.commit().await?;
@@ -713,7 +732,12 @@ async fn get_one(client: &impl GenericClient, project_id: Uuid, transfer_id: Uui
 }
 
 /// One transfer: the owner's or the requester's to see.
-pub async fn get(client: &impl GenericClient, caller: &Caller, project_id: Uuid, transfer_id: Uuid) -> Result<Transfer, DomainError> {
+pub async fn get(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+    transfer_id: Uuid,
+) -> Result<Transfer, DomainError> {
     let role = access(client, project_id, caller, false).await?;
     let transfer = get_one(client, project_id, transfer_id).await?;
     if role == Role::Owner || transfer.requester_id == caller.user_id {

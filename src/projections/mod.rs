@@ -98,11 +98,7 @@ mod tests {
         for p in ALL {
             assert!(!p.tables().is_empty(), "{} creates no table", p.name);
             assert!(p.apply_sql().contains("new_events"), "{} never reads new_events", p.name);
-            assert!(
-                p.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "{} is not a plain identifier",
-                p.name
-            );
+            assert!(p.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{} is not a plain identifier", p.name);
             assert_eq!(p.version().len(), 16);
             assert!(!p.event_types().is_empty(), "{} reads no event type", p.name);
         }

@@ -137,16 +137,10 @@ async fn run(
 
     let name = projection.name;
     let schema = format!("ferry_build_{name}");
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"))
-        .await?;
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};")).await?;
 
     // 1. Build from a snapshot.
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .start()
-        .await?;
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
     tx.batch_execute(&format!(
         "SET LOCAL search_path = {schema}, public;
          {tables}
@@ -239,10 +233,7 @@ async fn swap(
     }
     let tables = projection.tables();
     let live: Vec<String> = tables.iter().map(|t| format!("public.{t}")).collect();
-    let moves: String = tables
-        .iter()
-        .map(|t| format!("ALTER TABLE {schema}.{t} SET SCHEMA public;\n"))
-        .collect();
+    let moves: String = tables.iter().map(|t| format!("ALTER TABLE {schema}.{t} SET SCHEMA public;\n")).collect();
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS {live} CASCADE;
          {moves}

@@ -190,7 +190,9 @@ mod tests {
         }
         let long_segment = format!("/{}", "a".repeat(256));
         let long_path = format!("{}/end", "/abcdefgh".repeat(455));
-        for bad in ["", "/", "a/b", "/a//b", "/a/", "/./a", "/a/../b", "/a/..", "/a\\b", "/a\0b", &long_segment, &long_path] {
+        for bad in
+            ["", "/", "a/b", "/a//b", "/a/", "/./a", "/a/../b", "/a/..", "/a\\b", "/a\0b", &long_segment, &long_path]
+        {
             assert!(FilePath::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(FilePath::parse(&format!("/{}", "a".repeat(255))).is_ok());

@@ -18,12 +18,7 @@ impl ValidationError {
 }
 
 /// Trimmed text of 1..=max characters without control characters.
-fn bounded_text(
-    value: &str,
-    max: usize,
-    code: &'static str,
-    what: &str,
-) -> Result<String, ValidationError> {
+fn bounded_text(value: &str, max: usize, code: &'static str, what: &str) -> Result<String, ValidationError> {
     let value = value.trim();
     let len = value.chars().count();
     if len == 0 || len > max {

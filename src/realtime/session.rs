@@ -260,4 +260,3 @@ impl SessionState {
         self.error(code, message, Some(project_id)).await
     }
 }
-

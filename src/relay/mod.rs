@@ -69,10 +69,9 @@ impl ChunkStore {
         if folder.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
             return Err(RelayError::BadSpec(spec.to_owned()));
         }
-        std::fs::create_dir_all(folder).map_err(|e| RelayError::Store(object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        }))?;
+        std::fs::create_dir_all(folder).map_err(|e| {
+            RelayError::Store(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
+        })?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?;
         Ok(Self { store: Arc::new(store), prefix: Path::from("") })
     }

@@ -83,11 +83,7 @@ pub enum EmbeddedError {
     /// A PostgreSQL program failed; `output` holds its stdout/stderr (and,
     /// for a failed start, the tail of `pg.log`).
     #[error("`{command}` failed ({status}):\n{output}")]
-    Command {
-        command: String,
-        status: String,
-        output: String,
-    },
+    Command { command: String, status: String, output: String },
 
     /// Running as root, and no unprivileged user to run PostgreSQL as.
     #[error(
@@ -104,10 +100,7 @@ pub enum EmbeddedError {
 
 impl EmbeddedError {
     fn io(context: impl Into<String>, source: io::Error) -> Self {
-        EmbeddedError::Io {
-            context: context.into(),
-            source,
-        }
+        EmbeddedError::Io { context: context.into(), source }
     }
 }
 
@@ -177,10 +170,9 @@ impl EmbeddedPostgres {
     /// If the cluster is already running (e.g. a crashed ferryd left it), it
     /// is adopted: the port is read from `postmaster.pid`.
     pub fn start(data_dir: &Path) -> Result<Self, EmbeddedError> {
-        fs::create_dir_all(data_dir)
-            .ctx(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let data_dir = fs::canonicalize(data_dir)
-            .ctx(|| format!("cannot resolve data directory {}", data_dir.display()))?;
+        fs::create_dir_all(data_dir).ctx(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let data_dir =
+            fs::canonicalize(data_dir).ctx(|| format!("cannot resolve data directory {}", data_dir.display()))?;
         let _lock = DirLock::acquire(&data_dir.join(LOCK_FILE))?;
 
         let cluster = data_dir.join(CLUSTER_DIR);
@@ -192,16 +184,10 @@ impl EmbeddedPostgres {
             );
             fs::remove_dir_all(&cluster).ctx(|| format!("cannot remove {}", cluster.display()))?;
         }
-        let cluster_version = fs::read_to_string(cluster.join("PG_VERSION"))
-            .ok()
-            .map(|v| v.trim().to_owned());
+        let cluster_version = fs::read_to_string(cluster.join("PG_VERSION")).ok().map(|v| v.trim().to_owned());
         let bins = find_binaries(cluster_version.as_deref()).ok_or(EmbeddedError::NotInstalled)?;
 
-        let run_as = if is_root() {
-            Some(choose_run_as(&cluster)?)
-        } else {
-            None
-        };
+        let run_as = if is_root() { Some(choose_run_as(&cluster)?) } else { None };
 
         let mut pg = EmbeddedPostgres {
             log_file: data_dir.join(LOG_FILE),
@@ -236,11 +222,7 @@ impl EmbeddedPostgres {
             } else if let Some(port) = pg.wait_until_ready()? {
                 pg.port = port;
                 pg.password = password.unwrap_or_default();
-                tracing::info!(
-                    "adopted running embedded PostgreSQL on 127.0.0.1:{} ({})",
-                    port,
-                    pg.cluster.display()
-                );
+                tracing::info!("adopted running embedded PostgreSQL on 127.0.0.1:{} ({})", port, pg.cluster.display());
                 return Ok(pg);
             }
         }
@@ -256,10 +238,7 @@ impl EmbeddedPostgres {
     /// `postgres://ferry:<password>@127.0.0.1:<port>/ferry` (the database
     /// `ferry` exists, owned by the superuser `ferry`).
     pub fn database_url(&self) -> String {
-        format!(
-            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{DATABASE}",
-            self.password, self.port
-        )
+        format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{DATABASE}", self.password, self.port)
     }
 
     /// The TCP port the server listens on (127.0.0.1 only).
@@ -274,13 +253,7 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         let mut cmd = self.pg_command(&self.bins.pg_ctl);
-        cmd.arg("stop").arg("-D").arg(&self.cluster).args([
-            "-m",
-            "fast",
-            "-w",
-            "-t",
-            &TIMEOUT_SECS.to_string(),
-        ]);
+        cmd.arg("stop").arg("-D").arg(&self.cluster).args(["-m", "fast", "-w", "-t", &TIMEOUT_SECS.to_string()]);
         let (output, result) = run_captured(&mut cmd, None)?;
         if !output.status.success() {
             // It may have gone away by itself in the meantime.
@@ -300,23 +273,16 @@ impl EmbeddedPostgres {
     fn initialise(&self) -> Result<(), EmbeddedError> {
         let init_dir = self.data_dir.join(INIT_DIR);
         if init_dir.exists() {
-            fs::remove_dir_all(&init_dir)
-                .ctx(|| format!("cannot remove leftover {}", init_dir.display()))?;
+            fs::remove_dir_all(&init_dir).ctx(|| format!("cannot remove leftover {}", init_dir.display()))?;
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&init_dir)
-            .ctx(|| format!("cannot create {}", init_dir.display()))?;
+        fs::DirBuilder::new().mode(0o700).create(&init_dir).ctx(|| format!("cannot create {}", init_dir.display()))?;
         self.chown_to_run_as(&init_dir)?;
 
         let password = generate_password();
         {
             // initdb reads the password from a file: give it its own copy,
             // owned by the user it runs as, deleted afterwards.
-            let pwfile = TempFile::create(
-                &self.data_dir.join(INITDB_PWFILE),
-                format!("{password}\n").as_bytes(),
-            )?;
+            let pwfile = TempFile::create(&self.data_dir.join(INITDB_PWFILE), format!("{password}\n").as_bytes())?;
             self.chown_to_run_as(&pwfile.path)?;
 
             let mut cmd = self.pg_command(&self.bins.initdb);
@@ -324,30 +290,16 @@ impl EmbeddedPostgres {
                 .arg(&init_dir)
                 .args(["-U", SUPERUSER])
                 .arg(format!("--pwfile={}", pwfile.path.display()))
-                .args([
-                    "--auth-host=scram-sha-256",
-                    "--auth-local=peer",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ])
+                .args(["--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C"])
                 .env("HOME", &init_dir);
             run_checked(&mut cmd, None)?;
         }
 
         self.single_user(&init_dir, &format!("CREATE DATABASE {DATABASE};\n"))?;
         write_password(&self.data_dir.join(PASSWORD_FILE), &password)?;
-        fs::rename(&init_dir, &self.cluster).ctx(|| {
-            format!(
-                "cannot rename {} to {}",
-                init_dir.display(),
-                self.cluster.display()
-            )
-        })?;
-        tracing::info!(
-            "initialised embedded PostgreSQL in {}",
-            self.cluster.display()
-        );
+        fs::rename(&init_dir, &self.cluster)
+            .ctx(|| format!("cannot rename {} to {}", init_dir.display(), self.cluster.display()))?;
+        tracing::info!("initialised embedded PostgreSQL in {}", self.cluster.display());
         Ok(())
     }
 
@@ -355,10 +307,7 @@ impl EmbeddedPostgres {
     /// set a new password in single-user mode.
     fn reset_password(&self) -> Result<String, EmbeddedError> {
         let password = generate_password();
-        self.single_user(
-            &self.cluster,
-            &format!("ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"),
-        )?;
+        self.single_user(&self.cluster, &format!("ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"))?;
         write_password(&self.data_dir.join(PASSWORD_FILE), &password)?;
         tracing::warn!(
             "reset the password of the embedded PostgreSQL (new password in {})",
@@ -371,11 +320,7 @@ impl EmbeddedPostgres {
     /// stopped cluster. Stops at the first error.
     fn single_user(&self, cluster: &Path, sql: &str) -> Result<(), EmbeddedError> {
         let mut cmd = self.pg_command(&self.bins.postgres);
-        cmd.arg("--single")
-            .arg("-D")
-            .arg(cluster)
-            .args(["-c", "exit_on_error=on", "postgres"])
-            .env("HOME", cluster);
+        cmd.arg("--single").arg("-D").arg(cluster).args(["-c", "exit_on_error=on", "postgres"]).env("HOME", cluster);
         run_checked(&mut cmd, Some(sql.as_bytes()))?;
         Ok(())
     }
@@ -386,8 +331,7 @@ impl EmbeddedPostgres {
         let Some(user) = &self.run_as else {
             return Ok(());
         };
-        let meta = fs::metadata(&self.cluster)
-            .ctx(|| format!("cannot stat {}", self.cluster.display()))?;
+        let meta = fs::metadata(&self.cluster).ctx(|| format!("cannot stat {}", self.cluster.display()))?;
         if meta.uid() != user.uid {
             tracing::warn!(
                 "changing the owner of {} to {} (PostgreSQL cannot run as root)",
@@ -452,10 +396,7 @@ impl EmbeddedPostgres {
                         return self.status();
                     }
                 }
-                Err(self.not_ready(&format!(
-                    "its server process (PID {}) died but was not reaped",
-                    info.pid
-                )))
+                Err(self.not_ready(&format!("its server process (PID {}) died but was not reaped", info.pid)))
             }
         }
     }
@@ -518,10 +459,7 @@ impl EmbeddedPostgres {
     }
 
     fn not_ready(&self, reason: &str) -> EmbeddedError {
-        EmbeddedError::NotReady {
-            cluster: self.cluster.clone(),
-            reason: reason.to_owned(),
-        }
+        EmbeddedError::NotReady { cluster: self.cluster.clone(), reason: reason.to_owned() }
     }
 
     /// `pg_ctl start -w` on a free port; retries with another port if the
@@ -540,9 +478,7 @@ impl EmbeddedPostgres {
                 .arg(&self.log_file)
                 .args(["-w", "-t", &TIMEOUT_SECS.to_string()])
                 .arg("-o")
-                .arg(format!(
-                    "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-                ))
+                .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"))
                 .env("HOME", &self.cluster);
             let (_, result) = run_captured(&mut cmd, None)?;
             match result {
@@ -551,31 +487,16 @@ impl EmbeddedPostgres {
                     tracing::info!("started embedded PostgreSQL on 127.0.0.1:{port}");
                     return Ok(());
                 }
-                Err(EmbeddedError::Command {
-                    command,
-                    status,
-                    output,
-                }) => {
+                Err(EmbeddedError::Command { command, status, output }) => {
                     let log = log_tail(&self.log_file, log_offset);
-                    let port_taken =
-                        log.contains("could not bind") || log.contains("Address already in use");
+                    let port_taken = log.contains("could not bind") || log.contains("Address already in use");
                     if port_taken && attempt < START_ATTEMPTS {
-                        tracing::warn!(
-                            "port {port} got taken; starting PostgreSQL on another port"
-                        );
+                        tracing::warn!("port {port} got taken; starting PostgreSQL on another port");
                         continue;
                     }
-                    let output = format!(
-                        "{}\n--- last lines of {} ---\n{}",
-                        output.trim_end(),
-                        self.log_file.display(),
-                        log
-                    );
-                    return Err(EmbeddedError::Command {
-                        command,
-                        status,
-                        output,
-                    });
+                    let output =
+                        format!("{}\n--- last lines of {} ---\n{}", output.trim_end(), self.log_file.display(), log);
+                    return Err(EmbeddedError::Command { command, status, output });
                 }
                 Err(e) => return Err(e),
             }
@@ -590,14 +511,7 @@ impl EmbeddedPostgres {
     fn pg_command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(&self.data_dir);
-        for var in [
-            "PGDATA",
-            "PGPORT",
-            "PGHOST",
-            "PGUSER",
-            "PGDATABASE",
-            "PGOPTIONS",
-        ] {
+        for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
             cmd.env_remove(var);
         }
         if let Some(user) = &self.run_as {
@@ -610,13 +524,8 @@ impl EmbeddedPostgres {
 
     fn chown_to_run_as(&self, path: &Path) -> Result<(), EmbeddedError> {
         if let Some(user) = &self.run_as {
-            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).ctx(|| {
-                format!(
-                    "cannot change the owner of {} to {}",
-                    path.display(),
-                    user.name
-                )
-            })?;
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .ctx(|| format!("cannot change the owner of {} to {}", path.display(), user.name))?;
         }
         Ok(())
     }
@@ -635,14 +544,8 @@ impl PidFile {
     fn parse(text: &str) -> Option<PidFile> {
         let lines: Vec<&str> = text.lines().collect();
         let pid = lines.first()?.trim().parse().ok()?;
-        let port = lines
-            .get(3)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        let status = lines
-            .get(7)
-            .map(|l| l.trim().to_owned())
-            .filter(|s| !s.is_empty());
+        let port = lines.get(3).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+        let status = lines.get(7).map(|l| l.trim().to_owned()).filter(|s| !s.is_empty());
         Some(PidFile { pid, port, status })
     }
 }
@@ -666,27 +569,18 @@ fn check_pid(pid: i32, cluster: &Path) -> PidCheck {
         return PidCheck::Ours;
     };
     // "<pid> (<comm>) <state> ..."; comm may contain spaces and parens.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
     if matches!(state, Some("Z") | Some("X") | Some("x")) {
         return PidCheck::Zombie;
     }
-    let comm = stat
-        .find('(')
-        .zip(stat.rfind(')'))
-        .map(|(a, b)| &stat[a + 1..b])
-        .unwrap_or("");
+    let comm = stat.find('(').zip(stat.rfind(')')).map(|(a, b)| &stat[a + 1..b]).unwrap_or("");
     if !(comm.starts_with("postgres") || comm.starts_with("postmaster")) {
         return PidCheck::Foreign;
     }
     // The postmaster's working directory is its data directory (readable
     // for our own processes, or as root). Compared by device and inode, so
     // symlinks and renames don't matter.
-    match (
-        fs::metadata(format!("/proc/{pid}/cwd")),
-        fs::metadata(cluster),
-    ) {
+    match (fs::metadata(format!("/proc/{pid}/cwd")), fs::metadata(cluster)) {
         (Ok(cwd), Ok(dir)) if (cwd.dev(), cwd.ino()) != (dir.dev(), dir.ino()) => PidCheck::Foreign,
         _ => PidCheck::Ours,
     }
@@ -695,27 +589,17 @@ fn check_pid(pid: i32, cluster: &Path) -> PidCheck {
 // ---- binaries -------------------------------------------------------------
 
 fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).filter(|dir| dir.is_absolute()).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn binaries_in(dir: &Path) -> Option<Binaries> {
-    let bins = Binaries {
-        initdb: dir.join("initdb"),
-        pg_ctl: dir.join("pg_ctl"),
-        postgres: dir.join("postgres"),
-    };
-    (is_executable(&bins.initdb) && is_executable(&bins.pg_ctl) && is_executable(&bins.postgres))
-        .then_some(bins)
+    let bins = Binaries { initdb: dir.join("initdb"), pg_ctl: dir.join("pg_ctl"), postgres: dir.join("postgres") };
+    (is_executable(&bins.initdb) && is_executable(&bins.pg_ctl) && is_executable(&bins.postgres)).then_some(bins)
 }
 
 /// `initdb`, `pg_ctl` (and `postgres`, which ships next to `initdb`).
@@ -740,11 +624,7 @@ fn find_binaries(cluster_version: Option<&str>) -> Option<Binaries> {
             .filter(|p| is_executable(p))
             .or_else(|| which("postgres"));
         if let Some(postgres) = postgres {
-            return Some(Binaries {
-                initdb,
-                pg_ctl,
-                postgres,
-            });
+            return Some(Binaries { initdb, pg_ctl, postgres });
         }
     }
     let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
@@ -752,19 +632,12 @@ fn find_binaries(cluster_version: Option<&str>) -> Option<Binaries> {
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let name = entry.file_name().to_str()?.to_owned();
-            let key = name
-                .split('.')
-                .map(|part| part.parse::<u32>())
-                .collect::<Result<Vec<_>, _>>()
-                .ok()?;
+            let key = name.split('.').map(|part| part.parse::<u32>()).collect::<Result<Vec<_>, _>>().ok()?;
             Some((key, entry.path().join("bin")))
         })
         .collect();
     versions.sort();
-    versions
-        .into_iter()
-        .rev()
-        .find_map(|(_, dir)| binaries_in(&dir))
+    versions.into_iter().rev().find_map(|(_, dir)| binaries_in(&dir))
 }
 
 // ---- users and permissions ------------------------------------------------
@@ -778,9 +651,7 @@ fn is_root() -> bool {
 fn lookup_user(name: &str) -> Option<RunAs> {
     let cname = CString::new(name).ok()?;
     // SAFETY: forwards valid pointers to getpwnam_r.
-    lookup_passwd(|pwd, buf, len, result| unsafe {
-        libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result)
-    })
+    lookup_passwd(|pwd, buf, len, result| unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) })
 }
 
 /// Looks up a user by uid.
@@ -791,12 +662,7 @@ fn lookup_uid(uid: u32) -> Option<RunAs> {
 
 /// Calls getpwnam_r/getpwuid_r with a growing buffer.
 fn lookup_passwd(
-    mut call: impl FnMut(
-        *mut libc::passwd,
-        *mut libc::c_char,
-        libc::size_t,
-        *mut *mut libc::passwd,
-    ) -> libc::c_int,
+    mut call: impl FnMut(*mut libc::passwd, *mut libc::c_char, libc::size_t, *mut *mut libc::passwd) -> libc::c_int,
 ) -> Option<RunAs> {
     let mut buf: Vec<libc::c_char> = vec![0; 1024];
     loop {
@@ -812,14 +678,8 @@ fn lookup_passwd(
             return None;
         }
         // SAFETY: pw_name points into buf, NUL-terminated.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        return Some(RunAs {
-            name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-        });
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
+        return Some(RunAs { name, uid: pwd.pw_uid, gid: pwd.pw_gid });
     }
 }
 
@@ -830,11 +690,7 @@ fn choose_run_as(cluster: &Path) -> Result<RunAs, EmbeddedError> {
         if meta.uid() != 0 {
             return Ok(match lookup_uid(meta.uid()) {
                 Some(user) => user,
-                None => RunAs {
-                    name: format!("uid {}", meta.uid()),
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                },
+                None => RunAs { name: format!("uid {}", meta.uid()), uid: meta.uid(), gid: meta.gid() },
             });
         }
     }
@@ -892,11 +748,7 @@ fn chown_recursive(path: &Path, user: &RunAs) -> Result<(), EmbeddedError> {
 // ---- files ----------------------------------------------------------------
 
 fn generate_password() -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(PASSWORD_LEN)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(PASSWORD_LEN).map(char::from).collect()
 }
 
 fn read_password(path: &Path) -> Result<Option<String>, EmbeddedError> {
@@ -906,10 +758,7 @@ fn read_password(path: &Path) -> Result<Option<String>, EmbeddedError> {
             Ok((!password.is_empty()).then_some(password))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EmbeddedError::io(
-            format!("cannot read {}", path.display()),
-            e,
-        )),
+        Err(e) => Err(EmbeddedError::io(format!("cannot read {}", path.display()), e)),
     }
 }
 
@@ -945,11 +794,8 @@ impl TempFile {
             .mode(0o600)
             .open(path)
             .ctx(|| format!("cannot create {}", path.display()))?;
-        let temp = TempFile {
-            path: path.to_owned(),
-        };
-        file.write_all(contents)
-            .ctx(|| format!("cannot write {}", path.display()))?;
+        let temp = TempFile { path: path.to_owned() };
+        file.write_all(contents).ctx(|| format!("cannot write {}", path.display()))?;
         Ok(temp)
     }
 }
@@ -983,10 +829,7 @@ impl DirLock {
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
-                return Err(EmbeddedError::io(
-                    format!("cannot lock {}", path.display()),
-                    err,
-                ));
+                return Err(EmbeddedError::io(format!("cannot lock {}", path.display()), err));
             }
         }
     }
@@ -1014,12 +857,9 @@ fn log_tail(path: &Path, offset: u64) -> String {
 }
 
 fn free_port() -> Result<u16, EmbeddedError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .ctx(|| "cannot find a free port on 127.0.0.1".to_owned())?;
-    let port = listener
-        .local_addr()
-        .ctx(|| "cannot find a free port on 127.0.0.1".to_owned())?
-        .port();
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ctx(|| "cannot find a free port on 127.0.0.1".to_owned())?;
+    let port = listener.local_addr().ctx(|| "cannot find a free port on 127.0.0.1".to_owned())?.port();
     Ok(port)
 }
 
@@ -1028,20 +868,13 @@ fn free_port() -> Result<u16, EmbeddedError> {
 fn command_line(cmd: &Command) -> String {
     fn quote(s: &std::ffi::OsStr) -> String {
         let s = s.to_string_lossy();
-        if !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_=./:,+@%".contains(&b))
-        {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=./:,+@%".contains(&b)) {
             s.into_owned()
         } else {
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     }
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(quote)
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quote).collect::<Vec<_>>().join(" ")
 }
 
 fn describe_status(status: ExitStatus) -> String {
@@ -1056,27 +889,18 @@ fn describe_status(status: ExitStatus) -> String {
 /// Runs a command (stdin: `input` or /dev/null), capturing its output.
 /// Returns the output and, as a `Result`, whether it succeeded (with the
 /// error already built). Spawn failures are returned as `Err` directly.
-fn run_captured(
-    cmd: &mut Command,
-    input: Option<&[u8]>,
-) -> Result<(Output, Result<(), EmbeddedError>), EmbeddedError> {
+fn run_captured(cmd: &mut Command, input: Option<&[u8]>) -> Result<(Output, Result<(), EmbeddedError>), EmbeddedError> {
     let line = command_line(cmd);
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().ctx(|| format!("cannot run `{line}`"))?;
     if let Some(input) = input {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         // A failed write shows up as the program's error output/status.
         let _ = stdin.write_all(input);
     }
-    let output = child
-        .wait_with_output()
-        .ctx(|| format!("cannot wait for `{line}`"))?;
+    let output = child.wait_with_output().ctx(|| format!("cannot wait for `{line}`"))?;
     let result = if output.status.success() {
         Ok(())
     } else {
@@ -1086,11 +910,7 @@ fn run_captured(
             text.push('\n');
         }
         text.push_str(&stderr);
-        Err(EmbeddedError::Command {
-            command: line,
-            status: describe_status(output.status),
-            output: text,
-        })
+        Err(EmbeddedError::Command { command: line, status: describe_status(output.status), output: text })
     };
     Ok((output, result))
 }
@@ -1106,8 +926,7 @@ mod tests {
 
     #[test]
     fn parses_postmaster_pid() {
-        let text =
-            "4242\n/data/pg\n1700000000\n54321\n\n127.0.0.1\n  1234567     65538\nready   \n";
+        let text = "4242\n/data/pg\n1700000000\n54321\n\n127.0.0.1\n  1234567     65538\nready   \n";
         let info = PidFile::parse(text).unwrap();
         assert_eq!(info.pid, 4242);
         assert_eq!(info.port, 54321);
@@ -1126,10 +945,7 @@ mod tests {
     fn command_lines_are_quoted() {
         let mut cmd = Command::new("/usr/bin/pg_ctl");
         cmd.args(["-o", "-p 5 -c x=''", "start"]);
-        assert_eq!(
-            command_line(&cmd),
-            r"/usr/bin/pg_ctl -o '-p 5 -c x='\'''\''' start"
-        );
+        assert_eq!(command_line(&cmd), r"/usr/bin/pg_ctl -o '-p 5 -c x='\'''\''' start");
     }
 
     #[test]
@@ -1138,11 +954,7 @@ mod tests {
             data_dir: "/d".into(),
             cluster: "/d/pg".into(),
             log_file: "/d/pg.log".into(),
-            bins: Binaries {
-                initdb: "initdb".into(),
-                pg_ctl: "pg_ctl".into(),
-                postgres: "postgres".into(),
-            },
+            bins: Binaries { initdb: "initdb".into(), pg_ctl: "pg_ctl".into(), postgres: "postgres".into() },
             run_as: None,
             port: 5,
             password: "s3cretpassword".into(),

@@ -53,9 +53,7 @@ pub struct RecordedEvent {
 
 /// Starts a project's stream: its head row at seq 0.
 pub async fn create_stream(client: &impl GenericClient, project_id: Uuid) -> Result<(), StoreError> {
-    client
-        .execute("INSERT INTO project_heads (project_id) VALUES ($1)", &[&project_id])
-        .await?;
+    client.execute("INSERT INTO project_heads (project_id) VALUES ($1)", &[&project_id]).await?;
     Ok(())
 }
 
@@ -63,9 +61,7 @@ pub async fn create_stream(client: &impl GenericClient, project_id: Uuid) -> Res
 /// head seq, or `None` for an unknown project. Commands take this lock
 /// before they validate, so the state they check cannot change under them.
 pub async fn lock_stream(client: &impl GenericClient, project_id: Uuid) -> Result<Option<i64>, StoreError> {
-    let stmt = client
-        .prepare_cached("SELECT head_seq FROM project_heads WHERE project_id = $1 FOR UPDATE")
-        .await?;
+    let stmt = client.prepare_cached("SELECT head_seq FROM project_heads WHERE project_id = $1 FOR UPDATE").await?;
     Ok(client.query_opt(&stmt, &[&project_id]).await?.map(|row| row.get(0)))
 }
 
@@ -145,16 +141,11 @@ pub async fn append(
         .ok_or(StoreError::UnknownStream(project_id))?;
     let to_seq: i64 = row.get(0);
     crate::telemetry::EVENTS_APPENDED.inc_by(events.len() as u64);
-    Ok(Appended {
-        from_seq: to_seq - events.len() as i64 + 1,
-        to_seq,
-        created_at: row.get(1),
-    })
+    Ok(Appended { from_seq: to_seq - events.len() as i64 + 1, to_seq, created_at: row.get(1) })
 }
 
 /// The columns of both logs, in the order [`RecordedEvent::from_row`] reads.
-pub const EVENT_COLUMNS: &str =
-    "project_id, seq, id, type, data, actor_user_id, actor_device_id, created_at, position";
+pub const EVENT_COLUMNS: &str = "project_id, seq, id, type, data, actor_user_id, actor_device_id, created_at, position";
 
 impl RecordedEvent {
     pub fn from_row(row: &tokio_postgres::Row) -> Self {
@@ -179,9 +170,7 @@ pub async fn read_after(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-    );
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3");
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &[&project_id, &after_seq, &limit]).await?;
     Ok(rows.iter().map(RecordedEvent::from_row).collect())

@@ -49,12 +49,7 @@ pub async fn claim(
 }
 
 /// Records the response of a command that claimed `(user, key)`.
-pub async fn save(
-    client: &impl GenericClient,
-    user_id: Uuid,
-    key: &str,
-    response: &Value,
-) -> Result<(), StoreError> {
+pub async fn save(client: &impl GenericClient, user_id: Uuid, key: &str, response: &Value) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE idempotency_keys SET response = $3 WHERE user_id = $1 AND key = $2",

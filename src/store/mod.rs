@@ -59,9 +59,7 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
     let manager = deadpool_postgres::Manager::from_config(
         config,
         tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
     );
     Ok(Pool::builder(manager)
         .max_size(max_size)

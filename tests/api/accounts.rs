@@ -25,12 +25,22 @@ async fn signup_login_me_and_logout() {
 
     // Same address in another case is taken.
     let (status, body) = app
-        .call(Method::POST, "/api/auth/signup", None, Some(&json!({"email": "ana@example.ORG", "password": "another one"})))
+        .call(
+            Method::POST,
+            "/api/auth/signup",
+            None,
+            Some(&json!({"email": "ana@example.ORG", "password": "another one"})),
+        )
         .await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "email_taken"));
 
     let (status, body) = app
-        .call(Method::POST, "/api/auth/login", None, Some(&json!({"email": "ana@example.org", "password": "correct horse"})))
+        .call(
+            Method::POST,
+            "/api/auth/login",
+            None,
+            Some(&json!({"email": "ana@example.org", "password": "correct horse"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let login_token = body["token"].as_str().unwrap().to_owned();
@@ -76,7 +86,11 @@ async fn bad_signups_are_refused_and_create_nothing() {
     let app = TestApp::spawn().await;
     let cases = [
         (json!({"email": "a@example.org", "password": "short"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-        (json!({"email": "not-an-email", "password": "long enough"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
+        (
+            json!({"email": "not-an-email", "password": "long enough"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+        ),
         (
             json!({"email": "b@example.org", "password": "long enough", "display_name": " "}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -163,11 +177,17 @@ async fn devices_register_list_and_delete() {
     assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "user_token_required"));
     let (status, body) = app.post("/api/devices", &ana.token, json!({"name": ""})).await;
     assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_device_name"));
-    assert_eq!(app.call(Method::POST, "/api/devices", None, Some(&json!({"name": "x"}))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.call(Method::POST, "/api/devices", None, Some(&json!({"name": "x"}))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Someone else's device, an unknown one, a malformed id.
     assert_eq!(app.delete(&format!("/api/devices/{bobs}"), &ana.token).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(app.delete(&format!("/api/devices/{}", uuid::Uuid::now_v7()), &ana.token).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&format!("/api/devices/{}", uuid::Uuid::now_v7()), &ana.token).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (status, body) = app.delete("/api/devices/not-a-uuid", &ana.token).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_path"));
 

@@ -372,10 +372,17 @@ async fn two_servers_on_one_database_hear_each_others_events() {
 
     let http = http();
     let (status, user) =
-        post(&http, format!("{b}/api/auth/signup"), json!({"email": "two@example.org", "password": "two servers"})).await;
+        post(&http, format!("{b}/api/auth/signup"), json!({"email": "two@example.org", "password": "two servers"}))
+            .await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     let token = user["token"].as_str().unwrap();
-    let created = http.post(format!("{b}/api/projects")).bearer_auth(token).json(&json!({"name": "Shared"})).send().await.unwrap();
+    let created = http
+        .post(format!("{b}/api/projects"))
+        .bearer_auth(token)
+        .json(&json!({"name": "Shared"}))
+        .send()
+        .await
+        .unwrap();
     let project: uuid::Uuid = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
 
     // Listening on the first, committing through the second.
@@ -383,7 +390,13 @@ async fn two_servers_on_one_database_hear_each_others_events() {
     ws.subscribe(project, 0).await;
     ws.until(|m| m["type"] == "caught_up").await;
     for name in ["one", "two"] {
-        let res = http.patch(format!("{b}/api/projects/{project}")).bearer_auth(token).json(&json!({"name": name})).send().await.unwrap();
+        let res = http
+            .patch(format!("{b}/api/projects/{project}"))
+            .bearer_auth(token)
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
     assert_eq!(ws.seqs_until(3).await, [2, 3]);

@@ -17,36 +17,16 @@ async fn accounts_projects_invites_and_members_from_the_command_line() {
     assert_eq!(created["name"], "Demo");
     let project = created["id"].as_str().unwrap().to_owned();
     let listed = owner.json(&["project", "list"]).await;
-    assert_eq!(
-        listed["projects"][0]["id"].as_str(),
-        Some(project.as_str()),
-        "{listed}"
-    );
+    assert_eq!(listed["projects"][0]["id"].as_str(), Some(project.as_str()), "{listed}");
 
-    let invite = owner
-        .json(&[
-            "invite",
-            "create",
-            "Demo",
-            "--max-uses",
-            "1",
-            "--expires-in",
-            "3600",
-        ])
-        .await;
+    let invite = owner.json(&["invite", "create", "Demo", "--max-uses", "1", "--expires-in", "3600"]).await;
     assert!(invite["expires_at"].is_string(), "{invite}");
-    let joined = member
-        .json(&["join", invite["token"].as_str().unwrap()])
-        .await;
+    let joined = member.json(&["join", invite["token"].as_str().unwrap()]).await;
     assert_eq!(joined["project_id"].as_str(), Some(project.as_str()));
 
     let members = owner.json(&["members", &project]).await;
-    let mut ids: Vec<&str> = members["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user_id"].as_str().unwrap())
-        .collect();
+    let mut ids: Vec<&str> =
+        members["members"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect();
     ids.sort();
     let mut want = vec![owner_id.as_str(), member_id.as_str()];
     want.sort();
@@ -55,72 +35,39 @@ async fn accounts_projects_invites_and_members_from_the_command_line() {
     // Human output is a table, not JSON.
     let table = owner.run(&["members", &project]).await;
     assert!(table.status.success(), "{}", describe(&table));
-    assert!(
-        String::from_utf8_lossy(&table.stdout).contains("owner"),
-        "{}",
-        describe(&table)
-    );
+    assert!(String::from_utf8_lossy(&table.stdout).contains("owner"), "{}", describe(&table));
 
     // A used-up invite: a clear message and a failing exit code.
     let third = Person::new(&app, "third");
     third.signup("third").await;
-    let refused = third
-        .run(&["join", invite["token"].as_str().unwrap()])
-        .await;
+    let refused = third.run(&["join", invite["token"].as_str().unwrap()]).await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.starts_with("error: ") && !stderr.contains("panicked"),
-        "{}",
-        describe(&refused)
-    );
+    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{}", describe(&refused));
 
     // Revoke an invite, see it listed as revoked; with --json the error is JSON too.
     let second = owner.json(&["invite", "create", &project]).await;
     let invite_id = second["id"].as_str().unwrap().to_owned();
-    owner
-        .json(&["invite", "revoke", &project, &invite_id])
-        .await;
+    owner.json(&["invite", "revoke", &project, &invite_id]).await;
     let invites = owner.json(&["invite", "list", &project]).await;
     assert!(
-        invites["invites"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["id"] == invite_id.as_str() && i["revoked"] == true),
+        invites["invites"].as_array().unwrap().iter().any(|i| i["id"] == invite_id.as_str() && i["revoked"] == true),
         "{invites}"
     );
-    let gone = third
-        .run(&["join", second["token"].as_str().unwrap(), "--json"])
-        .await;
+    let gone = third.run(&["join", second["token"].as_str().unwrap(), "--json"]).await;
     assert!(!gone.status.success());
-    assert_eq!(
-        last_json(&gone)["error"]["code"],
-        "invite_revoked",
-        "{}",
-        describe(&gone)
-    );
+    assert_eq!(last_json(&gone)["error"]["code"], "invite_revoked", "{}", describe(&gone));
 
     // A member is refused owner actions; a wrong password is refused.
     let forbidden = member.run(&["invite", "create", &project]).await;
     assert!(!forbidden.status.success(), "{}", describe(&forbidden));
-    let wrong = owner
-        .run(&[
-            "login",
-            "--email",
-            &owner_email,
-            "--password",
-            "not the password",
-        ])
-        .await;
+    let wrong = owner.run(&["login", "--email", &owner_email, "--password", "not the password"]).await;
     assert!(
         !wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("error: "),
         "{}",
         describe(&wrong)
     );
-    owner
-        .json(&["login", "--email", &owner_email, "--password", PASSWORD])
-        .await;
+    owner.json(&["login", "--email", &owner_email, "--password", PASSWORD]).await;
 
     // Logged out, commands say so; an unreachable server is named.
     owner.json(&["logout"]).await;
@@ -131,19 +78,7 @@ async fn accounts_projects_invites_and_members_from_the_command_line() {
         describe(&out)
     );
     let unreachable = member
-        .run(&[
-            "login",
-            "--email",
-            "x@example.org",
-            "--password",
-            PASSWORD,
-            "--server",
-            "http://127.0.0.1:9",
-        ])
+        .run(&["login", "--email", "x@example.org", "--password", PASSWORD, "--server", "http://127.0.0.1:9"])
         .await;
-    assert!(
-        String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"),
-        "{}",
-        describe(&unreachable)
-    );
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"), "{}", describe(&unreachable));
 }

@@ -50,11 +50,7 @@ impl Agent {
                 }
             }
         });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { child, lines, seen: Vec::new() }
     }
 
     pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
@@ -72,10 +68,7 @@ impl Agent {
                 Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(_) => panic!(
-                    "the agent never reported {what}; it printed:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(_) => panic!("the agent never reported {what}; it printed:\n{}", self.seen.join("\n")),
             }
         }
     }
@@ -95,14 +88,8 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     let member = Person::new(&app, "member");
     owner.signup("owner").await;
     member.signup("member").await;
-    let project = owner.json(&["project", "create", "Pull"]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = owner.json(&["project", "create", "Pull"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
     member.json(&["join", &invite]).await;
 
     let tree = TempDir::new("pull-src");
@@ -112,18 +99,11 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     write(src, "docs/small.txt", b"small and plain");
 
     let mut agent = Agent::start(&owner, &project, src);
-    agent
-        .wait_for("its first push", |v| v["event"] == "synced")
-        .await;
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     // ls, with and without a prefix.
     let listed = member.json(&["ls", &project]).await;
-    let paths: Vec<&str> = listed["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let paths: Vec<&str> = listed["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/docs/small.txt", "/media/big.bin"], "{listed}");
     let docs = member.json(&["ls", &project, "/docs/"]).await;
     assert_eq!(docs["files"].as_array().unwrap().len(), 1, "{docs}");
@@ -138,39 +118,20 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     let to = dst.to_str().unwrap();
     let first = member.json(&["pull", &project, "--to", to]).await;
     assert_eq!(first["files"].as_u64(), Some(2), "{first}");
-    assert_eq!(
-        first["bytes_transferred"].as_u64(),
-        Some(big.len() as u64 + 15),
-        "{first}"
-    );
+    assert_eq!(first["bytes_transferred"].as_u64(), Some(big.len() as u64 + 15), "{first}");
     assert_eq!(first["bytes_reused"].as_u64(), Some(0), "{first}");
     assert!(std::fs::read(dst.join("media/big.bin")).unwrap() == big);
-    assert_eq!(
-        std::fs::read(dst.join("docs/small.txt")).unwrap(),
-        b"small and plain"
-    );
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(dst.join(".ferry/manifest.json")).unwrap()).unwrap();
+    assert_eq!(std::fs::read(dst.join("docs/small.txt")).unwrap(), b"small and plain");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dst.join(".ferry/manifest.json")).unwrap()).unwrap();
     let entry = &manifest["files"]["/media/big.bin"];
     assert_eq!(
-        (
-            entry["project_id"].as_str(),
-            entry["hash"].as_str(),
-            entry["size"].as_u64()
-        ),
-        (
-            Some(project.as_str()),
-            Some(hash(&big).as_str()),
-            Some(big.len() as u64)
-        ),
+        (entry["project_id"].as_str(), entry["hash"].as_str(), entry["size"].as_u64()),
+        (Some(project.as_str()), Some(hash(&big).as_str()), Some(big.len() as u64)),
         "{manifest}"
     );
     assert!(entry["synced_at"].is_string() && entry["local_path"].is_string());
     assert!(
-        std::fs::read_dir(dst.join(".ferry/chunks"))
-            .unwrap()
-            .next()
-            .is_none(),
+        std::fs::read_dir(dst.join(".ferry/chunks")).unwrap().next().is_none(),
         "kept chunks are dropped once the pull is whole"
     );
 
@@ -178,20 +139,13 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     let transfers = member.json(&["transfers", &project]).await;
     let list = transfers["transfers"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{transfers}");
-    assert!(
-        list.iter().all(|t| t["status"] == "completed"),
-        "{transfers}"
-    );
+    assert!(list.iter().all(|t| t["status"] == "completed"), "{transfers}");
     let table = member.run(&["transfers", &project]).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("completed"));
 
     // Nothing changed: nothing moves.
     let again = member.json(&["pull", &project, "--to", to]).await;
-    assert_eq!(
-        (again["files"].as_u64(), again["bytes_transferred"].as_u64()),
-        (Some(0), Some(0)),
-        "{again}"
-    );
+    assert_eq!((again["files"].as_u64(), again["bytes_transferred"].as_u64()), (Some(0), Some(0)), "{again}");
 
     // One byte in the middle: about one chunk crosses, the rest is reused.
     let middle = big.len() / 2;
@@ -204,10 +158,7 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
         if listed["files"][0]["hash"] == new_hash.as_str() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the edit never reached the server"
-        );
+        assert!(Instant::now() < deadline, "the edit never reached the server");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let delta = member.json(&["pull", &project, "media", "--to", to]).await;
@@ -215,36 +166,17 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     let reused = delta["bytes_reused"].as_u64().unwrap();
     assert_eq!(delta["files"].as_u64(), Some(1), "{delta}");
     assert_eq!(transferred + reused, big.len() as u64, "{delta}");
-    assert!(
-        transferred > 0 && transferred < big.len() as u64 / 2,
-        "{delta}"
-    );
+    assert!(transferred > 0 && transferred < big.len() as u64 / 2, "{delta}");
     assert!(std::fs::read(dst.join("media/big.bin")).unwrap() == big);
 
     // The source away: the pull gives up in time, says why, and fails.
     drop(agent);
     write(src, "docs/small.txt", b"changed while nobody serves");
-    owner
-        .json(&["share", &project, src.to_str().unwrap(), "--once"])
-        .await;
-    let stuck = member
-        .run(&[
-            "pull",
-            &project,
-            "/docs/small.txt",
-            "--to",
-            to,
-            "--wait",
-            "2",
-        ])
-        .await;
+    owner.json(&["share", &project, src.to_str().unwrap(), "--once"]).await;
+    let stuck = member.run(&["pull", &project, "/docs/small.txt", "--to", to, "--wait", "2"]).await;
     assert!(!stuck.status.success(), "{}", describe(&stuck));
     let stderr = String::from_utf8_lossy(&stuck.stderr);
-    assert!(
-        stderr.contains("/docs/small.txt") && stderr.contains("ferry share"),
-        "{}",
-        describe(&stuck)
-    );
+    assert!(stderr.contains("/docs/small.txt") && stderr.contains("ferry share"), "{}", describe(&stuck));
     assert_eq!(
         std::fs::read(dst.join("docs/small.txt")).unwrap(),
         b"small and plain",

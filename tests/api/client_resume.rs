@@ -15,14 +15,8 @@ pub(crate) async fn owner_and_member(app: &TestApp, name: &str) -> (Person, Pers
     let member = Person::new(app, "member");
     owner.signup("owner").await;
     member.signup("member").await;
-    let project = owner.json(&["project", "create", name]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = owner.json(&["project", "create", name]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
     member.json(&["join", &invite]).await;
     (owner, member, project)
 }
@@ -38,9 +32,7 @@ fn kept_chunks(dir: &Path) -> (usize, u64) {
             let n = e.file_name().to_string_lossy().into_owned();
             n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
         })
-        .fold((0, 0), |(n, bytes), e| {
-            (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0))
-        })
+        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,9 +45,7 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     let big = noise(24 * 1024 * 1024 + 777, 21);
     write(src, "big.bin", &big);
     let mut agent = Agent::start(&owner, &project, src);
-    agent
-        .wait_for("its first push", |v| v["event"] == "synced")
-        .await;
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     let target = TempDir::new("resume-dst");
     let dst = target.path();
@@ -83,16 +73,9 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     let status = child.wait().unwrap();
     {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "the pull finished before the kill: {status:?}"
-        );
+        assert_eq!(status.signal(), Some(9), "the pull finished before the kill: {status:?}");
     }
-    assert!(
-        !dst.join("big.bin").exists(),
-        "a killed pull leaves no partial file in place"
-    );
+    assert!(!dst.join("big.bin").exists(), "a killed pull leaves no partial file in place");
     let (count, kept) = kept_chunks(dst);
     assert!(count >= 2 && kept > 0 && kept < big.len() as u64);
 

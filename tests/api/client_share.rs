@@ -24,8 +24,8 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("client-{name}-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("client-{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -49,10 +49,7 @@ pub struct Person {
 
 impl Person {
     pub fn new(app: &TestApp, name: &str) -> Self {
-        Self {
-            config: TempDir::new(&format!("config-{name}")),
-            server: app.address.clone(),
-        }
+        Self { config: TempDir::new(&format!("config-{name}")), server: app.address.clone() }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -71,10 +68,7 @@ impl Person {
         cmd.kill_on_drop(true);
         match tokio::time::timeout(COMMAND_WITHIN, cmd.output()).await {
             Ok(output) => output.expect("ferry runs"),
-            Err(_) => panic!(
-                "`ferry {}` still running after {COMMAND_WITHIN:?}",
-                args.join(" ")
-            ),
+            Err(_) => panic!("`ferry {}` still running after {COMMAND_WITHIN:?}", args.join(" ")),
         }
     }
 
@@ -83,42 +77,28 @@ impl Person {
         let mut all = args.to_vec();
         all.push("--json");
         let output = self.run(&all).await;
-        assert!(
-            output.status.success(),
-            "`ferry {}` failed:\n{}",
-            args.join(" "),
-            describe(&output)
-        );
+        assert!(output.status.success(), "`ferry {}` failed:\n{}", args.join(" "), describe(&output));
         last_json(&output)
     }
 
     pub async fn signup(&self, email_name: &str) -> (String, String) {
         let email = format!("{email_name}-{}@example.org", uuid::Uuid::new_v4().simple());
-        let body = self
-            .json(&["signup", "--email", &email, "--password", PASSWORD])
-            .await;
+        let body = self.json(&["signup", "--email", &email, "--password", PASSWORD]).await;
         (email, body["user_id"].as_str().expect("user_id").to_owned())
     }
 
     /// The user token the client keeps.
     pub fn token(&self) -> String {
-        self.profile()["token"]
-            .as_str()
-            .expect("logged in")
-            .to_owned()
+        self.profile()["token"].as_str().expect("logged in").to_owned()
     }
 
     pub fn device_token(&self) -> String {
-        self.profile()["device"]["token"]
-            .as_str()
-            .expect("a device")
-            .to_owned()
+        self.profile()["device"]["token"].as_str().expect("a device").to_owned()
     }
 
     fn profile(&self) -> Value {
         let config: Value =
-            serde_json::from_slice(&std::fs::read(self.config.path().join("config.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(self.config.path().join("config.json")).unwrap()).unwrap();
         config["servers"][&self.server].clone()
     }
 }
@@ -134,24 +114,16 @@ pub fn describe(output: &Output) -> String {
 
 pub fn last_json(output: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output:\n{}", describe(output)));
-    serde_json::from_str(last)
-        .unwrap_or_else(|_| panic!("last line is not JSON:\n{}", describe(output)))
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("no output:\n{}", describe(output)));
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("last line is not JSON:\n{}", describe(output)))
 }
 
 /// Pseudo-random bytes that neither compress nor repeat.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 33) as u8
         })
         .collect()
@@ -192,11 +164,7 @@ impl Agent {
                 }
             }
         });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { child, lines, seen: Vec::new() }
     }
 
     /// The next JSON line that satisfies `want`.
@@ -215,10 +183,7 @@ impl Agent {
                 Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(_) => panic!(
-                    "the agent never reported {what}; it printed:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(_) => panic!("the agent never reported {what}; it printed:\n{}", self.seen.join("\n")),
             }
         }
     }
@@ -232,39 +197,25 @@ impl Drop for Agent {
 }
 
 /// Polls `check` until it answers Some, within the agent's bound.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
     let deadline = Instant::now() + AGENT_WITHIN;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {AGENT_WITHIN:?}"
-        );
+        assert!(Instant::now() < deadline, "{what} did not happen within {AGENT_WITHIN:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn remote_files(app: &TestApp, token: &str, project: &str) -> Vec<Value> {
-    let (status, body) = app
-        .get(
-            &format!("/api/projects/{project}/files-paginated?limit=1000"),
-            token,
-        )
-        .await;
+    let (status, body) = app.get(&format!("/api/projects/{project}/files-paginated?limit=1000"), token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["files"].as_array().unwrap().clone()
 }
 
 fn paths(files: &[Value]) -> Vec<String> {
-    files
-        .iter()
-        .map(|f| f["path"].as_str().unwrap().to_owned())
-        .collect()
+    files.iter().map(|f| f["path"].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,10 +223,7 @@ async fn share_once_pushes_a_tree_then_only_what_changed_without_rehashing() {
     let app = TestApp::spawn().await;
     let owner = Person::new(&app, "owner");
     owner.signup("owner").await;
-    let project = owner.json(&["project", "create", "Tree"]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = owner.json(&["project", "create", "Tree"]).await["id"].as_str().unwrap().to_owned();
 
     let tree = TempDir::new("tree");
     let dir = tree.path();
@@ -290,22 +238,13 @@ async fn share_once_pushes_a_tree_then_only_what_changed_without_rehashing() {
     write(dir, "scratch/tmp.txt", b"ignored too");
 
     // By name, with the global flag after the subcommand.
-    let first = owner
-        .json(&["share", "Tree", dir.to_str().unwrap(), "--once"])
-        .await;
+    let first = owner.json(&["share", "Tree", dir.to_str().unwrap(), "--once"]).await;
     assert_eq!(
-        (
-            first["files"].as_u64(),
-            first["changes_applied"].as_u64(),
-            first["hashed"].as_u64()
-        ),
+        (first["files"].as_u64(), first["changes_applied"].as_u64(), first["hashed"].as_u64()),
         (Some(6), Some(6), Some(6)),
         "{first}"
     );
-    assert!(
-        dir.join(".ferry/index.json").is_file(),
-        "the local index is kept in DIR/.ferry"
-    );
+    assert!(dir.join(".ferry/index.json").is_file(), "the local index is kept in DIR/.ferry");
 
     let token = owner.token();
     let files = remote_files(&app, &token, &project).await;
@@ -326,43 +265,25 @@ async fn share_once_pushes_a_tree_then_only_what_changed_without_rehashing() {
         (Some(hash(&big).as_str()), Some(big.len() as u64))
     );
     let empty = files.iter().find(|f| f["path"] == "/empty.txt").unwrap();
-    assert_eq!(
-        (empty["size"].as_u64(), empty["hash"].as_str()),
-        (Some(0), Some(hash(b"").as_str()))
-    );
+    assert_eq!((empty["size"].as_u64(), empty["hash"].as_str()), (Some(0), Some(hash(b"").as_str())));
     // The big file went up as several FastCDC chunks that cover it exactly.
     let added = app.log(project.parse().unwrap()).await;
-    let big_event = added
-        .iter()
-        .find(|e| e.data["path"] == "/big.bin")
-        .expect("file_added for /big.bin");
+    let big_event = added.iter().find(|e| e.data["path"] == "/big.bin").expect("file_added for /big.bin");
     let chunks = big_event.data["chunks"].as_array().unwrap();
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     let mut offset = 0usize;
     for c in chunks {
         let size = c["size"].as_u64().unwrap() as usize;
-        assert!(
-            (256 * 1024..=4 * 1024 * 1024).contains(&size) || offset + size == big.len(),
-            "chunk of {size} bytes"
-        );
-        assert_eq!(
-            c["hash"].as_str().unwrap(),
-            hash(&big[offset..offset + size])
-        );
+        assert!((256 * 1024..=4 * 1024 * 1024).contains(&size) || offset + size == big.len(), "chunk of {size} bytes");
+        assert_eq!(c["hash"].as_str().unwrap(), hash(&big[offset..offset + size]));
         offset += size;
     }
     assert_eq!(offset, big.len());
 
     // A restart with nothing changed hashes nothing and appends nothing.
-    let again = owner
-        .json(&["share", &project, dir.to_str().unwrap(), "--once"])
-        .await;
+    let again = owner.json(&["share", &project, dir.to_str().unwrap(), "--once"]).await;
     assert_eq!(
-        (
-            again["files"].as_u64(),
-            again["changes_applied"].as_u64(),
-            again["hashed"].as_u64()
-        ),
+        (again["files"].as_u64(), again["changes_applied"].as_u64(), again["hashed"].as_u64()),
         (Some(6), Some(0), Some(0)),
         "{again}"
     );
@@ -372,31 +293,16 @@ async fn share_once_pushes_a_tree_then_only_what_changed_without_rehashing() {
     std::fs::remove_file(dir.join("docs/readme.md")).unwrap();
     std::fs::create_dir_all(dir.join("archive")).unwrap();
     std::fs::rename(dir.join("big.bin"), dir.join("archive/big renamed.bin")).unwrap();
-    let changed = owner
-        .json(&["--json", "share", &project, dir.to_str().unwrap(), "--once"])
-        .await;
+    let changed = owner.json(&["--json", "share", &project, dir.to_str().unwrap(), "--once"]).await;
     assert_eq!(
-        (
-            changed["files"].as_u64(),
-            changed["changes_applied"].as_u64(),
-            changed["hashed"].as_u64()
-        ),
+        (changed["files"].as_u64(), changed["changes_applied"].as_u64(), changed["hashed"].as_u64()),
         (Some(5), Some(3), Some(1)),
         "{changed}"
     );
     let log = app.log(project.parse().unwrap()).await;
     let last: Vec<(&str, String)> = log[log.len() - 3..]
         .iter()
-        .map(|e| {
-            (
-                e.event_type.as_str(),
-                e.data["path"]
-                    .as_str()
-                    .or(e.data["to"].as_str())
-                    .unwrap()
-                    .to_owned(),
-            )
-        })
+        .map(|e| (e.event_type.as_str(), e.data["path"].as_str().or(e.data["to"].as_str()).unwrap().to_owned()))
         .collect();
     let mut last = last;
     last.sort();
@@ -416,17 +322,8 @@ async fn share_once_pushes_a_tree_then_only_what_changed_without_rehashing() {
         .push(&device, project.parse().unwrap(), json!([{"op": "upsert", "path": "/phantom.txt", "size": 3, "hash": hash(b"abc")}, {"op": "delete", "path": "/empty.txt"}]))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let resumed = owner
-        .json(&["share", &project, dir.to_str().unwrap(), "--once"])
-        .await;
-    assert_eq!(
-        (
-            resumed["changes_applied"].as_u64(),
-            resumed["hashed"].as_u64()
-        ),
-        (Some(2), Some(0)),
-        "{resumed}"
-    );
+    let resumed = owner.json(&["share", &project, dir.to_str().unwrap(), "--once"]).await;
+    assert_eq!((resumed["changes_applied"].as_u64(), resumed["hashed"].as_u64()), (Some(2), Some(0)), "{resumed}");
     let files = remote_files(&app, &token, &project).await;
     assert_eq!(
         paths(&files),
@@ -451,14 +348,8 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
     let member = Person::new(&app, "member");
     owner.signup("owner").await;
     member.signup("member").await;
-    let project = owner.json(&["project", "create", "Live"]).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = owner.json(&["project", "create", "Live"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
     member.json(&["join", &invite]).await;
 
     let tree = TempDir::new("live");
@@ -467,36 +358,20 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
     write(dir, "media/big.bin", &big);
     write(dir, "small.txt", b"small");
 
-    let once = owner
-        .json(&["share", &project, dir.to_str().unwrap(), "--once"])
-        .await;
-    assert_eq!(
-        (once["files"].as_u64(), once["changes_applied"].as_u64()),
-        (Some(2), Some(2)),
-        "{once}"
-    );
+    let once = owner.json(&["share", &project, dir.to_str().unwrap(), "--once"]).await;
+    assert_eq!((once["files"].as_u64(), once["changes_applied"].as_u64()), (Some(2), Some(2)), "{once}");
     // Asked while the agent is away: served when it comes back.
     let member_token = member.token();
     let (status, early) = app
-        .post(
-            &format!("/api/projects/{project}/files/download"),
-            &member_token,
-            json!({"file_path": "/small.txt"}),
-        )
+        .post(&format!("/api/projects/{project}/files/download"), &member_token, json!({"file_path": "/small.txt"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{early}");
     let early = early["download_id"].as_str().unwrap().to_owned();
 
     let mut agent = Agent::start(&owner, &project, dir);
-    let synced = agent
-        .wait_for("its first push", |v| v["event"] == "synced")
-        .await;
+    let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await;
     assert_eq!(
-        (
-            synced["files"].as_u64(),
-            synced["changes_applied"].as_u64(),
-            synced["hashed"].as_u64()
-        ),
+        (synced["files"].as_u64(), synced["changes_applied"].as_u64(), synced["hashed"].as_u64()),
         (Some(2), Some(0), Some(0)),
         "{synced}"
     );
@@ -507,10 +382,7 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
         .await;
     let res = app
         .http
-        .get(app.url(&format!(
-            "/api/projects/{project}/chunks/{}",
-            hash(b"small")
-        )))
+        .get(app.url(&format!("/api/projects/{project}/chunks/{}", hash(b"small"))))
         .bearer_auth(&member_token)
         .send()
         .await
@@ -524,49 +396,27 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
         let (_, body) = app.get(&devices_path, &owner_token).await;
         body["devices"]
             .as_array()
-            .and_then(|d| {
-                d.iter()
-                    .find(|d| d["role"] == "source" && d["online"] == true)
-            })
+            .and_then(|d| d.iter().find(|d| d["role"] == "source" && d["online"] == true))
             .map(drop)
     })
     .await;
 
     // The member asks for the big file; the agent puts its chunks on the relay.
     let (status, download) = app
-        .post(
-            &format!("/api/projects/{project}/files/download"),
-            &member_token,
-            json!({"file_path": "/media/big.bin"}),
-        )
+        .post(&format!("/api/projects/{project}/files/download"), &member_token, json!({"file_path": "/media/big.bin"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{download}");
     let transfer = download["download_id"].as_str().unwrap().to_owned();
-    let needed: Vec<String> =
-        serde_json::from_value(download["transfer_info"]["chunks_needed"].clone()).unwrap();
+    let needed: Vec<String> = serde_json::from_value(download["transfer_info"]["chunks_needed"].clone()).unwrap();
     assert!(needed.len() >= 2, "{download}");
     let served = agent
-        .wait_for("serving the transfer", |v| {
-            v["event"] == "transfer_served" && v["transfer_id"] == transfer.as_str()
-        })
+        .wait_for("serving the transfer", |v| v["event"] == "transfer_served" && v["transfer_id"] == transfer.as_str())
         .await;
-    assert_eq!(
-        served["chunks_uploaded"].as_u64(),
-        Some(needed.len() as u64),
-        "{served}"
-    );
+    assert_eq!(served["chunks_uploaded"].as_u64(), Some(needed.len() as u64), "{served}");
 
-    let (_, state) = app
-        .get(
-            &format!("/api/projects/{project}/transfers/{transfer}"),
-            &member_token,
-        )
-        .await;
+    let (_, state) = app.get(&format!("/api/projects/{project}/transfers/{transfer}"), &member_token).await;
     assert_eq!(
-        (
-            state["status"].as_str(),
-            state["bytes_transferred"].as_u64()
-        ),
+        (state["status"].as_str(), state["bytes_transferred"].as_u64()),
         (Some("in_progress"), Some(big.len() as u64)),
         "{state}"
     );
@@ -592,11 +442,7 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
             json!({"hash": hash(&big)}),
         )
         .await;
-    assert_eq!(
-        (status, verified["status"].as_str()),
-        (StatusCode::OK, Some("completed")),
-        "{verified}"
-    );
+    assert_eq!((status, verified["status"].as_str()), (StatusCode::OK, Some("completed")), "{verified}");
 
     // Changes in DIR reach the server as they happen.
     write(dir, "new/later.txt", b"written while watched");

@@ -43,11 +43,7 @@ impl Sync {
                 }
             }
         });
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Self { child, lines, seen: Vec::new() }
     }
 
     fn drain(&mut self) {
@@ -58,10 +54,7 @@ impl Sync {
 
     fn events(&mut self) -> Vec<Value> {
         self.drain();
-        self.seen
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
@@ -88,9 +81,7 @@ async fn sync_keeps_the_members_folder_current_until_stopped() {
     write(src, "gone.txt", b"about to be deleted");
     write(src, "docs/old-name.txt", b"a file that will be renamed");
     let mut agent = Agent::start(&owner, &project, src);
-    agent
-        .wait_for("its first push", |v| v["event"] == "synced")
-        .await;
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     let target = TempDir::new("sync-dst");
     let dst = target.path();
@@ -99,40 +90,25 @@ async fn sync_keeps_the_members_folder_current_until_stopped() {
     // The first pull brings everything.
     let deadline = Instant::now() + CONVERGE_WITHIN;
     while !sync.events().iter().any(|e| e["event"] == "pulled") {
-        assert!(
-            Instant::now() < deadline,
-            "no first pull; sync printed:\n{}",
-            sync.seen.join("\n")
-        );
+        assert!(Instant::now() < deadline, "no first pull; sync printed:\n{}", sync.seen.join("\n"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        read(dst, "edit.txt").as_deref(),
-        Some(&b"first version"[..])
-    );
-    assert_eq!(
-        read(dst, "docs/old-name.txt").as_deref(),
-        Some(&b"a file that will be renamed"[..])
-    );
+    assert_eq!(read(dst, "edit.txt").as_deref(), Some(&b"first version"[..]));
+    assert_eq!(read(dst, "docs/old-name.txt").as_deref(), Some(&b"a file that will be renamed"[..]));
 
     // The owner adds, edits, deletes and renames.
     write(src, "new/added.txt", b"added while syncing");
     write(src, "edit.txt", b"second version, longer");
     std::fs::remove_file(src.join("gone.txt")).unwrap();
     std::fs::create_dir_all(src.join("archive")).unwrap();
-    std::fs::rename(
-        src.join("docs/old-name.txt"),
-        src.join("archive/new-name.txt"),
-    )
-    .unwrap();
+    std::fs::rename(src.join("docs/old-name.txt"), src.join("archive/new-name.txt")).unwrap();
 
     let converged = |dst: &Path| {
         read(dst, "new/added.txt").as_deref() == Some(&b"added while syncing"[..])
             && read(dst, "edit.txt").as_deref() == Some(&b"second version, longer"[..])
             && !dst.join("gone.txt").exists()
             && !dst.join("docs/old-name.txt").exists()
-            && read(dst, "archive/new-name.txt").as_deref()
-                == Some(&b"a file that will be renamed"[..])
+            && read(dst, "archive/new-name.txt").as_deref() == Some(&b"a file that will be renamed"[..])
             && read(dst, "keep.txt").as_deref() == Some(&b"unchanged all along"[..])
     };
     let deadline = Instant::now() + CONVERGE_WITHIN;
@@ -149,50 +125,28 @@ async fn sync_keeps_the_members_folder_current_until_stopped() {
     // One JSON line per applied change.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let kinds: HashSet<String> = sync
-            .events()
-            .iter()
-            .filter_map(|e| e["event"].as_str().map(str::to_owned))
-            .collect();
-        if ["added", "updated", "deleted"]
-            .iter()
-            .all(|k| kinds.contains(*k))
+        let kinds: HashSet<String> =
+            sync.events().iter().filter_map(|e| e["event"].as_str().map(str::to_owned)).collect();
+        if ["added", "updated", "deleted"].iter().all(|k| kinds.contains(*k))
             && (kinds.contains("moved") || kinds.contains("added"))
         {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "changes not reported: {kinds:?}\n{}",
-            sync.seen.join("\n")
-        );
+        assert!(Instant::now() < deadline, "changes not reported: {kinds:?}\n{}", sync.seen.join("\n"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let events = sync.events();
-    assert!(
-        events
-            .iter()
-            .filter(|e| e["event"] != "pulled")
-            .all(|e| e["seq"].as_i64().is_some()),
-        "{events:?}"
-    );
+    assert!(events.iter().filter(|e| e["event"] != "pulled").all(|e| e["seq"].as_i64().is_some()), "{events:?}");
 
     // The last applied seq is kept in the manifest.
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(dst.join(".ferry/manifest.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dst.join(".ferry/manifest.json")).unwrap()).unwrap();
     assert!(manifest["last_seq"].as_i64().unwrap_or(0) > 0, "{manifest}");
-    assert!(
-        manifest["files"]["/archive/new-name.txt"].is_object(),
-        "{manifest}"
-    );
+    assert!(manifest["files"]["/archive/new-name.txt"].is_object(), "{manifest}");
     assert!(manifest["files"]["/gone.txt"].is_null(), "{manifest}");
 
     // SIGTERM: a clean stop.
     let pid = sync.child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {

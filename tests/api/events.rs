@@ -55,8 +55,17 @@ async fn the_feed_merges_both_logs_and_shows_each_caller_what_they_may_see() {
     let all = feed(owner.token.clone(), "").await;
     assert_eq!(
         types(&all),
-        ["project_created", "invite_created", "member_joined", "invite_created", "member_joined",
-         "device_attached", "file_added", "transfer_requested", "transfer_requested"]
+        [
+            "project_created",
+            "invite_created",
+            "member_joined",
+            "invite_created",
+            "member_joined",
+            "device_attached",
+            "file_added",
+            "transfer_requested",
+            "transfer_requested"
+        ]
     );
     assert_eq!(all["head_seq"], 9);
     let seqs: Vec<i64> = all["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
@@ -66,24 +75,38 @@ async fn the_feed_merges_both_logs_and_shows_each_caller_what_they_may_see() {
 
     // A member: no invites, only their own transfer.
     let mine = feed(ana.token.clone(), "").await;
-    assert_eq!(types(&mine), ["project_created", "member_joined", "member_joined", "device_attached", "file_added", "transfer_requested"]);
+    assert_eq!(
+        types(&mine),
+        ["project_created", "member_joined", "member_joined", "device_attached", "file_added", "transfer_requested"]
+    );
     assert_eq!(mine["events"][5]["data"]["requester_id"], ana.id.to_string());
     assert_eq!(mine["head_seq"], 9);
 
     // Filters, paging, and the name older clients use.
-    assert_eq!(types(&feed(owner.token.clone(), "type=file_added,member_joined").await), ["member_joined", "member_joined", "file_added"]);
+    assert_eq!(
+        types(&feed(owner.token.clone(), "type=file_added,member_joined").await),
+        ["member_joined", "member_joined", "file_added"]
+    );
     let page = feed(owner.token.clone(), "after_seq=3&limit=2").await;
-    assert_eq!(page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(
+        page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [4, 5]
+    );
     let (status, alias) = app.get(&format!("/api/projects/{project}/project_events?after_seq=8"), &owner.token).await;
     assert_eq!((status, types(&alias)), (StatusCode::OK, vec!["transfer_requested"]));
 
-    for (query, expected) in [("type=nope", "invalid_type"), ("limit=0", "invalid_limit"), ("limit=5000", "invalid_limit")] {
+    for (query, expected) in
+        [("type=nope", "invalid_type"), ("limit=0", "invalid_limit"), ("limit=5000", "invalid_limit")]
+    {
         let (status, body) = app.get(&format!("/api/projects/{project}/events?{query}"), &owner.token).await;
         assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, expected), "{query}");
     }
     let stranger = app.signup("stranger").await;
     assert_eq!(app.get(&format!("/api/projects/{project}/events"), &stranger.token).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::GET, &format!("/api/projects/{project}/events"), None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/projects/{project}/events"), None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 async fn admin(app: &TestApp) -> TestUser {
@@ -113,7 +136,8 @@ async fn admins_see_projections_rebuild_them_and_audit_the_logs() {
 
     let (status, body) = app.get("/api/admin/projections", &admin.token).await;
     assert_eq!(status, StatusCode::OK);
-    let listed: Vec<&str> = body["projections"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let listed: Vec<&str> =
+        body["projections"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     let names: Vec<&str> = ferry::projections::ALL.iter().map(|p| p.name).collect();
     assert_eq!(listed, names);
     assert!(body["projections"].as_array().unwrap().iter().all(|p| p["up_to_date"] == true));
@@ -138,7 +162,8 @@ async fn admins_see_projections_rebuild_them_and_audit_the_logs() {
     };
     let everything = audit(String::new()).await;
     assert_eq!(everything["events"].as_array().unwrap().len(), 10);
-    let positions: Vec<i64> = everything["events"].as_array().unwrap().iter().map(|e| e["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> =
+        everything["events"].as_array().unwrap().iter().map(|e| e["position"].as_i64().unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(audit(format!("project_id={other}")).await["events"].as_array().unwrap().len(), 1);
     let by_ana = audit(format!("actor_id={}", ana.id)).await;
@@ -171,7 +196,8 @@ async fn admins_see_projections_rebuild_them_and_audit_the_logs() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let lines: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert!(lines.iter().all(|l| l["type"] == "member_joined" && l["project_id"] == project.to_string()));
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_ferryd"))

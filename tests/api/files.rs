@@ -63,8 +63,11 @@ async fn a_batch_adds_updates_moves_and_deletes_in_one_transaction() {
     assert_eq!(log[2].data["mime_type"], "application/pdf", "guessed from the path");
     assert_eq!(log[2].data["chunks"], chunks);
     assert_eq!(log[4].data["mime_type"], "image/jpeg");
-    assert_eq!(log[5].data, json!({"from": "/a.txt", "to": "/b/a.txt", "from_version": 2, "version": 1,
-        "size": 3, "hash": hash("a"), "mime_type": "text/plain", "modified_at": null, "chunks": null}));
+    assert_eq!(
+        log[5].data,
+        json!({"from": "/a.txt", "to": "/b/a.txt", "from_version": 2, "version": 1,
+        "size": 3, "hash": hash("a"), "mime_type": "text/plain", "modified_at": null, "chunks": null})
+    );
     assert_eq!((log[6].data["version"].as_i64(), log[7].data["version"].as_i64()), (Some(3), Some(2)));
     assert!(log[2..].iter().all(|e| e.actor.device_id.is_some()), "the device is recorded");
 
@@ -73,17 +76,22 @@ async fn a_batch_adds_updates_moves_and_deletes_in_one_transaction() {
     assert_eq!(listed["head_seq"], 8);
     assert_eq!(listed["next_cursor"], Value::Null);
     assert_eq!(listed["files"][2]["modified_at"], "2026-11-17T18:00:00Z");
-    assert_eq!((listed["files"][0]["version"].as_i64(), listed["files"][0]["updated_seq"].as_i64()), (Some(3), Some(7)));
+    assert_eq!(
+        (listed["files"][0]["version"].as_i64(), listed["files"][0]["updated_seq"].as_i64()),
+        (Some(3), Some(7))
+    );
     let all = page(&app, &owner.token, project, "include_deleted=true").await;
     assert_eq!(paths(&all), ["/a.txt", "/b/a.txt", "/documents/report.pdf", "/photos/ünï cødé.JPG"]);
     assert_eq!(all["files"][3]["deleted"], true);
     assert_eq!(all["files"][3]["size"], 10, "a tombstone keeps the last state");
 
     // Unchanged upserts and deletes of absent paths append nothing.
-    let (status, body) = app
-        .push(&device, project, json!([upsert("/a.txt", 4, "a2"), {"op": "delete", "path": "/nope"}]))
-        .await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"applied": 0, "from_seq": null, "to_seq": null, "head_seq": 8})));
+    let (status, body) =
+        app.push(&device, project, json!([upsert("/a.txt", 4, "a2"), {"op": "delete", "path": "/nope"}])).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"applied": 0, "from_seq": null, "to_seq": null, "head_seq": 8}))
+    );
     // A deleted path comes back as added, its version going on.
     let (_, body) = app.push(&device, project, json!([upsert("/photos/ünï cødé.JPG", 11, "p2")])).await;
     assert_eq!(body["applied"], 1);
@@ -102,9 +110,18 @@ async fn one_bad_change_rejects_the_whole_batch_naming_its_index() {
         (json!({"op": "upsert", "path": "/a/../b", "size": 1, "hash": hash("x")}), "invalid_path"),
         (json!({"op": "upsert", "path": "/x", "size": 1, "hash": "ABC"}), "invalid_hash"),
         (json!({"op": "upsert", "path": "/x", "size": -1, "hash": hash("x")}), "invalid_size"),
-        (json!({"op": "upsert", "path": "/x", "size": 10, "hash": hash("x"), "chunks": [{"hash": hash("c"), "size": 9}]}), "chunk_sizes_mismatch"),
-        (json!({"op": "upsert", "path": "/x", "size": 1, "hash": hash("x"), "chunks": [{"hash": "zz", "size": 1}]}), "invalid_hash"),
-        (json!({"op": "upsert", "path": "/x", "size": 1, "hash": hash("x"), "mime_type": "nonsense"}), "invalid_mime_type"),
+        (
+            json!({"op": "upsert", "path": "/x", "size": 10, "hash": hash("x"), "chunks": [{"hash": hash("c"), "size": 9}]}),
+            "chunk_sizes_mismatch",
+        ),
+        (
+            json!({"op": "upsert", "path": "/x", "size": 1, "hash": hash("x"), "chunks": [{"hash": "zz", "size": 1}]}),
+            "invalid_hash",
+        ),
+        (
+            json!({"op": "upsert", "path": "/x", "size": 1, "hash": hash("x"), "mime_type": "nonsense"}),
+            "invalid_mime_type",
+        ),
         (json!({"op": "move", "from": "/missing", "to": "/y"}), "not_found"),
         (json!({"op": "move", "from": "/kept.txt", "to": "/kept.txt"}), "invalid_move"),
         (json!({"op": "delete", "path": "/a\\b"}), "invalid_path"),
@@ -199,5 +216,8 @@ async fn pages_follow_the_path_order_with_prefix_cursor_and_limit() {
     let (status, _) = app.get(&format!("/api/projects/{project}/files-paginated?limit=ten"), &owner.token).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let stranger = app.signup("stranger").await;
-    assert_eq!(app.get(&format!("/api/projects/{project}/files-paginated"), &stranger.token).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get(&format!("/api/projects/{project}/files-paginated"), &stranger.token).await.0,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -53,7 +53,8 @@ async fn admin_client() -> tokio_postgres::Client {
 async fn template() -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut hasher = blake3::Hasher::new();
-    let mut migrations: Vec<_> = std::fs::read_dir(root.join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut migrations: Vec<_> =
+        std::fs::read_dir(root.join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
     migrations.sort();
     for file in migrations {
         hasher.update(file.file_name().unwrap().as_encoded_bytes());
@@ -195,7 +196,13 @@ impl TestApp {
     }
 
     /// Sends a request; answers the status and the JSON body (Null when empty).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, self.url(path));
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -209,7 +216,8 @@ impl TestApp {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{status}: not JSON: {}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("{status}: not JSON: {}", String::from_utf8_lossy(&bytes)))
         };
         (status, value)
     }
@@ -229,7 +237,12 @@ impl TestApp {
     pub async fn signup(&self, name: &str) -> TestUser {
         let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
         let (status, body) = self
-            .call(Method::POST, "/api/auth/signup", None, Some(&json!({"email": email, "password": "correct horse battery"})))
+            .call(
+                Method::POST,
+                "/api/auth/signup",
+                None,
+                Some(&json!({"email": email, "password": "correct horse battery"})),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         TestUser {

@@ -44,7 +44,10 @@ async fn invites_are_created_listed_accepted_and_revoked() {
     let created = invite(&app, &owner, project, json!({})).await;
     let token = created["token"].as_str().unwrap().to_owned();
     let expires: chrono::DateTime<Utc> = created["expires_at"].as_str().unwrap().parse().unwrap();
-    assert!(expires - before >= Duration::days(7) - Duration::seconds(5) && expires - before <= Duration::days(7) + Duration::seconds(60));
+    assert!(
+        expires - before >= Duration::days(7) - Duration::seconds(5)
+            && expires - before <= Duration::days(7) + Duration::seconds(60)
+    );
     assert_eq!(created["max_uses"], 1);
 
     // Listed without its token; stored only as a hash.
@@ -72,8 +75,14 @@ async fn invites_are_created_listed_accepted_and_revoked() {
     let (_, members) = app.get(&format!("/api/projects/{project}/members"), &ana.token).await;
     let members = members["members"].as_array().unwrap().clone();
     assert_eq!(members.len(), 2);
-    assert_eq!((members[0]["user_id"].as_str(), members[0]["role"].as_str()), (Some(owner.id.to_string().as_str()), Some("owner")));
-    assert_eq!((members[1]["user_id"].as_str(), members[1]["role"].as_str()), (Some(ana.id.to_string().as_str()), Some("member")));
+    assert_eq!(
+        (members[0]["user_id"].as_str(), members[0]["role"].as_str()),
+        (Some(owner.id.to_string().as_str()), Some("owner"))
+    );
+    assert_eq!(
+        (members[1]["user_id"].as_str(), members[1]["role"].as_str()),
+        (Some(ana.id.to_string().as_str()), Some("member"))
+    );
     assert!(members[1]["display_name"].as_str().unwrap().starts_with("ana-"));
 
     // Revoked: 410, and revoking twice changes nothing.
@@ -83,14 +92,20 @@ async fn invites_are_created_listed_accepted_and_revoked() {
     assert_eq!(app.delete(&path, &owner.token).await.0, StatusCode::NO_CONTENT);
     let (status, body) = accept(&app, &bob, open["token"].as_str().unwrap()).await;
     assert_eq!((status, code(&body)), (StatusCode::GONE, "invite_revoked"));
-    assert_eq!(app.delete(&format!("/api/projects/{project}/invites/{}", Uuid::now_v7()), &owner.token).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&format!("/api/projects/{project}/invites/{}", Uuid::now_v7()), &owner.token).await.0,
+        StatusCode::NOT_FOUND
+    );
 
     assert_eq!(
         types(&app.log(project).await),
         ["project_created", "invite_created", "member_joined", "invite_created", "invite_revoked"]
     );
     let (_, listed) = app.get(&format!("/api/projects/{project}/invites"), &owner.token).await;
-    assert_eq!((listed["invites"][0]["uses"].as_i64(), listed["invites"][1]["revoked"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (listed["invites"][0]["uses"].as_i64(), listed["invites"][1]["revoked"].as_bool()),
+        (Some(1), Some(true))
+    );
 }
 
 #[tokio::test]
@@ -139,8 +154,12 @@ async fn racing_for_the_last_uses_of_an_invite_lets_exactly_that_many_in() {
             }
         }
         // The ones who got in do not race again.
-        let winners: Vec<String> =
-            racers.iter().zip(&answers).filter(|(_, (s, _))| *s == StatusCode::OK).map(|(u, _)| u.email.clone()).collect();
+        let winners: Vec<String> = racers
+            .iter()
+            .zip(&answers)
+            .filter(|(_, (s, _))| *s == StatusCode::OK)
+            .map(|(u, _)| u.email.clone())
+            .collect();
         for user in users.iter_mut().filter(|u| winners.contains(&u.email)) {
             user.email = format!("done-{}", user.email);
         }
@@ -159,7 +178,9 @@ async fn members_are_removed_or_leave_and_lose_access_at_once() {
     join(&app, &owner, project, &ana).await;
     join(&app, &owner, project, &bob).await;
     let (ana_device, ana_device_token) = app.register_device(&ana, "ana-laptop").await;
-    let (status, _) = app.call(Method::PUT, &format!("/api/projects/{project}/devices/{ana_device}"), Some(&ana.token), Some(&json!({}))).await;
+    let (status, _) = app
+        .call(Method::PUT, &format!("/api/projects/{project}/devices/{ana_device}"), Some(&ana.token), Some(&json!({})))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let member = |u: &TestUser| format!("/api/projects/{project}/members/{}", u.id);
 
@@ -227,7 +248,10 @@ async fn devices_are_attached_as_sources_and_targets_by_their_own_users() {
 
     let (status, body) = put(studio, &studio_token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"device_id": studio, "project_id": project, "user_id": owner.id, "role": "source", "online": false}));
+    assert_eq!(
+        body,
+        json!({"device_id": studio, "project_id": project, "user_id": owner.id, "role": "source", "online": false})
+    );
     let (status, body) = put(laptop, &ana.token).await;
     assert_eq!((status, body["role"].as_str()), (StatusCode::OK, Some("target")));
 
@@ -301,7 +325,10 @@ async fn bad_membership_input_is_refused_and_appends_nothing() {
         format!("/api/projects/{project}/devices/%20"),
     ] {
         let (status, body) = app.call(Method::DELETE, &path, Some(&owner.token), None).await;
-        assert!(matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED), "{path}: {status}");
+        assert!(
+            matches!(status, StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED),
+            "{path}: {status}"
+        );
         assert!(body["error"]["code"].is_string(), "{path}: {body}");
     }
     let (status, body) = app.post("/api/invites/accept", &owner.token, json!({"token": 12})).await;

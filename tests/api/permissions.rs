@@ -79,8 +79,13 @@ impl World {
         let (_, invite) = app.post(&format!("/api/projects/{project}/invites"), &self.owner.token, json!({})).await;
         let file = json!([{"op": "upsert", "path": "/m.bin", "size": 1, "hash": FILE_HASH}]);
         assert_eq!(app.push(&self.owners_device.1, project, file).await.0, StatusCode::OK);
-        let (_, transfer) =
-            app.post(&format!("/api/projects/{project}/files/download"), &self.member.token, json!({"file_path": "/m.bin"})).await;
+        let (_, transfer) = app
+            .post(
+                &format!("/api/projects/{project}/files/download"),
+                &self.member.token,
+                json!({"file_path": "/m.bin"}),
+            )
+            .await;
         Fixture {
             project,
             invite: invite["id"].as_str().unwrap().parse().unwrap(),
@@ -128,19 +133,54 @@ fn rows() -> Vec<Row> {
     let change = json!({"changes": [{"op": "upsert", "path": "/m.txt", "size": 1, "hash": FILE_HASH}]});
     vec![
         row(Method::GET, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
-        row(Method::PATCH, |_, f, _| format!("/api/projects/{}", f.project), Some(json!({"name": "New"})), [401, 404, 404, 403, 403, 200, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}", f.project), None, [401, 404, 404, 403, 403, 204, 204]),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/invites", f.project), Some(json!({})), [401, 404, 404, 403, 403, 201, 201]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/invites", f.project), None, [401, 404, 404, 403, 403, 200, 200]),
-        row(Method::DELETE, |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite), None, [401, 404, 404, 403, 403, 204, 204]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/members", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(
+            Method::PATCH,
+            |_, f, _| format!("/api/projects/{}", f.project),
+            Some(json!({"name": "New"})),
+            [401, 404, 404, 403, 403, 200, 200],
+        ),
+        row(
+            Method::DELETE,
+            |_, f, _| format!("/api/projects/{}", f.project),
+            None,
+            [401, 404, 404, 403, 403, 204, 204],
+        ),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/invites", f.project),
+            Some(json!({})),
+            [401, 404, 404, 403, 403, 201, 201],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/invites", f.project),
+            None,
+            [401, 404, 404, 403, 403, 200, 200],
+        ),
+        row(
+            Method::DELETE,
+            |_, f, _| format!("/api/projects/{}/invites/{}", f.project, f.invite),
+            None,
+            [401, 404, 404, 403, 403, 204, 204],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/members", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
         row(
             Method::DELETE,
             |w, f, _| format!("/api/projects/{}/members/{}", f.project, w.other_member.id),
             None,
             [401, 404, 404, 403, 204, 204, 204],
         ),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/devices", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/devices", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
         row(
             Method::PUT,
             |w, f, role| format!("/api/projects/{}/devices/{}", f.project, w.own_device(role)),
@@ -153,13 +193,48 @@ fn rows() -> Vec<Row> {
             None,
             [401, 404, 404, 403, 403, 204, 204],
         ),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/update", f.project), Some(change), [401, 404, 404, 403, 403, 200, 403]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/files-paginated", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/events", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/project_events", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/files/download", f.project), Some(json!({"file_path": "/m.bin"})), [401, 404, 404, 201, 201, 201, 201]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/transfers", f.project), None, [401, 404, 404, 200, 200, 200, 200]),
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/transfers/{}", f.project, f.transfer), None, [401, 404, 404, 200, 404, 200, 200]),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/files/update", f.project),
+            Some(change),
+            [401, 404, 404, 403, 403, 200, 403],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/files-paginated", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/events", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/project_events", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/files/download", f.project),
+            Some(json!({"file_path": "/m.bin"})),
+            [401, 404, 404, 201, 201, 201, 201],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/transfers", f.project),
+            None,
+            [401, 404, 404, 200, 200, 200, 200],
+        ),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/transfers/{}", f.project, f.transfer),
+            None,
+            [401, 404, 404, 200, 404, 200, 200],
+        ),
         row(
             Method::PATCH,
             |_, f, _| format!("/api/projects/{}/transfers/{}", f.project, f.transfer),
@@ -172,7 +247,12 @@ fn rows() -> Vec<Row> {
             Some(json!({"hash": FILE_HASH})),
             [401, 404, 404, 200, 404, 403, 403],
         ),
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/cancel", f.project, f.transfer), None, [401, 404, 404, 200, 404, 200, 200]),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/transfers/{}/cancel", f.project, f.transfer),
+            None,
+            [401, 404, 404, 200, 404, 200, 200],
+        ),
         row(
             Method::POST,
             |_, f, _| format!("/api/projects/{}/chunks/missing", f.project),
@@ -187,9 +267,19 @@ fn rows() -> Vec<Row> {
             [401, 404, 404, 403, 403, 422, 403],
         ),
         // Not uploaded yet: permitted callers reach "no such chunk".
-        row(Method::GET, |_, f, _| format!("/api/projects/{}/chunks/{FILE_HASH}", f.project), None, [401, 404, 404, 404, 404, 404, 404]),
+        row(
+            Method::GET,
+            |_, f, _| format!("/api/projects/{}/chunks/{FILE_HASH}", f.project),
+            None,
+            [401, 404, 404, 404, 404, 404, 404],
+        ),
         // Permitted callers get past the permission check to the state check.
-        row(Method::POST, |_, f, _| format!("/api/projects/{}/transfers/{}/retry", f.project, f.transfer), None, [401, 404, 404, 409, 404, 409, 409]),
+        row(
+            Method::POST,
+            |_, f, _| format!("/api/projects/{}/transfers/{}/retry", f.project, f.transfer),
+            None,
+            [401, 404, 404, 409, 404, 409, 409],
+        ),
     ]
 }
 

@@ -11,8 +11,15 @@ use uuid::Uuid;
 
 use crate::helpers::TestApp;
 
-const TABLES: [&str; 7] =
-    ["projects", "project_members", "project_invites", "project_devices", "remote_files", "file_transfers", "file_chunks"];
+const TABLES: [&str; 7] = [
+    "projects",
+    "project_members",
+    "project_invites",
+    "project_devices",
+    "remote_files",
+    "file_transfers",
+    "file_chunks",
+];
 
 /// Appends one random command: a new project, or a batch of renames,
 /// archives, invites, joins, removals, device attachments and detachments
@@ -26,7 +33,10 @@ async fn random_command(pool: &Pool, rng: &mut StdRng, projects: &mut Vec<Uuid>,
         let id = Uuid::now_v7();
         store::create_stream(&tx, id).await.unwrap();
         let owner = users[rng.gen_range(0..users.len())];
-        let created = NewEvent::new(EventType::ProjectCreated, json!({"name": format!("p{}", projects.len()), "owner_id": owner}));
+        let created = NewEvent::new(
+            EventType::ProjectCreated,
+            json!({"name": format!("p{}", projects.len()), "owner_id": owner}),
+        );
         store::append(&tx, id, &meta, &[created]).await.unwrap();
         projects.push(id);
     } else {
@@ -145,7 +155,11 @@ async fn rebuild_equals_live_after_a_long_random_history() {
         random_command(&app.pool, &mut rng, &mut projects, &users).await;
     }
     let live = snapshot(&app).await;
-    assert!(live.iter().all(|rows| rows.len() > 20), "the history is not trivial: {:?}", live.iter().map(Vec::len).collect::<Vec<_>>());
+    assert!(
+        live.iter().all(|rows| rows.len() > 20),
+        "the history is not trivial: {:?}",
+        live.iter().map(Vec::len).collect::<Vec<_>>()
+    );
     rebuild_all(&app.pool).await;
     assert_same(&snapshot(&app).await, &live, "rebuild after a random history");
 }

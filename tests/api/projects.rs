@@ -44,10 +44,13 @@ async fn create_list_get_through_the_log() {
     assert_eq!(status, StatusCode::OK);
     let ids: Vec<&str> = list["projects"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![other.to_string(), id.to_string()], "newest first");
-    assert_eq!(list["projects"][1], json!({
-        "id": id, "name": "Holiday photos", "owner_id": owner.id, "role": "owner",
-        "head_seq": 1, "created_at": created["created_at"],
-    }));
+    assert_eq!(
+        list["projects"][1],
+        json!({
+            "id": id, "name": "Holiday photos", "owner_id": owner.id, "role": "owner",
+            "head_seq": 1, "created_at": created["created_at"],
+        })
+    );
 
     let (status, one) = app.get(&format!("/api/projects/{id}"), &owner.token).await;
     assert_eq!(status, StatusCode::OK);
@@ -58,7 +61,10 @@ async fn create_list_get_through_the_log() {
     let member = app.signup("member").await;
     add_member(&app, id, &member).await;
     let (_, seen) = app.get(&format!("/api/projects/{id}"), &member.token).await;
-    assert_eq!((seen["role"].as_str(), seen["member_count"].as_i64(), seen["head_seq"].as_i64()), (Some("member"), Some(2), Some(2)));
+    assert_eq!(
+        (seen["role"].as_str(), seen["member_count"].as_i64(), seen["head_seq"].as_i64()),
+        (Some("member"), Some(2), Some(2))
+    );
     assert_eq!(app.get("/api/projects", &member.token).await.1["projects"].as_array().unwrap().len(), 1);
 }
 
@@ -90,7 +96,10 @@ async fn strangers_get_404_members_403_anonymous_401() {
     }
     assert!(app.get("/api/projects", &stranger.token).await.1["projects"].as_array().unwrap().is_empty());
     assert_eq!(app.log(id).await.len(), 2, "refusals append nothing");
-    assert_eq!(app.call(Method::POST, "/api/projects", None, Some(&json!({"name": "x"}))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.call(Method::POST, "/api/projects", None, Some(&json!({"name": "x"}))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.call(Method::GET, "/api/projects", None, None).await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -112,7 +121,8 @@ async fn bad_project_input_is_refused_and_appends_nothing() {
     assert_eq!(app.get(&format!("/api/projects/{}", Uuid::now_v7()), &owner.token).await.0, StatusCode::NOT_FOUND);
 
     let id = app.create_project(&owner, "Kept").await;
-    let (status, _) = app.call(Method::PATCH, &format!("/api/projects/{id}"), Some(&owner.token), Some(&json!({"name": " "}))).await;
+    let (status, _) =
+        app.call(Method::PATCH, &format!("/api/projects/{id}"), Some(&owner.token), Some(&json!({"name": " "}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let events: i64 = app.pool.get().await.unwrap().query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
     assert_eq!(events, 1, "only the one project_created");

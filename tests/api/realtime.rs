@@ -38,9 +38,8 @@ impl Ws {
         let stream = tcp.connect(address).await.unwrap();
         let mut request = format!("ws://{address}/api/ws").into_client_request().unwrap();
         request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
-        let (socket, _) = tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .unwrap();
+        let (socket, _) =
+            tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
         Self { socket }
     }
 
@@ -177,15 +176,23 @@ async fn each_caller_hears_what_they_may_see() {
     let mut members = Ws::connect(&app.address, &member.token).await;
     members.subscribe(project, 0).await;
     let replay = members.until(|m| m["type"] == "caught_up").await;
-    let types: Vec<&str> = replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["project_created", "member_joined", "member_joined", "device_attached", "file_added"], "no invites");
+    let types: Vec<&str> =
+        replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["project_created", "member_joined", "member_joined", "device_attached", "file_added"],
+        "no invites"
+    );
 
     // Live: the member hears their own transfer, not the other member's.
     let download = format!("/api/projects/{project}/files/download");
     app.post(&download, &other.token, json!({"file_path": "/f"})).await;
     let (_, mine) = app.post(&download, &member.token, json!({"file_path": "/f"})).await;
     let heard = members.next().await.unwrap();
-    assert_eq!((heard["type"].as_str(), heard["data"]["transfer_id"].as_str()), (Some("transfer_requested"), mine["download_id"].as_str()));
+    assert_eq!(
+        (heard["type"].as_str(), heard["data"]["transfer_id"].as_str()),
+        (Some("transfer_requested"), mine["download_id"].as_str())
+    );
 
     // Removed: the removal, then the end of the subscription.
     app.delete(&format!("/api/projects/{project}/members/{}", member.id), &owner.token).await;
@@ -250,8 +257,10 @@ async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
     let long = vec!["x".repeat(250); 11].join("/");
     for batch in 0..6 {
         let changes: Vec<Value> = (0..250)
-            .map(|i| json!({"op": "upsert", "path": format!("/b{batch}/{i:04}/{long}"), "size": i,
-                            "hash": blake3::hash(format!("{batch}-{i}").as_bytes()).to_hex().to_string()}))
+            .map(|i| {
+                json!({"op": "upsert", "path": format!("/b{batch}/{i:04}/{long}"), "size": i,
+                            "hash": blake3::hash(format!("{batch}-{i}").as_bytes()).to_hex().to_string()})
+            })
             .collect();
         assert_eq!(app.push(&device, project, Value::Array(changes)).await.0, StatusCode::OK);
     }
@@ -286,7 +295,8 @@ async fn resubscribing_with_the_last_seq_misses_and_repeats_nothing_across_serve
     let mut again = Ws::connect(&app.address, &owner.token).await;
     again.subscribe(project, 2).await;
     let replay = again.until(|m| m["type"] == "caught_up").await;
-    let seqs: Vec<i64> = replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> =
+        replay.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, [3, 4, 5]);
     handle.stop(false).await;
 }
@@ -338,7 +348,12 @@ async fn connected_devices_are_online_and_serve_first() {
     app.push(&older, project, file).await;
     let older_id = app.get("/api/me", &older).await.1["device"]["id"].as_str().unwrap().to_owned();
     let online = |devices: &Value| -> Vec<(String, bool)> {
-        devices["devices"].as_array().unwrap().iter().map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["online"].as_bool().unwrap())).collect()
+        devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["device_id"].as_str().unwrap().to_owned(), d["online"].as_bool().unwrap()))
+            .collect()
     };
     let devices_path = format!("/api/projects/{project}/devices");
     assert!(online(&app.get(&devices_path, &owner.token).await.1).iter().all(|(_, on)| !on));
@@ -350,12 +365,20 @@ async fn connected_devices_are_online_and_serve_first() {
     let devices = app.get(&devices_path, &member.token).await.1;
     assert!(online(&devices).contains(&(older_id.clone(), true)), "{devices}");
     assert!(devices["devices"].as_array().unwrap().iter().any(|d| d["last_seen_at"].is_string()));
-    let (_, requested) = app.post(&format!("/api/projects/{project}/files/download"), &member.token, json!({"file_path": "/f"})).await;
-    assert_eq!(requested["transfer_info"]["source_device_id"], older_id.as_str(), "online first, though attached earlier");
+    let (_, requested) =
+        app.post(&format!("/api/projects/{project}/files/download"), &member.token, json!({"file_path": "/f"})).await;
+    assert_eq!(
+        requested["transfer_info"]["source_device_id"],
+        older_id.as_str(),
+        "online first, though attached earlier"
+    );
     // ...and hears of it live.
     let heard = agent.until(|m| m["type"] == "transfer_requested").await;
     assert_eq!(heard.last().unwrap()["data"]["transfer_id"], requested["download_id"]);
-    let transfer = app.get(&format!("/api/projects/{project}/transfers/{}", requested["download_id"].as_str().unwrap()), &owner.token).await.1;
+    let transfer = app
+        .get(&format!("/api/projects/{project}/transfers/{}", requested["download_id"].as_str().unwrap()), &owner.token)
+        .await
+        .1;
     assert_eq!(transfer["source_device"]["online"], true);
 
     // A socket that stops answering pings is dropped, and its device goes offline.

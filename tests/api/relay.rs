@@ -59,7 +59,9 @@ impl Relay {
     }
 
     async fn missing(&self, app: &TestApp, hashes: &[&str]) -> Vec<String> {
-        let (status, body) = app.post(&format!("/api/projects/{}/chunks/missing", self.project), &self.device, json!({"hashes": hashes})).await;
+        let (status, body) = app
+            .post(&format!("/api/projects/{}/chunks/missing", self.project), &self.device, json!({"hashes": hashes}))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         serde_json::from_value(body["missing"].clone()).unwrap()
     }
@@ -106,7 +108,11 @@ async fn chunks_are_verified_on_the_way_in_and_stored_once() {
     let (status, body) = r.put(&app, &r.device, &wrong, other, false).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("hash_mismatch")));
     assert_eq!(r.missing(&app, &[&wrong]).await, std::slice::from_ref(&wrong));
-    assert_eq!(stored_chunks(&app, r.project), std::slice::from_ref(&name), "one chunk, no variant for noise, no leftovers");
+    assert_eq!(
+        stored_chunks(&app, r.project),
+        std::slice::from_ref(&name),
+        "one chunk, no variant for noise, no leftovers"
+    );
 
     // zstd on the way in; too large; a bad name; a bad encoding.
     let plain = text(200_000);
@@ -120,8 +126,15 @@ async fn chunks_are_verified_on_the_way_in_and_stored_once() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _) = r.put(&app, &r.device, &hash(b"x"), b"not zstd at all".to_vec(), true).await;
     assert!(status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY, "{status}");
-    let res = app.http.put(r.url(&app, &format!("/chunks/{}", hash(b"x")))).bearer_auth(&r.device)
-        .header(CONTENT_ENCODING, "br").body(b"x".to_vec()).send().await.unwrap();
+    let res = app
+        .http
+        .put(r.url(&app, &format!("/chunks/{}", hash(b"x"))))
+        .bearer_auth(&r.device)
+        .header(CONTENT_ENCODING, "br")
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // Only a source device of the project uploads.
@@ -182,7 +195,9 @@ async fn a_second_download_and_a_new_version_upload_only_what_changed_and_count_
     let chunks: Vec<Vec<u8>> = (0..3).map(|i| noise(50_000, 10 + i)).collect();
     let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
     r.file(&app, "/v.bin", &refs).await;
-    let (_, requested) = app.post(&format!("/api/projects/{}/files/download", r.project), &r.member.token, json!({"file_path": "/v.bin"})).await;
+    let (_, requested) = app
+        .post(&format!("/api/projects/{}/files/download", r.project), &r.member.token, json!({"file_path": "/v.bin"}))
+        .await;
     let needed: Vec<String> = serde_json::from_value(requested["transfer_info"]["chunks_needed"].clone()).unwrap();
     let missing = r.missing(&app, &needed.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert_eq!(missing, needed, "nothing relayed yet");
@@ -192,7 +207,8 @@ async fn a_second_download_and_a_new_version_upload_only_what_changed_and_count_
     // The member's downloads advance the transfer.
     let transfer = requested["download_id"].as_str().unwrap();
     for chunk in &chunks {
-        let res = r.get(&app, &r.member.token, &hash(chunk)).await.query(&[("transfer_id", transfer)]).send().await.unwrap();
+        let res =
+            r.get(&app, &r.member.token, &hash(chunk)).await.query(&[("transfer_id", transfer)]).send().await.unwrap();
         assert_eq!(res.bytes().await.unwrap().len(), 50_000);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -83,7 +83,12 @@ impl Moto {
                 if http.get(&moto.url).send().await.is_ok() {
                     return Some(moto);
                 }
-                assert!(Instant::now() < deadline, "`{}` did not answer on {} within 60 s", program.join(" "), moto.url);
+                assert!(
+                    Instant::now() < deadline,
+                    "`{}` did not answer on {} within 60 s",
+                    program.join(" "),
+                    moto.url
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -101,11 +106,8 @@ impl Moto {
         let res = http.get(format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         let xml = res.text().await.unwrap();
-        let mut keys: Vec<String> = xml
-            .split("<Key>")
-            .skip(1)
-            .map(|rest| rest.split("</Key>").next().unwrap().to_owned())
-            .collect();
+        let mut keys: Vec<String> =
+            xml.split("<Key>").skip(1).map(|rest| rest.split("</Key>").next().unwrap().to_owned()).collect();
         keys.sort();
         keys
     }
@@ -172,7 +174,8 @@ async fn the_relay_keeps_chunks_in_s3() {
     assert_eq!(status, StatusCode::OK, "already there: nothing written");
     let whole = [a.clone(), b.clone()].concat();
     let chunks = json!([{"hash": hash(&a), "size": a.len()}, {"hash": hash(&b), "size": b.len()}]);
-    let change = json!([{"op": "upsert", "path": "/doc.bin", "size": whole.len(), "hash": hash(&whole), "chunks": chunks}]);
+    let change =
+        json!([{"op": "upsert", "path": "/doc.bin", "size": whole.len(), "hash": hash(&whole), "chunks": chunks}]);
     assert_eq!(app.push(&device, project, change).await.0, StatusCode::OK);
 
     // The member downloads: whole, a range, and the zstd variant.
@@ -198,7 +201,8 @@ async fn the_relay_keeps_chunks_in_s3() {
     // What moto holds: the two chunks and the text's variant, nothing else
     // (no temporary object under relay/tmp/).
     let dir = format!("relay/chunks/{project}");
-    let mut expected = vec![format!("{dir}/{}", hash(&a)), format!("{dir}/{}", hash(&b)), format!("{dir}/{}.zst", hash(&b))];
+    let mut expected =
+        vec![format!("{dir}/{}", hash(&a)), format!("{dir}/{}", hash(&b)), format!("{dir}/{}.zst", hash(&b))];
     expected.sort();
     assert_eq!(moto.keys("relay/").await, expected);
     assert!(moto.keys("relay/tmp/").await.is_empty());

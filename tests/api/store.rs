@@ -66,10 +66,7 @@ async fn concurrent_appenders_leave_gap_free_sequences() {
     let client = app.pool.get().await.unwrap();
     for project in projects {
         let rows = client
-            .query(
-                "SELECT seq, position, log FROM events WHERE project_id = $1 ORDER BY seq",
-                &[&project],
-            )
+            .query("SELECT seq, position, log FROM events WHERE project_id = $1 ORDER BY seq", &[&project])
             .await
             .unwrap();
         let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();

@@ -70,12 +70,7 @@ impl Scene {
 }
 
 async fn transfer_events(app: &TestApp, project: Uuid, id: Uuid) -> Vec<String> {
-    app.log(project)
-        .await
-        .into_iter()
-        .filter(|e| e.data["transfer_id"] == json!(id))
-        .map(|e| e.event_type)
-        .collect()
+    app.log(project).await.into_iter().filter(|e| e.data["transfer_id"] == json!(id)).map(|e| e.event_type).collect()
 }
 
 #[tokio::test]
@@ -93,7 +88,10 @@ async fn a_download_request_names_the_file_the_source_and_the_chunks_needed() {
     let info = &body["transfer_info"];
     assert_eq!(info["protocol"], "relay");
     assert_eq!(info["chunks_needed"], json!([hash("c0"), hash("c1"), hash("c2")]));
-    assert!(info["endpoints"][0]["url"].as_str().unwrap().starts_with(&format!("{}/api/projects/{}/chunks", app.address, s.project)));
+    assert!(info["endpoints"][0]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}/api/projects/{}/chunks", app.address, s.project)));
     let expires: chrono::DateTime<chrono::Utc> = info["expires_at"].as_str().unwrap().parse().unwrap();
     let ttl = expires - chrono::Utc::now();
     assert!(ttl > chrono::Duration::minutes(59) && ttl <= chrono::Duration::hours(1), "{ttl}");
@@ -102,7 +100,11 @@ async fn a_download_request_names_the_file_the_source_and_the_chunks_needed() {
 
     // Delta: only what the requester lacks.
     let (_, delta) = s
-        .request(&app, &s.member, json!({"file_path": "/big.bin", "request_mode": "delta", "have_chunks": [hash("c0"), hash("c2")]}))
+        .request(
+            &app,
+            &s.member,
+            json!({"file_path": "/big.bin", "request_mode": "delta", "have_chunks": [hash("c0"), hash("c2")]}),
+        )
         .await;
     assert_eq!(delta["transfer_info"]["chunks_needed"], json!([hash("c1")]));
 
@@ -150,8 +152,10 @@ async fn download_requests_refuse_what_cannot_be_served() {
     let source = app.source_device(&s.owner, other).await;
     app.push(&source, other, json!([{"op": "upsert", "path": "/x", "size": 1, "hash": hash("x")}])).await;
     let me = app.get("/api/me", &source).await.1;
-    app.delete(&format!("/api/projects/{other}/devices/{}", me["device"]["id"].as_str().unwrap()), &s.owner.token).await;
-    let (status, body) = app.post(&format!("/api/projects/{other}/files/download"), &s.owner.token, json!({"file_path": "/x"})).await;
+    app.delete(&format!("/api/projects/{other}/devices/{}", me["device"]["id"].as_str().unwrap()), &s.owner.token)
+        .await;
+    let (status, body) =
+        app.post(&format!("/api/projects/{other}/files/download"), &s.owner.token, json!({"file_path": "/x"})).await;
     assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "no_source_device"));
 }
 
@@ -195,7 +199,10 @@ async fn the_lifecycle_follows_the_state_machine() {
 
     // Retry: back to pending, one more attempt, up to the maximum.
     let (_, retried) = s.act(&app, &s.member, id, "retry", json!({})).await;
-    assert_eq!((retried["status"].as_str(), retried["attempts"].as_i64(), retried["bytes_transferred"].as_i64()), (Some("pending"), Some(2), Some(0)));
+    assert_eq!(
+        (retried["status"].as_str(), retried["attempts"].as_i64(), retried["bytes_transferred"].as_i64()),
+        (Some("pending"), Some(2), Some(0))
+    );
     let (status, body) = s.act(&app, &s.owner, id, "retry", json!({})).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "transfer_pending"));
     s.patch(&app, &s.device, id, json!({"status": "failed", "error_message": "disk unplugged"})).await;
@@ -224,8 +231,15 @@ async fn the_lifecycle_follows_the_state_machine() {
 
     assert_eq!(
         transfer_events(&app, s.project, id).await,
-        ["transfer_requested", "file_transfer_started", "file_transfer_progress", "file_transfer_progress",
-         "file_transfer_failed", "transfer_retried", "file_transfer_failed"]
+        [
+            "transfer_requested",
+            "file_transfer_started",
+            "file_transfer_progress",
+            "file_transfer_progress",
+            "file_transfer_failed",
+            "transfer_retried",
+            "file_transfer_failed"
+        ]
     );
     assert_eq!(transfer_events(&app, s.project, id2).await, ["transfer_requested", "file_transfer_complete"]);
 }
@@ -313,16 +327,28 @@ async fn removed_members_and_changed_files_close_open_transfers() {
     join(&app, &s.owner, s.project, &s.member).await;
     let changed = s.transfer(&app).await;
     let untouched = {
-        app.push(&s.device, s.project, json!([{"op": "upsert", "path": "/other.txt", "size": 1, "hash": hash("o")}])).await;
+        app.push(&s.device, s.project, json!([{"op": "upsert", "path": "/other.txt", "size": 1, "hash": hash("o")}]))
+            .await;
         let (_, body) = s.request(&app, &s.member, json!({"file_path": "/other.txt"})).await;
         body["download_id"].as_str().unwrap().parse::<Uuid>().unwrap()
     };
     // The same content again changes nothing; new content fails the transfer.
     let chunks: Vec<Value> = (0..3).map(|i| json!({"hash": hash(&format!("c{i}")), "size": 1024 * 1024})).collect();
-    app.push(&s.device, s.project, json!([{"op": "upsert", "path": "/big.bin", "size": SIZE, "hash": hash("big"), "chunks": chunks}])).await;
+    app.push(
+        &s.device,
+        s.project,
+        json!([{"op": "upsert", "path": "/big.bin", "size": SIZE, "hash": hash("big"), "chunks": chunks}]),
+    )
+    .await;
     assert_eq!(s.get(&app, &s.owner, changed).await["status"], "pending");
-    let (status, body) = app.push(&s.device, s.project, json!([{"op": "upsert", "path": "/big.bin", "size": 5, "hash": hash("v2")}])).await;
-    assert_eq!((status, body["applied"].as_i64()), (StatusCode::OK, Some(1)), "the file change counts, the failure does not");
+    let (status, body) = app
+        .push(&s.device, s.project, json!([{"op": "upsert", "path": "/big.bin", "size": 5, "hash": hash("v2")}]))
+        .await;
+    assert_eq!(
+        (status, body["applied"].as_i64()),
+        (StatusCode::OK, Some(1)),
+        "the file change counts, the failure does not"
+    );
     let t = s.get(&app, &s.owner, changed).await;
     assert_eq!((t["status"].as_str(), t["error_message"].as_str()), (Some("failed"), Some("file_changed")));
     assert_eq!(s.get(&app, &s.owner, untouched).await["status"], "pending");
@@ -393,7 +419,10 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let info = &body["transfer_info"];
     assert_eq!(info["protocol"], "http");
-    assert_eq!((info["endpoints"][0]["protocol"].as_str(), info["endpoints"][0]["url"].as_str()), (Some("http"), Some("http://192.0.2.10:7071")));
+    assert_eq!(
+        (info["endpoints"][0]["protocol"].as_str(), info["endpoints"][0]["url"].as_str()),
+        (Some("http"), Some("http://192.0.2.10:7071"))
+    );
     assert_eq!(info["endpoints"][1]["protocol"], "relay", "the relay stays the fallback");
     assert!(info["endpoints"][1].get("token").is_none());
     // The agent checks the token with its key alone: right transfer, not expired.
@@ -403,7 +432,10 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     assert_eq!(DirectToken::verify(&key, token, chrono::Utc::now()), Some(id));
     let expires: chrono::DateTime<chrono::Utc> = info["expires_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(DirectToken::verify(&key, token, expires + chrono::Duration::seconds(1)), None);
-    assert!(!app.log(s.project).await.iter().any(|e| e.data.to_string().contains(token)), "the token is not in the log");
+    assert!(
+        !app.log(s.project).await.iter().any(|e| e.data.to_string().contains(token)),
+        "the token is not in the log"
+    );
 
     // Withdrawn: relay only again.
     assert_eq!(app.delete(&direct, &s.device).await.0, StatusCode::NO_CONTENT);
