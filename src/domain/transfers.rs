@@ -375,6 +375,22 @@ pub async fn report(
     if report.bytes_transferred.is_some_and(|b| b < 0) {
         return Err(ValidationError::new("invalid_bytes", "bytes_transferred must not be negative").into());
     }
+    // Most progress reports fall inside the coalescing interval: answer those
+    // from a plain read, without the project's head lock or a write.
+    if matches!(report.status, None | Some(InProgress)) {
+        if let Some(bytes) = report.bytes_transferred {
+            let role = access(client, project_id, &cmd.caller, false).await?;
+            let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
+            let s = &row.state;
+            let coalesced = cmd.caller.device_id == Some(row.source_device_id)
+                && s.status == InProgress
+                && (s.bytes_transferred..s.total_bytes).contains(&bytes)
+                && s.last_progress_at.is_some_and(|at| Utc::now() - at < policy.progress_interval);
+            if coalesced {
+                return get_one(client, project_id, transfer_id).await;
+            }
+        }
+    }
     let role = lock_for(client, project_id, &cmd.caller, false).await?;
     let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
     if cmd.caller.device_id != Some(row.source_device_id) {
