@@ -2,18 +2,13 @@
 //! owner's real `ferry share` agent in the background, the member's real
 //! `ferry pull` through the relay, one config folder per identity.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client_share::{describe, noise, Person, TempDir};
+use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
-
-pub(crate) const AGENT_WITHIN: Duration = Duration::from_secs(30);
 
 pub(crate) fn write(dir: &Path, rel: &str, bytes: &[u8]) {
     let path = dir.join(rel);
@@ -23,62 +18,6 @@ pub(crate) fn write(dir: &Path, rel: &str, bytes: &[u8]) {
 
 pub(crate) fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
-}
-
-/// `ferry share PROJECT DIR --json` running, killed when dropped.
-pub(crate) struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Agent {
-    pub(crate) fn start(person: &Person, project: &str, dir: &Path) -> Self {
-        let mut child = person
-            .command(&["share", project, dir.to_str().unwrap(), "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ferry share starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines, seen: Vec::new() }
-    }
-
-    pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + AGENT_WITHIN;
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                        if want(&value) {
-                            return value;
-                        }
-                    }
-                }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => panic!("the agent never reported {what}; it printed:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +37,7 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     write(src, "media/big.bin", &big);
     write(src, "docs/small.txt", b"small and plain");
 
-    let mut agent = Agent::start(&owner, &project, src);
+    let mut agent = Running::share(&owner, &project, src);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     // ls, with and without a prefix.

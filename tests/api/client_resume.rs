@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::client_pull::{hash, write, Agent};
-use crate::client_share::{describe, last_json, noise, Person, TempDir};
+use crate::client_pull::{hash, write};
+use crate::client_share::{describe, last_json, noise, Person, Running, TempDir};
 use crate::helpers::TestApp;
 
 /// An owner and a member of a new project; answers the project id.
@@ -44,7 +44,7 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     let src = tree.path();
     let big = noise(24 * 1024 * 1024 + 777, 21);
     write(src, "big.bin", &big);
-    let mut agent = Agent::start(&owner, &project, src);
+    let mut agent = Running::share(&owner, &project, src);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     let target = TempDir::new("resume-dst");

@@ -16,7 +16,7 @@ use crate::helpers::TestApp;
 /// Longest run of a one-shot `ferry` command.
 const COMMAND_WITHIN: Duration = Duration::from_secs(60);
 /// Longest wait for something the running agent should do.
-const AGENT_WITHIN: Duration = Duration::from_secs(30);
+pub(crate) const AGENT_WITHIN: Duration = Duration::from_secs(30);
 pub const PASSWORD: &str = "correct horse battery";
 
 /// A folder under `target/tmp`, removed when dropped.
@@ -139,21 +139,22 @@ fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// A running `ferry share` (watch mode), killed when dropped.
-struct Agent {
-    child: Child,
+/// A `ferry` command running in the background (`share` or `sync`, with
+/// `--json`), its stdout lines collected; killed when dropped.
+pub(crate) struct Running {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
-impl Agent {
-    fn start(person: &Person, project: &str, dir: &Path) -> Self {
+impl Running {
+    fn start(person: &Person, args: &[&str]) -> Self {
         let mut child = person
-            .command(&["share", project, dir.to_str().unwrap(), "--json"])
+            .command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("ferry share starts");
+            .unwrap_or_else(|e| panic!("ferry {args:?} starts: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -167,8 +168,18 @@ impl Agent {
         Self { child, lines, seen: Vec::new() }
     }
 
+    /// The owner's agent: `ferry share PROJECT DIR --json`.
+    pub(crate) fn share(person: &Person, project: &str, dir: &Path) -> Self {
+        Self::start(person, &["share", project, dir.to_str().unwrap(), "--json"])
+    }
+
+    /// A member's `ferry sync PROJECT DIR --json`.
+    pub(crate) fn sync(person: &Person, project: &str, dir: &Path) -> Self {
+        Self::start(person, &["sync", project, dir.to_str().unwrap(), "--json"])
+    }
+
     /// The next JSON line that satisfies `want`.
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + AGENT_WITHIN;
         loop {
             match self.lines.try_recv() {
@@ -183,13 +194,26 @@ impl Agent {
                 Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(_) => panic!("the agent never reported {what}; it printed:\n{}", self.seen.join("\n")),
+                Err(_) => panic!("ferry never reported {what}; it printed:\n{}", self.seen.join("\n")),
             }
         }
     }
+
+    /// Takes in what was printed so far.
+    pub(crate) fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    /// Every JSON line printed so far.
+    pub(crate) fn events(&mut self) -> Vec<Value> {
+        self.drain();
+        self.seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
 }
 
-impl Drop for Agent {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -368,7 +392,7 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
     assert_eq!(status, StatusCode::CREATED, "{early}");
     let early = early["download_id"].as_str().unwrap().to_owned();
 
-    let mut agent = Agent::start(&owner, &project, dir);
+    let mut agent = Running::share(&owner, &project, dir);
     let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await;
     assert_eq!(
         (synced["files"].as_u64(), synced["changes_applied"].as_u64(), synced["hashed"].as_u64()),

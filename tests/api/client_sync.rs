@@ -3,67 +3,17 @@
 //! cleanly.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client_pull::{write, Agent};
+use crate::client_pull::write;
 use crate::client_resume::owner_and_member;
-use crate::client_share::{Person, TempDir};
+use crate::client_share::{Running, TempDir};
 use crate::helpers::TestApp;
 
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
-
-/// `ferry sync PROJECT DIR --json` running, killed when dropped.
-struct Sync {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Sync {
-    fn start(person: &Person, project: &str, dir: &Path) -> Self {
-        let mut child = person
-            .command(&["sync", project, dir.to_str().unwrap(), "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ferry sync starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines, seen: Vec::new() }
-    }
-
-    fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    fn events(&mut self) -> Vec<Value> {
-        self.drain();
-        self.seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-}
-
-impl Drop for Sync {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn read(dir: &Path, rel: &str) -> Option<Vec<u8>> {
     std::fs::read(dir.join(rel)).ok()
@@ -80,12 +30,12 @@ async fn sync_keeps_the_members_folder_current_until_stopped() {
     write(src, "edit.txt", b"first version");
     write(src, "gone.txt", b"about to be deleted");
     write(src, "docs/old-name.txt", b"a file that will be renamed");
-    let mut agent = Agent::start(&owner, &project, src);
+    let mut agent = Running::share(&owner, &project, src);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     let target = TempDir::new("sync-dst");
     let dst = target.path();
-    let mut sync = Sync::start(&member, &project, dst);
+    let mut sync = Running::sync(&member, &project, dst);
 
     // The first pull brings everything.
     let deadline = Instant::now() + CONVERGE_WITHIN;
