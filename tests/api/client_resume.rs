@@ -95,3 +95,62 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     assert_eq!(hash(&got), hash(&big));
     assert_eq!(kept_chunks(dst).0, 0, "kept chunks are dropped once whole");
 }
+
+/// A transfer that keeps failing at the source is retried through the API
+/// up to the server's maximum, and the user is told why when pull gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_transfer_is_retried_then_given_up_with_its_reason() {
+    use reqwest::Method;
+    use serde_json::json;
+
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Retry").await;
+    let tree = TempDir::new("retry-src");
+    let src = tree.path();
+    write(src, "doc.txt", b"a file whose source keeps failing");
+    {
+        // Shared once; then nobody serves it.
+        let mut agent = Running::share(&owner, &project, src);
+        agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    }
+    let target = TempDir::new("retry-dst");
+    let pull = member
+        .command(&["pull", &project, "--to", target.path().to_str().unwrap(), "--wait", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry pull starts");
+
+    // As the source device, fail every attempt the puller makes.
+    let (device, owner_token) = (owner.device_token(), owner.token());
+    let transfers = format!("/api/projects/{project}/transfers");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pull = pull;
+    let status = loop {
+        if let Some(status) = pull.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pull neither finished nor gave up");
+        let (_, page) = app.get(&transfers, &owner_token).await;
+        for t in page["transfers"].as_array().unwrap() {
+            if t["status"] == "pending" || t["status"] == "in_progress" {
+                let path = format!("{transfers}/{}", t["id"].as_str().unwrap());
+                let body = json!({"status": "failed", "error_message": "disk unplugged"});
+                app.call(Method::PATCH, &path, Some(&device), Some(&body)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = pull.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "pull gave up, so it must fail");
+    assert!(stderr.contains("disk unplugged"), "the reason is shown: {stderr}");
+
+    let (_, page) = app.get(&transfers, &owner_token).await;
+    let all = page["transfers"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "one transfer, retried in place: {page}");
+    assert_eq!((all[0]["status"].as_str(), all[0]["attempts"].as_i64()), (Some("failed"), Some(3)));
+    let retried = app.log(project.parse().unwrap()).await.iter().filter(|e| e.event_type == "transfer_retried").count();
+    assert_eq!(retried, 2, "two retries through the API, up to the maximum of three attempts");
+    assert!(!target.path().join("doc.txt").exists(), "nothing half-written");
+}
