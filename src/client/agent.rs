@@ -10,14 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::api::Api;
+use super::api::{Api, Flow};
 use super::cli::{resolve_project, Session};
 use super::config::DeviceIdentity;
 use super::output::{human_bytes, Output};
@@ -409,32 +407,13 @@ async fn hold_socket(ctx: Arc<Ctx>, mut after_seq: i64) {
 }
 
 async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64) -> Result<(), String> {
-    let mut request = ctx.api.ws_url().into_client_request().map_err(|e| e.to_string())?;
-    let token = ctx.api.token().unwrap_or_default();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-    let subscribe = json!({"type": "subscribe", "project_id": ctx.project, "after_seq": *after_seq});
-    socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
-    let mut ping = tokio::time::interval(Duration::from_secs(20));
-    loop {
-        tokio::select! {
-            _ = ping.tick() => {
-                socket.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.map_err(|e| e.to_string())?;
-            }
-            message = socket.next() => match message {
-                None | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(Message::Text(text))) => {
-                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
-                    on_message(ctx, &value, after_seq);
-                }
-                Some(Ok(_)) => {}
-            }
-        }
-    }
+    let from = *after_seq;
+    ctx.api
+        .follow(ctx.project, from, |value| {
+            on_message(ctx, &value, after_seq);
+            Ok(Flow::Continue)
+        })
+        .await
 }
 
 /// Reacts to one server message: a transfer to serve, one to stop.

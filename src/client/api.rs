@@ -376,3 +376,54 @@ impl Api {
         }
     }
 }
+
+/// What to do after a live message.
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Api {
+    /// One WebSocket session following a project from `after_seq`, pinging,
+    /// until the socket closes (Ok), fails (Err) or `on_message` stops it.
+    pub async fn follow(
+        &self,
+        project: Uuid,
+        after_seq: i64,
+        mut on_message: impl FnMut(Value) -> Result<Flow, String>,
+    ) -> Result<(), String> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Message;
+
+        let mut request = self.ws_url().into_client_request().map_err(|e| e.to_string())?;
+        let token = self.token().unwrap_or_default();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+        let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": after_seq});
+        socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
+        let mut ping = tokio::time::interval(std::time::Duration::from_secs(20));
+        loop {
+            tokio::select! {
+                _ = ping.tick() => {
+                    let ping = json!({"type": "ping"}).to_string();
+                    socket.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
+                }
+                message = socket.next() => match message {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(Message::Text(text))) => {
+                        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                        if let Flow::Stop = on_message(value)? {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}

@@ -10,14 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::api::Api;
+use super::api::{Api, Flow};
 use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, Output};
 use super::pull::{pull_into, Manifest, ManifestEntry};
@@ -132,46 +129,20 @@ async fn socket_session(
     tx: &mpsc::UnboundedSender<Value>,
     got_any: &mut bool,
 ) -> Result<(), String> {
-    let mut request = api.ws_url().into_client_request().map_err(|e| e.to_string())?;
-    let token = api.token().unwrap_or_default();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-    let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": *after_seq});
-    socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
-    let mut ping = tokio::time::interval(Duration::from_secs(20));
-    loop {
-        tokio::select! {
-            _ = ping.tick() => {
-                socket.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.map_err(|e| e.to_string())?;
-            }
-            message = socket.next() => match message {
-                None | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(Message::Text(text))) => {
-                    let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
-                    *got_any = true;
-                    if value["type"] == "error" {
-                        return Err(format!(
-                            "the server said: {}",
-                            value["message"].as_str().unwrap_or("an error")
-                        ));
-                    }
-                    let Some(seq) = value["seq"].as_i64() else { continue };
-                    if value.get("data").is_none() || seq <= *after_seq {
-                        continue;
-                    }
-                    *after_seq = seq;
-                    if tx.send(value).is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(_)) => {}
-            }
+    let from = *after_seq;
+    api.follow(project, from, |value| {
+        *got_any = true;
+        if value["type"] == "error" {
+            return Err(format!("the server said: {}", value["message"].as_str().unwrap_or("an error")));
         }
-    }
+        let Some(seq) = value["seq"].as_i64() else { return Ok(Flow::Continue) };
+        if value.get("data").is_none() || seq <= *after_seq {
+            return Ok(Flow::Continue);
+        }
+        *after_seq = seq;
+        Ok(if tx.send(value).is_err() { Flow::Stop } else { Flow::Continue })
+    })
+    .await
 }
 
 struct Applier {

@@ -8,12 +8,12 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, TestUser};
 use crate::membership::join;
 
-fn hash(bytes: &[u8]) -> String {
+pub(crate) fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
 /// Pseudo-random bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
@@ -24,7 +24,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Bytes that compress well.
-fn text(len: usize) -> Vec<u8> {
+pub(crate) fn text(len: usize) -> Vec<u8> {
     b"ferry carries files across. ".iter().cycle().take(len).copied().collect()
 }
 

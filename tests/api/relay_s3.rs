@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
 use crate::membership::join;
+use crate::relay::{hash, noise, text};
 
 const BUCKET: &str = "ferry-test";
 
@@ -111,26 +112,6 @@ impl Moto {
         keys.sort();
         keys
     }
-}
-
-fn hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-/// Pseudo-random bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 33) as u8
-        })
-        .collect()
-}
-
-/// Bytes that compress well.
-fn text(len: usize) -> Vec<u8> {
-    b"ferry carries files across. ".iter().cycle().take(len).copied().collect()
 }
 
 #[tokio::test]
