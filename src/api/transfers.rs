@@ -139,7 +139,9 @@ async fn get_transfer(
     Ok(HttpResponse::Ok().json(transfers::get(&client, &auth.0, project_id, transfer_id).await?))
 }
 
-/// The source device reports progress, failure or the start of a transfer.
+/// The source device reports progress, failure or the start of a transfer;
+/// the requester may report only a failure (`{"status": "failed"}`), so
+/// that an attempt whose bytes never verified can be retried.
 #[utoipa::path(
     patch,
     path = "/api/projects/{project_id}/transfers/{transfer_id}",
@@ -151,7 +153,7 @@ async fn get_transfer(
         (status = 200, description = "The transfer", body = Transfer),
         (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
         (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
-        (status = 403, description = "Not the transfer's source device", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Not the transfer's source device (nor its requester reporting a failure)", body = crate::protocol::ErrorBody),
         (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
         (status = 409, description = "Illegal transition, or bytes going backwards or past the total", body = crate::protocol::ErrorBody),
         (status = 422, description = "Invalid report", body = crate::protocol::ErrorBody),

@@ -2,15 +2,15 @@
 //! device, scans DIR and pushes the deltas against what the server holds,
 //! then watches DIR and pushes changes as they settle, while it holds a
 //! WebSocket as the device (online presence) and serves each transfer it
-//! is asked for by uploading the needed chunks to the relay.
+//! is asked for (`source`), directly from its own listener (`direct`) or
+//! through the relay.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -18,30 +18,25 @@ use uuid::Uuid;
 use super::api::{Api, Flow};
 use super::cli::{resolve_project, Session};
 use super::config::DeviceIdentity;
+use super::direct::Listener;
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files, Index};
+use super::source::{DirectChunks, Source};
 use super::ClientError;
 use crate::protocol::accounts::RegisterDeviceRequest;
-use crate::protocol::events::data::{TransferRequested, TransferState};
 use crate::protocol::files::{ChunkRef, FileChange};
-use crate::protocol::transfers::{TransferReport, TransferStatus};
+use crate::protocol::transfers::DirectAdvert;
 
 /// Changes per `files/update` call (the server takes up to 10,000).
 const BATCH_CHANGES: usize = 1000;
 /// Chunk references per call, to keep each body well under its limit.
 const BATCH_CHUNKS: usize = 50_000;
-/// Hashes per `chunks/missing` call.
-const MISSING_BATCH: usize = 500;
-/// Chunks uploaded at once per transfer.
-const UPLOADS_AT_ONCE: usize = 4;
 /// Quiet time after the last file event before DIR is rescanned.
 const QUIET: Duration = Duration::from_millis(300);
 /// Longest a rescan waits while events keep coming.
 const MAX_DELAY: Duration = Duration::from_secs(3);
 /// When a file was still being written, look again after this.
 const SETTLE_RETRY: Duration = Duration::from_secs(1);
-/// Least time between two progress reports of a transfer.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What a remote file is, for the diff: size and hash.
 pub type RemoteState = (u64, String);
@@ -53,6 +48,7 @@ pub async fn share(
     project: &str,
     dir: &Path,
     once: bool,
+    direct: Option<DirectOptions>,
 ) -> Result<(), ClientError> {
     let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
     if !dir.is_dir() {
@@ -81,7 +77,15 @@ pub async fn share(
         return Ok(());
     }
     agent.event_synced(&report, true);
-    agent.run().await
+    agent.run(direct).await
+}
+
+/// Where `ferry share` listens for direct transfers and what it advertises.
+#[derive(Debug, Clone)]
+pub struct DirectOptions {
+    pub listen: SocketAddr,
+    /// URLs members reach the listener at; empty: found from the listener.
+    pub advertise: Vec<String>,
 }
 
 /// This machine's device on the server: registered once, kept in the
@@ -200,16 +204,7 @@ struct Ctx {
     device_id: Uuid,
     dir: PathBuf,
     out: Output,
-    /// DIR as last scanned: what transfers are served from.
-    files: Mutex<Arc<Files>>,
-    /// Transfers being served → their cancel flag.
-    active: Mutex<HashMap<Uuid, Arc<AtomicBool>>>,
-    /// Transfers already taken up (so a replayed request is not served twice).
-    seen: Mutex<HashSet<Uuid>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    source: Arc<Source>,
 }
 
 struct Agent {
@@ -222,16 +217,8 @@ struct Agent {
 impl Agent {
     fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output) -> Self {
         let index = Index::load(&dir);
-        let ctx = Ctx {
-            api,
-            project,
-            device_id,
-            dir,
-            out,
-            files: Mutex::new(Arc::new(index.files)),
-            active: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashSet::new()),
-        };
+        let source = Source::new(api.clone(), project, device_id, dir.clone(), out, Arc::new(index.files));
+        let ctx = Ctx { api, project, device_id, dir, out, source: Arc::new(source) };
         Self { ctx: Arc::new(ctx), remote: None, head_seq: 0 }
     }
 
@@ -239,7 +226,7 @@ impl Agent {
     /// lacks.
     async fn sync(&mut self) -> Result<SyncReport, ClientError> {
         let ctx = &self.ctx;
-        let known = lock(&ctx.files).clone();
+        let known = ctx.source.files();
         let dir = ctx.dir.clone();
         let bar = ctx.out.bytes_bar("hashing");
         let outcome = tokio::task::spawn_blocking(move || scan::scan(&dir, &known, &bar))
@@ -251,7 +238,7 @@ impl Agent {
         if let Err(e) = Index::save(&ctx.dir, &outcome.files) {
             ctx.out.warn(&format!("cannot save the local index in {}: {e}", ctx.dir.join(scan::STATE_DIR).display()));
         }
-        *lock(&ctx.files) = Arc::new(outcome.files.clone());
+        ctx.source.set_files(Arc::new(outcome.files.clone()));
 
         if self.remote.is_none() {
             let (files, head) = ctx.api.all_files(ctx.project).await?;
@@ -307,7 +294,7 @@ impl Agent {
     }
 
     /// Watches DIR and serves transfers until stopped.
-    async fn run(mut self) -> Result<(), ClientError> {
+    async fn run(mut self, direct: Option<DirectOptions>) -> Result<(), ClientError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let dir = self.ctx.dir.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -324,8 +311,12 @@ impl Agent {
         notify::Watcher::watch(&mut watcher, &self.ctx.dir, notify::RecursiveMode::Recursive)
             .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
 
+        let listener = match &direct {
+            Some(options) => self.listen(options).await,
+            None => None,
+        };
         let socket = tokio::spawn(hold_socket(self.ctx.clone(), self.head_seq));
-        let pending = tokio::spawn(serve_pending(self.ctx.clone()));
+        let pending = tokio::spawn(self.ctx.source.clone().serve_pending());
         self.ctx.out.note(&format!("Watching {} and serving transfers; Ctrl-C stops.", self.ctx.dir.display()));
 
         // One more look once the watch is on: whatever changed between the
@@ -369,7 +360,42 @@ impl Agent {
         socket.abort();
         pending.abort();
         drop(watcher);
+        if let Some(listener) = listener {
+            self.ctx.source.set_direct(false);
+            if let Err(e) = self.ctx.api.withdraw_direct(self.ctx.device_id).await {
+                self.ctx.out.warn(&format!("cannot withdraw the direct endpoints: {e}"));
+            }
+            listener.stop().await;
+        }
         Ok(())
+    }
+
+    /// Starts the direct listener and advertises it; without it (it cannot
+    /// listen, or the server refuses) transfers go through the relay.
+    async fn listen(&self, options: &DirectOptions) -> Option<Listener> {
+        let ctx = &self.ctx;
+        let chunks = Arc::new(DirectChunks(ctx.source.clone()));
+        let listener = match Listener::start(options.listen, &options.advertise, ctx.api.base(), chunks) {
+            Ok(l) => l,
+            Err(e) => {
+                ctx.out.warn(&format!(
+                    "cannot listen on {} for direct transfers ({e}); using the relay only",
+                    options.listen
+                ));
+                return None;
+            }
+        };
+        let advert = DirectAdvert { urls: listener.urls.clone(), key: listener.key_hex() };
+        if let Err(e) = ctx.api.advertise_direct(ctx.device_id, &advert).await {
+            ctx.out.warn(&format!("cannot advertise direct transfers ({e}); using the relay only"));
+            listener.stop().await;
+            return None;
+        }
+        ctx.source.set_direct(true);
+        ctx.out.event(json!({"event": "listening", "urls": listener.urls}), || {
+            format!("Members on reachable networks fetch directly from {}", listener.urls.join(", "))
+        });
+        Some(listener)
     }
 }
 
@@ -416,283 +442,15 @@ async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64) -> Result<(), Strin
         .await
 }
 
-/// Reacts to one server message: a transfer to serve, one to stop.
+/// Reacts to one server message.
 fn on_message(ctx: &Arc<Ctx>, message: &Value, after_seq: &mut i64) {
     if let (Some(seq), Some(_)) = (message["seq"].as_i64(), message.get("data")) {
         *after_seq = (*after_seq).max(seq);
     }
-    let data = &message["data"];
-    match message["type"].as_str().unwrap_or_default() {
-        "transfer_requested" => {
-            let Ok(req) = serde_json::from_value::<TransferRequested>(data.clone()) else {
-                return;
-            };
-            if req.source_device_id != ctx.device_id || !req.state.status.is_active() {
-                return;
-            }
-            if !lock(&ctx.seen).insert(req.state.transfer_id) {
-                return;
-            }
-            start(
-                ctx,
-                Job {
-                    id: req.state.transfer_id,
-                    file_path: req.state.file_path,
-                    file_hash: req.file_hash,
-                    total_bytes: req.state.total_bytes,
-                    chunks_needed: Some(req.chunks_needed),
-                },
-            );
-        }
-        "file_transfer_cancelled" | "file_transfer_failed" | "file_transfer_expired" => {
-            if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-                if let Some(flag) = lock(&ctx.active).get(&state.transfer_id) {
-                    flag.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        "transfer_retried" => {
-            if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let path = format!("/api/projects/{}/transfers/{}", ctx.project, state.transfer_id);
-                    if let Ok(t) = ctx.api.get::<crate::protocol::transfers::Transfer>(&path).await {
-                        if t.source_device.id == ctx.device_id && t.status.is_active() {
-                            start(
-                                &ctx,
-                                Job {
-                                    id: t.id,
-                                    file_path: t.file_path,
-                                    file_hash: t.file_hash,
-                                    total_bytes: t.total_bytes,
-                                    chunks_needed: None,
-                                },
-                            );
-                        }
-                    }
-                });
-            }
-        }
-        "error" => ctx.out.warn(&format!("the server said: {}", message["message"].as_str().unwrap_or("an error"))),
-        _ => {}
+    if message["type"] == "error" {
+        ctx.out.warn(&format!("the server said: {}", message["message"].as_str().unwrap_or("an error")));
     }
-}
-
-/// Transfers asked of this device while it was away.
-async fn serve_pending(ctx: Arc<Ctx>) {
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = match ctx.api.transfers_page(ctx.project, Some(TransferStatus::Pending), cursor.as_deref()).await {
-            Ok(page) => page,
-            Err(e) => {
-                ctx.out.warn(&format!("cannot list pending transfers: {e}"));
-                return;
-            }
-        };
-        for t in page.transfers {
-            if t.source_device.id == ctx.device_id && lock(&ctx.seen).insert(t.id) {
-                start(
-                    &ctx,
-                    Job {
-                        id: t.id,
-                        file_path: t.file_path,
-                        file_hash: t.file_hash,
-                        total_bytes: t.total_bytes,
-                        chunks_needed: None,
-                    },
-                );
-            }
-        }
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return,
-        }
-    }
-}
-
-/// A transfer to serve.
-#[derive(Debug, Clone)]
-struct Job {
-    id: Uuid,
-    file_path: String,
-    file_hash: String,
-    total_bytes: i64,
-    /// None: every chunk of the file.
-    chunks_needed: Option<Vec<String>>,
-}
-
-#[derive(Debug)]
-enum Stop {
-    Cancelled,
-    /// Not ours to serve any more (the server refused the start).
-    Refused(ClientError),
-    Failed(String),
-}
-
-fn start(ctx: &Arc<Ctx>, job: Job) {
-    let flag = Arc::new(AtomicBool::new(false));
-    lock(&ctx.active).insert(job.id, flag.clone());
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let result = serve(&ctx, &job, &flag).await;
-        lock(&ctx.active).remove(&job.id);
-        match result {
-            Ok((uploaded, bytes)) => ctx.out.event(
-                json!({"event": "transfer_served", "transfer_id": job.id, "file_path": job.file_path, "chunks_uploaded": uploaded, "bytes_uploaded": bytes}),
-                || format!("served {} ({} chunks, {} uploaded)", job.file_path, uploaded, human_bytes(bytes)),
-            ),
-            Err(Stop::Cancelled) => ctx.out.event(
-                json!({"event": "transfer_cancelled", "transfer_id": job.id, "file_path": job.file_path}),
-                || format!("transfer of {} cancelled", job.file_path),
-            ),
-            Err(Stop::Refused(e)) => ctx.out.warn(&format!("transfer of {} not served: {e}", job.file_path)),
-            Err(Stop::Failed(why)) => {
-                ctx.out.warn(&format!("transfer of {} failed: {why}", job.file_path));
-                let report = TransferReport { status: Some(TransferStatus::Failed), bytes_transferred: None, error_message: Some(why) };
-                let _ = ctx.api.report_transfer(ctx.project, job.id, &report).await;
-            }
-        }
-    });
-}
-
-/// Uploads the chunks the relay lacks, reporting progress; answers how
-/// many chunks and bytes went up.
-async fn serve(ctx: &Arc<Ctx>, job: &Job, cancelled: &AtomicBool) -> Result<(usize, u64), Stop> {
-    let entry = lock(&ctx.files).get(&job.file_path).cloned();
-    let entry = match entry {
-        Some(e) if e.hash == job.file_hash => e,
-        Some(_) => return Err(Stop::Failed("file_changed_at_source".into())),
-        None => return Err(Stop::Failed("file_not_found_at_source".into())),
-    };
-    let abs = ctx.dir.join(job.file_path.trim_start_matches('/'));
-    let mut table: HashMap<String, (u64, u64)> = HashMap::new();
-    for c in &entry.chunks {
-        table.entry(c.hash.clone()).or_insert((c.offset, c.size));
-    }
-    if entry.size > 0 {
-        table.entry(entry.hash.clone()).or_insert((0, entry.size));
-    }
-    let needed: Vec<String> = match &job.chunks_needed {
-        Some(list) => list.clone(),
-        None => {
-            let mut seen = HashSet::new();
-            entry.chunks.iter().map(|c| c.hash.clone()).filter(|h| seen.insert(h.clone())).collect()
-        }
-    };
-    if let Some(unknown) = needed.iter().find(|h| !table.contains_key(*h)) {
-        return Err(Stop::Failed(format!("chunk {unknown} is not part of the file at the source")));
-    }
-
-    let started = TransferReport { status: Some(TransferStatus::InProgress), ..Default::default() };
-    ctx.api.report_transfer(ctx.project, job.id, &started).await.map_err(Stop::Refused)?;
-
-    let mut missing = Vec::new();
-    for batch in needed.chunks(MISSING_BATCH) {
-        missing.extend(ctx.api.missing_chunks(ctx.project, batch).await.map_err(|e| Stop::Failed(e.to_string()))?);
-    }
-    let missing_set: HashSet<&String> = missing.iter().collect();
-    let present: u64 = needed.iter().filter(|h| !missing_set.contains(h)).map(|h| table[h].1).sum();
-    let total = job.total_bytes.max(0) as u64;
-    let progress = Arc::new(Progress {
-        ctx: ctx.clone(),
-        transfer: job.id,
-        total,
-        done: AtomicU64::new(present),
-        last: Mutex::new(Instant::now() - PROGRESS_EVERY),
-        bar: ctx.out.bytes_bar(&format!("sending {}", job.file_path)),
-    });
-    progress.bar.set_length(total);
-    progress.bar.set_position(present.min(total));
-    if present > 0 {
-        progress.report(true).await;
-    }
-
-    let table = Arc::new(table);
-    let mut queue = missing.into_iter();
-    let mut running = futures_util::stream::FuturesUnordered::new();
-    let (mut chunks, mut bytes) = (0usize, 0u64);
-    let mut result = Ok(());
-    loop {
-        while result.is_ok() && running.len() < UPLOADS_AT_ONCE {
-            let Some(hash) = queue.next() else { break };
-            if cancelled.load(Ordering::SeqCst) {
-                result = Err(Stop::Cancelled);
-                break;
-            }
-            running.push(upload(ctx.clone(), abs.clone(), table.clone(), hash, progress.clone()));
-        }
-        match running.next().await {
-            None => break,
-            Some(Ok(size)) => {
-                chunks += 1;
-                bytes += size;
-            }
-            Some(Err(e)) => {
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-    }
-    progress.bar.finish_and_clear();
-    result?;
-    if cancelled.load(Ordering::SeqCst) {
-        return Err(Stop::Cancelled);
-    }
-    // Every needed chunk is on the relay.
-    progress.done.store(total, Ordering::SeqCst);
-    progress.report(true).await;
-    Ok((chunks, bytes))
-}
-
-/// A transfer's progress: bytes on the relay, reported now and then.
-struct Progress {
-    ctx: Arc<Ctx>,
-    transfer: Uuid,
-    total: u64,
-    done: AtomicU64,
-    last: Mutex<Instant>,
-    bar: indicatif::ProgressBar,
-}
-
-impl Progress {
-    async fn report(&self, force: bool) {
-        let bytes = self.done.load(Ordering::SeqCst).min(self.total);
-        {
-            let mut last = lock(&self.last);
-            if !force && last.elapsed() < PROGRESS_EVERY {
-                return;
-            }
-            *last = Instant::now();
-        }
-        let report = TransferReport { bytes_transferred: Some(bytes as i64), ..Default::default() };
-        // A 409 (the relay's own count ran ahead, or the transfer ended
-        // meanwhile) is not this upload's failure.
-        let _ = self.ctx.api.report_transfer(self.ctx.project, self.transfer, &report).await;
-    }
-}
-
-/// Re-reads one chunk from the file by offset, checks it, uploads it.
-async fn upload(
-    ctx: Arc<Ctx>,
-    abs: PathBuf,
-    table: Arc<HashMap<String, (u64, u64)>>,
-    hash: String,
-    progress: Arc<Progress>,
-) -> Result<u64, Stop> {
-    let (offset, size) = table[&hash];
-    let bytes = tokio::task::spawn_blocking(move || scan::read_at(&abs, offset, size))
-        .await
-        .map_err(|e| Stop::Failed(e.to_string()))?
-        .map_err(|e| Stop::Failed(format!("file_unreadable_at_source: {e}")))?;
-    if blake3::hash(&bytes).to_hex().as_str() != hash {
-        return Err(Stop::Failed("file_changed_at_source".into()));
-    }
-    ctx.api.put_chunk(ctx.project, &hash, bytes).await.map_err(|e| Stop::Failed(e.to_string()))?;
-    progress.done.fetch_add(size, Ordering::SeqCst);
-    progress.bar.inc(size);
-    progress.report(false).await;
-    Ok(size)
+    ctx.source.on_event(message);
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::protocol::membership::{
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
 use crate::protocol::transfers::{
-    DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
+    DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::ErrorBody;
 
@@ -173,6 +173,15 @@ impl Api {
 
     pub async fn devices(&self) -> Result<DevicesResponse, ClientError> {
         self.get("/api/devices").await
+    }
+
+    /// The agent offers direct transfers at `advert.urls`.
+    pub async fn advertise_direct(&self, device: Uuid, advert: &DirectAdvert) -> Result<(), ClientError> {
+        self.put::<_, serde::de::IgnoredAny>(&format!("/api/devices/{device}/direct"), advert).await.map(|_| ())
+    }
+
+    pub async fn withdraw_direct(&self, device: Uuid) -> Result<(), ClientError> {
+        self.delete(&format!("/api/devices/{device}/direct")).await
     }
 
     // Projects, invites, members, device assignment.

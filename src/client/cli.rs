@@ -73,6 +73,16 @@ pub enum Command {
         /// Scan, push the changes and exit.
         #[arg(long)]
         once: bool,
+        /// Where to listen for members fetching directly from this machine.
+        #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:0", conflicts_with = "no_direct")]
+        listen: std::net::SocketAddr,
+        /// A URL members reach the listener at (repeatable; default: this
+        /// machine's address towards the server, on the listener's port).
+        #[arg(long, value_name = "URL")]
+        advertise: Vec<String>,
+        /// Serve through the relay only.
+        #[arg(long)]
+        no_direct: bool,
     },
     /// List the project's files (all, or those under PREFIX).
     Ls { project: String, prefix: Option<String> },
@@ -361,8 +371,9 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
                 table(&["id", "name", "role", "status", "last seen"], &rows)
             });
         }
-        Command::Share { project, dir, once } => {
-            super::agent::share(&mut session, out, &project, &dir, once).await?;
+        Command::Share { project, dir, once, listen, advertise, no_direct } => {
+            let direct = (!no_direct).then_some(super::agent::DirectOptions { listen, advertise });
+            super::agent::share(&mut session, out, &project, &dir, once, direct).await?;
         }
         Command::Ls { project, prefix } => {
             let api = session.user()?;

@@ -6,9 +6,11 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod direct;
 pub mod output;
 pub mod pull;
 pub mod scan;
+pub mod source;
 pub mod sync;
 
 use std::path::Path;

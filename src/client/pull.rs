@@ -25,11 +25,12 @@ use uuid::Uuid;
 
 use super::api::Api;
 use super::cli::{resolve_project, Session};
+use super::direct::Peer;
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files, Index, STATE_DIR};
 use super::ClientError;
 use crate::protocol::files::{ChunkRef, FilePath, RemoteFile};
-use crate::protocol::transfers::{DownloadRequest, RequestMode, TransferStatus};
+use crate::protocol::transfers::{DownloadRequest, RequestMode, Transfer, TransferReport, TransferStatus};
 
 const MANIFEST_FILE: &str = "manifest.json";
 const CHUNKS_DIR: &str = "chunks";
@@ -157,6 +158,8 @@ struct Ctx {
 #[derive(Debug, Default)]
 struct Pulled {
     transferred: u64,
+    /// Of `transferred`: fetched from the owner's machine directly.
+    direct: u64,
     reused: u64,
 }
 
@@ -186,13 +189,15 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
     let project = resolve_project(&api, &req.project).await?;
     let s = pull_into(&api, project, &req.to, &req.paths, req.wait, out).await?;
     out.result(
-        json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred, "bytes_reused": s.bytes_reused}),
+        json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred,
+               "bytes_direct": s.bytes_direct, "bytes_reused": s.bytes_reused}),
         || {
             format!(
-                "Pulled {} file(s) into {} ({} transferred, {} reused from local copies); {} already up to date.",
+                "Pulled {} file(s) into {} ({} transferred, {} of it directly from the owner's machine; {} reused from local copies); {} already up to date.",
                 s.files,
                 s.dir.display(),
                 human_bytes(s.bytes_transferred),
+                human_bytes(s.bytes_direct),
                 human_bytes(s.bytes_reused),
                 s.unchanged
             )
@@ -208,6 +213,8 @@ pub struct PullSummary {
     pub files: usize,
     pub unchanged: usize,
     pub bytes_transferred: u64,
+    /// Of `bytes_transferred`: fetched from the owner's machine directly.
+    pub bytes_direct: u64,
     pub bytes_reused: u64,
 }
 
@@ -311,8 +318,9 @@ pub async fn pull_into(
                 match &r {
                     Ok(p) => ctx.bar.suspend(|| {
                         ctx.out.note(&format!(
-                            "pulled {path} ({} transferred, {} reused)",
+                            "pulled {path} ({} transferred, {} directly; {} reused)",
                             human_bytes(p.transferred),
+                            human_bytes(p.direct),
                             human_bytes(p.reused)
                         ))
                     }),
@@ -326,12 +334,13 @@ pub async fn pull_into(
         .await;
     ctx.bar.finish_and_clear();
 
-    let (mut transferred, mut reused, mut done) = (0u64, 0u64, 0usize);
+    let (mut transferred, mut direct, mut reused, mut done) = (0u64, 0u64, 0u64, 0usize);
     let mut failed = Vec::new();
     for (path, r) in results {
         match r {
             Ok(p) => {
                 transferred += p.transferred;
+                direct += p.direct;
                 reused += p.reused;
                 done += 1;
             }
@@ -352,7 +361,14 @@ pub async fn pull_into(
     }
     // Every chunk kept for resuming is now part of a file in DIR.
     ctx.store.clear();
-    Ok(PullSummary { dir, files: done, unchanged, bytes_transferred: transferred, bytes_reused: reused })
+    Ok(PullSummary {
+        dir,
+        files: done,
+        unchanged,
+        bytes_transferred: transferred,
+        bytes_direct: direct,
+        bytes_reused: reused,
+    })
 }
 
 /// Why fetching stopped short.
@@ -405,28 +421,30 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         res.transfer_info.chunks_needed.iter().map(|h| ChunkRef { hash: h.clone(), size: -1 }).collect()
     };
     let transfer = res.download_id;
+    let peer = Peer::for_transfer(&res.transfer_info);
 
-    // Fetch what is needed and not already kept, retrying the transfer
+    // Fetch what is needed and not already kept (directly from the owner's
+    // machine while that works, else from the relay), retrying the transfer
     // through the API when it fails.
-    let mut fetched: HashSet<String> = HashSet::new();
+    let mut fetched: HashMap<String, Via> = HashMap::new();
     loop {
         let needed: Vec<String> = res
             .transfer_info
             .chunks_needed
             .iter()
-            .filter(|h| !fetched.contains(*h) && !ctx.store.path(h).is_file())
+            .filter(|h| !fetched.contains_key(*h) && !ctx.store.path(h).is_file())
             .cloned()
             .collect();
-        let results: Vec<Result<(String, u64), Stop>> = futures_util::stream::iter(needed)
-            .map(|h| fetch_chunk(ctx, transfer, h))
+        let results: Vec<Result<(String, Via), Stop>> = futures_util::stream::iter(needed)
+            .map(|h| fetch_chunk(ctx, &file.path, transfer, peer.as_ref(), h))
             .buffer_unordered(CHUNKS_AT_ONCE)
             .collect()
             .await;
         let mut stop = None;
         for r in results {
             match r {
-                Ok((hash, _)) => {
-                    fetched.insert(hash);
+                Ok((hash, via)) => {
+                    fetched.insert(hash, via);
                 }
                 Err(s) => {
                     if stop.is_none() || matches!(s, Stop::Fatal(_)) {
@@ -437,8 +455,12 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         }
         match stop {
             None => break,
-            Some(Stop::Fatal(why)) => return Err(why),
-            Some(Stop::Failed(why)) => match ctx.api.retry_transfer(ctx.project, transfer).await {
+            Some(Stop::Fatal(why)) => {
+                // Given up: the source need not provide the rest.
+                let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
+                return Err(why);
+            }
+            Some(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why).await {
                 Ok(t) => {
                     ctx.out.note(&format!("{}: transfer failed ({why}); retrying (attempt {})", file.path, t.attempts))
                 }
@@ -450,7 +472,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
     // Assemble in DIR/.ferry/tmp, hashing as it goes.
     let tmp = ctx.dir.join(STATE_DIR).join(TMP_DIR).join(Uuid::new_v4().simple().to_string());
     let assembled = assemble(ctx, transfer, &order, &fetched, &tmp).await;
-    let (hash, written, transferred) = match assembled {
+    let (hash, written, transferred, direct) = match assembled {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -521,33 +543,77 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         );
         let _ = m.save(&ctx.dir);
     }
-    Ok(Pulled { transferred, reused: size.saturating_sub(transferred) })
+    Ok(Pulled { transferred, direct, reused: size.saturating_sub(transferred) })
 }
 
-/// Fetches one chunk from the relay into the store, waiting for the source
-/// to put it there; answers its size.
-async fn fetch_chunk(ctx: &Ctx, transfer: Uuid, hash: String) -> Result<(String, u64), Stop> {
+/// Records that this attempt failed on the member's side (the source may
+/// have failed it already), then asks for another.
+async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer, ClientError> {
+    let failed = TransferReport {
+        status: Some(TransferStatus::Failed),
+        bytes_transferred: None,
+        error_message: Some(why.to_owned()),
+    };
+    match ctx.api.report_transfer(ctx.project, transfer, &failed).await {
+        Ok(_) | Err(ClientError::Api { status: 409, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    ctx.api.retry_transfer(ctx.project, transfer).await
+}
+
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Relay,
+}
+
+/// Fetches one chunk into the store: directly from the owner's machine
+/// while that works, else from the relay, waiting for the source to put it
+/// there.
+async fn fetch_chunk(
+    ctx: &Ctx,
+    path: &str,
+    transfer: Uuid,
+    peer: Option<&Peer>,
+    hash: String,
+) -> Result<(String, Via), Stop> {
     let deadline = Instant::now() + ctx.wait;
     let mut bad = 0;
     let mut delay = Duration::from_millis(50);
     let mut next_status = Instant::now() + STATUS_EVERY;
     loop {
-        match ctx.api.get_chunk(ctx.project, &hash, Some(transfer)).await {
-            Ok(Some(bytes)) => {
-                if blake3::hash(&bytes).to_hex().as_str() == hash {
-                    ctx.store.put(&hash, &bytes).map_err(|e| Stop::Fatal(format!("cannot keep chunk {hash}: {e}")))?;
-                    return Ok((hash, bytes.len() as u64));
+        let fetched = match peer.filter(|p| !p.given_up()) {
+            Some(peer) => match peer.fetch(&hash).await {
+                Ok(bytes) => Some((bytes.to_vec(), Via::Direct)),
+                Err(why) => {
+                    if peer.announce_fallback() {
+                        ctx.bar.suspend(|| {
+                            ctx.out.note(&format!(
+                                "{path}: the owner's machine cannot be reached directly ({why}); using the relay"
+                            ))
+                        });
+                    }
+                    continue;
                 }
-                bad += 1;
-                if bad >= BAD_CHUNK_TRIES {
-                    return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
-                }
-                continue;
+            },
+            None => match ctx.api.get_chunk(ctx.project, &hash, Some(transfer)).await {
+                Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
+                Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
+                // A network hiccup: wait and try again, within the deadline.
+                Err(_) => None,
+            },
+        };
+        if let Some((bytes, via)) = fetched {
+            if blake3::hash(&bytes).to_hex().as_str() == hash {
+                ctx.store.put(&hash, &bytes).map_err(|e| Stop::Fatal(format!("cannot keep chunk {hash}: {e}")))?;
+                return Ok((hash, via));
             }
-            Ok(None) => {}
-            Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
-            // A network hiccup: wait and try again, within the deadline.
-            Err(_) => {}
+            bad += 1;
+            if bad >= BAD_CHUNK_TRIES {
+                return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
+            }
+            continue;
         }
         if Instant::now() >= deadline {
             return Err(Stop::Fatal(format!(
@@ -574,19 +640,20 @@ async fn fetch_chunk(ctx: &Ctx, transfer: Uuid, hash: String) -> Result<(String,
 }
 
 /// Writes the file at `tmp` from kept, local and (as a last resort) relay
-/// chunks in order; answers its BLAKE3, its size and the bytes fetched now.
+/// chunks in order; answers its BLAKE3, its size, the bytes fetched now and
+/// of those the bytes fetched directly.
 async fn assemble(
     ctx: &Ctx,
     transfer: Uuid,
     order: &[ChunkRef],
-    fetched: &HashSet<String>,
+    fetched: &HashMap<String, Via>,
     tmp: &Path,
-) -> Result<(String, u64, u64), String> {
+) -> Result<(String, u64, u64, u64), String> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?);
     let mut hasher = blake3::Hasher::new();
-    let (mut written, mut transferred) = (0u64, 0u64);
+    let (mut written, mut transferred, mut direct) = (0u64, 0u64, 0u64);
     for c in order {
-        let mut from_relay = fetched.contains(&c.hash);
+        let mut via = fetched.get(&c.hash).copied();
         let mut bytes = ctx.store.get(&c.hash);
         if bytes.is_none() {
             bytes = ctx.local.get(&c.hash).and_then(|(path, offset, size)| {
@@ -602,13 +669,16 @@ async fn assemble(
                 .ok()
                 .flatten()
                 .filter(|b| blake3::hash(b).to_hex().as_str() == c.hash);
-            from_relay = true;
+            via = Some(Via::Relay);
         }
         let Some(bytes) = bytes else {
             return Err(format!("chunk {} is neither here nor on the relay", c.hash));
         };
-        if from_relay {
+        if let Some(via) = via {
             transferred += bytes.len() as u64;
+            if via == Via::Direct {
+                direct += bytes.len() as u64;
+            }
         }
         hasher.update(&bytes);
         out.write_all(&bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -617,7 +687,7 @@ async fn assemble(
     }
     let file = out.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
     file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    Ok((hasher.finalize().to_hex().to_string(), written, transferred))
+    Ok((hasher.finalize().to_hex().to_string(), written, transferred, direct))
 }
 
 #[cfg(test)]

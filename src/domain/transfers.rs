@@ -360,7 +360,8 @@ async fn transition(
     get_one(client, project_id, id).await
 }
 
-/// `PATCH`: the source device reports a start, bytes, or a failure.
+/// `PATCH`: the source device reports a start, bytes, or a failure; the
+/// requester, only a failure.
 pub async fn report(
     client: &impl GenericClient,
     cmd: &Command,
@@ -393,11 +394,17 @@ pub async fn report(
     }
     let role = lock_for(client, project_id, &cmd.caller, false).await?;
     let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
-    if cmd.caller.device_id != Some(row.source_device_id) {
+    let from_source = cmd.caller.device_id == Some(row.source_device_id);
+    // The requester may say an attempt failed on its side (bytes that never
+    // verified, say), so that it can be retried; nothing else.
+    let requester_fails = row.state.requester_id == cmd.caller.user_id
+        && report.status == Some(Failed)
+        && report.bytes_transferred.is_none();
+    if !from_source && !requester_fails {
         return Err(rejected(
             Rejection::Forbidden,
             "not_source_device",
-            "only the transfer's source device reports its progress",
+            "only the transfer's source device reports its progress (its requester may only report a failure)",
         ));
     }
     let now = Utc::now();
@@ -415,7 +422,8 @@ pub async fn report(
                 state.percent = percent(bytes, state.total_bytes);
             }
             state.status = Failed;
-            state.error_message = Some(report.error_message.unwrap_or_else(|| "failed_at_source".to_owned()));
+            let side = if from_source { "failed_at_source" } else { "failed_at_requester" };
+            state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_owned()));
             state.last_activity_at = now;
             events.push((EventType::FileTransferFailed, state));
         }

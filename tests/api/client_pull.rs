@@ -37,7 +37,8 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     write(src, "media/big.bin", &big);
     write(src, "docs/small.txt", b"small and plain");
 
-    let mut agent = Running::share(&owner, &project, src);
+    // Relay only: `client_direct` covers the direct path.
+    let mut agent = Running::share_with(&owner, &project, src, &["--no-direct"]);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     // ls, with and without a prefix.

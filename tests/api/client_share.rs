@@ -170,7 +170,14 @@ impl Running {
 
     /// The owner's agent: `ferry share PROJECT DIR --json`.
     pub(crate) fn share(person: &Person, project: &str, dir: &Path) -> Self {
-        Self::start(person, &["share", project, dir.to_str().unwrap(), "--json"])
+        Self::share_with(person, project, dir, &[])
+    }
+
+    /// The owner's agent with more options (`--no-direct`, `--advertise URL`).
+    pub(crate) fn share_with(person: &Person, project: &str, dir: &Path, options: &[&str]) -> Self {
+        let mut args = vec!["share", project, dir.to_str().unwrap(), "--json"];
+        args.extend_from_slice(options);
+        Self::start(person, &args)
     }
 
     /// A member's `ferry sync PROJECT DIR --json`.

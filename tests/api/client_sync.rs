@@ -1,6 +1,6 @@
 //! `ferry sync PROJECT DIR`: the member's folder follows the owner's live —
-//! an added, an edited, a deleted and a renamed file — and SIGTERM stops it
-//! cleanly.
+//! an added, an edited, a deleted and a renamed file — through a server
+//! restart, and SIGTERM stops it cleanly.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::client_pull::write;
 use crate::client_resume::owner_and_member;
-use crate::client_share::{Running, TempDir};
+use crate::client_share::{Person, Running, TempDir};
 use crate::helpers::TestApp;
 
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
@@ -107,4 +107,87 @@ async fn sync_keeps_the_members_folder_current_until_stopped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// `ferry sync PROJECT DIR --json` with stdout and stderr kept in files:
+/// its warnings (a dropped connection, a reconnect) go to stderr, which
+/// `Running` leaves to the terminal. Killed when dropped.
+struct LoggedSync {
+    child: tokio::process::Child,
+    logs: TempDir,
+}
+
+impl LoggedSync {
+    fn start(person: &Person, project: &str, dir: &Path) -> Self {
+        let logs = TempDir::new("sync-logs");
+        let file = |name| std::fs::File::create(logs.path().join(name)).unwrap();
+        let mut cmd =
+            tokio::process::Command::from(person.command(&["sync", project, dir.to_str().unwrap(), "--json"]));
+        cmd.stdout(file("stdout")).stderr(file("stderr")).kill_on_drop(true);
+        Self { child: cmd.spawn().expect("ferry sync starts"), logs }
+    }
+
+    fn printed(&self, stream: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(stream)).unwrap_or_default()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.printed("stdout").lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    fn reconnects(&self) -> usize {
+        self.printed("stderr").lines().filter(|l| l.starts_with("warning: the live connection")).count()
+    }
+
+    /// Polls `done` until it holds; fails if sync exits first or it takes
+    /// too long, showing what sync printed.
+    async fn wait_until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + CONVERGE_WITHIN;
+        while !done(self) {
+            let exited = self.child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "no {what} (sync exited: {exited:?}); stdout:\n{}\nstderr:\n{}",
+                self.printed("stdout"),
+                self.printed("stderr")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reconnects_after_a_server_restart_and_catches_up() {
+    let mut app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Restart").await;
+
+    let tree = TempDir::new("restart-src");
+    let src = tree.path();
+    write(src, "edit.txt", b"first version");
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+
+    let target = TempDir::new("restart-dst");
+    let dst = target.path();
+    let has = |rel: &str, bytes: &[u8]| read(dst, rel).as_deref() == Some(bytes);
+    let mut sync = LoggedSync::start(&member, &project, dst);
+    sync.wait_until("first pull", |s| s.events().iter().any(|e| e["event"] == "pulled")).await;
+    assert!(has("edit.txt", b"first version"));
+    // A live change first, so that the restart cuts a subscribed socket.
+    write(src, "edit.txt", b"second version");
+    sync.wait_until("live edit", |_| has("edit.txt", b"second version")).await;
+    let drops_before = sync.reconnects();
+
+    app.restart().await;
+    write(src, "edit.txt", b"third version, after the restart");
+    write(src, "new/added.txt", b"added after the restart");
+    sync.wait_until("catching up after the restart", |_| {
+        has("edit.txt", b"third version, after the restart") && has("new/added.txt", b"added after the restart")
+    })
+    .await;
+
+    // The same process noticed the cut and reconnected (what came after the
+    // restart can only have come over a new socket).
+    assert!(sync.reconnects() > drops_before, "no reconnect reported; stderr:\n{}", sync.printed("stderr"));
+    assert!(sync.child.try_wait().unwrap().is_none(), "sync exited");
 }

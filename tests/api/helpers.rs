@@ -2,6 +2,7 @@
 //! from a migrated template, with typed calls for the tests.
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use ferry::config::{DatabaseSettings, RealtimeSettings, RelaySettings, ServeSettings, TransferSettings};
 use ferry::store::embedded::EmbeddedPostgres;
@@ -121,11 +122,19 @@ pub fn relay_dir(db_name: &str) -> std::path::PathBuf {
 /// Starts a server with `settings`; answers its base URL and handle.
 pub async fn start_server(settings: &ServeSettings) -> (String, actix_web::dev::ServerHandle) {
     let server = ferry::server::Server::build(settings).await.expect("server starts");
-    let address = format!("http://{}", server.address());
-    let handle = server.handle();
-    tokio::spawn(server.run());
+    let (address, handle, _) = serve(server);
     (address, handle)
 }
+
+/// Runs a built server; answers its base URL, its handle and the task that
+/// ends once it has stopped and let go of its listener and database.
+fn serve(server: ferry::server::Server) -> (String, actix_web::dev::ServerHandle, Serving) {
+    let address = format!("http://{}", server.address());
+    let handle = server.handle();
+    (address, handle, tokio::spawn(server.run()))
+}
+
+type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 
 pub struct TestApp {
     pub address: String,
@@ -137,6 +146,7 @@ pub struct TestApp {
     pub settings: ServeSettings,
     db_name: String,
     handle: actix_web::dev::ServerHandle,
+    serving: Serving,
 }
 
 /// A signed-up user and their token.
@@ -174,7 +184,8 @@ impl TestApp {
             workers: Some(2),
         };
         adjust(&mut settings);
-        let (address, handle) = start_server(&settings).await;
+        let server = ferry::server::Server::build(&settings).await.expect("server starts");
+        let (address, handle, serving) = serve(server);
         Self {
             address,
             pool: ferry::store::connect(&database_url, 8).unwrap(),
@@ -183,7 +194,39 @@ impl TestApp {
             settings,
             db_name,
             handle,
+            serving,
         }
+    }
+
+    /// Restarts the server as a crash and a supervisor would: every
+    /// connection, WebSockets included, is cut at once (no graceful
+    /// draining), then a new server listens on the same address, on the
+    /// same database and relay folder.
+    pub async fn restart(&mut self) {
+        // Not graceful: a graceful stop would keep open WebSockets for the
+        // whole shutdown timeout; a forced one drops each worker's runtime,
+        // closing its connections.
+        self.handle.stop(false).await;
+        // The old server ends by stopping its event listener and pool.
+        let stopped = tokio::time::timeout(Duration::from_secs(10), &mut self.serving).await;
+        assert!(stopped.is_ok(), "the old server had not finished stopping after 10s");
+
+        let mut settings = self.settings.clone();
+        settings.bind = self.address.trim_start_matches("http://").to_owned();
+        // The listener is closed by now, but allow the port a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let server = loop {
+            match ferry::server::Server::build(&settings).await {
+                Ok(server) => break server,
+                Err(ferry::server::StartError::Bind { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the server restarts on {}: {e}", settings.bind),
+            }
+        };
+        let (address, handle, serving) = serve(server);
+        assert_eq!(address, self.address, "the restarted server listens where the old one did");
+        (self.handle, self.serving) = (handle, serving);
     }
 
     /// The folder the relay keeps this server's chunks in.

@@ -3,10 +3,12 @@
 mod accounts;
 mod cli;
 mod client_accounts;
+mod client_direct;
 mod client_pull;
 mod client_resume;
 mod client_share;
 mod client_sync;
+mod client_verify;
 mod events;
 mod files;
 mod health;

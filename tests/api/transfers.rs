@@ -229,6 +229,27 @@ async fn the_lifecycle_follows_the_state_machine() {
     let (status, _) = s.act(&app, &s.member, id3, "verify", json!({"hash": hash("big")})).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
+    // Its requester may report only a failure (bytes that never verified),
+    // which makes the transfer retryable.
+    let id4 = s.transfer(&app).await;
+    for (token, report) in [
+        (&s.member.token, json!({"status": "failed", "bytes_transferred": 1})),
+        (&s.member.token, json!({"status": "in_progress"})),
+        (&s.owner.token, json!({"status": "failed"})),
+    ] {
+        let (status, body) = s.patch(&app, token, id4, report.clone()).await;
+        assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "not_source_device"), "{report}");
+    }
+    let (_, failed) = s
+        .patch(&app, &s.member.token, id4, json!({"status": "failed", "error_message": "chunk_verification_failed"}))
+        .await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["error_message"].as_str()),
+        (Some("failed"), Some("chunk_verification_failed"))
+    );
+    let (_, retried) = s.act(&app, &s.member, id4, "retry", json!({})).await;
+    assert_eq!((retried["status"].as_str(), retried["attempts"].as_i64()), (Some("pending"), Some(2)));
+
     assert_eq!(
         transfer_events(&app, s.project, id).await,
         [

@@ -1,0 +1,227 @@
+//! Direct transfers, both ends. The owner's agent listens on its own HTTP
+//! port and serves `GET /chunks/:hash` to whoever holds a transfer's token:
+//! the server mints that token with the key the agent advertised, and the
+//! agent checks it alone ([`DirectToken`]). The member fetches from the
+//! agent first and falls back to the relay at the first failure.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use chrono::Utc;
+use rand::RngCore;
+use uuid::Uuid;
+
+use crate::api::{error_chain, ApiError};
+use crate::protocol::files::Blake3Hash;
+use crate::protocol::transfers::{DirectToken, TransferInfo};
+
+/// How long the member waits to connect to the owner's machine.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest one direct chunk request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the agent does not serve a chunk.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The chunk is not part of the token's transfer.
+    NotInTransfer,
+    /// The transfer is over, or not this device's to serve.
+    TransferOver,
+    /// The file no longer holds the chunk, or cannot be read.
+    Unavailable(String),
+}
+
+/// What the listener asks of the agent.
+#[async_trait::async_trait]
+pub trait Chunks: Send + Sync + 'static {
+    /// The bytes of chunk `hash` of `transfer`, checked against `hash`.
+    async fn chunk(&self, transfer: Uuid, hash: &str) -> Result<Bytes, Refusal>;
+}
+
+struct State {
+    key: [u8; 32],
+    chunks: Arc<dyn Chunks>,
+    /// The agent's runtime: the listener's worker runs on its own, and the
+    /// agent's work (API calls, file reads) belongs on the agent's.
+    runtime: tokio::runtime::Handle,
+}
+
+/// The agent's listener: where it can be reached and the key its tokens
+/// are minted with (fresh on every start, so old tokens die with it).
+pub struct Listener {
+    pub urls: Vec<String>,
+    key: [u8; 32],
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Listener {
+    /// Listens on `listen`; advertises `advertise`, or else the address this
+    /// machine reaches `server_url` from (the machine's LAN or overlay
+    /// address when the listener is on every interface).
+    pub fn start(
+        listen: SocketAddr,
+        advertise: &[String],
+        server_url: &str,
+        chunks: Arc<dyn Chunks>,
+    ) -> std::io::Result<Self> {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let socket = TcpListener::bind(listen)?;
+        let bound = socket.local_addr()?;
+        let urls = if advertise.is_empty() {
+            let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url) } else { bound.ip() };
+            vec![format!("http://{}", SocketAddr::new(ip, bound.port()))]
+        } else {
+            advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
+        };
+        let state = web::Data::new(State { key, chunks, runtime: tokio::runtime::Handle::current() });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/chunks/{hash}", web::get().to(serve_chunk))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(socket)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self { urls, key, handle })
+    }
+
+    /// The key, as `PUT /api/devices/:id/direct` takes it.
+    pub fn key_hex(&self) -> String {
+        hex::encode(self.key)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// The local address packets to `server_url` leave from (no packet is sent:
+/// connecting a UDP socket only picks the route).
+fn outgoing_ip(server_url: &str) -> std::net::IpAddr {
+    let fallback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let Ok(url) = reqwest::Url::parse(server_url) else { return fallback };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return fallback };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Some(target) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).ok().and_then(|mut a| a.next()) else {
+        return fallback;
+    };
+    let any: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    UdpSocket::bind(any)
+        .and_then(|s| s.connect(target).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(fallback)
+}
+
+async fn serve_chunk(
+    req: HttpRequest,
+    hash: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
+    let transfer = DirectToken::verify(&state.key, token.trim(), Utc::now())
+        .ok_or_else(|| ApiError::unauthorized("the transfer token is not valid here, or has expired"))?;
+    let hash = Blake3Hash::parse(&hash).map_err(|e| ApiError::bad_request("invalid_hash", e.to_string()))?;
+    let chunks = state.chunks.clone();
+    let hash = hash.as_str().to_owned();
+    let answer = state
+        .runtime
+        .spawn(async move { chunks.chunk(transfer, &hash).await })
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    match answer {
+        Ok(bytes) => Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes)),
+        Err(Refusal::NotInTransfer) => Err(ApiError::not_found("no such chunk in this transfer")),
+        Err(Refusal::TransferOver) => {
+            Err(ApiError::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))
+        }
+        Err(Refusal::Unavailable(why)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "chunk_unavailable", why)),
+    }
+}
+
+/// The owner's machine as one transfer reaches it: its advertised URLs and
+/// the transfer's token. After the first failure it is not tried again for
+/// this transfer (the relay takes over).
+pub struct Peer {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    token: String,
+    given_up: AtomicBool,
+    announced: AtomicBool,
+}
+
+impl Peer {
+    /// The direct endpoints of a download answer, if any.
+    pub fn for_transfer(info: &TransferInfo) -> Option<Self> {
+        let direct: Vec<_> = info.endpoints.iter().filter(|e| e.protocol == "http" && e.token.is_some()).collect();
+        let token = direct.first()?.token.clone()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .ok()?;
+        Some(Self {
+            http,
+            urls: direct.iter().map(|e| e.url.clone()).collect(),
+            token,
+            given_up: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
+        })
+    }
+
+    pub fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::SeqCst)
+    }
+
+    /// True once, for the first caller after the peer was given up: the
+    /// one to tell the user.
+    pub fn announce_fallback(&self) -> bool {
+        self.given_up() && !self.announced.swap(true, Ordering::SeqCst)
+    }
+
+    /// The chunk's bytes (unchecked) from the first URL that answers; an
+    /// error (and no more direct tries) when none does.
+    pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
+        let mut why = String::from("no direct endpoint");
+        for url in &self.urls {
+            if self.given_up() {
+                break;
+            }
+            match self.fetch_from(url, hash).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => why = format!("{url}: {e}"),
+            }
+        }
+        self.given_up.store(true, Ordering::SeqCst);
+        Err(why)
+    }
+
+    async fn fetch_from(&self, url: &str, hash: &str) -> Result<Bytes, String> {
+        let res = self
+            .http
+            .get(format!("{url}/chunks/{hash}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if !res.status().is_success() {
+            return Err(format!("answered {}", res.status()));
+        }
+        res.bytes().await.map_err(|e| error_chain(&e))
+    }
+}

@@ -1,0 +1,547 @@
+//! The agent as a transfer source: it takes up each transfer asked of its
+//! device once, and provides the chunks the member needs — directly, from
+//! its own listener, to a member holding the transfer's token; through the
+//! relay when the member has not fetched directly for a short while (it
+//! cannot reach this machine, or is a client without direct transfers).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::api::Api;
+use super::direct::{Chunks, Refusal};
+use super::output::{human_bytes, Output};
+use super::scan::{self, Files};
+use super::ClientError;
+use crate::protocol::events::data::{TransferRequested, TransferState};
+use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus};
+
+/// Hashes per `chunks/missing` call.
+const MISSING_BATCH: usize = 500;
+/// Chunks uploaded at once per transfer.
+const UPLOADS_AT_ONCE: usize = 4;
+/// Least time between two progress reports of a transfer.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long a member that may fetch directly has before the relay is used.
+const DIRECT_GRACE: Duration = Duration::from_secs(2);
+/// How often a transfer served directly is looked at.
+const DIRECT_TICK: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This device as the source of a project's transfers.
+pub struct Source {
+    api: Api,
+    project: Uuid,
+    device_id: Uuid,
+    dir: PathBuf,
+    out: Output,
+    /// DIR as last scanned: what transfers are served from.
+    files: Mutex<Arc<Files>>,
+    /// Whether members may fetch directly (the listener runs and is advertised).
+    direct: AtomicBool,
+    transfers: Mutex<Transfers>,
+}
+
+#[derive(Default)]
+struct Transfers {
+    /// Being served, until the serving ends.
+    active: HashMap<Uuid, Arc<Serving>>,
+    /// Every transfer taken up (a replayed request is not served twice).
+    seen: HashSet<Uuid>,
+}
+
+/// A transfer to serve.
+#[derive(Debug, Clone)]
+struct Job {
+    id: Uuid,
+    file_path: String,
+    file_hash: String,
+    total_bytes: i64,
+    /// None: every chunk of the file.
+    chunks_needed: Option<Vec<String>>,
+}
+
+impl From<Transfer> for Job {
+    fn from(t: Transfer) -> Self {
+        Job {
+            id: t.id,
+            file_path: t.file_path,
+            file_hash: t.file_hash,
+            total_bytes: t.total_bytes,
+            chunks_needed: None,
+        }
+    }
+}
+
+/// How a transfer ended, as the agent learns it from the live events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Completed,
+    /// Cancelled, failed or expired: stop providing.
+    Stopped,
+}
+
+/// A transfer being served: what its serving task and the direct listener
+/// share.
+struct Serving {
+    job: Job,
+    abs: PathBuf,
+    /// Every chunk of the file (and the file itself, as one) → (offset, size).
+    table: HashMap<String, (u64, u64)>,
+    /// What the member asked for, each once.
+    needed: Vec<String>,
+    end: Mutex<Option<End>>,
+    /// When the member last fetched directly.
+    last_direct: Mutex<Option<Instant>>,
+    /// Chunks the member fetched directly, with their bytes.
+    sent_direct: Mutex<HashMap<String, u64>>,
+    progress: Progress,
+}
+
+impl Serving {
+    /// The transfer's file as DIR holds it; an error when it does not.
+    fn new(files: &Files, dir: &std::path::Path, job: Job, bar: indicatif::ProgressBar) -> Result<Self, String> {
+        let entry = match files.get(&job.file_path) {
+            Some(e) if e.hash == job.file_hash => e,
+            Some(_) => return Err("file_changed_at_source".into()),
+            None => return Err("file_not_found_at_source".into()),
+        };
+        let mut table = HashMap::new();
+        for c in &entry.chunks {
+            table.entry(c.hash.clone()).or_insert((c.offset, c.size));
+        }
+        if entry.size > 0 {
+            table.entry(entry.hash.clone()).or_insert((0, entry.size));
+        }
+        let needed: Vec<String> = match &job.chunks_needed {
+            Some(list) => list.clone(),
+            None => {
+                let mut seen = HashSet::new();
+                entry.chunks.iter().map(|c| c.hash.clone()).filter(|h| seen.insert(h.clone())).collect()
+            }
+        };
+        if let Some(unknown) = needed.iter().find(|h| !table.contains_key(*h)) {
+            return Err(format!("chunk {unknown} is not part of the file at the source"));
+        }
+        let total = job.total_bytes.max(0) as u64;
+        bar.set_length(total);
+        Ok(Self {
+            abs: dir.join(job.file_path.trim_start_matches('/')),
+            progress: Progress {
+                transfer: job.id,
+                total,
+                done: AtomicU64::new(0),
+                reported: Mutex::new((Instant::now() - PROGRESS_EVERY, 0)),
+                bar,
+            },
+            job,
+            table,
+            needed,
+            end: Mutex::new(None),
+            last_direct: Mutex::new(None),
+            sent_direct: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn ended(&self) -> Option<End> {
+        *lock(&self.end)
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_direct) = Some(Instant::now());
+    }
+}
+
+#[derive(Debug)]
+enum Stop {
+    Cancelled,
+    /// Not ours to serve any more (the server refused the start).
+    Refused(ClientError),
+    Failed(String),
+}
+
+/// What serving a transfer moved.
+#[derive(Debug, Default)]
+struct Served {
+    direct_chunks: usize,
+    direct_bytes: u64,
+    uploaded_chunks: usize,
+    uploaded_bytes: u64,
+}
+
+impl Source {
+    pub fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, files: Arc<Files>) -> Self {
+        Self {
+            api,
+            project,
+            device_id,
+            dir,
+            out,
+            files: Mutex::new(files),
+            direct: AtomicBool::new(false),
+            transfers: Mutex::default(),
+        }
+    }
+
+    /// DIR as just scanned.
+    pub fn set_files(&self, files: Arc<Files>) {
+        *lock(&self.files) = files;
+    }
+
+    pub fn files(&self) -> Arc<Files> {
+        lock(&self.files).clone()
+    }
+
+    /// Members may now fetch directly (or no longer).
+    pub fn set_direct(&self, on: bool) {
+        self.direct.store(on, Ordering::SeqCst);
+    }
+
+    /// Reacts to a live project event: a transfer to serve, one that ended.
+    pub fn on_event(self: &Arc<Self>, message: &Value) {
+        let data = &message["data"];
+        let end = match message["type"].as_str().unwrap_or_default() {
+            "transfer_requested" => {
+                if let Ok(req) = serde_json::from_value::<TransferRequested>(data.clone()) {
+                    if req.source_device_id == self.device_id && req.state.status.is_active() {
+                        self.take_up(
+                            Job {
+                                id: req.state.transfer_id,
+                                file_path: req.state.file_path,
+                                file_hash: req.file_hash,
+                                total_bytes: req.state.total_bytes,
+                                chunks_needed: Some(req.chunks_needed),
+                            },
+                            false,
+                        );
+                    }
+                }
+                return;
+            }
+            "transfer_retried" => {
+                if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
+                    let source = self.clone();
+                    tokio::spawn(async move {
+                        if let Ok(t) = source.api.transfer(source.project, state.transfer_id).await {
+                            if t.source_device.id == source.device_id && t.status.is_active() {
+                                source.take_up(t.into(), true);
+                            }
+                        }
+                    });
+                }
+                return;
+            }
+            "file_transfer_complete" => End::Completed,
+            "file_transfer_cancelled" | "file_transfer_failed" | "file_transfer_expired" => End::Stopped,
+            _ => return,
+        };
+        if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
+            if let Some(s) = lock(&self.transfers).active.get(&state.transfer_id) {
+                *lock(&s.end) = Some(end);
+            }
+        }
+    }
+
+    /// Serves the transfers asked of this device while it was away.
+    pub async fn serve_pending(self: Arc<Self>) {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page =
+                match self.api.transfers_page(self.project, Some(TransferStatus::Pending), cursor.as_deref()).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        self.out.warn(&format!("cannot list pending transfers: {e}"));
+                        return;
+                    }
+                };
+            for t in page.transfers {
+                if t.source_device.id == self.device_id {
+                    self.take_up(t.into(), false);
+                }
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return,
+            }
+        }
+    }
+
+    /// Starts serving `job` unless it is being served, or was taken up
+    /// before and this is not a retry; answers it when it starts.
+    fn take_up(self: &Arc<Self>, job: Job, retry: bool) -> Option<Arc<Serving>> {
+        let prepared = {
+            let mut transfers = lock(&self.transfers);
+            if transfers.active.contains_key(&job.id) || (!transfers.seen.insert(job.id) && !retry) {
+                return None;
+            }
+            let bar = self.out.bytes_bar(&format!("sending {}", job.file_path));
+            let prepared = Serving::new(&self.files(), &self.dir, job.clone(), bar).map(Arc::new);
+            if let Ok(s) = &prepared {
+                transfers.active.insert(job.id, s.clone());
+            }
+            prepared
+        };
+        let source = self.clone();
+        match prepared {
+            Ok(serving) => {
+                let s = serving.clone();
+                tokio::spawn(async move {
+                    let result = source.serve(&s).await;
+                    lock(&source.transfers).active.remove(&s.job.id);
+                    s.progress.bar.finish_and_clear();
+                    source.finished(&s.job, result).await;
+                });
+                Some(serving)
+            }
+            Err(why) => {
+                tokio::spawn(async move { source.finished(&job, Err(Stop::Failed(why))).await });
+                None
+            }
+        }
+    }
+
+    async fn finished(&self, job: &Job, result: Result<Served, Stop>) {
+        match result {
+            Ok(s) => self.out.event(
+                json!({"event": "transfer_served", "transfer_id": job.id, "file_path": job.file_path,
+                       "chunks_direct": s.direct_chunks, "bytes_direct": s.direct_bytes,
+                       "chunks_uploaded": s.uploaded_chunks, "bytes_uploaded": s.uploaded_bytes}),
+                || {
+                    format!(
+                        "served {} ({} directly, {} through the relay)",
+                        job.file_path,
+                        human_bytes(s.direct_bytes),
+                        human_bytes(s.uploaded_bytes)
+                    )
+                },
+            ),
+            Err(Stop::Cancelled) => self.out.event(
+                json!({"event": "transfer_cancelled", "transfer_id": job.id, "file_path": job.file_path}),
+                || format!("transfer of {} cancelled", job.file_path),
+            ),
+            Err(Stop::Refused(e)) => self.out.warn(&format!("transfer of {} not served: {e}", job.file_path)),
+            Err(Stop::Failed(why)) => {
+                self.out.warn(&format!("transfer of {} failed: {why}", job.file_path));
+                let report = TransferReport {
+                    status: Some(TransferStatus::Failed),
+                    bytes_transferred: None,
+                    error_message: Some(why),
+                };
+                let _ = self.api.report_transfer(self.project, job.id, &report).await;
+            }
+        }
+    }
+
+    /// Serves one transfer: directly while the member fetches so, else
+    /// through the relay.
+    async fn serve(&self, s: &Serving) -> Result<Served, Stop> {
+        let started = TransferReport { status: Some(TransferStatus::InProgress), ..Default::default() };
+        self.api.report_transfer(self.project, s.job.id, &started).await.map_err(Stop::Refused)?;
+        if self.direct.load(Ordering::SeqCst) {
+            if let Some(served) = self.while_direct(s).await? {
+                return Ok(served);
+            }
+        }
+        self.upload_to_relay(s).await
+    }
+
+    /// Waits while the member fetches directly, reporting progress. Answers
+    /// what moved when the transfer completes, or None once the member has
+    /// not fetched for a while with chunks still missing (the relay's turn).
+    async fn while_direct(&self, s: &Serving) -> Result<Option<Served>, Stop> {
+        let since = Instant::now();
+        loop {
+            let sent = lock(&s.sent_direct).clone();
+            match s.ended() {
+                Some(End::Stopped) => return Err(Stop::Cancelled),
+                Some(End::Completed) => {
+                    return Ok(Some(Served {
+                        direct_chunks: sent.len(),
+                        direct_bytes: sent.values().sum(),
+                        ..Served::default()
+                    }));
+                }
+                None => {}
+            }
+            s.progress.report(&self.api, self.project, false).await;
+            let idle = lock(&s.last_direct).unwrap_or(since).elapsed();
+            let all_sent = s.needed.iter().all(|h| sent.contains_key(h));
+            // Everything sent: the member is assembling and verifying.
+            if idle >= DIRECT_GRACE && !all_sent {
+                return Ok(None);
+            }
+            tokio::time::sleep(DIRECT_TICK).await;
+        }
+    }
+
+    /// Uploads the needed chunks the relay lacks, reporting progress.
+    async fn upload_to_relay(&self, s: &Serving) -> Result<Served, Stop> {
+        let mut missing = Vec::new();
+        for batch in s.needed.chunks(MISSING_BATCH) {
+            missing
+                .extend(self.api.missing_chunks(self.project, batch).await.map_err(|e| Stop::Failed(e.to_string()))?);
+        }
+        let missing_set: HashSet<&String> = missing.iter().collect();
+        let present: u64 = s.needed.iter().filter(|h| !missing_set.contains(h)).map(|h| s.table[h].1).sum();
+        s.progress.advance_to(present);
+        s.progress.report(&self.api, self.project, true).await;
+
+        let mut queue = missing.into_iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut served = Served::default();
+        let mut result = Ok(());
+        loop {
+            while result.is_ok() && running.len() < UPLOADS_AT_ONCE {
+                let Some(hash) = queue.next() else { break };
+                if let Some(end) = s.ended() {
+                    if end == End::Stopped {
+                        result = Err(Stop::Cancelled);
+                    }
+                    break;
+                }
+                running.push(self.upload(s, hash));
+            }
+            match running.next().await {
+                None => break,
+                Some(Ok(size)) => {
+                    served.uploaded_chunks += 1;
+                    served.uploaded_bytes += size;
+                }
+                Some(Err(e)) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        result?;
+        match s.ended() {
+            Some(End::Stopped) => return Err(Stop::Cancelled),
+            Some(End::Completed) => {}
+            None => {
+                // Every needed chunk is on the relay.
+                s.progress.advance_to(s.progress.total);
+                s.progress.report(&self.api, self.project, true).await;
+            }
+        }
+        Ok(served)
+    }
+
+    /// Re-reads one chunk from the file by offset, checks it, uploads it.
+    async fn upload(&self, s: &Serving, hash: String) -> Result<u64, Stop> {
+        let bytes = self.read_chunk(s, &hash).await.map_err(Stop::Failed)?;
+        let size = bytes.len() as u64;
+        self.api.put_chunk(self.project, &hash, bytes.to_vec()).await.map_err(|e| Stop::Failed(e.to_string()))?;
+        s.progress.add(size);
+        s.progress.report(&self.api, self.project, false).await;
+        Ok(size)
+    }
+
+    /// One chunk of the transfer's file, read at its offset and checked.
+    async fn read_chunk(&self, s: &Serving, hash: &str) -> Result<Bytes, String> {
+        let (offset, size) = *s.table.get(hash).ok_or_else(|| format!("chunk {hash} is not part of the file"))?;
+        let abs = s.abs.clone();
+        let bytes = tokio::task::spawn_blocking(move || scan::read_at(&abs, offset, size))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("file_unreadable_at_source: {e}"))?;
+        if blake3::hash(&bytes).to_hex().as_str() != hash {
+            return Err("file_changed_at_source".into());
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// The transfer a member asks for directly, taken up from the server
+    /// when its request has not reached this agent over the WebSocket yet.
+    async fn serving(self: &Arc<Self>, transfer: Uuid) -> Result<Arc<Serving>, Refusal> {
+        let known = {
+            let transfers = lock(&self.transfers);
+            match transfers.active.get(&transfer) {
+                Some(s) => return Ok(s.clone()),
+                None => transfers.seen.contains(&transfer),
+            }
+        };
+        if known {
+            return Err(Refusal::TransferOver);
+        }
+        let t = self.api.transfer(self.project, transfer).await.map_err(|_| Refusal::TransferOver)?;
+        if t.source_device.id != self.device_id || !t.status.is_active() {
+            return Err(Refusal::TransferOver);
+        }
+        self.take_up(t.into(), false)
+            .or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
+            .ok_or(Refusal::TransferOver)
+    }
+}
+
+/// The direct listener's view of the agent.
+pub struct DirectChunks(pub Arc<Source>);
+
+#[async_trait::async_trait]
+impl Chunks for DirectChunks {
+    async fn chunk(&self, transfer: Uuid, hash: &str) -> Result<Bytes, Refusal> {
+        let source = &self.0;
+        let s = source.serving(transfer).await?;
+        if s.ended().is_some() {
+            return Err(Refusal::TransferOver);
+        }
+        if !s.table.contains_key(hash) {
+            return Err(Refusal::NotInTransfer);
+        }
+        s.touch();
+        let bytes = source.read_chunk(&s, hash).await.map_err(Refusal::Unavailable)?;
+        s.touch();
+        if lock(&s.sent_direct).insert(hash.to_owned(), bytes.len() as u64).is_none() {
+            s.progress.add(bytes.len() as u64);
+        }
+        Ok(bytes)
+    }
+}
+
+/// A transfer's progress: bytes provided, reported now and then.
+struct Progress {
+    transfer: Uuid,
+    total: u64,
+    done: AtomicU64,
+    /// When, and with what, the last report went.
+    reported: Mutex<(Instant, u64)>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn add(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::SeqCst);
+        self.bar.inc(bytes);
+    }
+
+    fn advance_to(&self, bytes: u64) {
+        let before = self.done.fetch_max(bytes, Ordering::SeqCst);
+        self.bar.inc(bytes.saturating_sub(before));
+    }
+
+    async fn report(&self, api: &Api, project: Uuid, force: bool) {
+        let bytes = self.done.load(Ordering::SeqCst).min(self.total);
+        {
+            let mut reported = lock(&self.reported);
+            if reported.1 == bytes || (!force && reported.0.elapsed() < PROGRESS_EVERY) {
+                return;
+            }
+            *reported = (Instant::now(), bytes);
+        }
+        let report = TransferReport { bytes_transferred: Some(bytes as i64), ..Default::default() };
+        // A 409 (the relay's own count ran ahead, or the transfer ended
+        // meanwhile) is not this transfer's failure.
+        let _ = api.report_transfer(project, self.transfer, &report).await;
+    }
+}

@@ -1,0 +1,141 @@
+//! Direct transfers: the member's `ferry pull` fetches from the owner's
+//! `ferry share` listener when it can, and through the relay when it cannot;
+//! the listener serves a transfer's chunks only to its token, unexpired.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::client_pull::{hash, write};
+use crate::client_resume::owner_and_member;
+use crate::client_share::{noise, Running, TempDir};
+use crate::helpers::TestApp;
+
+/// Files under `dir`, at any depth (none when it does not exist).
+fn files_in(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()).map(|e| if e.path().is_dir() { files_in(&e.path()) } else { 1 }).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_relay() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Direct").await;
+    let tree = TempDir::new("direct-src");
+    let src = tree.path();
+    let big = noise(5 * 1024 * 1024 + 99, 31);
+    write(src, "media/big.bin", &big);
+    write(src, "notes.txt", b"plain notes");
+    let total = big.len() as u64 + 11;
+
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
+    assert!(listening["urls"][0].as_str().is_some_and(|u| u.starts_with("http://")), "{listening}");
+
+    // Reachable: every byte comes from the owner's machine, none via the relay.
+    let direct = TempDir::new("direct-dst");
+    let pulled = member.json(&["pull", &project, "--to", direct.path().to_str().unwrap()]).await;
+    assert_eq!(
+        (pulled["files"].as_u64(), pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(2), Some(total), Some(total)),
+        "{pulled}"
+    );
+    assert!(std::fs::read(direct.path().join("media/big.bin")).unwrap() == big);
+    assert_eq!(std::fs::read(direct.path().join("notes.txt")).unwrap(), b"plain notes");
+    let served = agent
+        .wait_for("serving the big file", |v| v["event"] == "transfer_served" && v["file_path"] == "/media/big.bin")
+        .await;
+    assert_eq!(
+        (served["bytes_direct"].as_u64(), served["bytes_uploaded"].as_u64()),
+        (Some(big.len() as u64), Some(0)),
+        "{served}"
+    );
+    assert_eq!(files_in(&app.relay_dir()), 0, "nothing was put on the relay");
+
+    // Unreachable: the agent advertises an address nobody answers at, and
+    // the member's pull goes through the relay instead.
+    drop(agent);
+    let mut agent = Running::share_with(&owner, &project, src, &["--advertise", "http://192.0.2.1:9"]);
+    let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
+    assert_eq!(listening["urls"], json!(["http://192.0.2.1:9"]));
+    let relayed = TempDir::new("relayed-dst");
+    let pulled = member.json(&["pull", &project, "--to", relayed.path().to_str().unwrap()]).await;
+    assert_eq!(
+        (pulled["files"].as_u64(), pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(2), Some(total), Some(0)),
+        "{pulled}"
+    );
+    assert!(std::fs::read(relayed.path().join("media/big.bin")).unwrap() == big);
+    let served = agent
+        .wait_for("serving the big file", |v| v["event"] == "transfer_served" && v["file_path"] == "/media/big.bin")
+        .await;
+    assert_eq!(
+        (served["bytes_direct"].as_u64(), served["bytes_uploaded"].as_u64()),
+        (Some(0), Some(big.len() as u64)),
+        "{served}"
+    );
+    assert!(files_in(&app.relay_dir()) > 0, "the relay holds the chunks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_unexpired_token() {
+    const TTL_SECONDS: u32 = 3;
+    let app = TestApp::spawn_with(|s| s.transfers.transfer_ttl_seconds = TTL_SECONDS).await;
+    let (owner, member, project) = owner_and_member(&app, "Tokens").await;
+    let tree = TempDir::new("tokens-src");
+    let src = tree.path();
+    write(src, "asked.txt", b"the file asked for");
+    write(src, "other.txt", b"a file nobody asked for");
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    agent.wait_for("listening", |v| v["event"] == "listening").await;
+
+    let (status, download) = app
+        .post(&format!("/api/projects/{project}/files/download"), &member.token(), json!({"file_path": "/asked.txt"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{download}");
+    let endpoint = &download["transfer_info"]["endpoints"][0];
+    assert_eq!(endpoint["protocol"], "http", "{download}");
+    let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(download["transfer_info"]["expires_at"].clone()).unwrap();
+
+    let get = |chunk: String, token: Option<String>| {
+        let request = app.http.get(format!("{url}/chunks/{chunk}"));
+        async move {
+            let res = match token {
+                Some(t) => request.bearer_auth(t),
+                None => request,
+            }
+            .send()
+            .await
+            .expect("the listener answers");
+            let status = res.status();
+            (status, res.bytes().await.unwrap().to_vec())
+        }
+    };
+    let code = |body: &[u8]| serde_json::from_slice::<Value>(body).map(|v| v["error"]["code"].clone()).unwrap();
+    let asked = hash(b"the file asked for");
+
+    // The right token: the transfer's chunk, and nothing else.
+    assert_eq!(get(asked.clone(), Some(token.into())).await, (StatusCode::OK, b"the file asked for".to_vec()));
+    let (status, body) = get(hash(b"a file nobody asked for"), Some(token.into())).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, json!("not_found")));
+
+    // No token, a made-up one, one whose secret part is altered.
+    let (mac_start, last) = token.rsplit_once('.').map(|(head, mac)| (head.len() + 1, mac)).unwrap();
+    let flipped = if last.starts_with('0') { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &token[..mac_start], &last[1..]);
+    for wrong in [None, Some("not-a-token".to_owned()), Some(tampered)] {
+        let (status, body) = get(asked.clone(), wrong.clone()).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")), "{wrong:?}");
+    }
+
+    // Past the transfer's expiry the same token opens nothing.
+    let wait = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1100);
+    tokio::time::sleep(wait).await;
+    let (status, body) = get(asked, Some(token.into())).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+}
