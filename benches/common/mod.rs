@@ -179,19 +179,19 @@ impl App {
     /// pool of 16, unless `FERRY_WORKERS`/`FERRY_DB_POOL_SIZE` say otherwise),
     /// on `database_url`, listening on 127.0.0.1:0.
     pub async fn start(database_url: &str) -> Result<Self, BoxError> {
+        Self::start_with(database_url, &[]).await
+    }
+
+    /// [`App::start`] with more `ferryd serve` flags after those (say
+    /// `--relay-store DIR`).
+    pub async fn start_with(database_url: &str, flags: &[&str]) -> Result<Self, BoxError> {
         #[derive(clap::Parser)]
         struct Serve {
             #[command(flatten)]
             settings: ServeSettings,
         }
-        let settings = <Serve as clap::Parser>::try_parse_from([
-            "bench",
-            "--database-url",
-            database_url,
-            "--bind",
-            "127.0.0.1:0",
-        ])?
-        .settings;
+        let args = ["bench", "--database-url", database_url, "--bind", "127.0.0.1:0"];
+        let settings = <Serve as clap::Parser>::try_parse_from(args.iter().chain(flags).copied())?.settings;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = settings.workers.unwrap_or(cores);
         let pool_size = settings.database.pool_size;

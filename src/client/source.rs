@@ -158,6 +158,12 @@ impl Serving {
         *lock(&self.end)
     }
 
+    /// What the member fetched directly.
+    fn served_direct(&self) -> Served {
+        let sent = lock(&self.sent_direct);
+        Served { direct_chunks: sent.len(), direct_bytes: sent.values().sum(), ..Served::default() }
+    }
+
     fn touch(&self) {
         *lock(&self.last_direct) = Some(Instant::now());
     }
@@ -347,7 +353,20 @@ impl Source {
     /// through the relay.
     async fn serve(&self, s: &Serving) -> Result<Served, Stop> {
         let started = TransferReport { status: Some(TransferStatus::InProgress), ..Default::default() };
-        self.api.report_transfer(self.project, s.job.id, &started).await.map_err(Stop::Refused)?;
+        match self.api.report_transfer(self.project, s.job.id, &started).await {
+            Ok(_) => {}
+            // It ended before this start was reported (a member fetching
+            // directly need not wait for it).
+            Err(ClientError::Api { status: 409, code, .. }) if code == "transfer_completed" => {
+                return Ok(s.served_direct())
+            }
+            Err(ClientError::Api { status: 409, code, .. })
+                if matches!(code.as_str(), "transfer_cancelled" | "transfer_failed" | "transfer_expired") =>
+            {
+                return Err(Stop::Cancelled)
+            }
+            Err(e) => return Err(Stop::Refused(e)),
+        }
         if self.direct.load(Ordering::SeqCst) {
             if let Some(served) = self.while_direct(s).await? {
                 return Ok(served);
@@ -362,21 +381,17 @@ impl Source {
     async fn while_direct(&self, s: &Serving) -> Result<Option<Served>, Stop> {
         let since = Instant::now();
         loop {
-            let sent = lock(&s.sent_direct).clone();
             match s.ended() {
                 Some(End::Stopped) => return Err(Stop::Cancelled),
-                Some(End::Completed) => {
-                    return Ok(Some(Served {
-                        direct_chunks: sent.len(),
-                        direct_bytes: sent.values().sum(),
-                        ..Served::default()
-                    }));
-                }
+                Some(End::Completed) => return Ok(Some(s.served_direct())),
                 None => {}
             }
             s.progress.report(&self.api, self.project, false).await;
             let idle = lock(&s.last_direct).unwrap_or(since).elapsed();
-            let all_sent = s.needed.iter().all(|h| sent.contains_key(h));
+            let all_sent = {
+                let sent = lock(&s.sent_direct);
+                s.needed.iter().all(|h| sent.contains_key(h))
+            };
             // Everything sent: the member is assembling and verifying.
             if idle >= DIRECT_GRACE && !all_sent {
                 return Ok(None);

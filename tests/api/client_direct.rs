@@ -1,6 +1,7 @@
 //! Direct transfers: the member's `ferry pull` fetches from the owner's
 //! `ferry share` listener when it can, and through the relay when it cannot;
-//! the listener serves a transfer's chunks only to its token, unexpired.
+//! the listener serves a transfer's chunks only to its token, while the
+//! transfer is open and the token unexpired.
 
 use std::path::Path;
 
@@ -80,7 +81,7 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_unexpired_token() {
+async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while_open() {
     const TTL_SECONDS: u32 = 3;
     let app = TestApp::spawn_with(|s| s.transfers.transfer_ttl_seconds = TTL_SECONDS).await;
     let (owner, member, project) = owner_and_member(&app, "Tokens").await;
@@ -99,8 +100,6 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_unexpired_t
     let endpoint = &download["transfer_info"]["endpoints"][0];
     assert_eq!(endpoint["protocol"], "http", "{download}");
     let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
-    let expires_at: chrono::DateTime<chrono::Utc> =
-        serde_json::from_value(download["transfer_info"]["expires_at"].clone()).unwrap();
 
     let get = |chunk: String, token: Option<String>| {
         let request = app.http.get(format!("{url}/chunks/{chunk}"));
@@ -133,7 +132,23 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_unexpired_t
         assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")), "{wrong:?}");
     }
 
-    // Past the transfer's expiry the same token opens nothing.
+    // Cancelled: the agent stops serving it, and its token opens nothing more.
+    let transfer = download["download_id"].as_str().unwrap();
+    let (status, body) =
+        app.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &member.token(), json!({})).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{body}");
+    agent.wait_for("the cancellation", |v| v["event"] == "transfer_cancelled" && v["transfer_id"] == transfer).await;
+    let (status, body) = get(asked.clone(), Some(token.into())).await;
+    assert_eq!((status, code(&body)), (StatusCode::GONE, json!("transfer_not_active")));
+
+    // Past its transfer's expiry a token opens nothing.
+    let (status, download) = app
+        .post(&format!("/api/projects/{project}/files/download"), &member.token(), json!({"file_path": "/asked.txt"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{download}");
+    let token = download["transfer_info"]["endpoints"][0]["token"].as_str().unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(download["transfer_info"]["expires_at"].clone()).unwrap();
     let wait = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1100);
     tokio::time::sleep(wait).await;
     let (status, body) = get(asked, Some(token.into())).await;

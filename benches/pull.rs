@@ -1,0 +1,650 @@
+//! `cargo bench --bench pull`: one large file from the owner's `ferry share`
+//! agent to a member's `ferry pull`, both the real release `ferry` binary,
+//! against the real server in-process (its relay a folder store), in two
+//! modes: direct (the agent's default: it listens on its own HTTP port and
+//! the member fetches from it) and relayed (`ferry share --no-direct`:
+//! agent → relay → member). MB/s is the file's bytes over the wall time of
+//! the `ferry pull` command, into a fresh empty folder, with the agent
+//! started beforehand and done with its first scan. Beside them, a raw
+//! baseline in the same run (before and after, so drift shows): a plain
+//! loopback copy of the same file, a std `TcpListener` on 127.0.0.1 reading
+//! the file into a socket and a client writing the socket into a file in a
+//! target folder and fsyncing it (as pull does), timed end to end; and the
+//! ratios ours/raw.
+//!
+//! Then the delta, in each mode: one byte in the middle of the source is
+//! flipped; once the agent has pushed the change, `ferry pull` again into
+//! the same folder. Printed: the bytes it moved, the chunks that changed
+//! (from the file's chunk lists in the event log) against the goal of at
+//! most two chunks (≤ 2 × the 4 MiB FastCDC maximum = 8 MiB), and its wall
+//! time (it still writes and fsyncs the whole file anew).
+//!
+//! Every pulled file must hash (BLAKE3) to the source's, `bytes_direct`
+//! must be all the bytes in direct mode and none in relayed mode, and a
+//! delta's bytes must be exactly its new chunks: otherwise the bench fails.
+//!
+//! Environment: `FERRY_BENCH_PULL_MB` (default 1024) is the file's size in
+//! MiB; `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) names the server, where
+//! the bench makes its own `ferry_bench_<random>` database and drops it at
+//! the end; `FERRY_WORKERS`, `FERRY_DB_POOL_SIZE` as for `ferryd serve`.
+//! Files live in a folder under `target/tmp`, removed at the end.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{App, BoxError};
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use uuid::Uuid;
+
+const MIB: u64 = 1024 * 1024;
+const FILE: &str = "big.bin";
+const PASSWORD: &str = "correct horse battery";
+/// The FastCDC maximum chunk (src/client/scan.rs).
+const MAX_CHUNK: u64 = ferry::client::scan::MAX_CHUNK as u64;
+/// The delta goal: a one-byte change costs at most this many chunks.
+const GOAL_CHUNKS: usize = 2;
+/// Longest one `ferry` command may take (a hang check, not a timing claim).
+const COMMAND_WITHIN: Duration = Duration::from_secs(1800);
+/// Longest wait for something the running agent should do.
+const AGENT_WITHIN: Duration = Duration::from_secs(600);
+/// Copy buffer of the raw baseline.
+const RAW_BUFFER: usize = 1 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Direct,
+    Relayed,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Relayed => "relayed",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    common::with_database(run).await
+}
+
+/// A folder under `target/tmp`, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-pull-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run(url: String) -> Result<bool, BoxError> {
+    let mib: u64 = common::env_num("FERRY_BENCH_PULL_MB", 1024)?;
+    let size = mib * MIB;
+    let load_before = common::load();
+    let root = TempDir::new()?;
+    let src = root.0.join("src");
+    let relay = root.0.join("relay");
+    std::fs::create_dir_all(&src)?;
+
+    let started = Instant::now();
+    let source = src.join(FILE);
+    let mut source_hash = blocking({
+        let source = source.clone();
+        move || generate(&source, size)
+    })
+    .await?;
+    let generated = started.elapsed();
+
+    let quota = (3 * size).max(10 * 1024 * MIB).to_string();
+    let app = App::start_with(&url, &["--relay-store", path_str(&relay)?, "--relay-quota-bytes", &quota]).await?;
+    let db = common::admin_client(&url).await?;
+    let pg: String = db.query_one("SHOW server_version", &[]).await?.get(0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "pull bench: PostgreSQL {pg}, load {load_before}, {cores} cores, server in-process ({} HTTP workers, pool of {}), \
+         relay in a folder store; one {mib} MiB file of noise ({size} bytes, generated in {:.1} s); \
+         real `ferry share` → `ferry pull` ({})",
+        app.workers,
+        app.pool_size,
+        generated.as_secs_f64(),
+        env!("CARGO_BIN_EXE_ferry"),
+    );
+
+    let owner = Person::new(&root.0, "owner", &app.address)?;
+    let member = Person::new(&root.0, "member", &app.address)?;
+    owner.signup().await?;
+    member.signup().await?;
+    let project = field(&owner.json(&["project", "create", "Pull"]).await?["id"])?;
+    let invite = field(&owner.json(&["invite", "create", &project]).await?["token"])?;
+    member.json(&["join", &invite]).await?;
+    let project_id: Uuid = project.parse()?;
+
+    let mut ok = true;
+    let mut fail = |what: String| {
+        println!("  FAILED: {what}");
+        ok = false;
+    };
+
+    let raw1 = raw_copy(&source, &root.0.join("raw"), size).await?;
+    println!(
+        "raw loopback copy, run 1 (std TCP on 127.0.0.1: read file → socket → write file + fsync): {:>7.0} MB/s  ({:.2} s)",
+        mb_per_s(size, raw1),
+        raw1.as_secs_f64()
+    );
+
+    // Relayed first: stopping a --no-direct agent leaves no direct endpoint behind.
+    let mut pulls = Vec::new();
+    let mut deltas = Vec::new();
+    let mut flip = 0xFFu8;
+    for mode in [Mode::Relayed, Mode::Direct] {
+        settle().await;
+        let started = Instant::now();
+        let mut agent = Agent::start(&owner, &project, &src, mode, &root.0)?;
+        let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await?;
+        let scanned = started.elapsed();
+        if mode == Mode::Direct {
+            agent.wait_for("listening", |v| v["event"] == "listening").await?;
+        }
+        owner.wait_online(&project, true).await?;
+        println!(
+            "  {} agent up: first scan and push in {:.2} s ({} hashed, {} changes applied)",
+            mode.name(),
+            scanned.as_secs_f64(),
+            synced["hashed"],
+            synced["changes_applied"],
+        );
+
+        // The full pull, into a fresh empty folder.
+        settle().await;
+        let target = root.0.join(format!("to-{}", mode.name()));
+        let (result, took) = member.pull(&project, &target).await?;
+        let pulled = target.join(FILE);
+        let hash = blocking({
+            let pulled = pulled.clone();
+            move || hash_file(&pulled)
+        })
+        .await?;
+        let direct_want = if mode == Mode::Direct { size } else { 0 };
+        let fields = (result["files"].as_u64(), result["bytes_transferred"].as_u64(), result["bytes_direct"].as_u64());
+        if fields != (Some(1), Some(size), Some(direct_want)) {
+            fail(format!(
+                "{} pull reported {result}; expected 1 file, {size} bytes, {direct_want} direct",
+                mode.name()
+            ));
+        }
+        if hash != source_hash {
+            fail(format!("{} pull: BLAKE3 {hash}, the source's is {source_hash}", mode.name()));
+        }
+        pulls.push((mode, took, result));
+
+        // The delta: one byte flipped in the middle of the source.
+        let chunks_before = chunk_lists(&db, project_id).await?;
+        let started = Instant::now();
+        blocking({
+            let source = source.clone();
+            move || flip_byte(&source, size / 2, flip)
+        })
+        .await?;
+        flip = flip.rotate_left(1) ^ 0x55;
+        let pushed = agent
+            .wait_for("the flipped byte pushed", |v| {
+                v["event"] == "synced" && v["changes_applied"].as_u64().is_some_and(|n| n >= 1)
+            })
+            .await?;
+        let propagated = started.elapsed();
+        source_hash = blocking({
+            let source = source.clone();
+            move || hash_file(&source)
+        })
+        .await?;
+        let chunk_lists_after = chunk_lists(&db, project_id).await?;
+        if chunk_lists_after.len() != chunks_before.len() + 1 {
+            fail(format!(
+                "{} delta: {} versions of the file in the log after the change, {} before",
+                mode.name(),
+                chunk_lists_after.len(),
+                chunks_before.len()
+            ));
+        }
+        let (old, new) = match chunk_lists_after.as_slice() {
+            [.., old, new] => (old.clone(), new.clone()),
+            _ => return Err("the file has fewer than two versions in the log".into()),
+        };
+        let changed: Vec<&(String, u64)> = new.iter().filter(|c| !old.iter().any(|o| o.0 == c.0)).collect();
+        let changed_bytes: u64 = changed.iter().map(|c| c.1).sum();
+
+        settle().await;
+        let (delta, delta_took) = member.pull(&project, &target).await?;
+        let hash = blocking(move || hash_file(&pulled)).await?;
+        let moved = delta["bytes_transferred"].as_u64().unwrap_or(u64::MAX);
+        let direct_want = if mode == Mode::Direct { moved } else { 0 };
+        if delta["files"].as_u64() != Some(1)
+            || moved != changed_bytes
+            || delta["bytes_direct"].as_u64() != Some(direct_want)
+        {
+            fail(format!(
+                "{} delta pull reported {delta}; expected 1 file and exactly the {} new chunks' {changed_bytes} bytes, \
+                 {} of them direct",
+                mode.name(),
+                changed.len(),
+                if mode == Mode::Direct { "all" } else { "none" }
+            ));
+        }
+        if hash != source_hash {
+            fail(format!("{} delta pull: BLAKE3 {hash}, the source's is {source_hash}", mode.name()));
+        }
+        deltas.push(Delta {
+            mode,
+            old_chunks: old.len(),
+            new_chunks: new.len(),
+            changed: changed.iter().map(|c| c.1).collect(),
+            moved,
+            took: delta_took,
+            propagated,
+            rehashed: pushed["hashed_bytes"].as_u64().unwrap_or(0),
+        });
+
+        agent.stop().await?;
+        owner.wait_online(&project, false).await?;
+        // Keep the disk to the folders still needed.
+        let _ = std::fs::remove_dir_all(&target);
+    }
+
+    settle().await;
+    let raw2 = raw_copy(&source, &root.0.join("raw"), size).await?;
+    println!(
+        "raw loopback copy, run 2 (after the pulls):                                           {:>7.0} MB/s  ({:.2} s)",
+        mb_per_s(size, raw2),
+        raw2.as_secs_f64()
+    );
+    // Both runs: the bytes of both over their summed time.
+    let raw = mb_per_s(2 * size, raw1 + raw2);
+
+    println!("full pull of {mib} MiB into an empty folder (`ferry pull` wall time, agent already up):");
+    for mode in [Mode::Direct, Mode::Relayed] {
+        let Some((_, took, result)) = pulls.iter().find(|p| p.0 == mode) else { continue };
+        let how = match mode {
+            Mode::Direct => "(a) direct  (agent's listener → member)",
+            Mode::Relayed => "(b) relayed (agent → server relay, folder store → member)",
+        };
+        println!(
+            "  {how:<60} {:>7.0} MB/s  ({:.2} s; bytes_transferred {}, bytes_direct {})  ratio ours/raw {:.2}",
+            mb_per_s(size, *took),
+            took.as_secs_f64(),
+            result["bytes_transferred"],
+            result["bytes_direct"],
+            mb_per_s(size, *took) / raw,
+        );
+    }
+    println!("  raw baseline (mean of the two runs)                          {raw:>7.0} MB/s");
+
+    println!(
+        "delta: one byte flipped at offset {} (FastCDC chunks 256 KiB–1 MiB avg–4 MiB max; goal ≤ {GOAL_CHUNKS} chunks, \
+         i.e. ≤ {} MiB):",
+        size / 2,
+        GOAL_CHUNKS as u64 * MAX_CHUNK / MIB
+    );
+    for d in &deltas {
+        let met = d.changed.len() <= GOAL_CHUNKS && d.moved <= GOAL_CHUNKS as u64 * MAX_CHUNK;
+        println!(
+            "  {:<8} pulled {} bytes ({:.2} MiB) = {} new chunk(s) of {} [{}]; pull wall time {:.2} s; \
+             goal {}; (the agent pushed the change {:.2} s after the flip, re-hashing {} MiB; {} → {} chunks)",
+            d.mode.name(),
+            d.moved,
+            d.moved as f64 / MIB as f64,
+            d.changed.len(),
+            d.new_chunks,
+            d.changed.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(" + "),
+            d.took.as_secs_f64(),
+            if met { "met" } else { "NOT met" },
+            d.propagated.as_secs_f64(),
+            d.rehashed / MIB,
+            d.old_chunks,
+            d.new_chunks,
+        );
+    }
+    println!(
+        "check: every pulled file's BLAKE3 equals the source's; bytes_direct all (direct) / none (relayed); \
+         delta bytes = the new chunks' — {}",
+        if ok { "OK" } else { "FAILED" }
+    );
+    println!("load after: {}", common::load());
+    drop(db);
+    app.stop().await;
+    Ok(ok)
+}
+
+struct Delta {
+    mode: Mode,
+    old_chunks: usize,
+    new_chunks: usize,
+    /// Sizes of the chunks of the new version the old one lacked.
+    changed: Vec<u64>,
+    moved: u64,
+    took: Duration,
+    propagated: Duration,
+    rehashed: u64,
+}
+
+/// One person on one machine: a config folder and the server.
+struct Person {
+    config: PathBuf,
+    server: String,
+    name: &'static str,
+}
+
+impl Person {
+    fn new(root: &Path, name: &'static str, server: &str) -> std::io::Result<Self> {
+        let config = root.join(format!("config-{name}"));
+        std::fs::create_dir_all(&config)?;
+        Ok(Self { config, server: server.to_owned(), name })
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(args)
+            .env("FERRY_CONFIG_DIR", &self.config)
+            .env("FERRY_SERVER", &self.server)
+            .env_remove("FERRY_PASSWORD")
+            .env_remove("FERRY_LISTEN")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `ferry ARGS --json` to its end; answers its last stdout line.
+    async fn json(&self, args: &[&str]) -> Result<Value, BoxError> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = match tokio::time::timeout(COMMAND_WITHIN, self.command(&all).output()).await {
+            Ok(output) => output?,
+            Err(_) => return Err(format!("`ferry {}` still running after {COMMAND_WITHIN:?}", all.join(" ")).into()),
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok());
+        match last {
+            Some(v) if output.status.success() => Ok(v),
+            _ => Err(format!(
+                "`ferry {}` failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+                all.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into()),
+        }
+    }
+
+    async fn signup(&self) -> Result<(), BoxError> {
+        let email = format!("{}-{}@example.org", self.name, Uuid::new_v4().simple());
+        self.json(&["signup", "--email", &email, "--password", PASSWORD]).await?;
+        Ok(())
+    }
+
+    /// `ferry pull PROJECT --to DIR --json`, timed from spawn to exit.
+    async fn pull(&self, project: &str, to: &Path) -> Result<(Value, Duration), BoxError> {
+        let started = Instant::now();
+        let result = self.json(&["pull", project, "--to", path_str(to)?]).await?;
+        Ok((result, started.elapsed()))
+    }
+
+    /// Waits until the project's source device is (or is no longer) online.
+    async fn wait_online(&self, project: &str, online: bool) -> Result<(), BoxError> {
+        let deadline = Instant::now() + AGENT_WITHIN;
+        loop {
+            let devices = self.json(&["devices", project]).await?;
+            let any = devices["devices"].as_array().is_some_and(|d| d.iter().any(|d| d["online"] == true));
+            if any == online {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the agent's device is still {}: {devices}",
+                    if any { "online" } else { "offline" }
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `ferry share PROJECT DIR --json [--no-direct]` running in the background,
+/// its stdout lines collected, its stderr in a log file; killed when dropped.
+struct Agent {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(owner: &Person, project: &str, dir: &Path, mode: Mode, root: &Path) -> Result<Self, BoxError> {
+        let log = root.join(format!("agent-{}.log", mode.name()));
+        let mut args = vec!["share", project, path_str(dir)?, "--json"];
+        if mode == Mode::Relayed {
+            args.push("--no-direct");
+        }
+        let mut child = owner.command(&args).stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines, log })
+    }
+
+    /// The next JSON line that satisfies `want`.
+    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
+        let deadline = tokio::time::Instant::now() + AGENT_WITHIN;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                        if want(&value) {
+                            return Ok(value);
+                        }
+                    }
+                }
+                Ok(None) => return Err(format!("the agent ended before {what}: {}", self.tail()).into()),
+                Err(_) => {
+                    return Err(format!("no {what} from the agent within {AGENT_WITHIN:?}: {}", self.tail()).into())
+                }
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("stderr:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
+    }
+
+    /// SIGTERM, as Ctrl-C would (it withdraws its direct endpoints), and wait.
+    async fn stop(mut self) -> Result<(), BoxError> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+                Ok(())
+            }
+            Err(_) => Err(format!("the agent did not stop within 30 s of SIGTERM: {}", self.tail()).into()),
+        }
+    }
+}
+
+/// The file's chunk lists (hash, size), oldest version first, from the
+/// project's event log.
+async fn chunk_lists(db: &tokio_postgres::Client, project: Uuid) -> Result<Vec<Vec<(String, u64)>>, BoxError> {
+    let rows = db
+        .query(
+            "SELECT data->'chunks' FROM project_events
+             WHERE project_id = $1 AND type IN ('file_added', 'file_updated') AND data->>'path' = $2
+             ORDER BY seq",
+            &[&project, &format!("/{FILE}")],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let chunks: Value = row.get(0);
+            chunks
+                .as_array()
+                .ok_or_else(|| BoxError::from(format!("an event without a chunk list: {chunks}")))?
+                .iter()
+                .map(|c| match (c["hash"].as_str(), c["size"].as_u64()) {
+                    (Some(h), Some(s)) => Ok((h.to_owned(), s)),
+                    _ => Err(format!("a malformed chunk: {c}").into()),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes `size` bytes of xorshift noise (neither compressible nor
+/// repeating) and fsyncs them; answers their BLAKE3.
+fn generate(path: &Path, size: u64) -> std::io::Result<String> {
+    let mut file = std::fs::File::create(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 8 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        hasher.update(&block[..n]);
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().to_hex().to_string());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// XORs the byte at `offset` with `mask` in place, and fsyncs.
+fn flip_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut byte)?;
+    byte[0] ^= mask;
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(&byte)?;
+    file.sync_all()
+}
+
+/// The raw baseline: a listener on 127.0.0.1 reads `source` into the socket;
+/// a client reads the socket into a file in `dir` and fsyncs it. Timed from
+/// the connect to the fsync; the copy is checked, then removed.
+async fn raw_copy(source: &Path, dir: &Path, size: u64) -> Result<Duration, BoxError> {
+    let (source, dir) = (source.to_path_buf(), dir.to_path_buf());
+    blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let sender = std::thread::spawn(move || -> std::io::Result<u64> {
+            let (mut socket, _) = listener.accept()?;
+            let mut file = std::fs::File::open(&source)?;
+            let mut buf = vec![0u8; RAW_BUFFER];
+            let mut sent = 0;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(sent);
+                }
+                socket.write_all(&buf[..n])?;
+                sent += n as u64;
+            }
+        });
+        let target = dir.join(FILE);
+        let started = Instant::now();
+        let mut socket = TcpStream::connect(address)?;
+        let mut file = std::fs::File::create(&target)?;
+        let mut buf = vec![0u8; RAW_BUFFER];
+        let mut received = 0u64;
+        loop {
+            let n = socket.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n])?;
+            received += n as u64;
+        }
+        file.sync_all()?;
+        let took = started.elapsed();
+        let sent = sender.join().map_err(|_| std::io::Error::other("the raw sender panicked"))??;
+        if (sent, received) != (size, size) {
+            return Err(std::io::Error::other(format!("raw copy: sent {sent}, received {received}, of {size}")));
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(took)
+    })
+    .await
+    .map_err(Into::into)
+}
+
+/// Between phases: the previous one's dirty pages written out, a moment's
+/// quiet, so that one phase's writeback is not timed in the next.
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(|| {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+}
+
+fn mb_per_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64()
+}
+
+fn path_str(path: &Path) -> Result<&str, BoxError> {
+    path.to_str().ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
+}
+
+fn field(v: &Value) -> Result<String, BoxError> {
+    v.as_str().map(str::to_owned).ok_or_else(|| format!("expected a string, got {v}").into())
+}
