@@ -106,7 +106,8 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
-    /// List the project's transfers and their progress.
+    /// List the project's transfers and their progress; at a terminal, then
+    /// follow the open ones live until they end.
     Transfers { project: String },
 }
 
@@ -411,34 +412,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await?;
         }
         Command::Transfers { project } => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let transfers = api.all_transfers(project).await?;
-            out.result(json!({"transfers": transfers}), || {
-                if transfers.is_empty() {
-                    return "No transfers.".into();
-                }
-                let rows = transfers
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.to_string(),
-                            t.file_path.clone(),
-                            t.status.as_str().into(),
-                            format!("{:.0}%", t.percent_complete),
-                            format!(
-                                "{}/{}",
-                                human_bytes(t.bytes_transferred.max(0) as u64),
-                                human_bytes(t.total_bytes.max(0) as u64)
-                            ),
-                            t.speed_mbps.map(|s| format!("{s:.1} Mbit/s")).unwrap_or_default(),
-                            t.attempts.to_string(),
-                            t.error_message.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["id", "file", "status", "done", "bytes", "speed", "attempts", "error"], &rows)
-            });
+            super::transfers::transfers(&session, out, &project).await?;
         }
     }
     Ok(())

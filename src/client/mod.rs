@@ -12,6 +12,7 @@ pub mod pull;
 pub mod scan;
 pub mod source;
 pub mod sync;
+pub mod transfers;
 
 use std::path::Path;
 

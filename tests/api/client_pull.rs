@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
@@ -122,4 +122,81 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
         b"small and plain",
         "a failed pull leaves the old file"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_follows_the_open_ones_live_at_a_terminal() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = crate::client_resume::owner_and_member(&app, "Live").await;
+    let tree = TempDir::new("live-src");
+    write(tree.path(), "big.bin", &noise(2 * 1024 * 1024, 5));
+    owner.json(&["share", &project, tree.path().to_str().unwrap(), "--once"]).await;
+    // No agent runs: the transfer stays open until the test moves it.
+    let (status, download) = app
+        .post(&format!("/api/projects/{project}/files/download"), &member.token(), json!({"file_path": "/big.bin"}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{download}");
+    let transfer = download["download_id"].as_str().unwrap().to_owned();
+
+    // `script` gives `ferry transfers` a terminal.
+    let ferry = member.command(&["transfers", &project]);
+    let line = format!("{} transfers {project}", ferry.get_program().to_str().unwrap());
+    let mut view = std::process::Command::new("script");
+    view.args(["-qfec", &line, "/dev/null"]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    for (key, value) in ferry.get_envs() {
+        match value {
+            Some(v) => view.env(key, v),
+            None => view.env_remove(key),
+        };
+    }
+    let mut child = view.spawn().expect("script runs");
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = printed.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &'static str| {
+        let printed = printed.clone();
+        async move {
+            let deadline = Instant::now() + AGENT_WITHIN;
+            while !printed.lock().unwrap().contains(what) {
+                assert!(Instant::now() < deadline, "never printed {what:?}:\n{}", printed.lock().unwrap());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for("Following 1 open transfer").await;
+    assert!(printed.lock().unwrap().contains("pending"), "the table first");
+
+    // Progress from the source, then the requester cancels: the view says
+    // so and ends by itself.
+    let device = owner.device_token();
+    let path = format!("/api/projects/{project}/transfers/{transfer}");
+    let (status, body) = app
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            Some(&device),
+            Some(&json!({"status": "in_progress", "bytes_transferred": 1024 * 1024})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    app.post(&format!("{path}/cancel"), &member.token(), json!({})).await;
+    wait_for("cancelled /big.bin").await;
+    let deadline = Instant::now() + AGENT_WITHIN;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the live view did not end:\n{}", printed.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}:\n{}", printed.lock().unwrap());
 }
