@@ -370,16 +370,13 @@ impl Api {
         project: Uuid,
         hash: &str,
         transfer: Option<Uuid>,
-    ) -> Result<Option<Vec<u8>>, ClientError> {
+    ) -> Result<Option<bytes::Bytes>, ClientError> {
         let mut req = self.request(Method::GET, &format!("/api/projects/{project}/chunks/{hash}"));
         if let Some(transfer) = transfer {
             req = req.query(&[("transfer_id", transfer.to_string())]);
         }
         match self.send_raw(req).await {
-            Ok(res) => {
-                let bytes = res.bytes().await.map_err(|e| self.transport(e))?;
-                Ok(Some(bytes.to_vec()))
-            }
+            Ok(res) => Ok(Some(res.bytes().await.map_err(|e| self.transport(e))?)),
             Err(ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

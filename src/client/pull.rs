@@ -585,7 +585,7 @@ async fn fetch_chunk(
     loop {
         let fetched = match peer.filter(|p| !p.given_up()) {
             Some(peer) => match peer.fetch(&hash).await {
-                Ok(bytes) => Some((bytes.to_vec(), Via::Direct)),
+                Ok(bytes) => Some((bytes, Via::Direct)),
                 Err(why) => {
                     if peer.announce_fallback() {
                         ctx.bar.suspend(|| {
@@ -668,7 +668,8 @@ async fn assemble(
                 .await
                 .ok()
                 .flatten()
-                .filter(|b| blake3::hash(b).to_hex().as_str() == c.hash);
+                .filter(|b| blake3::hash(b).to_hex().as_str() == c.hash)
+                .map(Vec::from);
             via = Some(Via::Relay);
         }
         let Some(bytes) = bytes else {

@@ -284,11 +284,16 @@ impl Source {
     }
 
     /// Starts serving `job` unless it is being served, or was taken up
-    /// before and this is not a retry; answers it when it starts.
+    /// before and this is not a retry (whose failed attempt may still be
+    /// winding down); answers it when it starts.
     fn take_up(self: &Arc<Self>, job: Job, retry: bool) -> Option<Arc<Serving>> {
         let prepared = {
             let mut transfers = lock(&self.transfers);
-            if transfers.active.contains_key(&job.id) || (!transfers.seen.insert(job.id) && !retry) {
+            let serving = transfers.active.get(&job.id).map(|s| s.ended().is_none());
+            if serving == Some(true) || (serving == Some(false) && !retry) {
+                return None;
+            }
+            if !transfers.seen.insert(job.id) && !retry {
                 return None;
             }
             let bar = self.out.bytes_bar(&format!("sending {}", job.file_path));
@@ -304,7 +309,13 @@ impl Source {
                 let s = serving.clone();
                 tokio::spawn(async move {
                     let result = source.serve(&s).await;
-                    lock(&source.transfers).active.remove(&s.job.id);
+                    {
+                        let mut transfers = lock(&source.transfers);
+                        // Unless a retry took its place meanwhile.
+                        if transfers.active.get(&s.job.id).is_some_and(|a| Arc::ptr_eq(a, &s)) {
+                            transfers.active.remove(&s.job.id);
+                        }
+                    }
                     s.progress.bar.finish_and_clear();
                     source.finished(&s.job, result).await;
                 });
@@ -477,24 +488,19 @@ impl Source {
         Ok(Bytes::from(bytes))
     }
 
-    /// The transfer a member asks for directly, taken up from the server
-    /// when its request has not reached this agent over the WebSocket yet.
+    /// The transfer a member asks for directly. One not (or no longer)
+    /// served here is looked up on the server: its request, or its retry,
+    /// may not have reached this agent over the WebSocket yet.
     async fn serving(self: &Arc<Self>, transfer: Uuid) -> Result<Arc<Serving>, Refusal> {
-        let known = {
-            let transfers = lock(&self.transfers);
-            match transfers.active.get(&transfer) {
-                Some(s) => return Ok(s.clone()),
-                None => transfers.seen.contains(&transfer),
-            }
-        };
-        if known {
-            return Err(Refusal::TransferOver);
+        let current = lock(&self.transfers).active.get(&transfer).cloned();
+        if let Some(s) = current.filter(|s| s.ended().is_none()) {
+            return Ok(s);
         }
         let t = self.api.transfer(self.project, transfer).await.map_err(|_| Refusal::TransferOver)?;
         if t.source_device.id != self.device_id || !t.status.is_active() {
             return Err(Refusal::TransferOver);
         }
-        self.take_up(t.into(), false)
+        self.take_up(t.into(), true)
             .or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
             .ok_or(Refusal::TransferOver)
     }

@@ -132,8 +132,18 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
         assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")), "{wrong:?}");
     }
 
-    // Cancelled: the agent stops serving it, and its token opens nothing more.
+    // A failed attempt stops the serving; retried, it is served again.
     let transfer = download["download_id"].as_str().unwrap();
+    let path = format!("/api/projects/{project}/transfers/{transfer}");
+    let failed = json!({"status": "failed", "error_message": "disk hiccup"});
+    let (status, body) = app.call(reqwest::Method::PATCH, &path, Some(&owner.device_token()), Some(&failed)).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("failed")), "{body}");
+    agent.wait_for("the stop", |v| v["event"] == "transfer_cancelled" && v["transfer_id"] == transfer).await;
+    let (status, body) = app.post(&format!("{path}/retry"), &member.token(), json!({})).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("pending")), "{body}");
+    assert_eq!(get(asked.clone(), Some(token.into())).await, (StatusCode::OK, b"the file asked for".to_vec()));
+
+    // Cancelled: the agent stops serving it, and its token opens nothing more.
     let (status, body) =
         app.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &member.token(), json!({})).await;
     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{body}");
