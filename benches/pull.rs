@@ -56,6 +56,8 @@ const COMMAND_WITHIN: Duration = Duration::from_secs(1800);
 const AGENT_WITHIN: Duration = Duration::from_secs(600);
 /// Copy buffer of the raw baseline.
 const RAW_BUFFER: usize = 1 << 20;
+/// Label column of the printed table.
+const W: usize = 58;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -143,11 +145,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     };
 
     let raw1 = raw_copy(&source, &root.0.join("raw"), size).await?;
-    println!(
-        "raw loopback copy, run 1 (std TCP on 127.0.0.1: read file → socket → write file + fsync): {:>7.0} MB/s  ({:.2} s)",
-        mb_per_s(size, raw1),
-        raw1.as_secs_f64()
-    );
+    println!("  raw copy, run 1 (before the pulls): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 
     // Relayed first: stopping a --no-direct agent leaves no direct endpoint behind.
     let mut pulls = Vec::new();
@@ -192,6 +190,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         if hash != source_hash {
             fail(format!("{} pull: BLAKE3 {hash}, the source's is {source_hash}", mode.name()));
         }
+        println!("  {} pull: {:.0} MB/s ({:.2} s)", mode.name(), mb_per_s(size, took), took.as_secs_f64());
         pulls.push((mode, took, result));
 
         // The delta: one byte flipped in the middle of the source.
@@ -269,11 +268,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
 
     settle().await;
     let raw2 = raw_copy(&source, &root.0.join("raw"), size).await?;
-    println!(
-        "raw loopback copy, run 2 (after the pulls):                                           {:>7.0} MB/s  ({:.2} s)",
-        mb_per_s(size, raw2),
-        raw2.as_secs_f64()
-    );
+    println!("  raw copy, run 2 (after the pulls): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw2), raw2.as_secs_f64());
     // Both runs: the bytes of both over their summed time.
     let raw = mb_per_s(2 * size, raw1 + raw2);
 
@@ -281,11 +276,11 @@ async fn run(url: String) -> Result<bool, BoxError> {
     for mode in [Mode::Direct, Mode::Relayed] {
         let Some((_, took, result)) = pulls.iter().find(|p| p.0 == mode) else { continue };
         let how = match mode {
-            Mode::Direct => "(a) direct  (agent's listener → member)",
-            Mode::Relayed => "(b) relayed (agent → server relay, folder store → member)",
+            Mode::Direct => "(a) direct:  agent's listener → member",
+            Mode::Relayed => "(b) relayed: agent → server relay (folder store) → member",
         };
         println!(
-            "  {how:<60} {:>7.0} MB/s  ({:.2} s; bytes_transferred {}, bytes_direct {})  ratio ours/raw {:.2}",
+            "  {how:<W$} {:>6.0} MB/s  ({:.2} s; bytes_transferred {}, bytes_direct {})  ratio ours/raw {:.2}",
             mb_per_s(size, *took),
             took.as_secs_f64(),
             result["bytes_transferred"],
@@ -293,7 +288,11 @@ async fn run(url: String) -> Result<bool, BoxError> {
             mb_per_s(size, *took) / raw,
         );
     }
-    println!("  raw baseline (mean of the two runs)                          {raw:>7.0} MB/s");
+    println!(
+        "  {:<W$} {raw:>6.0} MB/s  (both runs: {} bytes over their summed time)",
+        "raw: std TCP on 127.0.0.1, file → socket → file + fsync",
+        2 * size
+    );
 
     println!(
         "delta: one byte flipped at offset {} (FastCDC chunks 256 KiB–1 MiB avg–4 MiB max; goal ≤ {GOAL_CHUNKS} chunks, \
