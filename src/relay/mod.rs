@@ -146,7 +146,7 @@ impl ChunkStore {
             self.forget(&[&raw_tmp, &zst_tmp]).await;
             return Err(RelayError::HashMismatch { actual });
         }
-        let keep_zst = zst_size < size;
+        let keep_zst = codec.has_variant() && zst_size < size;
         if keep_zst {
             self.store.rename(&zst_tmp, &self.key(project_id, hash, true)).await?;
         } else {
@@ -203,20 +203,34 @@ impl ChunkStore {
 }
 
 /// The body's two forms: plain bytes (hashed and stored) and zstd (kept as
-/// the variant served to clients that accept it).
+/// the variant served to clients that accept it). Compressing stops early
+/// for a body that does not compress (media, archives): no variant then.
 struct Codec {
     decoder: Option<zstd::stream::write::Decoder<'static, Vec<u8>>>,
     encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
+    /// Plain bytes fed to the encoder, and zstd bytes it produced.
+    fed: u64,
+    produced: u64,
+    abandoned: bool,
 }
+
+/// Plain bytes compressed before judging whether a body compresses.
+const PROBE_BYTES: u64 = 256 * 1024;
 
 impl Codec {
     fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
         let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
-        Ok(if zstd_encoded {
-            Self { decoder: Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(bad)?), encoder: None }
+        let (decoder, encoder) = if zstd_encoded {
+            (Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(bad)?), None)
         } else {
-            Self { decoder: None, encoder: Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(bad)?) }
-        })
+            (None, Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(bad)?))
+        };
+        Ok(Self { decoder, encoder, fed: 0, produced: 0, abandoned: false })
+    }
+
+    /// Whether the zstd bytes produced make the variant (not a part of one).
+    fn has_variant(&self) -> bool {
+        !self.abandoned
     }
 
     /// Feeds a piece of the body; answers (plain, zstd) bytes produced.
@@ -227,9 +241,23 @@ impl Codec {
             decoder.flush().map_err(bad)?;
             return Ok((std::mem::take(decoder.get_mut()), piece.to_vec()));
         }
-        let encoder = self.encoder.as_mut().expect("one of the two");
+        let Some(encoder) = self.encoder.as_mut() else { return Ok((piece.to_vec(), Vec::new())) };
         encoder.write_all(piece).map_err(bad)?;
-        Ok((piece.to_vec(), std::mem::take(encoder.get_mut())))
+        let before = self.fed;
+        self.fed += piece.len() as u64;
+        if before < PROBE_BYTES && self.fed >= PROBE_BYTES {
+            // Judged once, on everything fed so far: a body saving under 3%
+            // is not worth compressing.
+            encoder.flush().map_err(bad)?;
+            if (self.produced + encoder.get_ref().len() as u64) * 100 > self.fed * 97 {
+                self.encoder = None;
+                self.abandoned = true;
+                return Ok((piece.to_vec(), Vec::new()));
+            }
+        }
+        let packed = std::mem::take(encoder.get_mut());
+        self.produced += packed.len() as u64;
+        Ok((piece.to_vec(), packed))
     }
 
     fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
@@ -239,8 +267,10 @@ impl Codec {
             // A truncated stream yields fewer bytes: the hash check catches it.
             return Ok((std::mem::take(decoder.get_mut()), Vec::new()));
         }
-        let encoder = self.encoder.take().expect("one of the two");
-        Ok((Vec::new(), encoder.finish().map_err(bad)?))
+        match self.encoder.take() {
+            Some(encoder) => Ok((Vec::new(), encoder.finish().map_err(bad)?)),
+            None => Ok((Vec::new(), Vec::new())),
+        }
     }
 }
 
@@ -286,5 +316,43 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
         assert_eq!(parse_range(Some("bytes=9-3"), 100), Ok(None));
+    }
+
+    /// Feeds `body` in 64 KiB pieces; answers the plain and zstd bytes and
+    /// whether they make a variant.
+    fn run(body: &[u8]) -> (Vec<u8>, Vec<u8>, bool) {
+        let mut codec = Codec::new(false).unwrap();
+        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        for piece in body.chunks(64 * 1024) {
+            let (p, z) = codec.feed(piece).unwrap();
+            plain.extend(p);
+            packed.extend(z);
+        }
+        let (p, z) = codec.finish().unwrap();
+        plain.extend(p);
+        packed.extend(z);
+        (plain, packed, codec.has_variant())
+    }
+
+    #[test]
+    fn only_bodies_that_compress_get_a_zstd_variant() {
+        let text = b"the same sentence, again and again. ".repeat(30_000);
+        let (plain, packed, variant) = run(&text);
+        assert!(variant && plain == text && packed.len() < text.len() / 10);
+        assert_eq!(zstd::decode_all(&packed[..]).unwrap(), text);
+
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..1_000_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let (plain, packed, variant) = run(&noise);
+        assert!(!variant, "noise is not worth a variant");
+        assert!(plain == noise);
+        assert!(packed.len() as u64 <= PROBE_BYTES + 64 * 1024 + 1024, "compressing stopped after the probe");
     }
 }
