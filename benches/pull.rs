@@ -172,7 +172,19 @@ async fn run(url: String) -> Result<bool, BoxError> {
         // The full pull, into a fresh empty folder.
         settle().await;
         let target = root.0.join(format!("to-{}", mode.name()));
+        let pull_started = Instant::now();
         let (result, took) = member.pull(&project, &target).await?;
+        if mode == Mode::Relayed {
+            // Which leg sets the pace: the agent's uploads, or the member's downloads.
+            let (at, served) = agent.wait_for_at("serving the pull", |v| v["event"] == "transfer_served").await?;
+            let upload = at.saturating_duration_since(pull_started);
+            println!(
+                "  relayed upload leg: the agent had put {} bytes on the relay {:.2} s after the pull started ({:.0} MB/s)",
+                served["bytes_uploaded"],
+                upload.as_secs_f64(),
+                mb_per_s(size, upload)
+            );
+        }
         let pulled = target.join(FILE);
         let hash = blocking({
             let pulled = pulled.clone();
@@ -428,7 +440,8 @@ impl Person {
 /// its stdout lines collected, its stderr in a log file; killed when dropped.
 struct Agent {
     child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Each stdout line with when it came.
+    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
     log: PathBuf,
 }
 
@@ -445,7 +458,7 @@ impl Agent {
         tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -455,13 +468,18 @@ impl Agent {
 
     /// The next JSON line that satisfies `want`.
     async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
+        Ok(self.wait_for_at(what, want).await?.1)
+    }
+
+    /// The next JSON line that satisfies `want`, and when it was printed.
+    async fn wait_for_at(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<(Instant, Value), BoxError> {
         let deadline = tokio::time::Instant::now() + AGENT_WITHIN;
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
+                Ok(Some((at, line))) => {
                     if let Ok(value) = serde_json::from_str::<Value>(&line) {
                         if want(&value) {
-                            return Ok(value);
+                            return Ok((at, value));
                         }
                     }
                 }

@@ -155,15 +155,23 @@ pub async fn plan_download(
 ) -> Result<ChunkInfo, DomainError> {
     let hash = parse_hash(hash)?;
     access(client, project_id, caller, false).await?;
+    // The use is recorded at most once a minute per chunk (retention counts
+    // in hours): most downloads write nothing, so commit no WAL.
     let row = client
         .query_opt(
-            "UPDATE relay_chunks r SET last_used_at = now()
-             WHERE r.project_id = $1 AND r.hash = $2
-               AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
-                    OR EXISTS (SELECT 1 FROM file_transfers t
-                               WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
-                                 AND t.chunks_needed ? $2))
-             RETURNING r.size, r.zstd_size",
+            "WITH chunk AS (
+                 SELECT r.size, r.zstd_size, r.last_used_at FROM relay_chunks r
+                 WHERE r.project_id = $1 AND r.hash = $2
+                   AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
+                        OR EXISTS (SELECT 1 FROM file_transfers t
+                                   WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
+                                     AND t.chunks_needed ? $2))
+             ), used AS (
+                 UPDATE relay_chunks SET last_used_at = now()
+                 WHERE project_id = $1 AND hash = $2
+                   AND EXISTS (SELECT 1 FROM chunk WHERE last_used_at < now() - interval '1 minute')
+             )
+             SELECT size, zstd_size FROM chunk",
             &[&project_id, &hash],
         )
         .await?

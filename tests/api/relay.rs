@@ -182,6 +182,36 @@ async fn members_download_chunks_of_files_whole_in_ranges_and_compressed() {
     assert!(res.headers().get(CONTENT_ENCODING).is_none(), "noise is served as it is");
     assert_eq!(res.bytes().await.unwrap().to_vec(), a);
 
+    // A download records the chunk's use, at most once a minute.
+    let db = app.pool.get().await.unwrap();
+    let last_used = || async {
+        let row = db
+            .query_one(
+                "SELECT last_used_at FROM relay_chunks WHERE project_id = $1 AND hash = $2",
+                &[&r.project, &hash(&a)],
+            )
+            .await
+            .unwrap();
+        row.get::<_, chrono::DateTime<chrono::Utc>>(0)
+    };
+    let set_last_used = |ago: &'static str| {
+        let db = &db;
+        let name = hash(&a);
+        async move {
+            let sql = format!("UPDATE relay_chunks SET last_used_at = now() - interval '{ago}' WHERE hash = $1");
+            db.execute(&sql, &[&name]).await.unwrap();
+        }
+    };
+    set_last_used("2 minutes").await;
+    let stale = last_used().await;
+    r.get(&app, &r.member.token, &hash(&a)).await.send().await.unwrap().bytes().await.unwrap();
+    let refreshed = last_used().await;
+    assert!(refreshed - stale > chrono::Duration::seconds(100), "{stale} → {refreshed}");
+    set_last_used("30 seconds").await;
+    let recent = last_used().await;
+    r.get(&app, &r.member.token, &hash(&a)).await.send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(last_used().await, recent, "used within the minute: not written again");
+
     let stranger = app.signup("stranger").await;
     assert_eq!(r.get(&app, &stranger.token, &hash(&a)).await.send().await.unwrap().status(), StatusCode::NOT_FOUND);
     let anonymous = app.http.get(r.url(&app, &format!("/chunks/{}", hash(&a)))).send().await.unwrap();
