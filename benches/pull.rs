@@ -184,6 +184,14 @@ async fn run(url: String) -> Result<bool, BoxError> {
                 upload.as_secs_f64(),
                 mb_per_s(size, upload)
             );
+            // The download leg alone: a second member-side pull, every chunk already on the relay.
+            let again = root.0.join("to-relayed-again");
+            let (_, took) = member.pull(&project, &again).await?;
+            println!(
+                "  relayed download leg alone (every chunk already on the relay): {:.0} MB/s ({:.2} s)",
+                mb_per_s(size, took),
+                took.as_secs_f64()
+            );
         }
         let pulled = target.join(FILE);
         let hash = blocking({

@@ -147,8 +147,5 @@ async fn sweep(
             }
             Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "relay retention failed"),
         }
-        if let Err(e) = chunks.sweep_temporaries(chrono::Duration::hours(1)).await {
-            tracing::warn!(error = %e, "removing abandoned uploads failed");
-        }
     }
 }

@@ -586,7 +586,7 @@ async fn fetch_chunk(
 ) -> Result<(String, Via), Stop> {
     let deadline = Instant::now() + ctx.wait;
     let mut bad = 0;
-    let mut delay = Duration::from_millis(50);
+    let mut delay = Duration::from_millis(20);
     let mut next_status = Instant::now() + STATUS_EVERY;
     loop {
         let fetched = match peer.filter(|p| !p.given_up()) {
@@ -641,7 +641,7 @@ async fn fetch_chunk(
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
+        delay = (delay * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -1,8 +1,8 @@
 //! The relay's chunk store: content-addressed chunk bytes, per project,
 //! through `object_store` (a local folder by default, S3-compatible storage
-//! when several servers share it). Uploads are verified while they stream:
-//! bytes land in a temporary object and become the chunk only when they
-//! hash to its name, so a crash mid-upload leaves no chunk behind.
+//! when several servers share it). Uploads are verified as they come and
+//! stored in one write only when they hash to the chunk's name, so a crash
+//! or a cut-off upload leaves nothing behind.
 
 use std::io::Write;
 use std::ops::Range;
@@ -10,9 +10,9 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, StreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore};
 use uuid::Uuid;
 
 /// Largest chunk accepted (after decompression).
@@ -81,13 +81,11 @@ impl ChunkStore {
         self.prefix.child("chunks").child(project_id.to_string()).child(name)
     }
 
-    fn temp(&self) -> Path {
-        self.prefix.child("tmp").child(Uuid::now_v7().to_string())
-    }
-
-    /// Streams a body in, decompressing it when `zstd_encoded`, hashing and
-    /// bounding it as it goes, and keeps it as `project/hash` only when it
-    /// hashes to `hash`. A zstd variant is kept beside it when smaller.
+    /// Takes a body in, decompressing it when `zstd_encoded`, hashing and
+    /// bounding it as it comes, and stores it as `project/hash` only when
+    /// it hashes to `hash`, in one write (a chunk is at most 16 MiB): a body
+    /// cut off or wrong stores nothing. A zstd variant is kept beside it
+    /// when smaller.
     pub async fn receive<S, E>(
         &self,
         project_id: Uuid,
@@ -99,70 +97,43 @@ impl ChunkStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (raw_tmp, zst_tmp) = (self.temp(), self.temp());
-        let mut raw = WriteMultipart::new(self.store.put_multipart(&raw_tmp).await?);
-        let mut zst = WriteMultipart::new(self.store.put_multipart(&zst_tmp).await?);
         let mut codec = Codec::new(zstd_encoded)?;
         let mut hasher = blake3::Hasher::new();
-        let (mut size, mut zst_size) = (0u64, 0u64);
-
-        let outcome: Result<(), RelayError> = async {
-            while let Some(piece) = body.next().await {
-                let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
-                let (plain, packed) = codec.feed(&piece)?;
-                size += plain.len() as u64;
-                if size > MAX_CHUNK_BYTES {
-                    return Err(RelayError::TooLarge);
-                }
-                hasher.update(&plain);
-                raw.wait_for_capacity(4).await?;
-                raw.write(&plain);
-                zst_size += packed.len() as u64;
-                zst.wait_for_capacity(4).await?;
-                zst.write(&packed);
-            }
-            let (plain, packed) = codec.finish()?;
-            size += plain.len() as u64;
-            if size > MAX_CHUNK_BYTES {
+        let (mut raw, mut zst) = (Vec::new(), Vec::new());
+        let mut take = |(plain, packed): (Vec<u8>, Vec<u8>)| {
+            if (raw.len() + plain.len()) as u64 > MAX_CHUNK_BYTES {
                 return Err(RelayError::TooLarge);
             }
             hasher.update(&plain);
-            raw.write(&plain);
-            zst_size += packed.len() as u64;
-            zst.write(&packed);
+            raw.extend_from_slice(&plain);
+            zst.extend_from_slice(&packed);
             Ok(())
+        };
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
+            take(codec.feed(&piece)?)?;
         }
-        .await;
-        if let Err(e) = outcome {
-            let _ = raw.abort().await;
-            let _ = zst.abort().await;
-            return Err(e);
-        }
-        raw.finish().await?;
-        zst.finish().await?;
+        take(codec.finish()?)?;
 
         let actual = hasher.finalize().to_hex().to_string();
         if actual != hash {
-            self.forget(&[&raw_tmp, &zst_tmp]).await;
             return Err(RelayError::HashMismatch { actual });
         }
-        let keep_zst = codec.has_variant() && zst_size < size;
-        if keep_zst {
-            self.store.rename(&zst_tmp, &self.key(project_id, hash, true)).await?;
-        } else {
-            self.forget(&[&zst_tmp]).await;
+        let stored = Stored {
+            size: raw.len() as i64,
+            zstd_size: (codec.has_variant() && zst.len() < raw.len()).then_some(zst.len() as i64),
+        };
+        // The variant first: the plain object is what makes the chunk exist.
+        if stored.zstd_size.is_some() {
+            self.store.put(&self.key(project_id, hash, true), Bytes::from(zst).into()).await?;
         }
-        self.store.rename(&raw_tmp, &self.key(project_id, hash, false)).await?;
-        Ok(Stored { size: size as i64, zstd_size: keep_zst.then_some(zst_size as i64) })
+        self.store.put(&self.key(project_id, hash, false), Bytes::from(raw).into()).await?;
+        Ok(stored)
     }
 
-    async fn forget(&self, paths: &[&Path]) {
-        for path in paths {
-            let _ = self.store.delete(path).await;
-        }
-    }
-
-    /// A chunk's bytes (a range of them), or its zstd variant, streamed.
+    /// A chunk's bytes (a range of them), or its zstd variant, as a body.
+    /// Read whole (chunks are at most 16 MiB): a local file streamed by
+    /// object_store comes in 8 KiB reads, each a blocking task of its own.
     pub async fn read(
         &self,
         project_id: Uuid,
@@ -171,8 +142,8 @@ impl ChunkStore {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>>, RelayError> {
         let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
-        let result = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?;
-        Ok(result.into_stream())
+        let bytes = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?.bytes().await?;
+        Ok(futures_util::stream::once(std::future::ready(Ok(bytes))))
     }
 
     /// Deletes a chunk and its variant.
@@ -183,22 +154,6 @@ impl ChunkStore {
                 Err(e) => tracing::warn!(%project_id, hash, error = %e, "could not delete a chunk"),
             }
         }
-    }
-
-    /// Removes temporary objects older than `age` (uploads that died).
-    pub async fn sweep_temporaries(&self, age: chrono::Duration) -> Result<usize, RelayError> {
-        let before = chrono::Utc::now() - age;
-        let old: Vec<Path> = self
-            .store
-            .list(Some(&self.prefix.child("tmp")))
-            .try_filter(|meta| std::future::ready(meta.last_modified < before))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await?;
-        for path in &old {
-            let _ = self.store.delete(path).await;
-        }
-        Ok(old.len())
     }
 }
 

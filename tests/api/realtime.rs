@@ -252,10 +252,11 @@ async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
     ws.until(|m| m["type"] == "caught_up").await;
     let lagged_before = metric(&app, "ferry_ws_lagged_total").await;
 
-    // Events of about 3 KiB (long paths): several MiB in all, more than
-    // the kernel buffers between server and client hold.
+    // Events of about 3 KiB (long paths): about 9 MiB in all, well over what
+    // the kernel buffers between server and client hold (4 MiB + 4 KiB here).
+    const BATCHES: i64 = 12;
     let long = vec!["x".repeat(250); 11].join("/");
-    for batch in 0..6 {
+    for batch in 0..BATCHES {
         let changes: Vec<Value> = (0..250)
             .map(|i| {
                 json!({"op": "upsert", "path": format!("/b{batch}/{i:04}/{long}"), "size": i,
@@ -265,7 +266,7 @@ async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
         assert_eq!(app.push(&device, project, Value::Array(changes)).await.0, StatusCode::OK);
     }
     let last = head(&app, &owner, project).await;
-    assert_eq!(last, 2 + 1500);
+    assert_eq!(last, 2 + 250 * BATCHES);
     assert_eq!(ws.seqs_until(last).await, (3..=last).collect::<Vec<_>>());
     assert!(metric(&app, "ferry_ws_lagged_total").await > lagged_before, "the lag path ran");
 }
