@@ -38,7 +38,7 @@ const TMP_DIR: &str = "tmp";
 /// Files pulled at once.
 const FILES_AT_ONCE: usize = 3;
 /// Chunks of one file fetched at once.
-const CHUNKS_AT_ONCE: usize = 4;
+const CHUNKS_AT_ONCE: usize = 8;
 /// A chunk whose bytes do not hash to its name is fetched again this often.
 const BAD_CHUNK_TRIES: u32 = 3;
 /// How often the transfer's state is looked at while its chunks are awaited.
