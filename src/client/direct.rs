@@ -74,7 +74,7 @@ impl Listener {
         let socket = TcpListener::bind(listen)?;
         let bound = socket.local_addr()?;
         let urls = if advertise.is_empty() {
-            let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url) } else { bound.ip() };
+            let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url, bound.is_ipv4()) } else { bound.ip() };
             vec![format!("http://{}", SocketAddr::new(ip, bound.port()))]
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
@@ -105,14 +105,19 @@ impl Listener {
     }
 }
 
-/// The local address packets to `server_url` leave from (no packet is sent:
-/// connecting a UDP socket only picks the route).
-fn outgoing_ip(server_url: &str) -> std::net::IpAddr {
-    let fallback = std::net::IpAddr::from([127, 0, 0, 1]);
+/// The local address (of the listener's family) packets to `server_url`
+/// leave from (no packet is sent: connecting a UDP socket only picks the
+/// route).
+fn outgoing_ip(server_url: &str, ipv4: bool) -> std::net::IpAddr {
+    let fallback =
+        if ipv4 { std::net::IpAddr::from([127, 0, 0, 1]) } else { std::net::IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]) };
     let Ok(url) = reqwest::Url::parse(server_url) else { return fallback };
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return fallback };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let Some(target) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).ok().and_then(|mut a| a.next()) else {
+    let Some(target) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()
+        .and_then(|mut addresses| addresses.find(|a| a.is_ipv4() == ipv4))
+    else {
         return fallback;
     };
     let any: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
@@ -223,5 +228,19 @@ impl Peer {
             return Err(format!("answered {}", res.status()));
         }
         res.bytes().await.map_err(|e| error_chain(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outgoing_ip;
+
+    #[test]
+    fn the_advertised_address_faces_the_server_in_the_listeners_family() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(outgoing_ip("http://127.0.0.1:8080", true), loopback);
+        // `localhost` may resolve to ::1 first: an IPv4 listener wants 127.0.0.1.
+        assert_eq!(outgoing_ip("http://localhost:8080", true), loopback);
+        assert_eq!(outgoing_ip("not a url", true), loopback);
     }
 }
