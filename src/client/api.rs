@@ -29,6 +29,9 @@ pub struct Api {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// How often a followed WebSocket is pinged; three times this without
+    /// a word from the server and the connection is taken for dead.
+    ping_every: std::time::Duration,
 }
 
 impl std::fmt::Debug for Api {
@@ -47,12 +50,22 @@ impl Api {
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        Self { base: base.trim_end_matches('/').to_owned(), http, token }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+            token,
+            ping_every: std::time::Duration::from_secs(20),
+        }
     }
 
     /// The same server with another token.
     pub fn with_token(&self, token: &str) -> Self {
-        Self { base: self.base.clone(), http: self.http.clone(), token: Some(token.to_owned()) }
+        Self { token: Some(token.to_owned()), ..self.clone() }
+    }
+
+    /// Pings a followed WebSocket every `every` (20 s by default).
+    pub fn with_ping_interval(self, every: std::time::Duration) -> Self {
+        Self { ping_every: every, ..self }
     }
 
     pub fn base(&self) -> &str {
@@ -411,14 +424,20 @@ impl Api {
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
         let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": after_seq});
         socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
-        let mut ping = tokio::time::interval(std::time::Duration::from_secs(20));
+        let mut ping = tokio::time::interval(self.ping_every);
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ping.tick() => {
+                    // A connection that died without closing (a network gone)
+                    // answers nothing, not even the pongs.
+                    if heard.elapsed() > self.ping_every * 3 {
+                        return Err(format!("no word from the server for {:.0?}", heard.elapsed()));
+                    }
                     let ping = json!({"type": "ping"}).to_string();
                     socket.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
                 }
-                message = socket.next() => match message {
+                message = socket.next() => match message.inspect(|_| heard = tokio::time::Instant::now()) {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(Message::Text(text))) => {

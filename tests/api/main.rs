@@ -4,6 +4,7 @@ mod accounts;
 mod cli;
 mod client_accounts;
 mod client_direct;
+mod client_follow;
 mod client_pull;
 mod client_resume;
 mod client_share;
