@@ -641,7 +641,7 @@ async fn fetch_chunk(
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
+        delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
 
