@@ -122,6 +122,16 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
         b"small and plain",
         "a failed pull leaves the old file"
     );
+    // And it cancels the transfer it gave up on: nobody need serve it later.
+    let transfers = member.json(&["transfers", &project]).await;
+    let given_up: Vec<&Value> = transfers["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["file_path"] == "/docs/small.txt" && t["status"] != "completed")
+        .collect();
+    assert_eq!(given_up.len(), 1, "{transfers}");
+    assert_eq!(given_up[0]["status"], "cancelled", "{transfers}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
