@@ -245,8 +245,14 @@ pub async fn pull_into(
     let dir = dir.canonicalize().map_err(|e| ClientError::io(&dir, e))?;
 
     let paths: Vec<String> = paths.iter().map(|p| normalize(p)).collect();
+    // One path (a file, or a folder; `sync` pulls one file per change): list
+    // only what starts with it, not the whole project.
+    let prefix = match paths.as_slice() {
+        [one] => Some(one.trim_end_matches('/')).filter(|p| !p.is_empty()),
+        _ => None,
+    };
     let remote: Vec<RemoteFile> =
-        api.files_under(project, None).await?.into_iter().filter(|f| !f.deleted && wanted(&paths, &f.path)).collect();
+        api.files_under(project, prefix).await?.into_iter().filter(|f| !f.deleted && wanted(&paths, &f.path)).collect();
     if remote.is_empty() && !paths.is_empty() {
         return Err(ClientError::Usage(format!("nothing in the project matches {}", paths.join(", "))));
     }
