@@ -140,7 +140,8 @@ async fn serve_chunk(
         .ok_or_else(|| ApiError::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
     let transfer = DirectToken::verify(&state.key, token.trim(), Utc::now())
         .ok_or_else(|| ApiError::unauthorized("the transfer token is not valid here, or has expired"))?;
-    let hash = Blake3Hash::parse(&hash).map_err(|e| ApiError::bad_request("invalid_hash", e.to_string()))?;
+    // As the relay answers it: 422 for a malformed hash.
+    let hash = Blake3Hash::parse(&hash).map_err(|e| ApiError::from(crate::domain::DomainError::from(e)))?;
     let chunks = state.chunks.clone();
     let hash = hash.as_str().to_owned();
     let answer = state

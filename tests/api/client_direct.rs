@@ -123,6 +123,13 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     let (status, body) = get(hash(b"a file nobody asked for"), Some(token.into())).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, json!("not_found")));
 
+    // A malformed hash, and a path the listener does not serve.
+    let (status, body) = get("not-a-hash".into(), Some(token.into())).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_hash")));
+    let res = app.http.get(format!("{url}/files")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(code(&res.bytes().await.unwrap()), json!("not_found"));
+
     // No token, a made-up one, one whose secret part is altered.
     let (mac_start, last) = token.rsplit_once('.').map(|(head, mac)| (head.len() + 1, mac)).unwrap();
     let flipped = if last.starts_with('0') { "1" } else { "0" };
