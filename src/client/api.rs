@@ -330,7 +330,7 @@ impl Api {
     }
 
     /// Uploads one chunk's raw bytes; true when the relay did not have it.
-    pub async fn put_chunk(&self, project: Uuid, hash: &str, bytes: Vec<u8>) -> Result<bool, ClientError> {
+    pub async fn put_chunk(&self, project: Uuid, hash: &str, bytes: bytes::Bytes) -> Result<bool, ClientError> {
         let req = self
             .request(Method::PUT, &format!("/api/projects/{project}/chunks/{hash}"))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -338,6 +338,7 @@ impl Api {
         let res = self.send_raw(req).await?;
         Ok(res.status() == StatusCode::CREATED)
     }
+
     /// Every transfer the caller may see, all pages.
     pub async fn all_transfers(&self, project: Uuid) -> Result<Vec<Transfer>, ClientError> {
         let mut all = Vec::new();

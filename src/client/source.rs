@@ -468,7 +468,7 @@ impl Source {
     async fn upload(&self, s: &Serving, hash: String) -> Result<u64, Stop> {
         let bytes = self.read_chunk(s, &hash).await.map_err(Stop::Failed)?;
         let size = bytes.len() as u64;
-        self.api.put_chunk(self.project, &hash, bytes.to_vec()).await.map_err(|e| Stop::Failed(e.to_string()))?;
+        self.api.put_chunk(self.project, &hash, bytes).await.map_err(|e| Stop::Failed(e.to_string()))?;
         s.progress.add(size);
         s.progress.report(&self.api, self.project, false).await;
         Ok(size)
