@@ -74,13 +74,13 @@ pub enum Command {
         #[arg(long)]
         once: bool,
         /// Where to listen for members fetching directly from this machine.
-        #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:0", conflicts_with = "no_direct")]
+        #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:0")]
         listen: std::net::SocketAddr,
         /// A URL members reach the listener at (repeatable; default: this
         /// machine's address towards the server, on the listener's port).
         #[arg(long, value_name = "URL")]
         advertise: Vec<String>,
-        /// Serve through the relay only.
+        /// Serve through the relay only (no listener, whatever --listen says).
         #[arg(long)]
         no_direct: bool,
     },
