@@ -3,7 +3,6 @@
 use std::net::{SocketAddr, TcpListener};
 
 use actix_web::{middleware::from_fn, web, App, HttpServer};
-use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
@@ -72,9 +71,9 @@ impl Server {
         });
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(api::refuse_unstorable))
                 .wrap(api::json_errors())
-                .wrap(from_fn(api::record_metrics))
-                .wrap(TracingLogger::default())
+                .wrap(from_fn(api::observe_requests))
                 .app_data(state.clone())
                 .configure(api::configure)
         })

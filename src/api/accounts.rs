@@ -34,7 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 422, description = "Weak password (< 8 characters), bad email or display name", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(email = %body.email), err)]
+#[tracing::instrument(skip_all, fields(email = %body.email), err(level = "debug"))]
 async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let new = NewUser {
@@ -58,7 +58,7 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
         (status = 401, description = "Wrong credentials", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(skip_all, err(level = "debug"))]
 async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     Ok(HttpResponse::Ok().json(accounts::login(&state.pool, &body.email, body.password).await?))
@@ -75,7 +75,7 @@ async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Res
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn logout(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     accounts::logout(&state.pool, &auth.0).await?;
     Ok(no_content())
@@ -92,7 +92,7 @@ async fn logout(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, 
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn get_me(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(accounts::me(&state.pool, &auth.0).await?))
 }
@@ -114,7 +114,7 @@ async fn get_me(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, 
         (status = 422, description = "Bad name or platform", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn register_device(
     state: web::Data<AppState>,
     auth: Auth,
@@ -142,7 +142,7 @@ async fn register_device(
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn list_devices(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     let devices = accounts::list_devices(&state.pool, &auth.0).await?;
     Ok(HttpResponse::Ok().json(DevicesResponse { devices }))
@@ -162,7 +162,7 @@ async fn list_devices(state: web::Data<AppState>, auth: Auth) -> Result<HttpResp
         (status = 404, description = "No such device of the caller", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err(level = "debug"))]
 async fn delete_device(
     state: web::Data<AppState>,
     auth: Auth,
@@ -189,7 +189,7 @@ async fn delete_device(
         (status = 422, description = "Bad URLs or key", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err(level = "debug"))]
 async fn advertise_direct(
     state: web::Data<AppState>,
     auth: Auth,
@@ -214,7 +214,7 @@ async fn advertise_direct(
         (status = 404, description = "Not one of the caller's devices", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err(level = "debug"))]
 async fn withdraw_direct(
     state: web::Data<AppState>,
     auth: Auth,

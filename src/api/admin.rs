@@ -58,7 +58,7 @@ pub(super) struct RebuildResponse {
         (status = 403, description = "Not an administrator", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn list_projections(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     require_admin(&auth.0)?;
     let status = projections::status(&state.pool).await.map_err(DomainError::from)?;
@@ -91,7 +91,7 @@ async fn list_projections(state: web::Data<AppState>, auth: Auth) -> Result<Http
         (status = 404, description = "No projection has this name", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, projection = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, projection = %path), err(level = "debug"))]
 async fn rebuild_projection(
     state: web::Data<AppState>,
     auth: Auth,
@@ -146,7 +146,7 @@ struct AuditParams {
         (status = 422, description = "Bad limit, cursor or event type", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn audit(
     state: web::Data<AppState>,
     auth: Auth,

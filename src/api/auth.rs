@@ -1,5 +1,7 @@
 //! The bearer-token extractor: `Authorization: Bearer <token>`, or
-//! `?access_token=<token>` for WebSocket clients.
+//! `?access_token=<token>` on `GET /api/ws` only (a browser cannot set
+//! headers on a WebSocket; anywhere else a token in a URL would only end up
+//! in histories and proxy logs).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,8 +20,14 @@ fn presented_token(req: &HttpRequest) -> Option<String> {
         let (scheme, token) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
     }
+    if req.path() != WEBSOCKET_PATH {
+        return None;
+    }
     web::Query::<AccessToken>::from_query(req.query_string()).ok()?.0.access_token
 }
+
+/// The one route that takes `?access_token=`.
+const WEBSOCKET_PATH: &str = "/api/ws";
 
 #[derive(serde::Deserialize)]
 struct AccessToken {

@@ -10,7 +10,7 @@ use crate::protocol::files::{FilesPage, UpdateFilesRequest, UpdateFilesResponse}
 use crate::protocol::ErrorBody;
 
 /// A batch of 10,000 changes with their chunk lists fits comfortably.
-const UPDATE_LIMIT: usize = 32 * 1024 * 1024;
+pub(super) const UPDATE_LIMIT: usize = 32 * 1024 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -45,7 +45,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 422, description = "A bad path, hash, size or chunk list (the message names the change's index)", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path, changes = body.changes.len()), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path, changes = body.changes.len()), err(level = "debug"))]
 async fn update_files(
     state: web::Data<AppState>,
     auth: Auth,
@@ -93,7 +93,7 @@ struct FilesParams {
         (status = 422, description = "Bad limit, cursor or prefix", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_files(
     state: web::Data<AppState>,
     auth: Auth,
@@ -138,7 +138,7 @@ struct EventsParams {
         (status = 422, description = "Bad limit or unknown event type", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_events(
     state: web::Data<AppState>,
     auth: Auth,

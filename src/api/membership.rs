@@ -38,7 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 422, description = "Expiry or use count out of range", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn create_invite(
     state: web::Data<AppState>,
     auth: Auth,
@@ -72,7 +72,7 @@ async fn create_invite(
         (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_invites(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
     let invites = membership::list_invites(&client, &auth.0, path.into_inner()).await?;
@@ -94,7 +94,7 @@ async fn list_invites(state: web::Data<AppState>, auth: Auth, path: web::Path<Uu
         (status = 404, description = "Unknown project or invite", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn revoke_invite(
     state: web::Data<AppState>,
     auth: Auth,
@@ -125,7 +125,7 @@ async fn revoke_invite(
         (status = 410, description = "The invite expired, was revoked or is used up", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn accept_invite(
     state: web::Data<AppState>,
     auth: Auth,
@@ -155,7 +155,7 @@ async fn accept_invite(
         (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_members(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
     let members = membership::list_members(&client, &auth.0, path.into_inner()).await?;
@@ -178,7 +178,7 @@ async fn list_members(state: web::Data<AppState>, auth: Auth, path: web::Path<Uu
         (status = 409, description = "The owner cannot be removed", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn remove_member(
     state: web::Data<AppState>,
     auth: Auth,
@@ -209,7 +209,7 @@ async fn remove_member(
         (status = 404, description = "Unknown project or device", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn attach_device(
     state: web::Data<AppState>,
     auth: Auth,
@@ -238,7 +238,7 @@ async fn attach_device(
         (status = 404, description = "Unknown project, or the device is not attached", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn detach_device(
     state: web::Data<AppState>,
     auth: Auth,
@@ -267,7 +267,7 @@ async fn detach_device(
         (status = 404, description = "Unknown project, or the caller is not in it", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_devices(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
     let devices = membership::list_devices(&client, &auth.0, path.into_inner()).await?;

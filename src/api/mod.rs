@@ -19,11 +19,13 @@ pub use auth::Auth;
 pub use error::{error_chain, ApiError};
 pub use openapi::document;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::HttpServiceFactory;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
-use actix_web::{error::JsonPayloadError, web, HttpRequest, HttpResponse};
+use actix_web::{error::JsonPayloadError, web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use serde::Serialize;
 
 use crate::domain::IdempotencyKey;
@@ -87,15 +89,71 @@ pub fn json_config() -> web::JsonConfig {
     })
 }
 
-/// A route's resource: a method it does not take answers a JSON 405.
-pub(crate) fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not take that method",
-        ))
-    }))
+/// A route's resource: a method it does not take answers a JSON 405 with
+/// `Allow` naming the ones it does.
+pub(crate) fn resource(path: &str) -> Resource {
+    Resource { inner: web::resource(path), allow: Vec::new() }
+}
+
+/// An actix resource that remembers its methods for `Allow`.
+pub(crate) struct Resource {
+    inner: actix_web::Resource,
+    allow: Vec<Method>,
+}
+
+macro_rules! method_routes {
+    ($($name:ident => $method:ident),*) => {
+        $(
+            pub(crate) fn $name<F, Args>(self, handler: F) -> Self
+            where
+                F: Handler<Args>,
+                Args: FromRequest + 'static,
+                F::Output: Responder + 'static,
+            {
+                self.route(Method::$method, handler)
+            }
+        )*
+    };
+}
+
+impl Resource {
+    method_routes!(get => GET, post => POST, put => PUT, patch => PATCH, delete => DELETE);
+
+    fn route<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.inner = self.inner.route(web::method(method.clone()).to(handler));
+        self.allow.push(method);
+        self
+    }
+
+    pub(crate) fn app_data<U: 'static>(mut self, data: U) -> Self {
+        self.inner = self.inner.app_data(data);
+        self
+    }
+}
+
+impl HttpServiceFactory for Resource {
+    fn register(self, config: &mut actix_web::dev::AppService) {
+        let allow = self.allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let refuse = move || {
+            let allow = allow.clone();
+            async move {
+                Err::<HttpResponse, _>(
+                    ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("this route takes {allow}"),
+                    )
+                    .with_header(header::ALLOW, allow),
+                )
+            }
+        };
+        self.inner.default_service(web::to(refuse)).register(config)
+    }
 }
 
 /// A safety net: an error answered by the framework itself (an oversized
@@ -121,19 +179,100 @@ pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     })
 }
 
-/// Counts and times every request by route pattern and status.
-pub async fn record_metrics(
+/// Largest JSON body any route takes (`files/update`'s batches).
+const LARGEST_JSON: usize = files::UPDATE_LIMIT;
+
+/// Refuses, before anything reaches SQL, what PostgreSQL cannot store: a
+/// NUL character, in the path, the query string (`%00`) or a JSON body
+/// (`\u0000`). Any other text that arrives as valid UTF-8 it stores. A JSON
+/// body is read here whole (it is bounded: 413 past the largest a route
+/// takes) and handed on to the route's extractor.
+pub async fn refuse_unstorable(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    // actix decodes path parameters and queries later: look at the raw URL.
+    if req.uri().path().contains("%00") || req.query_string().contains("%00") {
+        let refusal = ApiError::bad_request("invalid_characters", "the URL holds a NUL character (%00)");
+        return Ok(req.error_response(refusal).map_into_right_body());
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json") || v.trim().ends_with("+json"));
+    if is_json {
+        let mut body = web::BytesMut::new();
+        let mut payload = actix_web::HttpMessage::take_payload(&mut req);
+        while let Some(piece) = futures_util::StreamExt::next(&mut payload).await {
+            body.extend_from_slice(&piece?);
+            if body.len() > LARGEST_JSON {
+                let refusal = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("a JSON body is at most {LARGEST_JSON} bytes"),
+                );
+                return Ok(req.error_response(refusal).map_into_right_body());
+            }
+        }
+        if has_escaped_nul(&body) {
+            let refusal = ApiError::bad_request("invalid_characters", "a JSON string holds a NUL character (\\u0000)");
+            return Ok(req.error_response(refusal).map_into_right_body());
+        }
+        req.set_payload(actix_web::dev::Payload::from(body.freeze()));
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Whether JSON text holds the escape `\u0000` (not a backslash followed
+/// by the letters `u0000`, which is `\\u0000`).
+fn has_escaped_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            i += 2; // the escaped character, whatever it is
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Counts and times every request by route pattern and status, and logs
+/// it in one short line: by route pattern, never the path or query (they
+/// can hold invite tokens or `access_token`), nor any header. A client's
+/// refusal is not a server error: 4xx at info, 5xx at warn (the cause of a
+/// 500 is logged where it happened), the rest at debug.
+pub async fn observe_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
     let method = req.method().to_string();
-    let res = next.call(req).await?;
+    let span = tracing::info_span!("request", method = %method, id = %uuid::Uuid::new_v4().simple());
+    let res = next.call(req).instrument(span.clone()).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let status = res.status().as_u16().to_string();
-    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    let status = res.status();
+    let elapsed = started.elapsed();
+    let code = status.as_u16().to_string();
+    let labels = [route.as_str(), method.as_str(), code.as_str()];
     crate::telemetry::HTTP_REQUESTS.with_label_values(&labels).inc();
-    crate::telemetry::HTTP_LATENCY.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    crate::telemetry::HTTP_LATENCY.with_label_values(&labels).observe(elapsed.as_secs_f64());
+    let ms = elapsed.as_millis() as u64;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(%route, status = status.as_u16(), ms, "request failed");
+        } else if status.is_client_error() {
+            tracing::info!(%route, status = status.as_u16(), ms, "request refused");
+        } else {
+            tracing::debug!(%route, status = status.as_u16(), ms, "request answered");
+        }
+    });
     Ok(res)
 }
 
@@ -158,6 +297,9 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    if has_escaped_nul(body) {
+        return Err(ApiError::bad_request("invalid_characters", "a JSON string holds a NUL character (\\u0000)"));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_data() { "invalid_body" } else { "malformed_json" };
         ApiError::bad_request(code, e.to_string())
@@ -172,4 +314,20 @@ pub fn created(body: &impl Serialize) -> HttpResponse {
 /// `204 No Content`.
 pub fn no_content() -> HttpResponse {
     HttpResponse::NoContent().insert_header((header::CACHE_CONTROL, "no-store")).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_escaped_nul;
+
+    #[test]
+    fn an_escaped_nul_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(has_escaped_nul(br#"{"a": "x\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"a\u0000": 1}"#));
+        assert!(has_escaped_nul(br#"["\\\u0000"]"#), "an escaped backslash, then the NUL escape");
+        assert!(!has_escaped_nul(br#"{"a": "x\\u0000y"}"#), "a backslash and the letters u0000");
+        assert!(!has_escaped_nul(br#"{"a": "\u0041"}"#));
+        assert!(!has_escaped_nul(br#"{"a": "\"}"#));
+        assert!(!has_escaped_nul(b"\\"));
+    }
 }

@@ -27,7 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 422, description = "The name is not 1 to 200 characters, or the idempotency key was used for another request", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn create_project(
     state: web::Data<AppState>,
     auth: Auth,
@@ -53,7 +53,7 @@ async fn create_project(
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn list_projects(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     let projects = projects::list(&state.pool, &auth.0).await?;
     Ok(HttpResponse::Ok().json(ProjectsResponse { projects }))
@@ -73,7 +73,7 @@ async fn list_projects(state: web::Data<AppState>, auth: Auth) -> Result<HttpRes
         (status = 404, description = "Unknown, or the caller is not in it", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn get_project(state: web::Data<AppState>, auth: Auth, path: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await.map_err(DomainError::from)?;
     Ok(HttpResponse::Ok().json(projects::get(&client, &auth.0, path.into_inner()).await?))
@@ -96,7 +96,7 @@ async fn get_project(state: web::Data<AppState>, auth: Auth, path: web::Path<Uui
         (status = 422, description = "The name is not 1 to 200 characters", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn update_project(
     state: web::Data<AppState>,
     auth: Auth,
@@ -129,7 +129,7 @@ async fn update_project(
         (status = 404, description = "Unknown, or the caller is not in it", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn archive_project(
     state: web::Data<AppState>,
     auth: Auth,

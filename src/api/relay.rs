@@ -49,7 +49,7 @@ pub struct StoredChunk {
         (status = 422, description = "A malformed hash", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn missing_chunks(
     state: web::Data<AppState>,
     auth: Auth,
@@ -100,7 +100,7 @@ fn relay_error(e: RelayError) -> ApiError {
         (status = 507, description = "The project's relay quota is used up", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn upload_chunk(
     state: web::Data<AppState>,
     auth: Auth,
@@ -169,7 +169,7 @@ struct DownloadParams {
         (status = 422, description = "A malformed hash", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn download_chunk(
     state: web::Data<AppState>,
     auth: Auth,

@@ -40,7 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 503, description = "`no_source_device`: the project has no source device", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn request_download(
     state: web::Data<AppState>,
     auth: Auth,
@@ -91,7 +91,7 @@ struct ListParams {
         (status = 422, description = "Bad status, limit or cursor", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, project_id = %path), err(level = "debug"))]
 async fn list_transfers(
     state: web::Data<AppState>,
     auth: Auth,
@@ -128,7 +128,7 @@ async fn list_transfers(
         (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn get_transfer(
     state: web::Data<AppState>,
     auth: Auth,
@@ -159,7 +159,7 @@ async fn get_transfer(
         (status = 422, description = "Invalid report", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn report_transfer(
     state: web::Data<AppState>,
     auth: Auth,
@@ -195,7 +195,7 @@ async fn report_transfer(
         (status = 422, description = "Bad hash", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn verify_transfer(
     state: web::Data<AppState>,
     auth: Auth,
@@ -228,7 +228,7 @@ async fn verify_transfer(
         (status = 409, description = "The transfer is already over", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn cancel_transfer(
     state: web::Data<AppState>,
     auth: Auth,
@@ -263,7 +263,7 @@ async fn cancel_transfer(
         (status = 409, description = "Only a failed transfer can be retried", body = crate::protocol::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn retry_transfer(
     state: web::Data<AppState>,
     auth: Auth,

@@ -23,7 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn connect(
     state: web::Data<AppState>,
     auth: Auth,

@@ -14,6 +14,7 @@ use std::time::UNIX_EPOCH;
 
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::protocol::files::FilePath;
 
@@ -22,7 +23,7 @@ pub const MIN_CHUNK: u32 = 256 * 1024;
 pub const AVG_CHUNK: u32 = 1024 * 1024;
 pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
 /// The agent's own folder in DIR, never shared.
-pub const STATE_DIR: &str = ".ferry";
+pub const STATE_DIR: &str = FilePath::STATE_SEGMENT;
 /// Ignore rules, gitignore syntax, in any folder of DIR.
 pub const IGNORE_FILE: &str = ".ferryignore";
 const INDEX_FILE: &str = "index.json";
@@ -141,7 +142,8 @@ pub fn stat_path(path: &Path) -> std::io::Result<(u64, i64, u64)> {
     std::fs::symlink_metadata(path).map(|m| stat(&m))
 }
 
-/// `/a/b` for `DIR/a/b`, when every part is UTF-8 and the path valid.
+/// `/a/b` for `DIR/a/b`, when every part is UTF-8 and the path valid; in
+/// Unicode NFC, whichever form the file system keeps the name in.
 pub fn project_path(dir: &Path, abs: &Path) -> Option<String> {
     let rel = abs.strip_prefix(dir).ok()?;
     let mut out = String::new();
@@ -149,12 +151,31 @@ pub fn project_path(dir: &Path, abs: &Path) -> Option<String> {
         match part {
             std::path::Component::Normal(s) => {
                 out.push('/');
-                out.push_str(s.to_str()?);
+                out.extend(s.to_str()?.nfc());
             }
             _ => return None,
         }
     }
     FilePath::parse(&out).ok().map(FilePath::into_inner)
+}
+
+/// Where DIR holds the file of a project path: the path itself, or, for a
+/// name the file system keeps in another Unicode form (NFD, say), the entry
+/// whose NFC form it is.
+pub fn local_path(dir: &Path, path: &str) -> PathBuf {
+    let mut out = dir.to_path_buf();
+    for segment in path.trim_start_matches('/').split('/') {
+        let direct = out.join(segment);
+        if direct.exists() {
+            out = direct;
+            continue;
+        }
+        let spelled = std::fs::read_dir(&out).ok().and_then(|entries| {
+            entries.flatten().map(|e| e.file_name()).find(|n| n.to_str().is_some_and(|n| n.nfc().eq(segment.chars())))
+        });
+        out = out.join(spelled.unwrap_or_else(|| segment.into()));
+    }
+    out
 }
 
 /// Every regular file of DIR but ignored ones and the agent's own state.
@@ -167,7 +188,8 @@ pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
         .parents(false)
         .follow_links(false)
         .add_custom_ignore_filename(IGNORE_FILE)
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == STATE_DIR))
+        // A client's state folder at any depth (a pull target inside DIR, say).
+        .filter_entry(|e| e.file_name() != STATE_DIR)
         .build();
     for entry in walker {
         let entry = match entry {
@@ -315,7 +337,7 @@ pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
 
 /// Where a file's local state is kept, for `.ferryignore`-aware callers.
 pub fn is_own_state(dir: &Path, path: &Path) -> bool {
-    path.strip_prefix(dir).ok().and_then(|rel| rel.components().next()).is_some_and(|c| c.as_os_str() == STATE_DIR)
+    path.strip_prefix(dir).is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == STATE_DIR))
 }
 
 #[cfg(test)]

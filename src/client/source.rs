@@ -137,7 +137,7 @@ impl Serving {
         let total = job.total_bytes.max(0) as u64;
         bar.set_length(total);
         Ok(Self {
-            abs: dir.join(job.file_path.trim_start_matches('/')),
+            abs: scan::local_path(dir, &job.file_path),
             progress: Progress {
                 transfer: job.id,
                 total,

@@ -22,6 +22,8 @@ use crate::store::{self, GenericClient, NewEvent};
 pub const MAX_CHANGES: usize = 10_000;
 /// Largest chunk the relay accepts.
 pub const MAX_CHUNK_BYTES: i64 = 16 * 1024 * 1024;
+/// Largest file size: 2^53, the largest integer every JSON client reads exactly.
+pub const MAX_FILE_BYTES: i64 = 1 << 53;
 
 /// A change whose fields passed validation.
 enum Checked {
@@ -39,11 +41,20 @@ fn check(change: FileChange) -> Result<Checked, ValidationError> {
         FileChange::Upsert { path, size, hash, mime_type, modified_at, chunks } => {
             let path = FilePath::parse(&path)?;
             let hash = Blake3Hash::parse(&hash)?;
-            if size < 0 {
-                return Err(ValidationError::new("invalid_size", "size must not be negative"));
+            if !(0..=MAX_FILE_BYTES).contains(&size) {
+                return Err(ValidationError::new("invalid_size", "size must be 0 to 2^53 bytes"));
             }
-            if let Some(chunks) = &chunks {
-                check_chunks(chunks, size)?;
+            match &chunks {
+                Some(chunks) => check_chunks(chunks, size)?,
+                // Without a chunk list the file is one chunk, and the relay
+                // takes none larger: it could never be sent.
+                None if size > MAX_CHUNK_BYTES => {
+                    return Err(ValidationError::new(
+                        "chunks_required",
+                        "a file over 16 MiB must come with its chunk list",
+                    ))
+                }
+                None => {}
             }
             let mime_type = match mime_type {
                 Some(m) if m.len() <= 255 && m.contains('/') && !m.chars().any(char::is_control) => m,

@@ -36,6 +36,8 @@ pub enum Rejection {
     Invalid,
     /// Too large.
     TooLarge,
+    /// Too many failed attempts: wait before the next.
+    TooManyAttempts,
     /// A needed party is missing (e.g. no source device).
     Unavailable,
     /// A storage quota is used up.
@@ -45,14 +47,28 @@ pub enum Rejection {
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
     #[error("{message}")]
-    Rejected { kind: Rejection, code: &'static str, message: String },
+    Rejected {
+        kind: Rejection,
+        code: &'static str,
+        message: String,
+        /// Seconds after which trying again may succeed (`Retry-After`).
+        retry_after: Option<u64>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl DomainError {
     pub fn rejected(kind: Rejection, code: &'static str, message: impl Into<String>) -> Self {
-        DomainError::Rejected { kind, code, message: message.into() }
+        DomainError::Rejected { kind, code, message: message.into(), retry_after: None }
+    }
+
+    /// A refusal worth trying again after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        if let DomainError::Rejected { retry_after, .. } = &mut self {
+            *retry_after = Some(seconds);
+        }
+        self
     }
 
     /// 404 for anything the caller may not know exists.
@@ -71,7 +87,7 @@ impl DomainError {
 
 impl From<ValidationError> for DomainError {
     fn from(e: ValidationError) -> Self {
-        DomainError::Rejected { kind: Rejection::Invalid, code: e.code, message: e.message }
+        DomainError::rejected(Rejection::Invalid, e.code, e.message)
     }
 }
 

@@ -9,7 +9,10 @@ use super::validate::ValidationError;
 
 /// A file's path within its project: POSIX-style and absolute
 /// (`/documents/report.pdf`), no `.`/`..` or empty segments, no NUL or
-/// backslash, at most 4096 bytes, each segment at most 255 bytes.
+/// backslash, at most 4096 bytes, each segment at most 255 bytes. It also
+/// carries no terminal tricks (control characters, bidi formatting) and no
+/// client state (a `.ferry` segment), and is in Unicode NFC, so one name
+/// is one file whichever way a file system spelled it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct FilePath(String);
@@ -17,6 +20,9 @@ pub struct FilePath(String);
 impl FilePath {
     pub const MAX_BYTES: usize = 4096;
     pub const MAX_SEGMENT_BYTES: usize = 255;
+    /// The client's state folder (`ferry pull`, `ferry share`): never a
+    /// project file.
+    pub const STATE_SEGMENT: &'static str = ".ferry";
 
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
         let bad = |why: &str| ValidationError::new("invalid_path", format!("invalid path {value:?}: {why}"));
@@ -27,10 +33,17 @@ impl FilePath {
         if value.contains('\0') || value.contains('\\') {
             return Err(bad("NUL and backslash are not allowed"));
         }
+        if value.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+            return Err(bad("control characters and bidi formatting characters are not allowed"));
+        }
+        if !unicode_normalization::is_nfc(value) {
+            return Err(bad("not in Unicode NFC (normalise the name first)"));
+        }
         for segment in rest.split('/') {
             match segment {
                 "" => return Err(bad("empty segment")),
                 "." | ".." => return Err(bad("`.` and `..` segments are not allowed")),
+                Self::STATE_SEGMENT => return Err(bad("`.ferry` is the client's state folder, never a file")),
                 s if s.len() > Self::MAX_SEGMENT_BYTES => return Err(bad("a segment is longer than 255 bytes")),
                 _ => {}
             }
@@ -45,6 +58,12 @@ impl FilePath {
     pub fn into_inner(self) -> String {
         self.0
     }
+}
+
+/// Characters that reorder how text is shown (Trojan Source): a path with
+/// one could show a member another name than the file has.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 impl<'de> Deserialize<'de> for FilePath {
@@ -190,12 +209,36 @@ mod tests {
         }
         let long_segment = format!("/{}", "a".repeat(256));
         let long_path = format!("{}/end", "/abcdefgh".repeat(455));
-        for bad in
-            ["", "/", "a/b", "/a//b", "/a/", "/./a", "/a/../b", "/a/..", "/a\\b", "/a\0b", &long_segment, &long_path]
-        {
+        let nfd = "/cafe\u{301}.txt";
+        for bad in [
+            "",
+            "/",
+            "a/b",
+            "/a//b",
+            "/a/",
+            "/./a",
+            "/a/../b",
+            "/a/..",
+            "/a\\b",
+            "/a\0b",
+            &long_segment,
+            &long_path,
+            "/a\u{1b}[2Jb",
+            "/tab\there",
+            "/del\u{7f}",
+            "/c1\u{85}",
+            "/evil\u{202E}fdp.exe",
+            "/iso\u{2066}late",
+            nfd,
+            "/.ferry/index.json",
+            "/sub/.ferry/manifest.json",
+            "/.ferry",
+        ] {
             assert!(FilePath::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(FilePath::parse(&format!("/{}", "a".repeat(255))).is_ok());
+        assert!(FilePath::parse("/caf\u{e9}.txt").is_ok(), "NFC is the form accepted");
+        assert!(FilePath::parse("/a/.ferryignore").is_ok() && FilePath::parse("/x.ferry").is_ok());
     }
 
     #[test]
@@ -208,7 +251,15 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        "[^/\\\\\u{0}]{1,40}".prop_filter("not . or ..", |s| s != "." && s != ".." && s.len() <= 255)
+        use unicode_normalization::UnicodeNormalization;
+        "[^/\\\\\u{0}]{1,40}".prop_map(|s| s.nfc().collect::<String>()).prop_filter(
+            "not . or .., no state folder, no control or bidi characters",
+            |s| {
+                !matches!(s.as_str(), "." | ".." | FilePath::STATE_SEGMENT)
+                    && s.len() <= 255
+                    && !s.chars().any(|c| c.is_control() || is_bidi_control(c))
+            },
+        )
     }
 
     proptest! {

@@ -161,7 +161,7 @@ impl ChunkStore {
 /// the variant served to clients that accept it). Compressing stops early
 /// for a body that does not compress (media, archives): no variant then.
 struct Codec {
-    decoder: Option<zstd::stream::write::Decoder<'static, Vec<u8>>>,
+    decoder: Option<Inflater>,
     encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
     /// Plain bytes fed to the encoder, and zstd bytes it produced.
     fed: u64,
@@ -176,7 +176,7 @@ impl Codec {
     fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
         let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
         let (decoder, encoder) = if zstd_encoded {
-            (Some(zstd::stream::write::Decoder::new(Vec::new()).map_err(bad)?), None)
+            (Some(Inflater::new().map_err(bad)?), None)
         } else {
             (None, Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(bad)?))
         };
@@ -192,9 +192,7 @@ impl Codec {
     fn feed(&mut self, piece: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
         let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
         if let Some(decoder) = &mut self.decoder {
-            decoder.write_all(piece).map_err(bad)?;
-            decoder.flush().map_err(bad)?;
-            return Ok((std::mem::take(decoder.get_mut()), piece.to_vec()));
+            return Ok((decoder.inflate(piece)?, piece.to_vec()));
         }
         let Some(encoder) = self.encoder.as_mut() else { return Ok((piece.to_vec(), Vec::new())) };
         encoder.write_all(piece).map_err(bad)?;
@@ -218,13 +216,58 @@ impl Codec {
     fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
         let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
         if let Some(mut decoder) = self.decoder.take() {
-            decoder.flush().map_err(bad)?;
             // A truncated stream yields fewer bytes: the hash check catches it.
-            return Ok((std::mem::take(decoder.get_mut()), Vec::new()));
+            return Ok((decoder.inflate(&[])?, Vec::new()));
         }
         match self.encoder.take() {
             Some(encoder) => Ok((Vec::new(), encoder.finish().map_err(bad)?)),
             None => Ok((Vec::new(), Vec::new())),
+        }
+    }
+}
+
+/// A zstd decoder that never produces more than a chunk's worth of bytes,
+/// whatever a frame claims: it decodes in steps into a small buffer and
+/// stops at 16 MiB + 1 byte, so a tiny body that would expand to gigabytes
+/// costs at most that. Its window is bounded to 16 MiB for the same reason.
+struct Inflater {
+    decoder: zstd::stream::raw::Decoder<'static>,
+    scratch: Vec<u8>,
+    produced: u64,
+}
+
+impl Inflater {
+    const STEP: usize = 128 * 1024;
+
+    fn new() -> std::io::Result<Self> {
+        let mut decoder = zstd::stream::raw::Decoder::new()?;
+        decoder.set_parameter(zstd::stream::raw::DParameter::WindowLogMax(24))?;
+        Ok(Self { decoder, scratch: vec![0; Self::STEP], produced: 0 })
+    }
+
+    /// Decodes `input` (empty: whatever is still buffered); answers the
+    /// plain bytes, or `TooLarge` as soon as they pass the limit.
+    fn inflate(&mut self, input: &[u8]) -> Result<Vec<u8>, RelayError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
+        let mut input = InBuffer::around(input);
+        let mut plain = Vec::new();
+        loop {
+            let before = input.pos();
+            let mut output = OutBuffer::around(&mut self.scratch[..]);
+            self.decoder.run(&mut input, &mut output).map_err(bad)?;
+            let written = output.pos();
+            self.produced += written as u64;
+            if self.produced > MAX_CHUNK_BYTES {
+                return Err(RelayError::TooLarge);
+            }
+            plain.extend_from_slice(&self.scratch[..written]);
+            // Done once the input is used up and the decoder had no more to
+            // give than fitted (or made no progress at all).
+            let drained = written < Self::STEP;
+            if (input.pos() == input.src.len() && drained) || (written == 0 && input.pos() == before) {
+                return Ok(plain);
+            }
         }
     }
 }
@@ -243,10 +286,18 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<Range<u64>>
     }
     let Some((start, end)) = spec.split_once('-') else { return Ok(None) };
     let (start, end) = (start.trim(), end.trim());
-    let range = match (start.parse::<u64>(), end.parse::<u64>()) {
-        (Ok(s), Ok(e)) if s <= e => s..(e + 1).min(size),
-        (Ok(s), Err(_)) if end.is_empty() => s..size,
-        (Err(_), Ok(n)) if start.is_empty() && n > 0 => size.saturating_sub(n)..size,
+    // Digits only (`u64::from_str` would take a `+`); a last position past
+    // the end, however large, means the end (RFC 9110 §14.1.2).
+    let number = |s: &str| (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse::<u64>().ok());
+    let range = match (number(start), number(end)) {
+        (Some(Some(s)), Some(e)) if e.map_or(true, |e| s <= e) => s..e.map_or(size, |e| e.saturating_add(1).min(size)),
+        (Some(Some(s)), None) if end.is_empty() => s..size,
+        // A start too large to read is past any end.
+        (Some(None), Some(_) | None) => return Err(Unsatisfiable),
+        (None, Some(n)) if start.is_empty() => match n.map_or(size, |n| n.min(size)) {
+            0 => return Err(Unsatisfiable),
+            n => size - n..size,
+        },
         _ => return Ok(None),
     };
     if range.start >= size {
@@ -271,6 +322,27 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Ok(None));
         assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
         assert_eq!(parse_range(Some("bytes=9-3"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-18446744073709551615"), 100), Ok(Some(0..100)));
+        assert_eq!(parse_range(Some("bytes=0-99999999999999999999999"), 100), Ok(Some(0..100)));
+        assert_eq!(parse_range(Some("bytes=18446744073709551615-"), 100), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=99999999999999999999999-"), 100), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=-18446744073709551615"), 100), Ok(Some(0..100)));
+        assert_eq!(parse_range(Some("bytes=-99999999999999999999999"), 100), Ok(Some(0..100)));
+        assert_eq!(parse_range(Some("bytes=-0"), 100), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=0-0"), 0), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=+1-2"), 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=-"), 100), Ok(None));
+    }
+
+    proptest::proptest! {
+        /// Whatever the header, the answer is a range inside the object, the
+        /// whole object, or 416: never a panic.
+        #[test]
+        fn any_range_header_is_answered(header in "bytes=[0-9+-]{0,30}(,[0-9-]{0,5})?", size in 0u64..1000) {
+            if let Ok(Some(r)) = parse_range(Some(&header), size) {
+                proptest::prop_assert!(r.start < r.end && r.end <= size);
+            }
+        }
     }
 
     /// Feeds `body` in 64 KiB pieces; answers the plain and zstd bytes and
@@ -287,6 +359,29 @@ mod tests {
         plain.extend(p);
         packed.extend(z);
         (plain, packed, codec.has_variant())
+    }
+
+    #[test]
+    fn a_zstd_bomb_stops_at_the_limit() {
+        // 64 MiB of zeros compress to a few KiB.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        assert!(bomb.len() < 64 * 1024);
+        let mut codec = Codec::new(true).unwrap();
+        let mut total = 0usize;
+        let outcome = bomb.chunks(8 * 1024).try_for_each(|piece| {
+            let (plain, _) = codec.feed(piece)?;
+            total += plain.len();
+            Ok(())
+        });
+        assert!(matches!(outcome, Err(RelayError::TooLarge)), "{outcome:?}");
+        assert!(total as u64 <= MAX_CHUNK_BYTES, "never more than the limit was produced");
+
+        // A body right at the limit still decodes, whole.
+        let fits = zstd::bulk::compress(&vec![7u8; MAX_CHUNK_BYTES as usize], 3).unwrap();
+        let mut codec = Codec::new(true).unwrap();
+        let (mut plain, _) = codec.feed(&fits).unwrap();
+        plain.extend(codec.finish().unwrap().0);
+        assert_eq!(plain.len() as u64, MAX_CHUNK_BYTES);
     }
 
     #[test]

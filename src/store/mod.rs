@@ -43,9 +43,39 @@ impl StoreError {
         }
     }
 
+    /// The database could not be reached or went away mid-request (it is
+    /// restarting, say): a 503 worth retrying, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => is_connection_error(e),
+            StoreError::Pool(_) => true,
+            StoreError::Db(e) => {
+                is_connection_error(e)
+                    || e.code().is_some_and(|c| {
+                        c.code().starts_with("08")
+                            || [
+                                SqlState::ADMIN_SHUTDOWN,
+                                SqlState::CRASH_SHUTDOWN,
+                                SqlState::CANNOT_CONNECT_NOW,
+                                SqlState::TOO_MANY_CONNECTIONS,
+                            ]
+                            .contains(c)
+                    })
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_unique_violation(&self) -> bool {
         self.sql_state() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     }
+}
+
+/// A connection that is closed, or failed at the socket: no server answered.
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error;
+    e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Builds a pool on `database_url`. Connections are made lazily; call

@@ -76,9 +76,10 @@ async fn wrong_credentials_and_bad_tokens_are_401() {
     assert_eq!(app.call(Method::GET, "/api/me", None, None).await.0, StatusCode::UNAUTHORIZED);
     let res = app.http.get(app.url("/api/me")).header("Authorization", "Basic abc").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    // WebSocket clients may pass the token in the query string.
+    // Only the WebSocket route takes a token in the query string.
     let res = app.http.get(app.url(&format!("/api/me?access_token={}", user.token))).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("/api/me", &user.token).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
