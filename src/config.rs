@@ -78,13 +78,15 @@ impl Database {
         &self.url
     }
 
-    /// Closes the pool and stops the embedded PostgreSQL, if any.
+    /// Closes the pool and releases the embedded PostgreSQL, if any: it is
+    /// stopped unless another process (e.g. `ferryd serve` while an admin
+    /// command runs) still uses it.
     pub async fn close(self) {
         self.pool.close();
         if let Some(pg) = self.embedded {
-            let stopped = tokio::task::spawn_blocking(move || pg.stop()).await;
-            if let Ok(Err(e)) = stopped {
-                tracing::error!(error = %e, "could not stop the embedded PostgreSQL");
+            let released = tokio::task::spawn_blocking(move || pg.release()).await;
+            if let Ok(Err(e)) = released {
+                tracing::error!(error = %e, "could not release the embedded PostgreSQL");
             }
         }
     }

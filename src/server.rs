@@ -99,7 +99,8 @@ impl Server {
     }
 
     /// Serves until SIGINT/SIGTERM (or [`actix_web::dev::ServerHandle::stop`]),
-    /// then stops the embedded PostgreSQL, if any.
+    /// then releases the embedded PostgreSQL, if any (stopped unless another
+    /// process, e.g. an admin command, still uses it).
     pub async fn run(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.sweeper.abort();

@@ -9,6 +9,9 @@
 //! * `pg.log`       — the server log (`pg_ctl -l`);
 //! * `pg.lock`      — an advisory lock held while starting/stopping, so that
 //!   concurrent `start` calls on the same directory serialise;
+//! * `pg.users`     — a shared lock held by every process using the cluster
+//!   (`ferryd serve`, an admin command), so that only its last user stops it
+//!   (see [`EmbeddedPostgres::release`]);
 //! * `pg.init/`     — transient: a cluster being initialised. It is renamed to
 //!   `pg/` only once complete (initdb + `CREATE DATABASE ferry`), so an
 //!   interrupted initialisation is simply redone.
@@ -49,6 +52,7 @@ const PASSWORD_FILE: &str = "pg.password";
 const INITDB_PWFILE: &str = "pg.pwfile.tmp";
 const LOG_FILE: &str = "pg.log";
 const LOCK_FILE: &str = "pg.lock";
+const USERS_FILE: &str = "pg.users";
 const SUPERUSER: &str = "ferry";
 const DATABASE: &str = "ferry";
 const PASSWORD_LEN: usize = 40;
@@ -131,8 +135,10 @@ struct Binaries {
 }
 
 /// A running embedded PostgreSQL cluster (started or adopted by
-/// [`EmbeddedPostgres::start`]). Dropping the handle leaves the server
-/// running; call [`EmbeddedPostgres::stop`] to stop it.
+/// [`EmbeddedPostgres::start`]). The handle counts as one user of the
+/// cluster for as long as it lives. Dropping it leaves the server running;
+/// [`EmbeddedPostgres::release`] stops it unless another process still uses
+/// it, [`EmbeddedPostgres::stop`] stops it regardless.
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     cluster: PathBuf,
@@ -141,6 +147,16 @@ pub struct EmbeddedPostgres {
     run_as: Option<RunAs>,
     port: u16,
     password: String,
+    users: UsersLock,
+}
+
+/// What [`EmbeddedPostgres::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// This was the last user: the server is stopped.
+    Stopped,
+    /// Another process (e.g. `ferryd serve`) still uses the server: left running.
+    LeftRunning,
 }
 
 impl fmt::Debug for EmbeddedPostgres {
@@ -174,6 +190,11 @@ impl EmbeddedPostgres {
         let data_dir =
             fs::canonicalize(data_dir).ctx(|| format!("cannot resolve data directory {}", data_dir.display()))?;
         let _lock = DirLock::acquire(&data_dir.join(LOCK_FILE))?;
+        // Count ourselves as a user before looking at the cluster: a
+        // releasing process decides under the DirLock whether it is the last
+        // user, so it cannot stop the server between our adopting it and
+        // this lock.
+        let users = UsersLock::share(&data_dir.join(USERS_FILE))?;
 
         let cluster = data_dir.join(CLUSTER_DIR);
         if cluster.exists() && !cluster.join("PG_VERSION").exists() {
@@ -197,6 +218,7 @@ impl EmbeddedPostgres {
             run_as,
             port: 0,
             password: String::new(),
+            users,
         };
 
         if let Some(user) = &pg.run_as {
@@ -214,11 +236,21 @@ impl EmbeddedPostgres {
 
         if let Status::Running = pg.status()? {
             if password.is_none() {
+                // Resetting the password needs the server stopped, which
+                // must not pull it from under another process.
+                if !pg.users.try_sole()? {
+                    return Err(pg.not_ready(&format!(
+                        "{} is missing and another process (e.g. `ferryd serve`) uses the running \
+                         server; restore the file, or stop that process first",
+                        password_path.display()
+                    )));
+                }
                 tracing::warn!(
                     "{} is missing; stopping the running embedded PostgreSQL to reset the password",
                     password_path.display()
                 );
                 pg.stop()?;
+                pg.users.hold_shared()?;
             } else if let Some(port) = pg.wait_until_ready()? {
                 pg.port = port;
                 pg.password = password.unwrap_or_default();
@@ -246,8 +278,36 @@ impl EmbeddedPostgres {
         self.port
     }
 
-    /// Stops the server (`pg_ctl stop -m fast -w`). Stopping a server that
-    /// is not running is not an error.
+    /// Ends this handle's use of the cluster: stops the server if no other
+    /// process uses it (its last user stops it), else leaves it running.
+    ///
+    /// Decided under the DirLock, so releases on the same directory happen
+    /// one after the other: of two last users releasing at once, the first
+    /// sees the second's share and leaves (dropping its own share before
+    /// the DirLock), the second then finds itself alone and stops the
+    /// server. A process killed before releasing loses its share with its
+    /// life (the kernel drops flocks), so it never keeps the server counted.
+    pub fn release(self) -> Result<Released, EmbeddedError> {
+        let _lock = DirLock::acquire(&self.data_dir.join(LOCK_FILE))?;
+        let released = if self.users.try_sole()? {
+            self.stop().map(|()| Released::Stopped)
+        } else {
+            tracing::info!(
+                "left embedded PostgreSQL running on 127.0.0.1:{}: another process uses it ({})",
+                self.port,
+                self.cluster.display()
+            );
+            Ok(Released::LeftRunning)
+        };
+        // Before the DirLock goes (`_lock` drops after this): the next
+        // releaser must not count us.
+        self.users.unlock()?;
+        released
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast -w`), whoever else uses it
+    /// (see [`EmbeddedPostgres::release`]). Stopping a server that is not
+    /// running is not an error.
     pub fn stop(&self) -> Result<(), EmbeddedError> {
         if let Status::NotRunning = self.status()? {
             return Ok(());
@@ -806,6 +866,33 @@ impl Drop for TempFile {
     }
 }
 
+/// Opens (creating) a lock file. std opens it close-on-exec, so the
+/// PostgreSQL programs we spawn never inherit (and so never hold) its lock.
+fn open_lock_file(path: &Path) -> Result<File, EmbeddedError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .ctx(|| format!("cannot open {}", path.display()))
+}
+
+/// flock(2), retried when a signal interrupts it.
+fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: the fd is valid while `file` lives.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// An exclusive advisory lock (flock) on a file, released on drop.
 struct DirLock {
     _file: File,
@@ -813,25 +900,49 @@ struct DirLock {
 
 impl DirLock {
     fn acquire(path: &Path) -> Result<Self, EmbeddedError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .ctx(|| format!("cannot open {}", path.display()))?;
-        loop {
-            // SAFETY: the fd is valid while `file` lives.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(DirLock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(EmbeddedError::io(format!("cannot lock {}", path.display()), err));
-            }
+        let file = open_lock_file(path)?;
+        flock(&file, libc::LOCK_EX).ctx(|| format!("cannot lock {}", path.display()))?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// One user's share of the cluster: a shared flock on `pg.users`, held
+/// from `start` until `release` (or the process's end). Each handle opens
+/// the file itself, so two handles in one process count as two users.
+///
+/// Every lock change happens under the DirLock, and exclusive locks are
+/// only ever tried without waiting, so no one ever waits on this file.
+struct UsersLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl UsersLock {
+    fn share(path: &Path) -> Result<Self, EmbeddedError> {
+        let lock = UsersLock { file: open_lock_file(path)?, path: path.to_owned() };
+        lock.hold_shared()?;
+        Ok(lock)
+    }
+
+    /// Whether we are the cluster's only user: tries to turn our share into
+    /// an exclusive lock, without waiting. When that fails our share may be
+    /// gone (flock converts by unlocking first, as on Linux): only unlock or
+    /// give up afterwards.
+    fn try_sole(&self) -> Result<bool, EmbeddedError> {
+        match flock(&self.file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(EmbeddedError::io(format!("cannot lock {}", self.path.display()), e)),
         }
+    }
+
+    /// Takes a shared lock (turning an exclusive one back into it).
+    fn hold_shared(&self) -> Result<(), EmbeddedError> {
+        flock(&self.file, libc::LOCK_SH).ctx(|| format!("cannot lock {}", self.path.display()))
+    }
+
+    fn unlock(&self) -> Result<(), EmbeddedError> {
+        flock(&self.file, libc::LOCK_UN).ctx(|| format!("cannot unlock {}", self.path.display()))
     }
 }
 
@@ -958,6 +1069,7 @@ mod tests {
             run_as: None,
             port: 5,
             password: "s3cretpassword".into(),
+            users: UsersLock { file: File::open("/dev/null").unwrap(), path: "/dev/null".into() },
         };
         assert!(!format!("{pg:?}").contains("s3cret"));
         assert!(pg.database_url().contains("s3cret"));
