@@ -191,6 +191,52 @@ impl RealtimeSettings {
     }
 }
 
+/// Accounts: tokens, password checks, failed logins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccountSettings {
+    /// Seconds a user token may go unused before it stops working (device
+    /// tokens do not expire by idleness).
+    #[arg(long, env = "FERRY_TOKEN_IDLE_SECONDS", default_value_t = 30 * 86_400)]
+    pub token_idle_seconds: u32,
+    /// Failed logins an account may have before each further one locks it
+    /// for a growing time (1 s, 2 s, 4 s, ... at most 15 minutes).
+    #[arg(long, env = "FERRY_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_failures_per_account: u32,
+    /// The same for a client address, across accounts.
+    #[arg(long, env = "FERRY_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_failures_per_address: u32,
+    /// Threads that hash passwords (default: one per core).
+    #[arg(long, env = "FERRY_PASSWORD_WORKERS")]
+    pub password_workers: Option<usize>,
+    /// Password checks that may wait for a thread; past that, 503 `busy`.
+    #[arg(long, env = "FERRY_PASSWORD_QUEUE", default_value_t = 32)]
+    pub password_queue: usize,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
+            token_idle_seconds: 30 * 86_400,
+            login_failures_per_account: 5,
+            login_failures_per_address: 20,
+            password_workers: None,
+            password_queue: 32,
+        }
+    }
+}
+
+impl AccountSettings {
+    pub fn accounts(&self) -> crate::domain::accounts::Accounts {
+        use crate::domain::passwords::{LoginThrottle, PasswordWork};
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        crate::domain::accounts::Accounts {
+            passwords: PasswordWork::new(self.password_workers.unwrap_or(cores), self.password_queue),
+            throttle: LoginThrottle::new(self.login_failures_per_account, self.login_failures_per_address),
+            token_idle: chrono::Duration::seconds(self.token_idle_seconds.max(1).into()),
+        }
+    }
+}
+
 /// `ferryd serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeSettings {
@@ -202,6 +248,8 @@ pub struct ServeSettings {
     pub realtime: RealtimeSettings,
     #[command(flatten)]
     pub relay: RelaySettings,
+    #[command(flatten)]
+    pub accounts: AccountSettings,
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FERRY_BIND", default_value = "127.0.0.1:7070")]
     pub bind: String,

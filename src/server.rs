@@ -2,7 +2,9 @@
 
 use std::net::{SocketAddr, TcpListener};
 
-use actix_web::{middleware::from_fn, web, App, HttpServer};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::{web, App, HttpServer};
 
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
@@ -67,6 +69,7 @@ impl Server {
             realtime: realtime.clone(),
             chunks: chunks.clone(),
             relay,
+            accounts: settings.accounts.accounts(),
             relayed: Default::default(),
         });
         let mut server = HttpServer::new(move || {
@@ -74,6 +77,7 @@ impl Server {
                 .wrap(from_fn(api::refuse_unstorable))
                 .wrap(api::json_errors())
                 .wrap(from_fn(api::observe_requests))
+                .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
                 .app_data(state.clone())
                 .configure(api::configure)
         })

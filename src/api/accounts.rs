@@ -1,7 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
-use super::{created, idempotency_key, no_content, resource, ApiError, AppState, Auth};
+use super::{idempotency_key, no_content, resource, secret, ApiError, AppState, Auth};
 use crate::domain::accounts::{self, NewUser};
 use crate::domain::{self, DomainError};
 use crate::protocol::accounts::{
@@ -15,6 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/auth/signup").post(signup))
         .service(resource("/auth/login").post(login))
         .service(resource("/auth/logout").post(logout))
+        .service(resource("/auth/logout-all").post(logout_all))
         .service(resource("/me").get(get_me))
         .service(resource("/devices").post(register_device).get(list_devices))
         .service(resource("/devices/{device_id}").delete(delete_device))
@@ -43,7 +44,8 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
         display_name: body.display_name.as_deref().map(DisplayName::parse).transpose().map_err(DomainError::from)?,
         is_admin: false,
     };
-    Ok(created(&accounts::create_user(&state.pool, new).await?))
+    let answer = accounts::create_user(&state.pool, &state.accounts.passwords, new).await?;
+    Ok(secret(HttpResponse::Created()).json(answer))
 }
 
 /// Exchanges an email and password for a user token.
@@ -59,9 +61,15 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
     )
 )]
 #[tracing::instrument(skip_all, err(level = "debug"))]
-async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Result<HttpResponse, ApiError> {
+async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    Ok(HttpResponse::Ok().json(accounts::login(&state.pool, &body.email, body.password).await?))
+    let address = req.peer_addr().map(|a| a.ip());
+    let answer = accounts::login(&state.pool, &state.accounts, &body.email, body.password, address).await?;
+    Ok(secret(HttpResponse::Ok()).json(answer))
 }
 
 /// Revokes the token used for this call.
@@ -78,6 +86,23 @@ async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> Res
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn logout(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     accounts::logout(&state.pool, &auth.0).await?;
+    Ok(no_content())
+}
+
+/// Revokes every token of the caller, device tokens included.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout-all",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every token of the caller stopped working"),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
+async fn logout_all(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
+    accounts::logout_all(&state.pool, &auth.0).await?;
     Ok(no_content())
 }
 
@@ -128,7 +153,7 @@ async fn register_device(
         Box::pin(async move { accounts::register_device(tx, &cmd.caller, name, platform).await })
     })
     .await?;
-    Ok(created(&registered))
+    Ok(secret(HttpResponse::Created()).json(registered))
 }
 
 /// The caller's devices.

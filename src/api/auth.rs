@@ -44,7 +44,7 @@ impl FromRequest for Auth {
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
             let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-            accounts::authenticate(&state.pool, &token)
+            accounts::authenticate(&state.pool, state.accounts.token_idle, &token)
                 .await?
                 .map(Auth)
                 .ok_or_else(|| ApiError::unauthorized("the token is invalid or revoked"))

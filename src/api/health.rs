@@ -49,14 +49,16 @@ async fn healthz() -> HttpResponse {
     )
 )]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let not_ready =
-        |message: &str| ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
     if let Err(e) = crate::store::check(&state.pool).await {
         tracing::warn!(error = %super::error_chain(&e), "readiness check failed");
-        return Err(not_ready("the database is not reachable"));
+        return Err(ApiError::database_unavailable());
     }
     if !state.realtime.is_listening() {
-        return Err(not_ready("the event listener is not connected"));
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the event listener is not connected",
+        ));
     }
     Ok(HttpResponse::Ok().json(Readiness { status: "ready", database: "up", listener: "up" }))
 }

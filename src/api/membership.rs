@@ -1,7 +1,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
-use super::{created, idempotency_key, no_content, optional_json, resource, ApiError, AppState, Auth};
+use super::{idempotency_key, no_content, optional_json, resource, ApiError, AppState, Auth};
 use crate::domain::membership::{self, InviteTerms};
 use crate::domain::{self, DomainError};
 use crate::protocol::membership::{
@@ -54,7 +54,7 @@ async fn create_invite(
         Box::pin(membership::create_invite(tx, cmd, project_id, terms))
     })
     .await?;
-    Ok(created(&invite))
+    Ok(super::secret(HttpResponse::Created()).json(invite))
 }
 
 /// The project's invites (owner only), without their tokens.

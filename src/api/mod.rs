@@ -38,6 +38,7 @@ pub struct AppState {
     pub realtime: std::sync::Arc<crate::realtime::Realtime>,
     pub chunks: crate::relay::ChunkStore,
     pub relay: crate::domain::relay::RelayPolicy,
+    pub accounts: crate::domain::accounts::Accounts,
     /// Relayed bytes not yet counted as transfer progress.
     pub relayed: relay::RelayedBytes,
 }
@@ -309,6 +310,12 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes
 /// `201 Created` with a JSON body.
 pub fn created(body: &impl Serialize) -> HttpResponse {
     HttpResponse::Created().json(body)
+}
+
+/// A response that carries a secret (a token): never kept by a cache.
+pub fn secret(mut builder: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    builder.insert_header((header::CACHE_CONTROL, "no-store"));
+    builder
 }
 
 /// `204 No Content`.

@@ -150,7 +150,8 @@ async fn run(command: Command) -> Result<(), String> {
                 is_admin: admin,
             };
             let db = database.open().await.map_err(|e| chain(&e))?;
-            let created = accounts::create_user(&db.pool, new).await;
+            let created =
+                accounts::create_user(&db.pool, &ferry::domain::passwords::PasswordWork::per_core(), new).await;
             db.close().await;
             let created = created.map_err(|e| chain(&e))?;
             println!(

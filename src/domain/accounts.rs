@@ -1,44 +1,23 @@
 //! Users, their devices and their bearer tokens: account infrastructure in
 //! ordinary tables, not project state.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
-use std::sync::LazyLock;
 use uuid::Uuid;
 
+use super::passwords::{LoginThrottle, PasswordWork};
 use super::secrets::{new_secret, secret_hash};
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::accounts::{AuthResponse, Device, MeResponse, RegisterDeviceResponse, User};
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
-use crate::store::{GenericClient, Pool, StoreError};
+use crate::store::{GenericClient, Pool};
 
 const TOKEN_PREFIX: &str = "fy_";
 
-async fn hash_password(password: Password) -> Result<String, DomainError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(password.expose().as_bytes(), &salt).map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| StoreError::Invalid(format!("password hashing task failed: {e}")))?
-    .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")).into())
-}
-
-/// Checks a password against a stored hash, or against a dummy hash when
-/// the user does not exist so that both cases take the same time.
-async fn verify_password(password: String, stored: Option<String>) -> bool {
-    static DUMMY: LazyLock<String> = LazyLock::new(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(b"not a real password", &salt).expect("hashing works").to_string()
-    });
-    tokio::task::spawn_blocking(move || {
-        let exists = stored.is_some();
-        let stored = stored.unwrap_or_else(|| DUMMY.clone());
-        let Ok(parsed) = PasswordHash::new(&stored) else { return false };
-        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && exists
-    })
-    .await
-    .unwrap_or(false)
+/// What account commands need besides the database: the password threads,
+/// the login throttle, and how long an unused user token lives.
+pub struct Accounts {
+    pub passwords: PasswordWork,
+    pub throttle: LoginThrottle,
+    pub token_idle: chrono::Duration,
 }
 
 const USER_COLUMNS: &str = "u.id, u.email, u.display_name";
@@ -59,8 +38,8 @@ pub struct NewUser {
     pub is_admin: bool,
 }
 
-pub async fn create_user(pool: &Pool, new: NewUser) -> Result<AuthResponse, DomainError> {
-    let password_hash = hash_password(new.password).await?;
+pub async fn create_user(pool: &Pool, passwords: &PasswordWork, new: NewUser) -> Result<AuthResponse, DomainError> {
+    let password_hash = passwords.hash(new.password).await?;
     let display_name = match new.display_name {
         Some(name) => name.into_inner(),
         None => DisplayName::parse(new.email.local_part())?.into_inner(),
@@ -98,7 +77,17 @@ async fn insert_token(
     Ok(token)
 }
 
-pub async fn login(pool: &Pool, email: &str, password: String) -> Result<AuthResponse, DomainError> {
+/// Exchanges an email and password for a new user token. Failed attempts
+/// are throttled per account and per client address (429 while locked,
+/// without checking the password).
+pub async fn login(
+    pool: &Pool,
+    accounts: &Accounts,
+    email: &str,
+    password: String,
+    address: Option<std::net::IpAddr>,
+) -> Result<AuthResponse, DomainError> {
+    accounts.throttle.check(email, address)?;
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -107,10 +96,15 @@ pub async fn login(pool: &Pool, email: &str, password: String) -> Result<AuthRes
         )
         .await?;
     let stored = row.as_ref().map(|r| r.get::<_, String>(3));
-    if !verify_password(password, stored).await {
+    // Checked against a dummy hash when there is no such user, so timing
+    // does not tell which emails have accounts.
+    let verified = accounts.passwords.verify(password, stored).await?;
+    let Some(row) = row.filter(|_| verified) else {
+        accounts.throttle.failed(email, address);
         return Err(DomainError::rejected(Rejection::Unauthorized, "invalid_credentials", "wrong email or password"));
-    }
-    let user = user_from_row(row.as_ref().expect("verified users exist"));
+    };
+    let user = user_from_row(&row);
+    accounts.throttle.succeeded(email);
     let token = insert_token(&client, user.id, None).await?;
     Ok(AuthResponse { user, token })
 }
@@ -121,9 +115,17 @@ pub async fn logout(pool: &Pool, caller: &Caller) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// Revokes every token of the caller's user, device tokens included.
+pub async fn logout_all(pool: &Pool, caller: &Caller) -> Result<(), DomainError> {
+    pool.get().await?.execute("DELETE FROM api_tokens WHERE user_id = $1", &[&caller.user_id]).await?;
+    Ok(())
+}
+
 /// The caller behind a bearer token, or None when it is unknown, revoked,
-/// or belongs to a deleted device.
-pub async fn authenticate(pool: &Pool, token: &str) -> Result<Option<Caller>, DomainError> {
+/// belongs to a deleted device, or is a user token unused for longer than
+/// `idle`. Use refreshes a token, at most every `idle / 10` (an hour at
+/// most), so that most requests write nothing.
+pub async fn authenticate(pool: &Pool, idle: chrono::Duration, token: &str) -> Result<Option<Caller>, DomainError> {
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
@@ -131,19 +133,23 @@ pub async fn authenticate(pool: &Pool, token: &str) -> Result<Option<Caller>, Do
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT t.user_id, t.device_id, u.is_admin
+            "SELECT t.user_id, t.device_id, u.is_admin, t.last_used_at < now() - make_interval(secs => $3)
              FROM api_tokens t
              JOIN users u ON u.id = t.user_id
              LEFT JOIN devices d ON d.id = t.device_id
-             WHERE t.token_hash = $1 AND d.deleted_at IS NULL",
+             WHERE t.token_hash = $1 AND d.deleted_at IS NULL
+               AND (t.device_id IS NOT NULL OR t.last_used_at > now() - make_interval(secs => $2))",
         )
         .await?;
-    Ok(client.query_opt(&stmt, &[&hash]).await?.map(|row| Caller {
-        user_id: row.get(0),
-        device_id: row.get(1),
-        is_admin: row.get(2),
-        token_hash: hash,
-    }))
+    let refresh = (idle / 10).min(chrono::Duration::hours(1));
+    let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
+    let Some(row) = client.query_opt(&stmt, &[&hash, &seconds(idle), &seconds(refresh)]).await? else {
+        return Ok(None);
+    };
+    if row.get::<_, bool>(3) {
+        client.execute("UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1", &[&hash]).await?;
+    }
+    Ok(Some(Caller { user_id: row.get(0), device_id: row.get(1), is_admin: row.get(2), token_hash: hash }))
 }
 
 pub async fn me(pool: &Pool, caller: &Caller) -> Result<MeResponse, DomainError> {
@@ -234,9 +240,11 @@ pub async fn advertise_direct(
     let (urls, key) = match advert {
         None => (None, None),
         Some(a) => {
-            let usable = |u: &String| (u.starts_with("http://") || u.starts_with("https://")) && u.len() <= 2048;
-            if a.urls.is_empty() || a.urls.len() > 8 || !a.urls.iter().all(usable) {
-                return Err(invalid("invalid_urls", "give 1 to 8 http:// or https:// URLs"));
+            if a.urls.is_empty() || a.urls.len() > 8 || !a.urls.iter().all(|u| is_direct_url(u)) {
+                return Err(invalid(
+                    "invalid_urls",
+                    "give 1 to 8 http:// or https:// URLs with a host, no user or password, no spaces",
+                ));
             }
             if crate::protocol::transfers::DirectToken::key(&a.key).is_none() {
                 return Err(invalid("invalid_key", "the key is 64 hex characters (32 bytes)"));
@@ -257,4 +265,47 @@ pub async fn advertise_direct(
         return Err(DomainError::not_found("device"));
     }
     Ok(())
+}
+
+/// A URL members' clients may be pointed at: http or https, to a host,
+/// with nothing that could smuggle credentials or confuse a client.
+fn is_direct_url(raw: &str) -> bool {
+    if raw.len() > 2048 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Ok(url) = url::Url::parse(raw) else { return false };
+    matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.username().is_empty()
+        && url.password().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_direct_url;
+
+    #[test]
+    fn direct_urls_are_http_to_a_host_without_credentials() {
+        for good in
+            ["http://192.0.2.4:7071", "https://laptop.lan:443/", "http://[2001:db8::1]:80", "http://100.64.0.2:9"]
+        {
+            assert!(is_direct_url(good), "{good} refused");
+        }
+        for bad in [
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "ftp://host/",
+            "http://",
+            "http:///path",
+            "http://user:secret@host/",
+            "http://user@host/",
+            "http://ho st/",
+            "http://host/\n",
+            "http://host/\u{7}",
+            " http://host/",
+            "data:text/html,hi",
+        ] {
+            assert!(!is_direct_url(bad), "{bad:?} accepted");
+        }
+    }
 }

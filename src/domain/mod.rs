@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod events;
 pub mod files;
 pub mod membership;
+pub mod passwords;
 pub mod projects;
 pub mod relay;
 mod secrets;

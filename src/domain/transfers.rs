@@ -810,8 +810,8 @@ pub async fn list(
 }
 
 /// Bytes the relay served for a transfer advance it, as the server saw
-/// them: started if pending, never past the total. Only the requester's (or
-/// the owner's) downloads count. The caller batches them (at most one call
+/// them: started if pending, never past the total. Only the requester's
+/// downloads count. The caller batches them (at most one call
 /// a second per transfer), so none is coalesced away here.
 pub async fn advance_relayed(
     client: &impl GenericClient,
@@ -822,7 +822,9 @@ pub async fn advance_relayed(
 ) -> Result<(), DomainError> {
     let role = lock_for(client, project_id, &cmd.caller, false).await?;
     let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
-    if !row.state.status.is_active() || bytes <= 0 {
+    // Only the requester's own fetches are the transfer's bytes: anyone
+    // else (the owner, say) fetching the same chunk moves nothing.
+    if !row.state.status.is_active() || bytes <= 0 || row.state.requester_id != cmd.caller.user_id {
         return Ok(());
     }
     let now = Utc::now();

@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ferry::config::{DatabaseSettings, RealtimeSettings, RelaySettings, ServeSettings, TransferSettings};
+use ferry::config::{
+    AccountSettings, DatabaseSettings, RealtimeSettings, RelaySettings, ServeSettings, TransferSettings,
+};
 use ferry::store::embedded::EmbeddedPostgres;
 use ferry::store::Pool;
 use reqwest::{Method, StatusCode};
@@ -180,6 +182,7 @@ impl TestApp {
                 relay_store: Some(relay_dir(&db_name).to_string_lossy().into_owned()),
                 ..RelaySettings::default()
             },
+            accounts: AccountSettings::default(),
             bind: "127.0.0.1:0".into(),
             workers: Some(2),
         };
