@@ -25,11 +25,13 @@ pub struct RealtimeConfig {
     pub ping_interval: Duration,
     /// Batches a socket may have queued before it falls back to the log.
     pub queue: usize,
+    /// Projects one socket may be subscribed to at once.
+    pub max_subscriptions: usize,
 }
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        Self { ping_interval: Duration::from_secs(15), queue: 64 }
+        Self { ping_interval: Duration::from_secs(15), queue: 64, max_subscriptions: 100 }
     }
 }
 

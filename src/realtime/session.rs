@@ -3,6 +3,10 @@
 //! duplicates or gaps. A session tracks, per project, the seq it has covered
 //! (sent, or skipped as not visible); a batch that does not follow on from
 //! it, or a lag signal from the hub, sends it back to the log.
+//!
+//! What one socket may cost is bounded: it sends each event at most once
+//! (subscribing again does not replay what it already sent), follows at most
+//! `max_subscriptions` projects, and never holds a cursor past the head.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,7 +135,19 @@ impl SessionState {
         }
     }
 
+    /// Subscribes, or moves an existing subscription on. A socket is sent
+    /// each event at most once: subscribing again to a project answers
+    /// `subscribed` and `caught_up` again but replays only from
+    /// max(after_seq, what this socket already covered). Repeated subscribes
+    /// would otherwise each replay the whole log; a client that truly wants
+    /// the log again unsubscribes first or opens another socket.
     async fn subscribe(&mut self, project_id: Uuid, after_seq: i64) -> Result<(), Closed> {
+        let again = self.subscriptions.contains_key(&project_id);
+        let max = self.rt.config.max_subscriptions;
+        if !again && self.subscriptions.len() >= max {
+            let message = format!("a socket may be subscribed to at most {max} projects; unsubscribe from one first");
+            return self.error("too_many_subscriptions", &message, Some(project_id)).await;
+        }
         let checked = async {
             let client = self.rt.pool.get().await?;
             let role = access(&client, project_id, &self.caller, false).await?;
@@ -145,10 +161,24 @@ impl SessionState {
             Ok(found) => found,
             Err(e) => return self.refuse(project_id, e).await,
         };
-        // Join the live feed first, then replay: whatever commits meanwhile
-        // arrives live or is found by the replay, and the cursor drops repeats.
-        self.rt.hub.subscribe(project_id, self.socket, head, self.outbox.clone(), self.lag.clone());
-        self.subscriptions.insert(project_id, Subscription { role, cursor: after_seq.max(0) });
+        // Seqs start at 1: a negative after_seq means from the start, as on
+        // GET /events.
+        let after_seq = after_seq.max(0);
+        if after_seq > head {
+            // Such a cursor would silently drop every live event until the
+            // log caught up with it; the client holds a seq of something else.
+            let message = format!("after_seq {after_seq} is past the project's head_seq {head}");
+            return self.error("after_seq_ahead", &message, Some(project_id)).await;
+        }
+        if let Some(sub) = self.subscriptions.get_mut(&project_id) {
+            sub.role = role;
+            sub.cursor = sub.cursor.max(after_seq);
+        } else {
+            // Join the live feed first, then replay: whatever commits meanwhile
+            // arrives live or is found by the replay, and the cursor drops repeats.
+            self.rt.hub.subscribe(project_id, self.socket, head, self.outbox.clone(), self.lag.clone());
+            self.subscriptions.insert(project_id, Subscription { role, cursor: after_seq });
+        }
         self.send(&ServerMessage::Subscribed { project_id, head_seq: head }).await?;
         self.replay(project_id).await?;
         let seq = self.subscriptions.get(&project_id).map_or(head, |s| s.cursor);
