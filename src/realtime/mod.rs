@@ -3,6 +3,7 @@
 //! sessions; sessions replay from any seq and fall back to the log whenever
 //! they fall behind. Presence of devices is kept here too.
 
+pub mod frames;
 pub mod hub;
 pub mod listener;
 pub mod presence;

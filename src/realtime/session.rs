@@ -6,16 +6,18 @@
 //!
 //! What one socket may cost is bounded: it sends each event at most once
 //! (subscribing again does not replay what it already sent), follows at most
-//! `max_subscriptions` projects, and never holds a cursor past the head.
+//! `max_subscriptions` projects, never holds a cursor past the head, and
+//! closes with 1009 on a frame over the limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_ws::{Message, MessageStream, Session};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::frames::{too_big, MAX_FRAME};
 use super::hub::{Batch, Lag};
 use super::Realtime;
 use crate::domain::events::{feed, visible};
@@ -71,6 +73,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     let mut pings = tokio::time::interval(interval);
     let mut heard = Instant::now();
     let lag = state.lag.clone();
+    let mut reason = None;
     loop {
         let step = tokio::select! {
             message = stream.recv() => {
@@ -80,6 +83,11 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
                     Some(Ok(Message::Binary(_))) => state.error("invalid_message", "messages are JSON text", None).await,
                     Some(Ok(Message::Ping(bytes))) => state.ws.pong(&bytes).await.map_err(|_| Closed),
                     Some(Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop)) => Ok(()),
+                    Some(Err(e)) if too_big(&e) => {
+                        let description = format!("a frame may be at most {MAX_FRAME} bytes");
+                        reason = Some(CloseReason { code: CloseCode::Size, description: Some(description) });
+                        Err(Closed)
+                    }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Closed),
                 }
             }
@@ -108,7 +116,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
             tracing::warn!(error = %crate::api::error_chain(&e), "presence not cleared");
         }
     }
-    let _ = state.ws.close(None).await;
+    let _ = state.ws.close(reason).await;
 }
 
 impl SessionState {

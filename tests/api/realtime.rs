@@ -79,6 +79,18 @@ impl Ws {
         panic!("the awaited message never came; got {seen:#?}");
     }
 
+    /// The close code the server ends the socket with (None: no close frame
+    /// within 5 s).
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code.into()),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// Messages from `subscribed` to `caught_up` for a subscribe just sent.
     async fn subscribed(&mut self) -> Vec<Value> {
         let messages = self.until(|m| m["type"] == "caught_up" || m["type"] == "error").await;
@@ -510,4 +522,54 @@ async fn a_socket_follows_at_most_the_configured_number_of_projects() {
     assert_eq!(event_seqs(&ws.subscribed().await), [1, 2]);
     rename(&app, &owner, c, "heard").await;
     assert_eq!(ws.seqs_until(3).await, [3]);
+}
+
+#[tokio::test]
+async fn bad_text_is_answered_and_an_oversized_frame_closes_with_1009() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    let nested = "[".repeat(60_000);
+    for bad in ["not json", "{}", r#"{"type":"subscribe"}"#, r#"{"type":"subscribe","project_id":"x"}"#, &nested] {
+        ws.socket.send(Message::Text(bad.into())).await.unwrap();
+        let answer = ws.next().await.unwrap();
+        assert_eq!((answer["type"].as_str(), answer["code"].as_str()), (Some("error"), Some("invalid_message")));
+    }
+    ws.socket.send(Message::Binary(vec![0; 1000].into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap()["code"], "invalid_message");
+
+    // 64 KiB is allowed, one byte more is not.
+    let padded = |size: usize| {
+        let head = r#"{"type":"ping","pad":""#;
+        format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
+    };
+    assert_eq!(padded(65_536).len(), 65_536);
+    ws.socket.send(Message::Text(padded(65_536).into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap(), json!({"type": "pong"}));
+    ws.socket.send(Message::Text(padded(65_537).into())).await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1009), "message too big");
+
+    // The server carries on.
+    let mut fresh = Ws::connect(&app.address, &owner.token).await;
+    fresh.send(json!({"type": "ping"})).await;
+    assert_eq!(fresh.next().await.unwrap(), json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn a_frame_declaring_a_huge_length_is_refused_at_its_header() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    // A masked text frame declaring 1 GiB, of which only a few bytes come:
+    // the server must not wait for (and buffer) the rest.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[b'x'; 100]);
+    let tcp = ws.socket.get_mut();
+    tcp.write_all(&frame).await.unwrap();
+    tcp.flush().await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1009));
 }
