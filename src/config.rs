@@ -174,11 +174,14 @@ pub struct RealtimeSettings {
     /// Batches of events a socket may have queued before it reads from the log instead.
     #[arg(long, env = "FERRY_WS_QUEUE", default_value_t = 64)]
     pub ws_queue: usize,
+    /// Projects one socket may be subscribed to at once.
+    #[arg(long, env = "FERRY_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
 }
 
 impl Default for RealtimeSettings {
     fn default() -> Self {
-        Self { ws_ping_seconds: 15, ws_queue: 64 }
+        Self { ws_ping_seconds: 15, ws_queue: 64, ws_max_subscriptions: 100 }
     }
 }
 
@@ -187,6 +190,7 @@ impl RealtimeSettings {
         crate::realtime::RealtimeConfig {
             ping_interval: std::time::Duration::from_secs(self.ws_ping_seconds.max(1).into()),
             queue: self.ws_queue.max(1),
+            max_subscriptions: self.ws_max_subscriptions.max(1),
         }
     }
 }

@@ -1,7 +1,10 @@
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 
 use super::{resource, ApiError, AppState, Auth};
 use crate::protocol::ErrorBody;
+use crate::realtime::frames::{FrameLimit, MAX_FRAME};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/ws").get(connect));
@@ -10,7 +13,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Opens a WebSocket (a bad token cannot). Client messages: `subscribe`
 /// `{project_id, after_seq}`, `unsubscribe` `{project_id}`, `ping`. Server
 /// messages: `subscribed`, every visible event after `after_seq` in seq
-/// order, `caught_up`, then live events; `pong`; `error`.
+/// order, `caught_up`, then live events; `pong`; `error`. Subscribing again
+/// to a subscribed project sends nothing twice; a frame over 64 KiB closes
+/// the socket with 1009.
 #[utoipa::path(
     get,
     path = "/api/ws",
@@ -30,9 +35,17 @@ async fn connect(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // actix-ws checks a frame's size only once it has buffered all of it:
+    // check each header as it arrives instead.
+    let mut limit = FrameLimit::new(MAX_FRAME);
+    let limited = body.into_inner().map(move |bytes| bytes.and_then(|b| limit.check(&b).map(|()| b)));
+    let mut limited: Payload = Payload::Stream { payload: Box::pin(limited) };
+    // Wrapping the stream back into `web::Payload` (what actix-ws takes) cannot fail.
+    let body =
+        web::Payload::from_request(&req, &mut limited).await.map_err(|e| ApiError::Internal(e.to_string().into()))?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_a_websocket", format!("a WebSocket handshake is expected: {e}")))?;
-    let stream = stream.max_frame_size(64 * 1024);
+    let stream = stream.max_frame_size(MAX_FRAME);
     actix_web::rt::spawn(crate::realtime::session::run(state.realtime.clone(), auth.0, session, stream));
     Ok(response)
 }

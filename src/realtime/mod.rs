@@ -3,6 +3,7 @@
 //! sessions; sessions replay from any seq and fall back to the log whenever
 //! they fall behind. Presence of devices is kept here too.
 
+pub mod frames;
 pub mod hub;
 pub mod listener;
 pub mod presence;
@@ -25,11 +26,13 @@ pub struct RealtimeConfig {
     pub ping_interval: Duration,
     /// Batches a socket may have queued before it falls back to the log.
     pub queue: usize,
+    /// Projects one socket may be subscribed to at once.
+    pub max_subscriptions: usize,
 }
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        Self { ping_interval: Duration::from_secs(15), queue: 64 }
+        Self { ping_interval: Duration::from_secs(15), queue: 64, max_subscriptions: 100 }
     }
 }
 

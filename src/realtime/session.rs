@@ -3,15 +3,21 @@
 //! duplicates or gaps. A session tracks, per project, the seq it has covered
 //! (sent, or skipped as not visible); a batch that does not follow on from
 //! it, or a lag signal from the hub, sends it back to the log.
+//!
+//! What one socket may cost is bounded: it sends each event at most once
+//! (subscribing again does not replay what it already sent), follows at most
+//! `max_subscriptions` projects, never holds a cursor past the head, and
+//! closes with 1009 on a frame over the limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_ws::{Message, MessageStream, Session};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::frames::{too_big, MAX_FRAME};
 use super::hub::{Batch, Lag};
 use super::Realtime;
 use crate::domain::events::{feed, visible};
@@ -67,6 +73,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     let mut pings = tokio::time::interval(interval);
     let mut heard = Instant::now();
     let lag = state.lag.clone();
+    let mut reason = None;
     loop {
         let step = tokio::select! {
             message = stream.recv() => {
@@ -76,6 +83,11 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
                     Some(Ok(Message::Binary(_))) => state.error("invalid_message", "messages are JSON text", None).await,
                     Some(Ok(Message::Ping(bytes))) => state.ws.pong(&bytes).await.map_err(|_| Closed),
                     Some(Ok(Message::Pong(_) | Message::Continuation(_) | Message::Nop)) => Ok(()),
+                    Some(Err(e)) if too_big(&e) => {
+                        let description = format!("a frame may be at most {MAX_FRAME} bytes");
+                        reason = Some(CloseReason { code: CloseCode::Size, description: Some(description) });
+                        Err(Closed)
+                    }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Closed),
                 }
             }
@@ -104,7 +116,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
             tracing::warn!(error = %crate::api::error_chain(&e), "presence not cleared");
         }
     }
-    let _ = state.ws.close(None).await;
+    let _ = state.ws.close(reason).await;
 }
 
 impl SessionState {
@@ -131,7 +143,19 @@ impl SessionState {
         }
     }
 
+    /// Subscribes, or moves an existing subscription on. A socket is sent
+    /// each event at most once: subscribing again to a project answers
+    /// `subscribed` and `caught_up` again but replays only from
+    /// max(after_seq, what this socket already covered). Repeated subscribes
+    /// would otherwise each replay the whole log; a client that truly wants
+    /// the log again unsubscribes first or opens another socket.
     async fn subscribe(&mut self, project_id: Uuid, after_seq: i64) -> Result<(), Closed> {
+        let again = self.subscriptions.contains_key(&project_id);
+        let max = self.rt.config.max_subscriptions;
+        if !again && self.subscriptions.len() >= max {
+            let message = format!("a socket may be subscribed to at most {max} projects; unsubscribe from one first");
+            return self.error("too_many_subscriptions", &message, Some(project_id)).await;
+        }
         let checked = async {
             let client = self.rt.pool.get().await?;
             let role = access(&client, project_id, &self.caller, false).await?;
@@ -145,10 +169,24 @@ impl SessionState {
             Ok(found) => found,
             Err(e) => return self.refuse(project_id, e).await,
         };
-        // Join the live feed first, then replay: whatever commits meanwhile
-        // arrives live or is found by the replay, and the cursor drops repeats.
-        self.rt.hub.subscribe(project_id, self.socket, head, self.outbox.clone(), self.lag.clone());
-        self.subscriptions.insert(project_id, Subscription { role, cursor: after_seq.max(0) });
+        // Seqs start at 1: a negative after_seq means from the start, as on
+        // GET /events.
+        let after_seq = after_seq.max(0);
+        if after_seq > head {
+            // Such a cursor would silently drop every live event until the
+            // log caught up with it; the client holds a seq of something else.
+            let message = format!("after_seq {after_seq} is past the project's head_seq {head}");
+            return self.error("after_seq_ahead", &message, Some(project_id)).await;
+        }
+        if let Some(sub) = self.subscriptions.get_mut(&project_id) {
+            sub.role = role;
+            sub.cursor = sub.cursor.max(after_seq);
+        } else {
+            // Join the live feed first, then replay: whatever commits meanwhile
+            // arrives live or is found by the replay, and the cursor drops repeats.
+            self.rt.hub.subscribe(project_id, self.socket, head, self.outbox.clone(), self.lag.clone());
+            self.subscriptions.insert(project_id, Subscription { role, cursor: after_seq });
+        }
         self.send(&ServerMessage::Subscribed { project_id, head_seq: head }).await?;
         self.replay(project_id).await?;
         let seq = self.subscriptions.get(&project_id).map_or(head, |s| s.cursor);

@@ -79,6 +79,26 @@ impl Ws {
         panic!("the awaited message never came; got {seen:#?}");
     }
 
+    /// The close code the server ends the socket with (None: no close frame
+    /// within 5 s).
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code.into()),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Messages from `subscribed` to `caught_up` for a subscribe just sent.
+    async fn subscribed(&mut self) -> Vec<Value> {
+        let messages = self.until(|m| m["type"] == "caught_up" || m["type"] == "error").await;
+        assert_eq!(messages[0]["type"], "subscribed", "{messages:#?}");
+        assert_eq!(messages.last().unwrap()["type"], "caught_up", "{messages:#?}");
+        messages
+    }
+
     /// Event seqs until an event with `seq` arrives.
     pub async fn seqs_until(&mut self, seq: i64) -> Vec<i64> {
         let messages = self.until(|m| m["seq"].as_i64() == Some(seq) && m.get("data").is_some()).await;
@@ -392,4 +412,164 @@ async fn connected_devices_are_online_and_serve_first() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(agent);
+}
+
+fn event_seqs(messages: &[Value]) -> Vec<i64> {
+    messages.iter().filter(|m| m.get("data").is_some()).map(|m| m["seq"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn subscribing_again_on_a_socket_sends_no_event_twice() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Again").await;
+    for i in 0..4 {
+        rename(&app, &owner, project, &format!("n{i}")).await;
+    }
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    ws.subscribe(project, 0).await;
+    assert_eq!(event_seqs(&ws.subscribed().await), [1, 2, 3, 4, 5]);
+
+    // Each re-subscribe, from the start or from anywhere already sent, is
+    // answered but replays nothing: no whole log again and again.
+    for after_seq in [0, 0, 2, 5, -1] {
+        ws.subscribe(project, after_seq).await;
+        let again = ws.subscribed().await;
+        assert_eq!(again.len(), 2, "subscribed and caught_up only, from {after_seq}: {again:#?}");
+        assert_eq!(again[0], json!({"type": "subscribed", "project_id": project, "head_seq": 5}));
+        assert_eq!(again[1], json!({"type": "caught_up", "project_id": project, "seq": 5}));
+    }
+
+    // Still one subscription: a live event arrives once.
+    rename(&app, &owner, project, "live").await;
+    assert_eq!(ws.seqs_until(6).await, [6]);
+    assert_eq!(ws.next_within(Duration::from_millis(500)).await, None, "and only once");
+
+    // Unsubscribing ends it; subscribing after that is a new subscription.
+    ws.send(json!({"type": "unsubscribe", "project_id": project})).await;
+    assert_eq!(ws.next().await.unwrap()["type"], "unsubscribed");
+    ws.subscribe(project, 4).await;
+    assert_eq!(event_seqs(&ws.subscribed().await), [5, 6]);
+}
+
+#[tokio::test]
+async fn after_seq_past_the_head_is_refused_and_the_socket_stays_usable() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Ahead").await;
+    rename(&app, &owner, project, "a").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    for after_seq in [3, i64::MAX] {
+        ws.subscribe(project, after_seq).await;
+        let refused = ws.next().await.unwrap();
+        assert_eq!(
+            (refused["type"].as_str(), refused["code"].as_str(), refused["project_id"].as_str()),
+            (Some("error"), Some("after_seq_ahead"), Some(project.to_string().as_str())),
+            "{refused}"
+        );
+        assert_eq!(ws.next_within(Duration::from_millis(300)).await, None, "not subscribed");
+    }
+    rename(&app, &owner, project, "unheard").await;
+    assert_eq!(ws.next_within(Duration::from_millis(500)).await, None, "nothing live either");
+
+    // The same socket subscribes properly; the head itself is fine.
+    ws.subscribe(project, 3).await;
+    assert_eq!(event_seqs(&ws.subscribed().await), Vec::<i64>::new());
+    // A refused re-subscribe leaves the subscription as it was: live events
+    // keep coming (today's i64::MAX made them vanish).
+    ws.subscribe(project, i64::MAX).await;
+    assert_eq!(ws.next().await.unwrap()["code"], "after_seq_ahead");
+    rename(&app, &owner, project, "heard").await;
+    assert_eq!(ws.seqs_until(4).await, [4]);
+
+    // A negative after_seq means from the start, as on GET /events.
+    let mut other = Ws::connect(&app.address, &owner.token).await;
+    other.subscribe(project, -7).await;
+    assert_eq!(event_seqs(&other.subscribed().await), [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_socket_follows_at_most_the_configured_number_of_projects() {
+    let app = TestApp::spawn_with(|s| s.realtime.ws_max_subscriptions = 2).await;
+    let owner = app.signup("owner").await;
+    let (a, b, c) = (
+        app.create_project(&owner, "A").await,
+        app.create_project(&owner, "B").await,
+        app.create_project(&owner, "C").await,
+    );
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    for project in [a, b] {
+        ws.subscribe(project, 0).await;
+        ws.subscribed().await;
+    }
+    ws.subscribe(c, 0).await;
+    let refused = ws.next().await.unwrap();
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str(), refused["project_id"].as_str()),
+        (Some("error"), Some("too_many_subscriptions"), Some(c.to_string().as_str())),
+        "{refused}"
+    );
+    rename(&app, &owner, c, "unheard").await;
+    assert_eq!(ws.next_within(Duration::from_millis(500)).await, None, "C was not subscribed");
+
+    // Subscribing again replaces a subscription: it does not count twice.
+    ws.subscribe(a, 0).await;
+    ws.subscribed().await;
+    // Making room lets C in.
+    ws.send(json!({"type": "unsubscribe", "project_id": b})).await;
+    assert_eq!(ws.next().await.unwrap()["type"], "unsubscribed");
+    ws.subscribe(c, 0).await;
+    assert_eq!(event_seqs(&ws.subscribed().await), [1, 2]);
+    rename(&app, &owner, c, "heard").await;
+    assert_eq!(ws.seqs_until(3).await, [3]);
+}
+
+#[tokio::test]
+async fn bad_text_is_answered_and_an_oversized_frame_closes_with_1009() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    let nested = "[".repeat(60_000);
+    for bad in ["not json", "{}", r#"{"type":"subscribe"}"#, r#"{"type":"subscribe","project_id":"x"}"#, &nested] {
+        ws.socket.send(Message::Text(bad.into())).await.unwrap();
+        let answer = ws.next().await.unwrap();
+        assert_eq!((answer["type"].as_str(), answer["code"].as_str()), (Some("error"), Some("invalid_message")));
+    }
+    ws.socket.send(Message::Binary(vec![0; 1000].into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap()["code"], "invalid_message");
+
+    // 64 KiB is allowed, one byte more is not.
+    let padded = |size: usize| {
+        let head = r#"{"type":"ping","pad":""#;
+        format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
+    };
+    assert_eq!(padded(65_536).len(), 65_536);
+    ws.socket.send(Message::Text(padded(65_536).into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap(), json!({"type": "pong"}));
+    ws.socket.send(Message::Text(padded(65_537).into())).await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1009), "message too big");
+
+    // The server carries on.
+    let mut fresh = Ws::connect(&app.address, &owner.token).await;
+    fresh.send(json!({"type": "ping"})).await;
+    assert_eq!(fresh.next().await.unwrap(), json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn a_frame_declaring_a_huge_length_is_refused_at_its_header() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    // A masked text frame declaring 1 GiB, of which only a few bytes come:
+    // the server must not wait for (and buffer) the rest.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[b'x'; 100]);
+    let tcp = ws.socket.get_mut();
+    tcp.write_all(&frame).await.unwrap();
+    tcp.flush().await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1009));
 }
