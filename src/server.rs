@@ -74,7 +74,7 @@ impl Server {
         });
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(from_fn(api::refuse_unstorable))
+                .wrap(from_fn(api::screen_requests))
                 .wrap(api::json_errors())
                 .wrap(from_fn(api::observe_requests))
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))

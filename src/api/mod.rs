@@ -183,15 +183,27 @@ pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
 /// Largest JSON body any route takes (`files/update`'s batches).
 const LARGEST_JSON: usize = files::UPDATE_LIMIT;
 
-/// Refuses, before anything reaches SQL, what PostgreSQL cannot store: a
-/// NUL character, in the path, the query string (`%00`) or a JSON body
-/// (`\u0000`). Any other text that arrives as valid UTF-8 it stores. A JSON
-/// body is read here whole (it is bounded: 413 past the largest a route
-/// takes) and handed on to the route's extractor.
-pub async fn refuse_unstorable(
+/// Longest URL (path and query) taken; a longer one answers 414 here, in
+/// our JSON, well before actix's own limit on a request's head (about 64
+/// KiB), past which it answers a bare 400 of its own.
+const LONGEST_URL: usize = 8 * 1024;
+
+/// Screens every request before a route sees it. Refuses a URL longer than
+/// [`LONGEST_URL`], and, before anything reaches SQL, what PostgreSQL
+/// cannot store: a NUL character, in the path, the query string (`%00`)
+/// or a JSON body (`\u0000`). Any other text that arrives as valid UTF-8 it
+/// stores. A JSON body is read here whole (it is bounded: 413 past the
+/// largest a route takes) and handed on to the route's extractor.
+pub async fn screen_requests(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let url_length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if url_length > LONGEST_URL {
+        let refusal =
+            ApiError::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("a URL is at most {LONGEST_URL} bytes"));
+        return Ok(req.error_response(refusal).map_into_right_body());
+    }
     // actix decodes path parameters and queries later: look at the raw URL.
     if req.uri().path().contains("%00") || req.query_string().contains("%00") {
         let refusal = ApiError::bad_request("invalid_characters", "the URL holds a NUL character (%00)");

@@ -44,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         accounts::signup,
         accounts::login,
         accounts::logout,
+        accounts::logout_all,
         accounts::get_me,
         accounts::register_device,
         accounts::list_devices,

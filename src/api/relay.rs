@@ -191,6 +191,7 @@ async fn download_chunk(
             "range_not_satisfiable",
             format!("the chunk has {size} bytes"),
         )
+        .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
     })?;
     let accepts_zstd = req
         .headers()

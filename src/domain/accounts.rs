@@ -273,6 +273,11 @@ fn is_direct_url(raw: &str) -> bool {
     if raw.len() > 2048 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
+    // The URL parser forgives `http:///host`; a client might not.
+    let authority = raw.split_once("://").map(|(_, rest)| rest);
+    if !authority.is_some_and(|a| !a.starts_with('/')) {
+        return false;
+    }
     let Ok(url) = url::Url::parse(raw) else { return false };
     matches!(url.scheme(), "http" | "https")
         && url.host_str().is_some_and(|h| !h.is_empty())

@@ -109,11 +109,27 @@ impl ChunkStore {
             zst.extend_from_slice(&packed);
             Ok(())
         };
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
-            take(codec.feed(&piece)?)?;
+        let mut read = 0u64;
+        let taken = async {
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
+                read += piece.len() as u64;
+                take(codec.feed(&piece)?)?;
+            }
+            take(codec.finish()?)
         }
-        take(codec.finish()?)?;
+        .await;
+        if let Err(RelayError::TooLarge) = taken {
+            // Read the rest of a body of a sensible size, so the client gets
+            // the 413 rather than a connection reset while still sending.
+            while read <= MAX_CHUNK_BYTES {
+                match body.next().await {
+                    Some(Ok(piece)) => read += piece.len() as u64,
+                    _ => break,
+                }
+            }
+        }
+        taken?;
 
         let actual = hasher.finalize().to_hex().to_string();
         if actual != hash {

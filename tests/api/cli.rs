@@ -241,6 +241,45 @@ async fn serve_listens_answers_health_and_stops_on_sigterm() {
     ferryd.terminate_cleanly();
 }
 
+#[tokio::test]
+async fn serve_logs_a_refusal_in_one_short_line_and_never_a_secret() {
+    let db = TestDb::fresh().await;
+    let mut ferryd = Serve::start(&["--database-url", &db.url], |_| {});
+    let base = ferryd.wait_listening(START_WITHIN);
+    let http = http();
+    let (status, body) =
+        post(&http, format!("{base}/api/auth/signup"), json!({"email": "logs@example.org", "password": PASSWORD}))
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+
+    // A token in the URL works on the WebSocket route only.
+    let res = http.get(format!("{base}/api/me?access_token={token}")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let ws = format!("{}/api/ws?access_token={token}", base.replacen("http", "ws", 1));
+    let (socket, _) = tokio_tungstenite::connect_async(ws.as_str()).await.expect("the WebSocket opens");
+    drop(socket);
+    let (status, _) =
+        post(&http, format!("{base}/api/auth/login"), json!({"email": "logs@example.org", "password": "wrong"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    const NOT_FOUND: usize = 40;
+    for _ in 0..NOT_FOUND {
+        let res = http.get(format!("{base}/api/projects/{}", Uuid::new_v4())).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    ferryd.terminate_cleanly();
+
+    let log = ferryd.log();
+    assert!(!log.contains(&token["fy_".len()..]), "a token reached the log:\n{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("Bearer"), "a secret reached the log:\n{log}");
+    let refused = log.lines().filter(|l| l.contains("request refused")).count();
+    assert_eq!(refused, NOT_FOUND + 2, "one line per refusal:\n{log}");
+    for line in log.lines() {
+        assert!(!line.contains("ERROR") && !line.contains("WARN"), "a client's mistake is no server error: {line}");
+        assert!(line.len() < 300, "a long line: {line}");
+    }
+}
+
 /// A data dir under `target/tmp`; on drop, stops a PostgreSQL left running
 /// in it (a test that failed half-way), then removes it (kept after a
 /// failure, for its pg.log).

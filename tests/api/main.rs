@@ -12,6 +12,7 @@ mod client_sync;
 mod client_verify;
 mod events;
 mod files;
+mod hardening;
 mod health;
 mod helpers;
 mod membership;

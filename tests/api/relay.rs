@@ -28,15 +28,15 @@ pub(crate) fn text(len: usize) -> Vec<u8> {
     b"ferry carries files across. ".iter().cycle().take(len).copied().collect()
 }
 
-struct Relay {
-    owner: TestUser,
-    member: TestUser,
-    project: Uuid,
-    device: String,
+pub(crate) struct Relay {
+    pub(crate) owner: TestUser,
+    pub(crate) member: TestUser,
+    pub(crate) project: Uuid,
+    pub(crate) device: String,
 }
 
 impl Relay {
-    async fn new(app: &TestApp) -> Self {
+    pub(crate) async fn new(app: &TestApp) -> Self {
         let owner = app.signup("owner").await;
         let member = app.signup("member").await;
         let project = app.create_project(&owner, "Relay").await;
@@ -45,11 +45,18 @@ impl Relay {
         Self { owner, member, project, device }
     }
 
-    fn url(&self, app: &TestApp, rest: &str) -> String {
+    pub(crate) fn url(&self, app: &TestApp, rest: &str) -> String {
         app.url(&format!("/api/projects/{}{rest}", self.project))
     }
 
-    async fn put(&self, app: &TestApp, token: &str, name: &str, body: Vec<u8>, zstd: bool) -> (StatusCode, Value) {
+    pub(crate) async fn put(
+        &self,
+        app: &TestApp,
+        token: &str,
+        name: &str,
+        body: Vec<u8>,
+        zstd: bool,
+    ) -> (StatusCode, Value) {
         let mut req = app.http.put(self.url(app, &format!("/chunks/{name}"))).bearer_auth(token).body(body);
         if zstd {
             req = req.header(CONTENT_ENCODING, "zstd");
@@ -58,7 +65,7 @@ impl Relay {
         (res.status(), res.json().await.unwrap_or(Value::Null))
     }
 
-    async fn missing(&self, app: &TestApp, hashes: &[&str]) -> Vec<String> {
+    pub(crate) async fn missing(&self, app: &TestApp, hashes: &[&str]) -> Vec<String> {
         let (status, body) = app
             .post(&format!("/api/projects/{}/chunks/missing", self.project), &self.device, json!({"hashes": hashes}))
             .await;
@@ -67,14 +74,14 @@ impl Relay {
     }
 
     /// A file made of `chunks`.
-    async fn file(&self, app: &TestApp, path: &str, chunks: &[&[u8]]) {
+    pub(crate) async fn file(&self, app: &TestApp, path: &str, chunks: &[&[u8]]) {
         let whole: Vec<u8> = chunks.concat();
         let list: Vec<Value> = chunks.iter().map(|c| json!({"hash": hash(c), "size": c.len()})).collect();
         let change = json!([{"op": "upsert", "path": path, "size": whole.len(), "hash": hash(&whole), "chunks": list}]);
         assert_eq!(app.push(&self.device, self.project, change).await.0, StatusCode::OK);
     }
 
-    async fn get(&self, app: &TestApp, token: &str, name: &str) -> reqwest::RequestBuilder {
+    pub(crate) async fn get(&self, app: &TestApp, token: &str, name: &str) -> reqwest::RequestBuilder {
         app.http.get(self.url(app, &format!("/chunks/{name}"))).bearer_auth(token)
     }
 }
