@@ -21,7 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("Upgrade" = String, Header, pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$", description = "`websocket`"),
         ("Connection" = String, Header, pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$", description = "`Upgrade`"),
         ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
-        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{22}==$", description = "16 random bytes, base64"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes, base64"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol; messages are `ClientMessage` and `ServerMessage` (see `x-websocket-messages`)"),
