@@ -33,6 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 409, description = "The email is taken", body = ErrorBody),
         (status = 422, description = "Weak password (< 8 characters), bad email or display name", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: try again after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "`busy`: password hashing is saturated, try again after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(email = %body.email), err(level = "debug"))]
@@ -58,6 +60,8 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
         (status = 200, description = "The user and a new token", body = AuthResponse),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Wrong credentials", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: try again after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "`busy`: password hashing is saturated, try again after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, err(level = "debug"))]

@@ -117,14 +117,19 @@ struct AuditParams {
     project_id: Option<Uuid>,
     /// Only events appended by this user or device.
     actor_id: Option<Uuid>,
-    /// Only these event types, comma-separated.
+    /// Only these event types, comma-separated (422 `invalid_type` for an unknown one).
     #[serde(rename = "type")]
+    #[param(
+        pattern = r"^(?:\s*(?:project_created|project_renamed|project_archived|invite_created|invite_revoked|member_joined|member_removed|device_attached|device_detached|file_added|file_updated|file_deleted|file_moved|transfer_requested|file_transfer_started|file_transfer_progress|file_transfer_complete|file_transfer_failed|file_transfer_cancelled|file_transfer_expired|transfer_retried)\s*(?:,\s*(?:project_created|project_renamed|project_archived|invite_created|invite_revoked|member_joined|member_removed|device_attached|device_detached|file_added|file_updated|file_deleted|file_moved|transfer_requested|file_transfer_started|file_transfer_progress|file_transfer_complete|file_transfer_failed|file_transfer_cancelled|file_transfer_expired|transfer_retried)\s*)*)?$",
+        example = "file_added,file_deleted"
+    )]
     event_type: Option<String>,
     /// Events created at or after this time.
     from: Option<DateTime<Utc>>,
     /// Events created before this time.
     to: Option<DateTime<Utc>>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (422 `invalid_cursor` for one this server did not give out).
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
     /// Events per page: 1 to 1000.
     #[param(minimum = 1, maximum = 1000, default = 100)]

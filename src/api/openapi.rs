@@ -9,8 +9,13 @@ use std::sync::OnceLock;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
+use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::resource;
 use super::{accounts, admin, files, health, membership, projects, relay, transfers, ws};
@@ -19,7 +24,9 @@ use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
 use crate::protocol::membership as mem;
 use crate::protocol::projects as prj;
+use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
 use crate::protocol::transfers as trf;
+use crate::protocol::{files::Blake3Hash, files::FilePath, validate as val};
 use crate::protocol::{Actor, ErrorBody, ErrorDetail, Event, EventType};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -31,11 +38,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     info(
         title = "Ferry",
         description = "Share the files on a project owner's machine with the project's members. \
-                       Errors are `{\"error\": {\"code\", \"message\"}}`; every POST/PATCH that appends \
-                       events honours `Idempotency-Key`.",
+                       Errors are `{\"error\": {\"code\", \"message\"}}` with a stable snake_case `code`; \
+                       never a 500 for bad input. Every POST/PATCH that appends events honours `Idempotency-Key`. \
+                       Answers every route may give: 400 for a malformed path or query parameter or JSON body, \
+                       401 without a valid token, 413 for a JSON body over 64 KiB, 415 for a body that is not \
+                       `application/json`, 422 `idempotency_key_reused`, 503 `database_unavailable` (with \
+                       `Retry-After`) while PostgreSQL is down; a method a route does not take is 405 with `Allow`. \
+                       The WebSocket messages of `GET /api/ws` are the `ClientMessage` and `ServerMessage` schemas.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &SharedAnswers, &RealtimeMessages),
     paths(
         health::healthz,
         health::readyz,
@@ -85,6 +97,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         admin::audit,
     ),
     components(schemas(
+        FilePath,
+        Blake3Hash,
+        val::Email,
+        val::Password,
+        val::ProjectName,
+        val::DisplayName,
+        val::DeviceName,
+        val::Platform,
+        ClientMessage,
+        EventMessage,
         trf::DirectAdvert,
         relay::HashesRequest,
         relay::MissingResponse,
@@ -159,6 +181,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (name = "events", description = "A project's event feed"),
         (name = "transfers", description = "Download requests and the transfers they start"),
         (name = "admin", description = "Projections and audit, for administrators"),
+        (name = "relay", description = "Chunk bytes through the server"),
+        (name = "realtime", description = "The WebSocket: live events, replayed from a seq"),
     ),
 )]
 struct ApiDoc;
@@ -181,6 +205,176 @@ impl Modify for BearerScheme {
                     .build(),
             ),
         );
+    }
+}
+
+/// The answers many operations share, stated once here instead of in every
+/// handler's `#[utoipa::path]`: an operation gets each that applies to it.
+/// A status the handler already documents keeps the handler's description
+/// (it names the route's own reasons); the reasons every route shares
+/// (`idempotency_key_reused`, `database_unavailable`) are added to it.
+struct SharedAnswers;
+
+/// Operations that never touch the database.
+const NO_DATABASE: [&str; 4] = ["healthz", "readyz", "metrics", "openapi_json"];
+
+impl Modify for SharedAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.schemas.insert(
+            "IdempotencyKey".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "1 to 255 visible ASCII characters (else 400 `invalid_idempotency_key`). A repeat with \
+                     the same key and caller answers the first response and appends nothing; the same key \
+                     with another method, path or body is 422 `idempotency_key_reused`.",
+                ))
+                .pattern(Some(r"^[!-~](?:[\t -~]{0,253}[!-~])?$"))
+                .into(),
+        );
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_shared_answers(operation);
+            }
+        }
+    }
+}
+
+fn add_shared_answers(op: &mut Operation) {
+    let id = op.operation_id.clone().unwrap_or_default();
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let takes_params = params.iter().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
+    let idempotent = params.iter().any(|p| p.name.eq_ignore_ascii_case("idempotency-key"));
+    let json_body = op.request_body.as_ref().is_some_and(|b| b.content.contains_key("application/json"));
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+
+    // `request_body = Option<T>` means "T, or no body at all"; utoipa writes
+    // it as `null | T`, and a `null` body is not something the server takes.
+    if let Some(body) = op.request_body.as_mut().filter(|b| !matches!(b.required, Some(Required::True))) {
+        for content in body.content.values_mut() {
+            if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
+                let not_null: Vec<_> = one_of
+                    .items
+                    .iter()
+                    .filter(|s| !matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == Type::Null.into()))
+                    .cloned()
+                    .collect();
+                if let [only] = not_null.as_slice() {
+                    content.schema = Some(only.clone());
+                }
+            }
+        }
+    }
+
+    for p in op.parameters.iter_mut().flatten() {
+        if p.name.eq_ignore_ascii_case("idempotency-key") {
+            p.schema = Some(Ref::from_schema_name("IdempotencyKey").into());
+        }
+    }
+
+    let mut malformed = Vec::new();
+    if takes_params {
+        malformed.push("a malformed path or query parameter (`invalid_path`, `invalid_query`)");
+    }
+    if json_body {
+        malformed.push("malformed JSON (`malformed_json`) or a body of the wrong shape (`invalid_body`)");
+    }
+    if idempotent {
+        malformed.push("an Idempotency-Key that is not 1 to 255 visible ASCII characters");
+    }
+    if !malformed.is_empty() {
+        default_answer(op, "400", &format!("Bad request: {}", malformed.join("; ")));
+    }
+    if secured {
+        default_answer(op, "401", "No or invalid token (`unauthorized`)");
+    }
+    if json_body {
+        default_answer(op, "413", "`payload_too_large`: the body is over 64 KiB");
+        default_answer(op, "415", "`unsupported_media_type`: the body is not `application/json`");
+    }
+    if idempotent {
+        shared_reason(op, "422", "`idempotency_key_reused`: the Idempotency-Key was used for another request");
+    }
+    if !NO_DATABASE.contains(&id.as_str()) {
+        shared_reason(op, "503", "`database_unavailable`: PostgreSQL is down; try again after `Retry-After` seconds");
+    }
+    for (status, response) in op.responses.responses.iter_mut() {
+        if let (RefOr::T(response), "429" | "503") = (response, status.as_str()) {
+            response.headers.entry("Retry-After".to_owned()).or_insert_with(retry_after);
+        }
+    }
+}
+
+fn error_answer(description: &str) -> Response {
+    let mut response = Response::new(description);
+    response.content.insert(
+        "application/json".to_owned(),
+        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+    );
+    response
+}
+
+fn retry_after() -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
+        .description(Some("Seconds to wait before trying again"))
+        .build()
+}
+
+/// Adds the answer unless the handler documents this status itself.
+fn default_answer(op: &mut Operation, status: &str, description: &str) {
+    op.responses.responses.entry(status.to_owned()).or_insert_with(|| error_answer(description).into());
+}
+
+/// Adds a reason to the answer of this status, or the answer itself.
+fn shared_reason(op: &mut Operation, status: &str, reason: &str) {
+    match op.responses.responses.get_mut(status) {
+        Some(RefOr::T(response)) => response.description = format!("{}; or {reason}", response.description),
+        Some(RefOr::Ref(_)) => {}
+        None => {
+            op.responses.responses.insert(status.to_owned(), error_answer(reason).into());
+        }
+    }
+}
+
+/// The WebSocket's messages as schemas: `ClientMessage`, and `ServerMessage`,
+/// the control messages of `protocol::realtime::ServerMessage` or an
+/// `EventMessage`. `GET /api/ws` names both in `x-websocket-messages`.
+struct RealtimeMessages;
+
+impl Modify for RealtimeMessages {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut server = <ServerMessage as PartialSchema>::schema();
+        if let RefOr::T(Schema::OneOf(one_of)) = &mut server {
+            one_of.items.push(Ref::from_schema_name(EventMessage::name()).into());
+            one_of.description = Some(
+                "What the server sends: `subscribed`, every event the caller may see after `after_seq` \
+                 in seq order (an `EventMessage`), `caught_up` once the replay reaches the live stream, \
+                 then live events; `unsubscribed`, `pong`, `error`."
+                    .to_owned(),
+            );
+        }
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.schemas.insert(ServerMessage::name().into_owned(), server);
+        if let Some(op) = openapi.paths.paths.get_mut("/api/ws").and_then(|item| item.get.as_mut()) {
+            let messages = serde_json::json!({
+                "client": {"$ref": format!("#/components/schemas/{}", ClientMessage::name())},
+                "server": {"$ref": format!("#/components/schemas/{}", ServerMessage::name())},
+            });
+            let extensions = ExtensionsBuilder::new().add("x-websocket-messages", messages).build();
+            op.extensions.get_or_insert_with(Default::default).merge(extensions);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 201, description = "The new project", body = Project),
         (status = 400, description = "Malformed body or idempotency key", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
-        (status = 422, description = "The name is not 1 to 200 characters, or the idempotency key was used for another request", body = ErrorBody),
+        (status = 422, description = "The name is not 1 to 200 characters", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]

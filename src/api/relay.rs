@@ -16,6 +16,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HashesRequest {
+    /// At most 10,000 (413 `too_many_hashes` above).
+    #[schema(value_type = Vec<crate::protocol::files::Blake3Hash>, max_items = 10_000)]
     pub hashes: Vec<String>,
 }
 
@@ -83,8 +85,8 @@ fn relay_error(e: RelayError) -> ApiError {
     security(("bearer" = [])),
     params(
         ("project_id" = Uuid, Path, description = "The project"),
-        ("hash" = String, Path, description = "The chunk's BLAKE3, 64 lowercase hex characters"),
-        ("Content-Encoding" = Option<String>, Header, description = "`zstd` for a compressed body"),
+        ("hash" = crate::protocol::files::Blake3Hash, Path, description = "The chunk's BLAKE3, 64 lowercase hex characters"),
+        ("Content-Encoding" = Option<String>, Header, nullable = false, pattern = "^(zstd|identity)$", description = "`zstd` for a compressed body (another encoding is 415)"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -155,17 +157,17 @@ struct DownloadParams {
     security(("bearer" = [])),
     params(
         ("project_id" = Uuid, Path, description = "The project"),
-        ("hash" = String, Path, description = "The chunk's BLAKE3"),
+        ("hash" = crate::protocol::files::Blake3Hash, Path, description = "The chunk's BLAKE3"),
         DownloadParams,
-        ("Range" = Option<String>, Header, description = "One byte range, `bytes=a-b`"),
-        ("Accept-Encoding" = Option<String>, Header, description = "`zstd` to receive the compressed variant"),
+        ("Range" = Option<String>, Header, nullable = false, description = "One byte range, `bytes=a-b`"),
+        ("Accept-Encoding" = Option<String>, Header, nullable = false, description = "`zstd` to receive the compressed variant"),
     ),
     responses(
         (status = 200, description = "The chunk's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 206, description = "The asked range", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 401, description = "No or invalid token", body = ErrorBody),
         (status = 404, description = "Unknown project or chunk, or not one of the project's files", body = ErrorBody),
-        (status = 416, description = "The range starts past the end", body = ErrorBody),
+        (status = 416, description = "`range_not_satisfiable`: the range starts past the end", body = ErrorBody),
         (status = 422, description = "A malformed hash", body = ErrorBody),
     )
 )]

@@ -68,8 +68,10 @@ async fn request_download(
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// Only transfers in this status (`pending`, `in_progress`, `completed`, `failed`, `cancelled`, `expired`).
+    #[param(pattern = "^(?:pending|in_progress|completed|failed|cancelled|expired)?$")]
     status: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (422 `invalid_cursor` for one this server did not give out).
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
     /// Transfers per page: 1 to 1000.
     #[param(minimum = 1, maximum = 1000, default = 50)]

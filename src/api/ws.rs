@@ -21,10 +21,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     path = "/api/ws",
     tag = "realtime",
     security(("bearer" = [])),
-    params(("access_token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
+    params(
+        ("access_token" = Option<String>, Query, nullable = false, description = "The token, for clients that cannot set headers"),
+        ("Upgrade" = String, Header, pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$", description = "`websocket`"),
+        ("Connection" = String, Header, pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$", description = "`Upgrade`"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$", description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes, base64"),
+    ),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "Not a WebSocket handshake", body = ErrorBody),
+        (status = 101, description = "Switching to the WebSocket protocol; messages are `ClientMessage` and `ServerMessage` (see `x-websocket-messages`)"),
+        (status = 400, description = "`not_a_websocket`: not a WebSocket handshake", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]

@@ -4,15 +4,21 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignupRequest {
+    #[schema(value_type = crate::protocol::validate::Email)]
     pub email: String,
+    #[schema(value_type = crate::protocol::validate::Password)]
     pub password: String,
+    /// Defaults to the part of the email before the `@`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::protocol::validate::DisplayName>)]
     pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
+    #[schema(value_type = crate::protocol::validate::Email)]
     pub email: String,
+    #[schema(value_type = crate::protocol::validate::Password)]
     pub password: String,
 }
 
@@ -46,8 +52,10 @@ pub struct MeResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterDeviceRequest {
+    #[schema(value_type = crate::protocol::validate::DeviceName)]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = Option<crate::protocol::validate::Platform>)]
     pub platform: Option<String>,
 }
 

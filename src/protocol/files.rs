@@ -115,7 +115,10 @@ impl<'de> Deserialize<'de> for Blake3Hash {
 /// One chunk of a file, as sent by the owner's agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkRef {
+    #[schema(value_type = Blake3Hash)]
     pub hash: String,
+    /// 1 byte to 16 MiB.
+    #[schema(minimum = 1, maximum = 16_777_216)]
     pub size: i64,
 }
 
@@ -125,27 +128,40 @@ pub struct ChunkRef {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum FileChange {
     Upsert {
+        #[schema(value_type = FilePath)]
         path: String,
+        /// Bytes: 0 to 2^53.
+        #[schema(minimum = 0, maximum = 9_007_199_254_740_992_i64)]
         size: i64,
+        #[schema(value_type = Blake3Hash)]
         hash: String,
+        /// `type/subtype`, at most 255 bytes, no control characters; guessed from the path when absent.
         #[serde(default)]
+        #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*/[^\x00-\x1f\x7f-\x9f]*$", max_length = 255)]
         mime_type: Option<String>,
         #[serde(default)]
         modified_at: Option<DateTime<Utc>>,
+        /// The file's chunks in order; their sizes add up to `size` (else 422 `chunk_sizes_mismatch`).
         #[serde(default)]
         chunks: Option<Vec<ChunkRef>>,
     },
     Delete {
+        #[schema(value_type = FilePath)]
         path: String,
     },
+    /// `from` and `to` differ (else 422 `invalid_move`).
     Move {
+        #[schema(value_type = FilePath)]
         from: String,
+        #[schema(value_type = FilePath)]
         to: String,
     },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateFilesRequest {
+    /// At most 10,000 (413 `too_many_changes` above).
+    #[schema(max_items = 10_000)]
     pub changes: Vec<FileChange>,
 }
 

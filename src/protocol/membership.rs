@@ -10,9 +10,11 @@ use super::projects::Role;
 pub struct CreateInviteRequest {
     /// Seconds until the invite expires: 60 to 31,536,000 (a year); default 7 days.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     pub expires_in_seconds: Option<i64>,
     /// How many people may join with it: 1 to 1000; default 1.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_uses: Option<i64>,
 }
 
@@ -42,6 +44,8 @@ pub struct InvitesResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcceptInviteRequest {
+    /// The invite's token (404 `invite_not_found` when no invite has it).
+    #[schema(pattern = r"^[^\x00]*$")]
     pub token: String,
 }
 

@@ -9,6 +9,7 @@ pub mod files;
 pub mod membership;
 pub mod projects;
 pub mod realtime;
+pub mod schema;
 pub mod transfers;
 pub mod validate;
 

@@ -28,12 +28,14 @@ impl Role {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateProjectRequest {
+    #[schema(value_type = crate::protocol::validate::ProjectName)]
     pub name: String,
 }
 
 /// `PATCH /api/projects/:id`: the owner renames the project.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateProjectRequest {
+    #[schema(value_type = crate::protocol::validate::ProjectName)]
     pub name: String,
 }
 

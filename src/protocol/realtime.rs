@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::Event;
+use super::{Actor, Event, EventType};
 
 /// What a client sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Every event the caller may see with seq > `after_seq`, then live.
@@ -22,7 +22,7 @@ pub enum ClientMessage {
 }
 
 /// What the server sends, but events (see [`event_message`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Subscribed {
@@ -57,4 +57,19 @@ pub fn event_message(project_id: Uuid, event: &Event) -> serde_json::Value {
         "actor": event.actor,
         "created_at": event.created_at,
     })
+}
+
+/// The shape of [`event_message`], for the OpenAPI document: an event the
+/// caller may see, pushed in seq order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventMessage {
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub project_id: Uuid,
+    pub seq: i64,
+    /// The event's payload; its fields depend on `type`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub actor: Actor,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }

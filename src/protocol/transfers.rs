@@ -64,14 +64,20 @@ pub enum RequestMode {
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DownloadRequest {
+    #[schema(value_type = crate::protocol::files::FilePath)]
     pub file_path: String,
+    /// The hash the requester expects: 409 `file_changed` when it is not the current one.
     #[serde(default)]
+    #[schema(value_type = Option<crate::protocol::files::Blake3Hash>)]
     pub file_hash: Option<String>,
     #[serde(default)]
     pub request_mode: RequestMode,
+    /// One of the caller's devices attached to the project.
     #[serde(default)]
     pub target_device_id: Option<Uuid>,
+    /// For `delta`: the chunks the requester already has.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::protocol::files::Blake3Hash>)]
     pub have_chunks: Vec<String>,
 }
 
@@ -160,16 +166,22 @@ pub struct TransfersPage {
 /// `PATCH .../transfers/:id`, from the source device.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferReport {
+    /// `in_progress` or `failed`: another status is 422 `invalid_status`.
     #[serde(default)]
+    #[schema(schema_with = crate::protocol::schema::reported_status)]
     pub status: Option<TransferStatus>,
+    /// Never less than the last report nor more than `total_bytes` (409).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_992_i64)]
     pub bytes_transferred: Option<i64>,
     #[serde(default)]
+    #[schema(max_length = 1000, pattern = r"^[^\x00]*$")]
     pub error_message: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
+    #[schema(value_type = crate::protocol::files::Blake3Hash)]
     pub hash: String,
 }
 
@@ -178,7 +190,11 @@ pub struct VerifyRequest {
 /// transfer tokens with (64 hex characters, chosen by the agent).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectAdvert {
+    /// 1 to 8 `http://` or `https://` URLs of at most 2048 bytes each.
+    #[schema(schema_with = crate::protocol::schema::direct_urls)]
     pub urls: Vec<String>,
+    /// 64 hex characters (32 bytes).
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub key: String,
 }
 

@@ -68,7 +68,19 @@ async fn the_document_is_served_and_well_formed() {
     assert_eq!(serde_json::to_value(ferry::api::document()).unwrap(), doc);
 
     let schemas = doc["components"]["schemas"].as_object().expect("component schemas");
-    for name in ["ErrorBody", "Event", "Project", "FileChange", "AuditPage"] {
+    for name in [
+        "ErrorBody",
+        "Event",
+        "Project",
+        "FileChange",
+        "AuditPage",
+        "FilePath",
+        "Blake3Hash",
+        "IdempotencyKey",
+        "ClientMessage",
+        "ServerMessage",
+        "EventMessage",
+    ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
 
@@ -112,6 +124,23 @@ async fn the_document_is_served_and_well_formed() {
             }
             assert!(responses.contains_key("401"), "{what}: needs a token but documents no 401");
         }
+        // The answers many routes share are stated on each of them.
+        let takes_json = op["requestBody"]["content"].get("application/json").is_some();
+        let params = op["parameters"].as_array().cloned().unwrap_or_default();
+        let idempotent = params.iter().any(|p| p["name"] == "Idempotency-Key");
+        if takes_json {
+            for status in ["400", "413", "415"] {
+                assert!(responses.contains_key(status), "{what}: takes JSON but documents no {status}");
+            }
+        }
+        if idempotent {
+            let reused = responses.get("422").and_then(|r| r["description"].as_str()).unwrap_or_default();
+            assert!(reused.contains("idempotency_key_reused"), "{what}: takes Idempotency-Key, no 422 reused");
+        }
+        if op["security"].is_array() {
+            assert!(responses.contains_key("503"), "{what}: touches the database but documents no 503");
+            assert!(responses["503"]["headers"].get("Retry-After").is_some(), "{what}: 503 without Retry-After");
+        }
         // The path's placeholders and the path parameters are the same.
         let declared: BTreeSet<&str> = op["parameters"]
             .as_array()
@@ -120,6 +149,38 @@ async fn the_document_is_served_and_well_formed() {
         let in_path: BTreeSet<&str> = placeholders(&path).into_iter().collect();
         assert_eq!(declared, in_path, "{what}: path parameters");
     }
+}
+
+/// The rules of the wire types are in the document, and the WebSocket's
+/// messages are schemas the realtime operation names.
+#[tokio::test]
+async fn the_document_states_the_rules_and_the_websocket_messages() {
+    let app = TestApp::spawn().await;
+    let doc = served(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["Blake3Hash"]["pattern"], "^[0-9a-f]{64}$");
+    assert_eq!(schemas["FilePath"]["maxLength"], 4096);
+    assert_eq!(
+        (schemas["Password"]["minLength"].as_u64(), schemas["Password"]["maxLength"].as_u64()),
+        (Some(8), Some(1024))
+    );
+    assert_eq!(schemas["UpdateFilesRequest"]["properties"]["changes"]["maxItems"], 10_000);
+    let limit = doc["paths"]["/api/projects/{project_id}/files-paginated"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .cloned()
+        .expect("a limit parameter");
+    assert_eq!((limit["schema"]["minimum"].as_i64(), limit["schema"]["maximum"].as_i64()), (Some(1), Some(1000)));
+
+    let server: Vec<Value> = schemas["ServerMessage"]["oneOf"].as_array().cloned().unwrap_or_default();
+    assert!(server.iter().any(|s| s["$ref"] == "#/components/schemas/EventMessage"), "{server:?}");
+    let types: BTreeSet<&str> = server.iter().filter_map(|s| s["properties"]["type"]["enum"][0].as_str()).collect();
+    assert_eq!(types, BTreeSet::from(["subscribed", "caught_up", "unsubscribed", "pong", "error"]));
+    let ws = &doc["paths"]["/api/ws"]["get"]["x-websocket-messages"];
+    assert_eq!(ws["client"]["$ref"], "#/components/schemas/ClientMessage");
+    assert_eq!(ws["server"]["$ref"], "#/components/schemas/ServerMessage");
 }
 
 fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
