@@ -11,7 +11,11 @@ use prometheus::{
 /// `FERRY_LOG_FORMAT=json` switches to JSON lines. Safe to call twice.
 pub fn init() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // actix's HTTP/1 dispatcher logs a client's malformed request (a bad
+    // header, say) at ERROR: a client's mistake is not a server error, and
+    // the request never reaches us to be logged as a refusal.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,actix_http::h1::dispatcher=off"));
     let json = std::env::var("FERRY_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };

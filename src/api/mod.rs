@@ -183,10 +183,11 @@ pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
 /// Largest JSON body any route takes (`files/update`'s batches).
 const LARGEST_JSON: usize = files::UPDATE_LIMIT;
 
-/// Longest URL (path and query) taken; a longer one answers 414 here, in
-/// our JSON, well before actix's own limit on a request's head (about 64
-/// KiB), past which it answers a bare 400 of its own.
-const LONGEST_URL: usize = 8 * 1024;
+/// Longest URL (path and query) taken: room for the longest query a route
+/// takes (a 4096-byte path prefix and a cursor, percent-encoded). A longer
+/// one answers 414 here, in our JSON, before actix's own limit on a
+/// request's head (64 KiB), past which it answers a bare 400 of its own.
+const LONGEST_URL: usize = 32 * 1024;
 
 /// Screens every request before a route sees it. Refuses a URL longer than
 /// [`LONGEST_URL`], and, before anything reaches SQL, what PostgreSQL
@@ -229,13 +230,25 @@ pub async fn screen_requests(
                 return Ok(req.error_response(refusal).map_into_right_body());
             }
         }
-        if has_escaped_nul(&body) {
-            let refusal = ApiError::bad_request("invalid_characters", "a JSON string holds a NUL character (\\u0000)");
+        if let Err(refusal) = screen_json(&body) {
             return Ok(req.error_response(refusal).map_into_right_body());
         }
         req.set_payload(actix_web::dev::Payload::from(body.freeze()));
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// What a JSON body must be before it is parsed: an object (every body
+/// this API takes is one, and serde would read an array into a struct
+/// field by field) without a NUL character.
+fn screen_json(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{') {
+        return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
+    }
+    if has_escaped_nul(body) {
+        return Err(ApiError::bad_request("invalid_characters", "a JSON string holds a NUL character (\\u0000)"));
+    }
+    Ok(())
 }
 
 /// Whether JSON text holds the escape `\u0000` (not a backslash followed
@@ -307,12 +320,10 @@ pub fn idempotency_key(req: &HttpRequest, body: &impl Serialize) -> Result<Optio
 
 /// A JSON body that may be left out: empty means all defaults.
 pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(T::default());
     }
-    if has_escaped_nul(body) {
-        return Err(ApiError::bad_request("invalid_characters", "a JSON string holds a NUL character (\\u0000)"));
-    }
+    screen_json(body)?;
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_data() { "invalid_body" } else { "malformed_json" };
         ApiError::bad_request(code, e.to_string())

@@ -40,7 +40,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         description = "Share the files on a project owner's machine with the project's members. \
                        Errors are `{\"error\": {\"code\", \"message\"}}` with a stable snake_case `code`; \
                        never a 500 for bad input. Every POST/PATCH that appends events honours `Idempotency-Key`. \
-                       Answers every route may give: 400 for a malformed path or query parameter or JSON body, \
+                       Answers every route may give: 400 for a malformed path or query parameter or JSON body \
+                       or a NUL character in either, 414 for a URL over 32 KiB, \
                        401 without a valid token, 413 for a JSON body over 64 KiB, 415 for a body that is not \
                        `application/json`, 422 `idempotency_key_reused`, 503 `database_unavailable` (with \
                        `Retry-After`) while PostgreSQL is down; a method a route does not take is 405 with `Allow`. \
@@ -283,7 +284,7 @@ fn add_shared_answers(op: &mut Operation) {
         }
     }
 
-    let mut malformed = Vec::new();
+    let mut malformed = vec!["a NUL character in the URL or in a JSON string (`invalid_characters`)"];
     if takes_params {
         malformed.push("a malformed path or query parameter (`invalid_path`, `invalid_query`)");
     }
@@ -293,9 +294,8 @@ fn add_shared_answers(op: &mut Operation) {
     if idempotent {
         malformed.push("an Idempotency-Key that is not 1 to 255 visible ASCII characters");
     }
-    if !malformed.is_empty() {
-        default_answer(op, "400", &format!("Bad request: {}", malformed.join("; ")));
-    }
+    default_answer(op, "400", &format!("Bad request: {}", malformed.join("; ")));
+    default_answer(op, "414", "`uri_too_long`: the URL (path and query) is over 32 KiB");
     if secured {
         default_answer(op, "401", "No or invalid token (`unauthorized`)");
     }

@@ -9,9 +9,17 @@ use crate::domain::{self, relay, transfers, DomainError};
 use crate::protocol::ErrorBody;
 use crate::relay::{parse_range, RelayError, MAX_CHUNK_BYTES};
 
+/// Largest `chunks/missing` body: 10,000 quoted hashes and their commas.
+const MISSING_LIMIT: usize = 1024 * 1024;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/projects/{project_id}/chunks/missing").post(missing_chunks))
-        .service(resource("/projects/{project_id}/chunks/{hash}").put(upload_chunk).get(download_chunk));
+    cfg.service(
+        // Room for the 10,000 hashes a call may ask about.
+        resource("/projects/{project_id}/chunks/missing")
+            .app_data(super::json_config().limit(MISSING_LIMIT))
+            .post(missing_chunks),
+    )
+    .service(resource("/projects/{project_id}/chunks/{hash}").put(upload_chunk).get(download_chunk));
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

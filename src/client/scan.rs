@@ -381,4 +381,28 @@ mod tests {
         assert_eq!((again.hashed_files, &again.files), (0, &first.files));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn names_are_shared_in_nfc_found_again_on_disk_and_no_client_state_is_shared() {
+        let dir = std::env::temp_dir().join(format!("ferry-scan-{}", uuid::Uuid::new_v4().simple()));
+        // A name as macOS's HFS+ kept it: decomposed (NFD).
+        let nfd = "cafe\u{301}";
+        std::fs::create_dir_all(dir.join(nfd)).unwrap();
+        std::fs::write(dir.join(nfd).join("menu\u{301}.txt"), b"plat du jour").unwrap();
+        // A pull target inside the shared folder keeps its own state.
+        std::fs::create_dir_all(dir.join("pulled").join(STATE_DIR)).unwrap();
+        std::fs::write(dir.join("pulled").join(STATE_DIR).join("manifest.json"), b"{}").unwrap();
+        std::fs::write(dir.join("pulled/kept.txt"), b"kept").unwrap();
+
+        let (found, warnings) = walk(&dir);
+        let paths: Vec<&str> = found.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths.len(), 2, "{paths:?} {warnings:?}");
+        assert!(paths.contains(&"/caf\u{e9}/men\u{fa}.txt") && paths.contains(&"/pulled/kept.txt"), "{paths:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(is_own_state(&dir, &dir.join("pulled").join(STATE_DIR).join("manifest.json")));
+
+        let local = local_path(&dir, "/caf\u{e9}/men\u{fa}.txt");
+        assert_eq!(std::fs::read(&local).unwrap(), b"plat du jour", "{}", local.display());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -19,8 +19,9 @@ use super::validate::{DeviceName, DisplayName, Email, Password, Platform, Projec
 pub const HASH_PATTERN: &str = "^[0-9a-f]{64}$";
 
 /// POSIX-style absolute path: segments of 1 to 255 characters without `/`,
-/// backslash or control characters, none of them `.`, `..` or `.ferry`.
-pub const PATH_PATTERN: &str = r"^(?:/(?!\.\.?(?:/|$))(?!\.ferry(?:/|$))[^/\\\x00-\x1f\x7f-\x9f]{1,255})+$";
+/// backslash, control or bidi formatting characters, none of them `.`,
+/// `..` or `.ferry`. (NFC is in the description: no pattern states it.)
+pub const PATH_PATTERN: &str = r"^(?:/(?!\.\.?(?:/|$))(?!\.ferry(?:/|$))[^/\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]{1,255})+$";
 
 /// What `str::trim` removes: Unicode White_Space.
 const SPACE: &str = r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
@@ -61,7 +62,8 @@ named_schema!(
     string(
         "A file's path in its project: POSIX-style and absolute (`/documents/report.pdf`), UTF-8 in \
          Unicode NFC, at most 4096 bytes, each segment 1 to 255 bytes; no `.`, `..`, `.ferry` or empty \
-         segments, no NUL, backslash or control characters. Anything else is 422 `invalid_path`.",
+         segments, no NUL, backslash, control or bidi formatting characters. Anything else is 422 \
+         `invalid_path`.",
     )
     .pattern(Some(PATH_PATTERN))
     .max_length(Some(FilePath::MAX_BYTES))
@@ -147,7 +149,11 @@ named_schema!(
 /// `DirectAdvert.urls`: 1 to 8 `http://` or `https://` URLs of at most 2048 bytes.
 pub fn direct_urls() -> ArrayBuilder {
     ArrayBuilder::new()
-        .items(string("An `http://` or `https://` URL").pattern(Some(r"^https?://[^\x00]*$")).max_length(Some(2048)))
+        .items(
+            string("An `http://` or `https://` URL to a host, with no user or password, no whitespace")
+                .pattern(Some(r"^https?://[^\s/?#@\x00-\x1f\x7f]+([/?#][^\s\x00-\x1f\x7f]*)?$"))
+                .max_length(Some(2048)),
+        )
         .min_items(Some(1))
         .max_items(Some(8))
         .description(Some("1 to 8 URLs where the device's agent serves direct transfers (else 422 `invalid_urls`)"))

@@ -191,6 +191,13 @@ async fn framework_refusals_answer_the_json_error_body() {
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     assert_eq!(code(&res.json().await.unwrap()), "uri_too_long");
 
+    // Every body is an object: serde alone would read an array into a struct.
+    let project = app.create_project(&user, "Shapes").await;
+    for path in ["/api/projects".to_owned(), format!("/api/projects/{project}/invites")] {
+        let (status, body) = app.post(&path, &user.token, json!(["Shapes"])).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_body"), "{path}");
+    }
+
     let res = app.http.get(app.url("/no/such/page")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["x-content-type-options"], "nosniff", "every response");
