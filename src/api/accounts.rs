@@ -1,12 +1,13 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use uuid::Uuid;
 
+use super::auth::{self, Credential};
 use super::{idempotency_key, no_content, resource, secret, ApiError, AppState, Auth};
 use crate::domain::accounts::{self, NewUser};
 use crate::domain::{self, DomainError};
 use crate::protocol::accounts::{
-    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
-    SignupRequest,
+    AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse, Session,
+    SessionResponse, SignedIn, SignupRequest,
 };
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
 use crate::protocol::ErrorBody;
@@ -22,15 +23,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/devices/{device_id}/direct").put(advertise_direct).delete(withdraw_direct));
 }
 
-/// Creates an account and answers a user token.
+/// Creates an account and answers a user token, or with `"session":
+/// "cookie"` sets it as the session cookie instead.
 #[utoipa::path(
     post,
     path = "/api/auth/signup",
     tag = "accounts",
     request_body = SignupRequest,
     responses(
-        (status = 201, description = "The new user and a token", body = AuthResponse),
+        (status = 201, description = "The new user and a token; with `\"session\": \"cookie\"` the user alone, the token being in the cookie", body = SignedIn,
+            headers(("Set-Cookie" = String, description = "With `\"session\": \"cookie\"`: `ferry_session`, `HttpOnly; SameSite=Lax; Path=/`, `Secure` over https, `Max-Age` the idle lifetime of a token"))),
         (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 403, description = "`cross_site`: a cookie session asked for from another origin", body = ErrorBody),
         (status = 409, description = "The email is taken", body = ErrorBody),
         (status = 422, description = "Weak password (< 8 characters), bad email or display name", body = ErrorBody),
         (status = 429, description = "`too_many_attempts`: try again after `Retry-After` seconds", body = ErrorBody),
@@ -38,8 +42,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
 )]
 #[tracing::instrument(skip_all, fields(email = %body.email), err(level = "debug"))]
-async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> Result<HttpResponse, ApiError> {
+async fn signup(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<SignupRequest>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    refuse_cross_site_session(&req, body.session)?;
     let new = NewUser {
         email: Email::parse(&body.email).map_err(DomainError::from)?,
         password: Password::parse(&body.password).map_err(DomainError::from)?,
@@ -47,19 +56,22 @@ async fn signup(state: web::Data<AppState>, body: web::Json<SignupRequest>) -> R
         is_admin: false,
     };
     let answer = accounts::create_user(&state.pool, &state.accounts.passwords, new).await?;
-    Ok(secret(HttpResponse::Created()).json(answer))
+    Ok(signed_in(&req, &state, HttpResponse::Created(), answer, body.session))
 }
 
-/// Exchanges an email and password for a user token.
+/// Exchanges an email and password for a user token, or with `"session":
+/// "cookie"` sets it as the session cookie instead.
 #[utoipa::path(
     post,
     path = "/api/auth/login",
     tag = "accounts",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "The user and a new token", body = AuthResponse),
+        (status = 200, description = "The user and a new token; with `\"session\": \"cookie\"` the user alone, the token being in the cookie", body = SignedIn,
+            headers(("Set-Cookie" = String, description = "With `\"session\": \"cookie\"`: `ferry_session`, `HttpOnly; SameSite=Lax; Path=/`, `Secure` over https, `Max-Age` the idle lifetime of a token"))),
         (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Wrong credentials", body = ErrorBody),
+        (status = 403, description = "`cross_site`: a cookie session asked for from another origin", body = ErrorBody),
         (status = 429, description = "`too_many_attempts`: try again after `Retry-After` seconds", body = ErrorBody),
         (status = 503, description = "`busy`: password hashing is saturated, try again after `Retry-After` seconds", body = ErrorBody),
     )
@@ -71,43 +83,87 @@ async fn login(
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    refuse_cross_site_session(&req, body.session)?;
     let address = req.peer_addr().map(|a| a.ip());
     let answer = accounts::login(&state.pool, &state.accounts, &body.email, body.password, address).await?;
-    Ok(secret(HttpResponse::Ok()).json(answer))
+    Ok(signed_in(&req, &state, HttpResponse::Ok(), answer, body.session))
 }
 
-/// Revokes the token used for this call.
+/// A cookie session is only started from the app's own origin, so that
+/// another site cannot sign a browser into an account of its choosing
+/// (checked before any password work).
+fn refuse_cross_site_session(req: &HttpRequest, session: Option<Session>) -> Result<(), ApiError> {
+    match session {
+        Some(Session::Cookie) => auth::require_same_origin(req),
+        None => Ok(()),
+    }
+}
+
+/// The answer of a signup or login: the token in the body, or for a cookie
+/// session in the cookie alone, since the page has no use for it and
+/// JavaScript that never holds it cannot leak it.
+fn signed_in(
+    req: &HttpRequest,
+    state: &AppState,
+    builder: actix_web::HttpResponseBuilder,
+    answer: AuthResponse,
+    session: Option<Session>,
+) -> HttpResponse {
+    let mut builder = secret(builder);
+    match session {
+        None => builder.json(SignedIn::Token(answer)),
+        Some(Session::Cookie) => builder
+            .cookie(auth::session_cookie(req, answer.token, state.accounts.token_idle))
+            .json(SignedIn::Session(SessionResponse { user: answer.user })),
+    }
+}
+
+/// `204 No Content`, clearing the session cookie when it authenticated the
+/// call (its token is revoked by now). A Bearer call leaves a cookie alone:
+/// it may belong to another session.
+fn signed_out(req: &HttpRequest, credential: Credential) -> HttpResponse {
+    let mut builder = secret(HttpResponse::NoContent());
+    if credential == Credential::Cookie {
+        builder.cookie(auth::removed_session_cookie(req));
+    }
+    builder.finish()
+}
+
+/// Revokes the token used for this call; a session cookie is cleared too.
 #[utoipa::path(
     post,
     path = "/api/auth/logout",
     tag = "accounts",
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "The token stopped working"),
+        (status = 204, description = "The token stopped working; when the session cookie authenticated the call, it is cleared",
+            headers(("Set-Cookie" = String, description = "When the session cookie authenticated the call: `ferry_session` with `Max-Age=0`"))),
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
-async fn logout(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
+async fn logout(state: web::Data<AppState>, req: HttpRequest, auth: Auth) -> Result<HttpResponse, ApiError> {
     accounts::logout(&state.pool, &auth.0).await?;
-    Ok(no_content())
+    Ok(signed_out(&req, auth.1))
 }
 
-/// Revokes every token of the caller, device tokens included.
+/// Revokes every token of the caller, device tokens included; a session
+/// cookie is cleared too.
 #[utoipa::path(
     post,
     path = "/api/auth/logout-all",
     tag = "accounts",
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "Every token of the caller stopped working"),
+        (status = 204, description = "Every token of the caller stopped working; when the session cookie authenticated the call, it is cleared",
+            headers(("Set-Cookie" = String, description = "When the session cookie authenticated the call: `ferry_session` with `Max-Age=0`"))),
         (status = 401, description = "No or invalid token", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
-async fn logout_all(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
+async fn logout_all(state: web::Data<AppState>, req: HttpRequest, auth: Auth) -> Result<HttpResponse, ApiError> {
     accounts::logout_all(&state.pool, &auth.0).await?;
-    Ok(no_content())
+    Ok(signed_out(&req, auth.1))
 }
 
 /// The caller, and the device for a device token.

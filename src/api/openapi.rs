@@ -11,12 +11,15 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
+use super::auth::SESSION_COOKIE;
 use super::resource;
 use super::{accounts, admin, files, health, membership, projects, relay, transfers, ws};
 use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
@@ -48,7 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                        The WebSocket messages of `GET /api/ws` are the `ClientMessage` and `ServerMessage` schemas.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    modifiers(&BearerScheme, &SharedAnswers, &RealtimeMessages),
+    modifiers(&SecuritySchemes, &SharedAnswers, &RealtimeMessages),
     paths(
         health::healthz,
         health::readyz,
@@ -124,6 +127,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         acc::LoginRequest,
         acc::User,
         acc::AuthResponse,
+        acc::Session,
+        acc::SessionResponse,
+        acc::SignedIn,
         acc::Device,
         acc::MeResponse,
         acc::RegisterDeviceRequest,
@@ -188,12 +194,31 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 )]
 struct ApiDoc;
 
-/// Declares the `bearer` scheme the operations' `security` names.
-struct BearerScheme;
+/// Declares the `bearer` scheme the operations' `security` names, and the
+/// web app's session cookie, which every operation that takes a token
+/// takes instead.
+struct SecuritySchemes;
 
-impl Modify for BearerScheme {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for (_, operation) in operations(item) {
+                if let Some(security) = operation.security.as_mut().filter(|s| !s.is_empty()) {
+                    security.push(SecurityRequirement::new(SESSION_COOKIE, Vec::<String>::new()));
+                }
+            }
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            SESSION_COOKIE,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                SESSION_COOKIE,
+                "The web app's session, set by signup or login with `\"session\": \"cookie\"`. A request it \
+                 authenticates that could change anything (any method but GET, HEAD and OPTIONS, and the \
+                 WebSocket upgrade) must come from this server's own origin (`Sec-Fetch-Site: same-origin`, \
+                 else `Origin`), or it is refused with 403 `cross_site`. A Bearer token wins over it.",
+            ))),
+        );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -234,25 +259,34 @@ impl Modify for SharedAnswers {
                 .pattern(Some(r"^[!-~](?:[\t -~]{0,253}[!-~])?$"))
                 .into(),
         );
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-                &mut item.head,
-                &mut item.options,
-                &mut item.trace,
-            ];
-            for operation in operations.into_iter().flatten() {
-                add_shared_answers(operation);
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let websocket = path == "/api/ws";
+            for (safe, operation) in operations(item) {
+                add_shared_answers(operation, !safe || websocket);
             }
         }
     }
 }
 
-fn add_shared_answers(op: &mut Operation) {
+/// A path's operations, each with whether its method is safe (changes nothing).
+fn operations(item: &mut PathItem) -> impl Iterator<Item = (bool, &mut Operation)> {
+    [
+        (true, &mut item.get),
+        (false, &mut item.put),
+        (false, &mut item.post),
+        (false, &mut item.delete),
+        (false, &mut item.patch),
+        (true, &mut item.head),
+        (true, &mut item.options),
+        (true, &mut item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(safe, op)| op.as_mut().map(|op| (safe, op)))
+}
+
+/// `changes_state`: what a request authenticated by the session cookie may
+/// only do from this server's own origin.
+fn add_shared_answers(op: &mut Operation, changes_state: bool) {
     let id = op.operation_id.clone().unwrap_or_default();
     let params = op.parameters.as_deref().unwrap_or_default();
     let takes_params = params.iter().any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
@@ -298,6 +332,13 @@ fn add_shared_answers(op: &mut Operation) {
     default_answer(op, "414", "`uri_too_long`: the URL (path and query) is over 32 KiB");
     if secured {
         default_answer(op, "401", "No or invalid token (`unauthorized`)");
+    }
+    if secured && changes_state {
+        shared_reason(
+            op,
+            "403",
+            "`cross_site`: authenticated by the session cookie, but not sent from this server's own origin",
+        );
     }
     if json_body {
         default_answer(op, "413", "`payload_too_large`: the body is over 64 KiB");

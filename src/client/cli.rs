@@ -209,14 +209,15 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
     let mut session = Session::open(cli.global.server.as_deref())?;
     match cli.command {
         Command::Signup { email, password, display_name } => {
-            let auth = session.anonymous().signup(&SignupRequest { email, password, display_name }).await?;
+            let auth =
+                session.anonymous().signup(&SignupRequest { email, password, display_name, session: None }).await?;
             remember_login(&mut session, &auth)?;
             out.result(json!({"user_id": auth.user.id}), || {
                 format!("Signed up and logged in as {} on {}.", auth.user.email, session.server)
             });
         }
         Command::Login { email, password } => {
-            let auth = session.anonymous().login(&LoginRequest { email, password }).await?;
+            let auth = session.anonymous().login(&LoginRequest { email, password, session: None }).await?;
             remember_login(&mut session, &auth)?;
             out.result(json!({"user_id": auth.user.id}), || {
                 format!("Logged in as {} on {}.", auth.user.email, session.server)

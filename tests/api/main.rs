@@ -23,5 +23,6 @@ mod projects;
 mod realtime;
 mod relay;
 mod relay_s3;
+mod sessions;
 mod store;
 mod transfers;
