@@ -25,3 +25,4 @@ mod relay;
 mod relay_s3;
 mod store;
 mod transfers;
+mod web;
