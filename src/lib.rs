@@ -12,3 +12,4 @@ pub mod relay;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod web;

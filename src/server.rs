@@ -81,6 +81,8 @@ impl Server {
                 .wrap(DefaultHeaders::new().add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")))
                 .app_data(state.clone())
                 .configure(api::configure)
+                .configure(crate::web::routes)
+                .default_service(web::to(not_found))
         })
         .shutdown_timeout(10);
         if let Some(workers) = settings.workers {
@@ -133,6 +135,16 @@ fn return_large_allocations() {
     // at any time, from any thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Any unknown address: the JSON 404 under `/api/`, where clients expect
+/// JSON, else the web app's own 404 page.
+async fn not_found(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    if crate::web::is_api(req.path()) {
+        api::no_such_route()
+    } else {
+        crate::web::not_found_page()
     }
 }
 

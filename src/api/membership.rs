@@ -5,8 +5,8 @@ use super::{idempotency_key, no_content, optional_json, resource, ApiError, AppS
 use crate::domain::membership::{self, InviteTerms};
 use crate::domain::{self, DomainError};
 use crate::protocol::membership::{
-    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite, InvitesResponse,
-    MembersResponse, ProjectDevicesResponse,
+    AcceptInviteRequest, AcceptedInvite, AttachedDevice, CreateInviteRequest, CreatedInvite, InvitePreview,
+    InvitesResponse, MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::ErrorBody;
 
@@ -14,6 +14,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/projects/{project_id}/invites").post(create_invite).get(list_invites))
         .service(resource("/projects/{project_id}/invites/{invite_id}").delete(revoke_invite))
         .service(resource("/invites/accept").post(accept_invite))
+        .service(resource("/invites/{token}").get(preview_invite))
         .service(resource("/projects/{project_id}/members").get(list_members))
         .service(resource("/projects/{project_id}/members/{user_id}").delete(remove_member))
         .service(resource("/projects/{project_id}/devices").get(list_devices))
@@ -139,6 +140,27 @@ async fn accept_invite(
     })
     .await?;
     Ok(HttpResponse::Ok().json(accepted))
+}
+
+/// What an invite link leads to, for anyone holding its token, before
+/// joining: consumes nothing.
+#[utoipa::path(
+    get,
+    path = "/api/invites/{token}",
+    tag = "invites",
+    params(("token" = String, Path, description = "The invite's token, as in its `/join/<token>` link")),
+    responses(
+        (status = 200, description = "The project, its owner, and whether the invite can still be used", body = InvitePreview),
+        (status = 404, description = "No invite has this token (`invite_not_found`)", body = ErrorBody),
+    )
+)]
+// The token is a secret: nothing of the request is recorded (`skip_all`).
+#[tracing::instrument(skip_all, err(level = "debug"))]
+async fn preview_invite(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(DomainError::from)?;
+    let preview = membership::preview_invite(&client, &path.into_inner()).await?;
+    // Answered for a secret in the URL: no cache keeps it.
+    Ok(super::secret(HttpResponse::Ok()).json(preview))
 }
 
 /// The project's owner and members.

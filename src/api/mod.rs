@@ -46,7 +46,7 @@ pub struct AppState {
 /// Largest JSON body of an ordinary command.
 const JSON_LIMIT: usize = 64 * 1024;
 
-/// Registers every route, the JSON error shapes and the metrics middleware.
+/// Registers every API route and the JSON error shapes of its extractors.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(json_config())
         .app_data(web::PayloadConfig::new(JSON_LIMIT))
@@ -68,8 +68,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(admin::routes)
                 .configure(openapi::routes)
                 .configure(ws::routes),
-        )
-        .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }));
+        );
+}
+
+/// The JSON 404 of an unknown `/api/...` route (the server's default
+/// service chooses between it and the web app's page).
+pub fn no_such_route() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::not_found("no such route"))
 }
 
 pub fn json_config() -> web::JsonConfig {
@@ -158,12 +163,15 @@ impl HttpServiceFactory for Resource {
 }
 
 /// A safety net: an error answered by the framework itself (an oversized
-/// raw body, say) gets the same JSON shape as ours.
+/// raw body, say) gets the same JSON shape as ours. Our own answers, JSON
+/// or the web app's HTML pages, pass as they are.
 pub fn json_errors<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(|res: ServiceResponse<B>| {
-        let is_json =
-            res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if is_json {
+        let ours = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html"));
+        if ours {
             return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
         }
         let status = res.status();

@@ -12,7 +12,8 @@ use crate::protocol::events::data::{
     RemovalReason,
 };
 use crate::protocol::membership::{
-    AcceptedInvite, AttachedDevice, CreatedInvite, DeviceRole, Invite, Member, ProjectDevice,
+    AcceptedInvite, AttachedDevice, CreatedInvite, DeviceRole, Invite, InvitePreview, InviteUnusable, Member,
+    ProjectDevice,
 };
 use crate::protocol::projects::Role;
 use crate::protocol::validate::ValidationError;
@@ -113,6 +114,57 @@ pub async fn revoke_invite(
     Ok(())
 }
 
+fn invite_not_found() -> DomainError {
+    DomainError::rejected(Rejection::NotFound, "invite_not_found", "no invite has this token")
+}
+
+/// The hash an invite token is stored under; what cannot be one of our
+/// tokens is unknown without asking the database.
+fn invite_token_hash(token: &str) -> Result<Vec<u8>, DomainError> {
+    if !token.starts_with(INVITE_PREFIX) || token.len() > 128 {
+        return Err(invite_not_found());
+    }
+    Ok(secret_hash(token))
+}
+
+/// What an invite leads to, for anyone holding its token: read only, so
+/// looking consumes no use. An unknown token reveals nothing (404). An
+/// archived project's invites answer `revoked`, the word of the contract
+/// that fits (archiving ends every invite the way revoking ends one); the
+/// reasons are checked in the order accepting checks them.
+pub async fn preview_invite(client: &impl GenericClient, token: &str) -> Result<InvitePreview, DomainError> {
+    let hash = invite_token_hash(token)?;
+    let row = client
+        .query_opt(
+            "SELECT p.id, p.name, u.display_name,
+                    i.revoked_at IS NOT NULL OR p.archived_at IS NOT NULL, i.expires_at <= now(),
+                    i.uses >= i.max_uses
+             FROM project_invites i
+             JOIN projects p ON p.id = i.project_id
+             JOIN users u ON u.id = p.owner_id
+             WHERE i.token_hash = $1",
+            &[&hash],
+        )
+        .await?
+        .ok_or_else(invite_not_found)?;
+    let reason = if row.get(3) {
+        Some(InviteUnusable::Revoked)
+    } else if row.get(4) {
+        Some(InviteUnusable::Expired)
+    } else if row.get(5) {
+        Some(InviteUnusable::UsedUp)
+    } else {
+        None
+    };
+    Ok(InvitePreview {
+        project_id: row.get(0),
+        project_name: row.get(1),
+        owner_display_name: row.get(2),
+        usable: reason.is_none(),
+        reason,
+    })
+}
+
 /// Joins the caller to the invite's project. Accepts of one project are
 /// serialised by its head lock, so the last use goes to exactly one caller.
 pub async fn accept_invite(
@@ -120,15 +172,11 @@ pub async fn accept_invite(
     cmd: &Command,
     token: &str,
 ) -> Result<AcceptedInvite, DomainError> {
-    let not_found = || DomainError::rejected(Rejection::NotFound, "invite_not_found", "no invite has this token");
-    if !token.starts_with(INVITE_PREFIX) || token.len() > 128 {
-        return Err(not_found());
-    }
-    let hash = secret_hash(token);
+    let hash = invite_token_hash(token)?;
     let project_id: Uuid = client
         .query_opt("SELECT project_id FROM project_invites WHERE token_hash = $1", &[&hash])
         .await?
-        .ok_or_else(not_found)?
+        .ok_or_else(invite_not_found)?
         .get(0);
     store::lock_stream(client, project_id).await?;
     let invite = client
@@ -143,7 +191,7 @@ pub async fn accept_invite(
     let (invite_id, revoked, expired, used_up, archived): (Uuid, bool, bool, bool, bool) =
         (invite.get(0), invite.get(1), invite.get(2), invite.get(3), invite.get(4));
     if archived {
-        return Err(not_found());
+        return Err(invite_not_found());
     }
     if super::projects::role_of(client, project_id, cmd.caller.user_id).await?.is_some() {
         return Err(DomainError::conflict("already_member", "you are already in this project"));

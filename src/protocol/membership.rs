@@ -55,6 +55,32 @@ pub struct AcceptedInvite {
     pub role: Role,
 }
 
+/// Why an invite can no longer be used to join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteUnusable {
+    /// Its time ran out.
+    Expired,
+    /// The owner revoked it, or archived the project.
+    Revoked,
+    /// As many people joined with it as it allows.
+    UsedUp,
+}
+
+/// What an invite link leads to, shown before joining (`GET /api/invites/{token}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvitePreview {
+    pub project_id: Uuid,
+    pub project_name: String,
+    pub owner_display_name: String,
+    /// Whether joining with it would work now.
+    pub usable: bool,
+    /// Why not, when it is not usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reason: Option<InviteUnusable>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub user_id: Uuid,

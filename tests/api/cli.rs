@@ -262,6 +262,18 @@ async fn serve_logs_a_refusal_in_one_short_line_and_never_a_secret() {
     let (status, _) =
         post(&http, format!("{base}/api/auth/login"), json!({"email": "logs@example.org", "password": "wrong"})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // An invite link, looked at through the API and the web app, and a
+    // wrong one refused by each: its token is logged by neither.
+    let res = http.post(format!("{base}/api/projects")).bearer_auth(&token).json(&json!({"name": "Logged"})).send();
+    let project = res.await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let res = http.post(format!("{base}/api/projects/{project}/invites")).bearer_auth(&token).json(&json!({})).send();
+    let invite = res.await.unwrap().json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let wrong = format!("{}x", &invite[..invite.len() - 1]);
+    for (token, status) in [(&invite, StatusCode::OK), (&wrong, StatusCode::NOT_FOUND)] {
+        for path in [format!("/api/invites/{token}"), format!("/join/{token}")] {
+            assert_eq!(http.get(format!("{base}{path}")).send().await.unwrap().status(), status, "{path}");
+        }
+    }
     const NOT_FOUND: usize = 40;
     for _ in 0..NOT_FOUND {
         let res = http.get(format!("{base}/api/projects/{}", Uuid::new_v4())).bearer_auth(&token).send().await.unwrap();
@@ -271,9 +283,11 @@ async fn serve_logs_a_refusal_in_one_short_line_and_never_a_secret() {
 
     let log = ferryd.log();
     assert!(!log.contains(&token["fy_".len()..]), "a token reached the log:\n{log}");
+    assert!(!log.contains(&invite["fyi_".len()..]), "an invite token reached the log:\n{log}");
+    assert!(!log.contains(&wrong["fyi_".len()..]), "a wrong invite token reached the log:\n{log}");
     assert!(!log.contains(PASSWORD) && !log.contains("Bearer"), "a secret reached the log:\n{log}");
     let refused = log.lines().filter(|l| l.contains("request refused")).count();
-    assert_eq!(refused, NOT_FOUND + 2, "one line per refusal:\n{log}");
+    assert_eq!(refused, NOT_FOUND + 4, "one line per refusal:\n{log}");
     for line in log.lines() {
         assert!(!line.contains("ERROR") && !line.contains("WARN"), "a client's mistake is no server error: {line}");
         assert!(line.len() < 300, "a long line: {line}");

@@ -200,10 +200,14 @@ async fn framework_refusals_answer_the_json_error_body() {
         assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_body"), "{path}");
     }
 
-    let res = app.http.get(app.url("/no/such/page")).send().await.unwrap();
+    let res = app.http.get(app.url("/api/no/such/route")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["x-content-type-options"], "nosniff", "every response");
     assert_eq!(code(&res.json().await.unwrap()), "not_found");
+    // Outside /api/ an unknown address is the web app's own page (tests/api/web.rs).
+    let res = app.http.get(app.url("/no/such/page")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff", "every response");
 }
 
 #[tokio::test]

@@ -26,3 +26,4 @@ mod relay_s3;
 mod sessions;
 mod store;
 mod transfers;
+mod web;
