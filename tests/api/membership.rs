@@ -28,6 +28,23 @@ pub async fn join(app: &TestApp, owner: &TestUser, project: Uuid, user: &TestUse
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// An invite whose time ran out, recorded as the command would have: the
+/// API's shortest expiry is a minute, too long for a test to wait.
+pub(crate) async fn expired_invite(app: &TestApp, owner: &TestUser, project: Uuid) -> String {
+    let token = format!("fyi_expired-{}", Uuid::new_v4().simple());
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let meta = EventMeta { actor: Actor { user_id: Some(owner.id), device_id: None }, idempotency_key: None };
+    let event = NewEvent::new(
+        EventType::InviteCreated,
+        json!({"invite_id": Uuid::now_v7(), "token_hash": hex::encode(blake3::hash(token.as_bytes()).as_bytes()),
+               "expires_at": Utc::now() - Duration::seconds(1), "max_uses": 1}),
+    );
+    store::append(&tx, project, &meta, &[event]).await.unwrap();
+    tx.commit().await.unwrap();
+    token
+}
+
 fn types(log: &[store::RecordedEvent]) -> Vec<&str> {
     log.iter().map(|e| e.event_type.as_str()).collect()
 }
@@ -114,19 +131,8 @@ async fn an_expired_invite_is_gone() {
     let owner = app.signup("owner").await;
     let late = app.signup("late").await;
     let project = app.create_project(&owner, "Old").await;
-    // An invite whose time ran out, recorded as the command would have.
-    let token = "fyi_expired-token-for-the-test";
-    let mut client = app.pool.get().await.unwrap();
-    let tx = client.transaction().await.unwrap();
-    let meta = EventMeta { actor: Actor { user_id: Some(owner.id), device_id: None }, idempotency_key: None };
-    let event = NewEvent::new(
-        EventType::InviteCreated,
-        json!({"invite_id": Uuid::now_v7(), "token_hash": hex::encode(blake3::hash(token.as_bytes()).as_bytes()),
-               "expires_at": Utc::now() - Duration::seconds(1), "max_uses": 1}),
-    );
-    store::append(&tx, project, &meta, &[event]).await.unwrap();
-    tx.commit().await.unwrap();
-    let (status, body) = accept(&app, &late, token).await;
+    let token = expired_invite(&app, &owner, project).await;
+    let (status, body) = accept(&app, &late, &token).await;
     assert_eq!((status, code(&body)), (StatusCode::GONE, "invite_expired"));
 }
 

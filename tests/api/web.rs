@@ -1,15 +1,13 @@
 //! The web app: `GET /api/invites/{token}` (what an invite link leads to),
 //! the `/` and `/join/<token>` pages, the embedded assets and the 404s.
 
-use chrono::{Duration, Utc};
-use ferry::protocol::{Actor, EventType};
-use ferry::store::{self, EventMeta, NewEvent};
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser};
+use crate::membership::expired_invite;
 
 const OWNER_NAME: &str = "Olga Owner";
 
@@ -37,23 +35,6 @@ async fn invite(app: &TestApp, owner: &TestUser, project: Uuid, body: Value) -> 
     let (status, invite) = app.post(&format!("/api/projects/{project}/invites"), &owner.token, body).await;
     assert_eq!(status, StatusCode::CREATED, "{invite}");
     (invite["id"].as_str().unwrap().parse().unwrap(), invite["token"].as_str().unwrap().to_owned())
-}
-
-/// An invite whose time ran out, recorded as the command would have: the
-/// API's shortest expiry is a minute, too long for a test to wait.
-async fn expired_invite(app: &TestApp, owner: &TestUser, project: Uuid) -> String {
-    let token = format!("fyi_expired-{}", Uuid::new_v4().simple());
-    let mut client = app.pool.get().await.unwrap();
-    let tx = client.transaction().await.unwrap();
-    let meta = EventMeta { actor: Actor { user_id: Some(owner.id), device_id: None }, idempotency_key: None };
-    let event = NewEvent::new(
-        EventType::InviteCreated,
-        json!({"invite_id": Uuid::now_v7(), "token_hash": hex::encode(blake3::hash(token.as_bytes()).as_bytes()),
-               "expires_at": Utc::now() - Duration::seconds(1), "max_uses": 1}),
-    );
-    store::append(&tx, project, &meta, &[event]).await.unwrap();
-    tx.commit().await.unwrap();
-    token
 }
 
 /// `GET /api/invites/{token}` without any credentials.
