@@ -2,6 +2,7 @@
 
 mod accounts;
 mod cli;
+mod content;
 mod client_accounts;
 mod client_direct;
 mod client_follow;
