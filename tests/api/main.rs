@@ -2,7 +2,6 @@
 
 mod accounts;
 mod cli;
-mod content;
 mod client_accounts;
 mod client_direct;
 mod client_follow;
@@ -11,6 +10,7 @@ mod client_resume;
 mod client_share;
 mod client_sync;
 mod client_verify;
+mod content;
 mod events;
 mod files;
 mod hardening;
