@@ -167,6 +167,8 @@ enum Abort {
     Mismatch,
     #[error("the relay store failed: {0}")]
     Store(String),
+    #[error("the transfer is {0}")]
+    Ended(&'static str),
 }
 
 impl Abort {
@@ -178,7 +180,7 @@ impl Abort {
             Abort::Timeout(_) => Some("source_offline"),
             Abort::Damaged(_) => Some("relay_chunk_damaged"),
             Abort::Mismatch => Some("hash_mismatch"),
-            Abort::Store(_) => None,
+            Abort::Store(_) | Abort::Ended(_) => None,
         }
     }
 }
@@ -285,11 +287,27 @@ impl Streamer {
             if !waiter.wait(deadline).await {
                 return Err(Abort::Timeout(chunk.hash.clone()));
             }
+            // Still not there (the safety net's look, at most every few
+            // seconds): a transfer cancelled or ended meanwhile stops the wait.
+            if let Some(status) = self.ended().await {
+                return Err(Abort::Ended(status.as_str()));
+            }
         };
         if bytes.len() as i64 != chunk.size || blake3::hash(&bytes).to_hex().as_str() != chunk.hash {
             return Err(Abort::Damaged(chunk.hash.clone()));
         }
         Ok(Some(bytes))
+    }
+
+    /// The transfer's status when it is no longer open (cancelled, expired,
+    /// failed by the sweeper) though it was when the stream began.
+    async fn ended(&self) -> Option<TransferStatus> {
+        if !self.active {
+            return None;
+        }
+        let client = self.state.pool.get().await.ok()?;
+        let transfer = transfers::get(&client, &self.caller, self.project_id, self.transfer_id).await.ok()?;
+        (!transfer.status.is_active()).then_some(transfer.status)
     }
 
     /// Ends the stream short: logs why, and records it on the transfer

@@ -281,6 +281,19 @@ async fn only_the_requester_gets_the_bytes() {
     let (status, body) = app.get(&path, &r.member.token).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("transfer_cancelled")));
 
+    // A stream waiting for the owner's device stops once the transfer is
+    // cancelled (at the latest at the next safety-net look, a few seconds),
+    // not after the whole content wait (120 s here).
+    let transfer = request(&app, &r).await;
+    let res = app.http.get(app.url(&content_path(&r, transfer))).bearer_auth(&r.member.token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let reading = tokio::spawn(read_body(res));
+    let (status, _) =
+        app.post(&format!("/api/projects/{}/transfers/{transfer}/cancel", r.project), &r.member.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(60), reading).await;
+    assert!(matches!(ended, Ok(Ok((_, false)))), "the stream ended short once the transfer was cancelled");
+
     // `?wait=` waits only for a chunk of the project's files.
     let res = r.get(&app, &r.member.token, &hash(b"no file has this")).await.query(&[("wait", "30")]).send().await;
     assert_eq!(res.unwrap().status(), StatusCode::NOT_FOUND);
