@@ -144,11 +144,20 @@ pub struct RelaySettings {
     /// Seconds an unneeded chunk is kept after its last use.
     #[arg(long, env = "FERRY_RELAY_RETENTION_SECONDS", default_value_t = 86_400)]
     pub relay_retention_seconds: u32,
+    /// Seconds a browser download (`/content`) waits for the owner's device
+    /// to put the next chunk on the relay before it aborts.
+    #[arg(long, env = "FERRY_CONTENT_WAIT_SECONDS", default_value_t = 120)]
+    pub content_wait_seconds: u32,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
-        Self { relay_store: None, relay_quota_bytes: 10 * 1024 * 1024 * 1024, relay_retention_seconds: 86_400 }
+        Self {
+            relay_store: None,
+            relay_quota_bytes: 10 * 1024 * 1024 * 1024,
+            relay_retention_seconds: 86_400,
+            content_wait_seconds: 120,
+        }
     }
 }
 
@@ -158,6 +167,11 @@ impl RelaySettings {
             quota_bytes: self.relay_quota_bytes,
             retention: chrono::Duration::seconds(self.relay_retention_seconds.into()),
         }
+    }
+
+    /// How long a browser download waits for the next chunk.
+    pub fn content_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.content_wait_seconds.max(1).into())
     }
 
     pub fn store_spec(&self, data_dir: &std::path::Path) -> String {

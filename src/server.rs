@@ -59,7 +59,13 @@ impl Server {
         let listener = TcpListener::bind(&settings.bind).map_err(bind_error)?;
         let address = listener.local_addr().map_err(bind_error)?;
 
-        let realtime = Arc::new(Realtime::start(database.pool.clone(), database.url(), settings.realtime.config())?);
+        let arrivals = crate::relay::ChunkArrivals::new();
+        let realtime = Arc::new(Realtime::start(
+            database.pool.clone(),
+            database.url(),
+            settings.realtime.config(),
+            arrivals.clone(),
+        )?);
         if !realtime.wait_listening(std::time::Duration::from_secs(10)).await {
             tracing::warn!("the event listener is not connected yet; live events start once it is");
         }
@@ -72,6 +78,8 @@ impl Server {
             relay,
             accounts: settings.accounts.accounts(),
             relayed: Default::default(),
+            arrivals,
+            content_wait: settings.relay.content_wait(),
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -5,6 +5,7 @@
 mod accounts;
 mod admin;
 mod auth;
+mod content;
 mod error;
 mod files;
 mod health;
@@ -41,6 +42,10 @@ pub struct AppState {
     pub accounts: crate::domain::accounts::Accounts,
     /// Relayed bytes not yet counted as transfer progress.
     pub relayed: relay::RelayedBytes,
+    /// Readers waiting for relay chunks, woken as they land.
+    pub arrivals: std::sync::Arc<crate::relay::ChunkArrivals>,
+    /// How long a browser download waits for the next chunk.
+    pub content_wait: std::time::Duration,
 }
 
 /// Largest JSON body of an ordinary command.
@@ -64,6 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(membership::routes)
                 .configure(files::routes)
                 .configure(transfers::routes)
+                .configure(content::routes)
                 .configure(relay::routes)
                 .configure(admin::routes)
                 .configure(openapi::routes)

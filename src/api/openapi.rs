@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::auth::SESSION_COOKIE;
 use super::resource;
-use super::{accounts, admin, files, health, membership, projects, relay, transfers, ws};
+use super::{accounts, admin, content, files, health, membership, projects, relay, transfers, ws};
 use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
@@ -91,6 +91,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         transfers::verify_transfer,
         transfers::cancel_transfer,
         transfers::retry_transfer,
+        content::transfer_content,
         ws::connect,
         accounts::advertise_direct,
         accounts::withdraw_direct,

@@ -146,6 +146,9 @@ async fn upload_chunk(
         state.chunks.delete(project_id, &hash).await;
         return Err(e.into());
     }
+    // Readers here are woken at once; other servers hear the NOTIFY that
+    // committed with the chunk's row.
+    state.arrivals.wake(project_id, &hash);
     Ok(HttpResponse::Created().json(StoredChunk { hash, size: saved.size }))
 }
 
@@ -154,10 +157,56 @@ async fn upload_chunk(
 struct DownloadParams {
     /// The transfer these bytes are for: the server counts them as its progress.
     transfer_id: Option<Uuid>,
+    /// Seconds (at most 60) to wait for a chunk of the project's files that
+    /// the owner's device has not put on the relay yet; then 404 as without.
+    #[param(minimum = 0, maximum = 60)]
+    wait: Option<u32>,
+}
+
+/// Longest `?wait=` of a chunk download.
+const MAX_CHUNK_WAIT: u32 = 60;
+
+/// The chunk to serve, waiting up to `wait` for one that belongs to the
+/// project's files (or open transfers) but has not landed yet: woken as it
+/// lands, on this server or another.
+async fn plan_or_wait(
+    state: &AppState,
+    caller: &domain::Caller,
+    project_id: Uuid,
+    hash: &str,
+    wait: std::time::Duration,
+) -> Result<relay::ChunkInfo, DomainError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Registered before the first look, so an arrival in between is not lost.
+    let mut waiter = (!wait.is_zero()).then(|| state.arrivals.register(project_id, hash));
+    let mut expected = None;
+    loop {
+        let planned = {
+            let client = state.pool.get().await?;
+            match relay::plan_download(&client, caller, project_id, hash).await {
+                Err(e @ DomainError::Rejected { kind: domain::Rejection::NotFound, .. }) if waiter.is_some() => {
+                    if expected.is_none() {
+                        expected = Some(relay::expected(&client, caller, project_id, hash).await?);
+                    }
+                    Err(e)
+                }
+                other => return other,
+            }
+        };
+        match waiter.as_mut() {
+            Some(waiter) if expected == Some(true) => {
+                if !waiter.wait(deadline).await {
+                    return planned;
+                }
+            }
+            _ => return planned,
+        }
+    }
 }
 
 /// Downloads a chunk of a file (or open transfer) of the project. Honours
-/// `Range` (206) and `Accept-Encoding: zstd`.
+/// `Range` (206) and `Accept-Encoding: zstd`; with `?wait=SECONDS`, waits
+/// for a chunk of the project's files that has not landed yet.
 #[utoipa::path(
     get,
     path = "/api/projects/{project_id}/chunks/{hash}",
@@ -174,7 +223,7 @@ struct DownloadParams {
         (status = 200, description = "The chunk's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 206, description = "The asked range", body = Vec<u8>, content_type = "application/octet-stream"),
         (status = 401, description = "No or invalid token", body = ErrorBody),
-        (status = 404, description = "Unknown project or chunk, or not one of the project's files", body = ErrorBody),
+        (status = 404, description = "Unknown project or chunk, or not one of the project's files (after `wait` seconds when asked)", body = ErrorBody),
         (status = 416, description = "`range_not_satisfiable`: the range starts past the end", body = ErrorBody),
         (status = 422, description = "A malformed hash", body = ErrorBody),
     )
@@ -189,10 +238,8 @@ async fn download_chunk(
 ) -> Result<HttpResponse, ApiError> {
     let (project_id, hash) = path.into_inner();
     let caller = auth.0;
-    let chunk = {
-        let client = state.pool.get().await.map_err(DomainError::from)?;
-        relay::plan_download(&client, &caller, project_id, &hash).await?
-    };
+    let wait = std::time::Duration::from_secs(params.wait.unwrap_or(0).min(MAX_CHUNK_WAIT).into());
+    let chunk = plan_or_wait(&state, &caller, project_id, &hash, wait).await?;
     let size = chunk.size as u64;
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = parse_range(range_header, size).map_err(|_| {
@@ -246,7 +293,13 @@ struct Pending {
 }
 
 impl RelayedBytes {
-    fn add(state: &web::Data<AppState>, caller: domain::Caller, project_id: Uuid, transfer_id: Uuid, bytes: i64) {
+    pub(super) fn add(
+        state: &web::Data<AppState>,
+        caller: domain::Caller,
+        project_id: Uuid,
+        transfer_id: Uuid,
+        bytes: i64,
+    ) {
         let mut pending = state.relayed.pending.lock().expect("relayed lock");
         if let Some(p) = pending.get_mut(&transfer_id) {
             p.bytes += bytes;

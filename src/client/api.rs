@@ -378,16 +378,21 @@ impl Api {
     }
 
     /// One chunk's raw bytes from the relay (counted for `transfer`);
-    /// None when the relay does not have it (yet).
+    /// None when the relay does not have it (yet). With `wait`, the server
+    /// holds the request until the chunk lands (whole seconds, at most 60).
     pub async fn get_chunk(
         &self,
         project: Uuid,
         hash: &str,
         transfer: Option<Uuid>,
+        wait: Option<std::time::Duration>,
     ) -> Result<Option<bytes::Bytes>, ClientError> {
         let mut req = self.request(Method::GET, &format!("/api/projects/{project}/chunks/{hash}"));
         if let Some(transfer) = transfer {
             req = req.query(&[("transfer_id", transfer.to_string())]);
+        }
+        if let Some(wait) = wait.map(|w| w.as_secs().min(60)).filter(|w| *w > 0) {
+            req = req.query(&[("wait", wait.to_string())]);
         }
         match self.send_raw(req).await {
             Ok(res) => Ok(Some(res.bytes().await.map_err(|e| self.transport(e))?)),

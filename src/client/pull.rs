@@ -595,6 +595,7 @@ async fn fetch_chunk(
     let mut delay = Duration::from_millis(20);
     let mut next_status = Instant::now() + STATUS_EVERY;
     loop {
+        let asked = Instant::now();
         let fetched = match peer.filter(|p| !p.given_up()) {
             Some(peer) => match peer.fetch(&hash).await {
                 Ok(bytes) => Some((bytes, Via::Direct)),
@@ -609,7 +610,7 @@ async fn fetch_chunk(
                     continue;
                 }
             },
-            None => match ctx.api.get_chunk(ctx.project, &hash, Some(transfer)).await {
+            None => match ctx.api.get_chunk(ctx.project, &hash, Some(transfer), Some(relay_wait(deadline))).await {
                 Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
                 Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
                 // A network hiccup: wait and try again, within the deadline.
@@ -646,9 +647,24 @@ async fn fetch_chunk(
                 }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
+        // The server waited for the chunk to land (`?wait=`): ask again at
+        // once. A miss that came back fast (a network error, an older
+        // server without `wait`) backs off instead of spinning.
+        if asked.elapsed() < RELAY_WAIT / 2 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
     }
+}
+
+/// Longest one relay request waits on the server for a chunk to land: short
+/// enough to look at the transfer's state (failed, cancelled) between.
+const RELAY_WAIT: Duration = Duration::from_secs(5);
+
+/// The server-side wait for the next relay request: whole seconds, within
+/// the pull's own deadline.
+fn relay_wait(deadline: Instant) -> Duration {
+    RELAY_WAIT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(1))
 }
 
 /// Writes the file at `tmp` from kept, local and (as a last resort) relay
@@ -676,7 +692,7 @@ async fn assemble(
             // A local copy changed since it was scanned: the relay may still have it.
             bytes = ctx
                 .api
-                .get_chunk(ctx.project, &c.hash, Some(transfer))
+                .get_chunk(ctx.project, &c.hash, Some(transfer), None)
                 .await
                 .ok()
                 .flatten()

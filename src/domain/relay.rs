@@ -134,6 +134,10 @@ pub async fn record_upload(
             &[&project_id, &hash, &stored.size, &stored.zstd_size],
         )
         .await?;
+        // Readers waiting for this chunk on other servers hear of it once
+        // the row is committed (their listener routes it to their waiters).
+        tx.execute("SELECT pg_notify($1, $2)", &[&crate::relay::arrivals::CHANNEL, &format!("{project_id}:{hash}")])
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -179,6 +183,29 @@ pub async fn plan_download(
             DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you")
         })?;
     Ok(ChunkInfo { size: row.get(0), zstd_size: row.get(1) })
+}
+
+/// Whether a chunk the relay does not hold yet is worth waiting for: it
+/// belongs to a current file of the project or to one of its open
+/// transfers (the caller must be in the project).
+pub async fn expected(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+    hash: &str,
+) -> Result<bool, DomainError> {
+    let hash = parse_hash(hash)?;
+    access(client, project_id, caller, false).await?;
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
+                 OR EXISTS (SELECT 1 FROM file_transfers t
+                            WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
+                              AND t.chunks_needed ? $2)",
+            &[&project_id, &hash],
+        )
+        .await?
+        .get(0))
 }
 
 /// Forgets chunks nothing needs any more; answers them, for the caller to

@@ -846,3 +846,66 @@ pub async fn advance_relayed(
     }
     Ok(())
 }
+
+/// What the server needs to stream a transfer's file to its requester.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub file_path: String,
+    pub file_hash: String,
+    pub mime_type: String,
+    pub size: i64,
+    /// The file's chunks in order (a file sent without a list is its own one chunk).
+    pub chunks: Vec<ChunkRef>,
+    pub status: TransferStatus,
+}
+
+/// The transfer's file, for its requester only: the owner, who sees the
+/// transfer, is refused (403, as for `verify`); anyone else does not see
+/// it (404). A transfer that is over answers 409, but a completed one may
+/// be fetched again and a failed one is fetched after a retry.
+pub async fn content(
+    client: &impl GenericClient,
+    caller: &Caller,
+    project_id: Uuid,
+    transfer_id: Uuid,
+) -> Result<Content, DomainError> {
+    let role = access(client, project_id, caller, false).await?;
+    let row = load_visible(client, caller, role, project_id, transfer_id).await?;
+    if row.state.requester_id != caller.user_id {
+        return Err(rejected(
+            Rejection::Forbidden,
+            "requester_only",
+            "only the requester downloads a transfer's bytes",
+        ));
+    }
+    let status = row.state.status;
+    if matches!(status, Cancelled | Expired) {
+        return Err(illegal(status, "downloaded"));
+    }
+    let file = client
+        .query_opt(
+            "SELECT size, mime_type, chunks FROM remote_files
+             WHERE project_id = $1 AND path = $2 AND hash = $3 AND NOT deleted",
+            &[&project_id, &row.state.file_path, &row.file_hash],
+        )
+        .await?
+        .ok_or_else(|| {
+            rejected(Rejection::Conflict, "file_changed", "the file changed or went away since it was requested")
+        })?;
+    let size: i64 = file.get(0);
+    let chunks: Option<Vec<ChunkRef>> =
+        file.get::<_, Option<serde_json::Value>>(2).and_then(|c| serde_json::from_value(c).ok());
+    let chunks = match chunks {
+        Some(chunks) => chunks,
+        None if size > 0 => vec![ChunkRef { hash: row.file_hash.clone(), size }],
+        None => vec![],
+    };
+    Ok(Content {
+        file_path: row.state.file_path,
+        file_hash: row.file_hash,
+        mime_type: file.get(1),
+        size,
+        chunks,
+        status,
+    })
+}

@@ -1,6 +1,8 @@
 //! The one LISTEN connection of a server: dedicated, never pooled, read with
 //! `poll_message`. It reconnects on its own and then wakes every feed, so
 //! whatever was committed while it was down is caught up from the log.
+//! It also hears relay chunks land (`ferry_chunks`) and wakes the readers
+//! waiting for them; after a reconnect it wakes them all to look again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::Hub;
+use crate::relay::arrivals::{ChunkArrivals, CHANNEL as CHUNKS};
 
 pub const CHANNEL: &str = "ferry_events";
 
@@ -20,7 +23,12 @@ struct Payload {
     head_seq: i64,
 }
 
-pub async fn listen(config: tokio_postgres::Config, hub: Arc<Hub>, listening: Arc<AtomicBool>) {
+pub async fn listen(
+    config: tokio_postgres::Config,
+    hub: Arc<Hub>,
+    arrivals: Arc<ChunkArrivals>,
+    listening: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match config.connect(tokio_postgres::NoTls).await {
@@ -31,7 +39,7 @@ pub async fn listen(config: tokio_postgres::Config, hub: Arc<Hub>, listening: Ar
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if notes.send(n.payload().to_owned()).is_err() {
+                                if notes.send((n.channel() == CHUNKS, n.payload().to_owned())).is_err() {
                                     return;
                                 }
                             }
@@ -43,13 +51,18 @@ pub async fn listen(config: tokio_postgres::Config, hub: Arc<Hub>, listening: Ar
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                match client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CHUNKS}")).await {
                     Ok(()) => {
                         tracing::info!("listening for events");
                         listening.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(100);
                         hub.wake_all();
-                        while let Some(payload) = received.recv().await {
+                        arrivals.wake_all();
+                        while let Some((chunk, payload)) = received.recv().await {
+                            if chunk {
+                                arrivals.wake_from_payload(&payload);
+                                continue;
+                            }
                             match serde_json::from_str::<Payload>(&payload) {
                                 Ok(p) => hub.wake(p.project_id, Some(p.head_seq)),
                                 Err(e) => tracing::warn!(%payload, error = %e, "unreadable notification"),

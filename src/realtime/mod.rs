@@ -1,7 +1,8 @@
 //! Realtime: one LISTEN connection per server wakes a hub that reads each
 //! project's new events from the log once and fans them out to WebSocket
 //! sessions; sessions replay from any seq and fall back to the log whenever
-//! they fall behind. Presence of devices is kept here too.
+//! they fall behind. The same connection hears relay chunks land and wakes
+//! the readers waiting for them. Presence of devices is kept here too.
 
 pub mod frames;
 pub mod hub;
@@ -49,7 +50,12 @@ pub struct Realtime {
 impl Realtime {
     /// Starts the listener (on its own connection to `database_url`) and the
     /// presence keeper.
-    pub fn start(pool: Pool, database_url: &str, config: RealtimeConfig) -> Result<Self, crate::store::StoreError> {
+    pub fn start(
+        pool: Pool,
+        database_url: &str,
+        config: RealtimeConfig,
+        arrivals: Arc<crate::relay::ChunkArrivals>,
+    ) -> Result<Self, crate::store::StoreError> {
         let mut listen_config: tokio_postgres::Config =
             database_url.parse().map_err(crate::store::StoreError::Config)?;
         listen_config.application_name("ferryd-listener");
@@ -57,7 +63,7 @@ impl Realtime {
         let presence = Presence::new(pool.clone());
         let listening = Arc::new(AtomicBool::new(false));
         let tasks = vec![
-            tokio::spawn(listener::listen(listen_config, hub.clone(), listening.clone())),
+            tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, listening.clone())),
             tokio::spawn(presence.clone().keep_alive()),
         ];
         Ok(Self { pool, hub, presence, config, listening, tasks })

@@ -15,6 +15,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use uuid::Uuid;
 
+pub mod arrivals;
+pub use arrivals::ChunkArrivals;
+
 /// Largest chunk accepted (after decompression).
 pub const MAX_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -160,6 +163,15 @@ impl ChunkStore {
         let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
         let bytes = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?.bytes().await?;
         Ok(futures_util::stream::once(std::future::ready(Ok(bytes))))
+    }
+
+    /// A chunk's plain bytes, whole; None when the store does not hold it.
+    pub async fn get(&self, project_id: Uuid, hash: &str) -> Result<Option<Bytes>, RelayError> {
+        match self.store.get(&self.key(project_id, hash, false)).await {
+            Ok(found) => Ok(Some(found.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes a chunk and its variant.

@@ -10,6 +10,7 @@ mod client_resume;
 mod client_share;
 mod client_sync;
 mod client_verify;
+mod content;
 mod events;
 mod files;
 mod hardening;

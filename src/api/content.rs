@@ -1,0 +1,393 @@
+//! `GET .../transfers/:transferId/content`: a transfer's file as one HTTP
+//! response for the browser, streamed from the relay chunk by chunk as the
+//! owner's device uploads them. One chunk is in memory at a time; each is
+//! verified before any of its bytes go out, and the whole file's BLAKE3
+//! before its last bytes do, so a damaged stream ends short (the browser
+//! sees a failed download), never complete.
+
+use std::ops::Range;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::relay::RelayedBytes;
+use super::{resource, ApiError, AppState, Auth};
+use crate::domain::{self, transfers, DomainError};
+use crate::protocol::files::ChunkRef;
+use crate::protocol::transfers::{TransferReport, TransferStatus};
+use crate::protocol::ErrorBody;
+use crate::relay::parse_range;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/projects/{project_id}/transfers/{transfer_id}/content").get(transfer_content));
+}
+
+/// The transfer's file as one response (its requester): `Content-Type`,
+/// `Content-Disposition: attachment`, `Content-Length`, `ETag` of its hash,
+/// `Range` (206). Streamed from the relay as the owner's device uploads:
+/// the response starts at once; it waits (a bounded, configurable time) for
+/// each chunk to land, and aborts rather than finishing when the owner's
+/// device stops sending or the bytes do not verify. A complete, verified
+/// stream completes the transfer. Asking again after an abort (a browser
+/// resuming by `Range`) retries the failed transfer and resumes.
+#[utoipa::path(
+    get,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}/content",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(
+        ("project_id" = Uuid, Path, description = "The project"),
+        ("transfer_id" = Uuid, Path, description = "The transfer"),
+        ("Range" = Option<String>, Header, nullable = false, description = "One byte range, `bytes=a-b`, to resume"),
+        ("If-Range" = Option<String>, Header, nullable = false, description = "The `ETag` the range is for; another answers the whole file"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", body = Vec<u8>, content_type = "application/octet-stream",
+         headers(("Content-Disposition" = String, description = "`attachment` with the file's name (RFC 6266 `filename*`)"),
+                 ("ETag" = String, description = "The file's BLAKE3, quoted"))),
+        (status = 206, description = "The asked range", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No or invalid token", body = ErrorBody),
+        (status = 403, description = "`requester_only`: the owner sees the transfer, only its requester downloads it", body = ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = ErrorBody),
+        (status = 409, description = "The transfer was cancelled or expired, the file changed, or no retry is left", body = ErrorBody),
+        (status = 416, description = "`range_not_satisfiable`: the range starts past the end", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, transfer_id = %path.1), err(level = "debug"))]
+async fn transfer_content(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (project_id, transfer_id) = path.into_inner();
+    let caller = auth.0;
+    let content = {
+        let client = state.pool.get().await.map_err(DomainError::from)?;
+        transfers::content(&client, &caller, project_id, transfer_id).await?
+    };
+    let size = content.size as u64;
+    let etag = format!("\"{}\"", content.file_hash);
+    // A range is for the version it names: another version gets it whole.
+    let if_range = req.headers().get(header::IF_RANGE).map(|v| v.as_bytes() == etag.as_bytes());
+    let range_header =
+        req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).filter(|_| if_range != Some(false));
+    let range = parse_range(range_header, size).map_err(|_| {
+        ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", format!("the file has {size} bytes"))
+            .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+    })?;
+
+    let mut active = content.status.is_active();
+    if content.status == TransferStatus::Failed {
+        // An earlier stream aborted (and said why on the transfer): asking
+        // again is the retry, and a `Range` resumes where the browser stopped.
+        let policy = state.transfers;
+        domain::execute(&state.pool, caller.clone(), None, move |tx, cmd| {
+            Box::pin(async move { transfers::retry(tx, cmd, &policy, project_id, transfer_id).await })
+        })
+        .await?;
+        active = true;
+    }
+
+    let mut response = match &range {
+        Some(r) => {
+            let mut res = HttpResponse::PartialContent();
+            res.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
+            res
+        }
+        None => HttpResponse::Ok(),
+    };
+    let mime = HeaderValue::from_str(&content.mime_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    let name = content.file_path.rsplit('/').next().unwrap_or_default();
+    let range = range.unwrap_or(0..size);
+    response
+        .insert_header((header::CONTENT_TYPE, mime))
+        .insert_header((header::CONTENT_DISPOSITION, content_disposition(name)))
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
+        .no_chunking(range.end - range.start);
+    let streamer = Streamer {
+        // The whole file is hashed (the chunks before the range read, not
+        // sent) whenever the response runs to its end.
+        whole: (range.end == size).then(blake3::Hasher::new),
+        verified: false,
+        state,
+        caller,
+        project_id,
+        transfer_id,
+        file_hash: content.file_hash,
+        chunks: content.chunks,
+        next: 0,
+        offset: 0,
+        range,
+        active,
+        finished: false,
+    };
+    Ok(response.streaming(futures_util::stream::unfold(streamer, |mut s| async move {
+        let item = s.step().await?;
+        Some((item, s))
+    })))
+}
+
+/// `attachment; filename="<ASCII stand-in>"; filename*=UTF-8''<name>`
+/// (RFC 6266, RFC 8187): the name whole for browsers that read
+/// `filename*` (all current ones), a safe stand-in for the rest.
+fn content_disposition(name: &str) -> String {
+    let name = if name.is_empty() { "download" } else { name };
+    let fallback: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | '%') || c == ' ' { c } else { '_' })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        // attr-char of RFC 8187; everything else percent-encoded.
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+/// Why a stream stopped short.
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    #[error("the owner's device did not put chunk {0} on the relay in time")]
+    Timeout(String),
+    #[error("relay chunk {0} is damaged: its bytes do not hash to its name")]
+    Damaged(String),
+    #[error("the file's bytes do not hash to its hash")]
+    Mismatch,
+    #[error("the relay store failed: {0}")]
+    Store(String),
+    #[error("the transfer is {0}")]
+    Ended(&'static str),
+}
+
+impl Abort {
+    /// The reason recorded on the transfer, or None when it is the
+    /// server's own trouble (nothing the transfer did).
+    fn reason(&self, source_online: bool) -> Option<&'static str> {
+        match self {
+            Abort::Timeout(_) if source_online => Some("source_not_sending"),
+            Abort::Timeout(_) => Some("source_offline"),
+            Abort::Damaged(_) => Some("relay_chunk_damaged"),
+            Abort::Mismatch => Some("hash_mismatch"),
+            Abort::Store(_) | Abort::Ended(_) => None,
+        }
+    }
+}
+
+/// The state of one response's body.
+struct Streamer {
+    state: web::Data<AppState>,
+    caller: domain::Caller,
+    project_id: Uuid,
+    transfer_id: Uuid,
+    file_hash: String,
+    chunks: Vec<ChunkRef>,
+    /// The next chunk, and where it starts in the file.
+    next: usize,
+    offset: u64,
+    range: Range<u64>,
+    /// The whole file's hash so far, when the response runs to its end.
+    whole: Option<blake3::Hasher>,
+    /// The whole file hashed to its hash before its last bytes went out.
+    verified: bool,
+    /// The transfer is open: its bytes count, and it completes.
+    active: bool,
+    finished: bool,
+}
+
+impl Streamer {
+    /// The next piece of the body: one chunk (or its part in the range).
+    async fn step(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
+        while !self.finished {
+            let Some(chunk) = self.chunks.get(self.next).cloned() else { break };
+            if self.offset >= self.range.end {
+                break;
+            }
+            let (start, end) = (self.offset, self.offset + chunk.size as u64);
+            self.next += 1;
+            self.offset = end;
+            let before_range = end <= self.range.start;
+            if before_range && self.whole.is_none() {
+                continue;
+            }
+            let bytes = match self.load(&chunk, !before_range).await {
+                Ok(Some(bytes)) => bytes,
+                // A chunk before the range gone from the relay: the whole
+                // file cannot be hashed, only what is sent.
+                Ok(None) => {
+                    self.whole = None;
+                    continue;
+                }
+                Err(abort) => return Some(Err(self.abort(abort).await)),
+            };
+            if let Some(whole) = &mut self.whole {
+                whole.update(&bytes);
+            }
+            if before_range {
+                continue;
+            }
+            if self.next == self.chunks.len() {
+                if let Some(whole) = self.whole.take() {
+                    if whole.finalize().to_hex().as_str() != self.file_hash {
+                        return Some(Err(self.abort(Abort::Mismatch).await));
+                    }
+                    self.verified = true;
+                }
+            }
+            let from = (self.range.start.max(start) - start) as usize;
+            let to = (self.range.end.min(end) - start) as usize;
+            if self.active {
+                RelayedBytes::add(
+                    &self.state,
+                    self.caller.clone(),
+                    self.project_id,
+                    self.transfer_id,
+                    (to - from) as i64,
+                );
+            }
+            return Some(Ok(bytes.slice(from..to)));
+        }
+        if !self.finished {
+            self.finished = true;
+            // An empty file has no chunk to verify on the way: its hash is
+            // the empty input's.
+            let empty = self.chunks.is_empty()
+                && self.whole.take().is_some_and(|h| h.finalize().to_hex().as_str() == self.file_hash);
+            if (self.verified || empty) && self.active {
+                self.complete().await;
+            }
+        }
+        None
+    }
+
+    /// A chunk's verified bytes: waiting (up to the content wait) for one
+    /// not on the relay yet when `wait`, else None for it.
+    async fn load(&self, chunk: &ChunkRef, wait: bool) -> Result<Option<Bytes>, Abort> {
+        let deadline = tokio::time::Instant::now() + self.state.content_wait;
+        // Registered before the first look, so an arrival in between wakes it.
+        let mut waiter = wait.then(|| self.state.arrivals.register(self.project_id, &chunk.hash));
+        let bytes = loop {
+            match self.state.chunks.get(self.project_id, &chunk.hash).await {
+                Ok(Some(bytes)) => break bytes,
+                Ok(None) => {}
+                Err(e) => return Err(Abort::Store(e.to_string())),
+            }
+            let Some(waiter) = waiter.as_mut() else { return Ok(None) };
+            if !waiter.wait(deadline).await {
+                return Err(Abort::Timeout(chunk.hash.clone()));
+            }
+            // Still not there (the safety net's look, at most every few
+            // seconds): a transfer cancelled or ended meanwhile stops the wait.
+            if let Some(status) = self.ended().await {
+                return Err(Abort::Ended(status.as_str()));
+            }
+        };
+        if bytes.len() as i64 != chunk.size || blake3::hash(&bytes).to_hex().as_str() != chunk.hash {
+            return Err(Abort::Damaged(chunk.hash.clone()));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The transfer's status when it is no longer open (cancelled, expired,
+    /// failed by the sweeper) though it was when the stream began.
+    async fn ended(&self) -> Option<TransferStatus> {
+        if !self.active {
+            return None;
+        }
+        let client = self.state.pool.get().await.ok()?;
+        let transfer = transfers::get(&client, &self.caller, self.project_id, self.transfer_id).await.ok()?;
+        (!transfer.status.is_active()).then_some(transfer.status)
+    }
+
+    /// Ends the stream short: logs why, and records it on the transfer
+    /// (failed, with the reason) so the page shows it; asking again retries
+    /// and resumes by `Range`.
+    async fn abort(&mut self, abort: Abort) -> actix_web::Error {
+        self.finished = true;
+        let (project_id, transfer_id) = (self.project_id, self.transfer_id);
+        tracing::warn!(%transfer_id, error = %abort, "a download into the browser stopped short");
+        if self.active {
+            let state = self.state.clone();
+            let caller = self.caller.clone();
+            let reason = match &abort {
+                Abort::Timeout(_) => {
+                    let online = match state.pool.get().await {
+                        Ok(client) => transfers::get(&client, &caller, project_id, transfer_id)
+                            .await
+                            .is_ok_and(|t| t.source_device.online),
+                        Err(_) => false,
+                    };
+                    abort.reason(online)
+                }
+                other => other.reason(false),
+            };
+            if let Some(reason) = reason {
+                // Spawned: a client gone meanwhile does not cut the write short.
+                let failed = actix_web::rt::spawn(async move {
+                    let report = TransferReport {
+                        status: Some(TransferStatus::Failed),
+                        bytes_transferred: None,
+                        error_message: Some(reason.to_owned()),
+                    };
+                    let policy = state.transfers;
+                    domain::execute(&state.pool, caller, None, move |tx, cmd| {
+                        Box::pin(
+                            async move { transfers::report(tx, cmd, &policy, project_id, transfer_id, report).await },
+                        )
+                    })
+                    .await
+                });
+                if let Ok(Err(e)) = failed.await {
+                    tracing::info!(%transfer_id, error = %e, "the stopped download was not recorded on its transfer");
+                }
+            }
+        }
+        actix_web::error::ErrorInternalServerError(abort.to_string())
+    }
+
+    /// A complete, verified stream completes the transfer, as a requester's
+    /// `verify` with the hash the server computed.
+    async fn complete(&self) {
+        let (state, caller, hash) = (self.state.clone(), self.caller.clone(), self.file_hash.clone());
+        let (project_id, transfer_id) = (self.project_id, self.transfer_id);
+        let completed = actix_web::rt::spawn(async move {
+            domain::execute(&state.pool, caller, None, move |tx, cmd| {
+                Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, &hash).await })
+            })
+            .await
+        });
+        match completed.await {
+            Ok(Ok(_)) => tracing::debug!(%transfer_id, "streamed into the browser, verified"),
+            // Cancelled meanwhile, say: the bytes went out all the same.
+            Ok(Err(e)) => {
+                tracing::info!(%transfer_id, error = %e, "a verified download could not complete its transfer")
+            }
+            Err(e) => tracing::warn!(%transfer_id, error = %e, "completing a transfer failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_disposition;
+
+    #[test]
+    fn names_survive_in_filename_star() {
+        assert_eq!(
+            content_disposition("my \"report\" résumé.pdf"),
+            "attachment; filename=\"my _report_ r_sum_.pdf\"; filename*=UTF-8''my%20%22report%22%20r%C3%A9sum%C3%A9.pdf"
+        );
+        assert_eq!(content_disposition(""), "attachment; filename=\"download\"; filename*=UTF-8''download");
+    }
+}

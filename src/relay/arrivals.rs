@@ -1,0 +1,136 @@
+//! Readers waiting for relay chunks, woken when a chunk lands: directly by
+//! the upload handler of this server, and through the database (a NOTIFY
+//! on `ferry_chunks` committed with the chunk's row) for uploads taken by
+//! another server. Never by polling: the timer in [`Waiter::wait`] is a
+//! safety net for a lost notification, not the mechanism.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// The channel chunk arrivals are announced on; payload `<project_id>:<hash>`.
+pub const CHANNEL: &str = "ferry_chunks";
+
+/// Longest a waiter sleeps without looking again, in case a notification
+/// was lost. A listener that reconnects wakes everyone anyway.
+pub const SAFETY_NET: Duration = Duration::from_secs(5);
+
+type Key = (Uuid, String);
+
+/// Waiters by (project, chunk hash).
+#[derive(Default)]
+pub struct ChunkArrivals {
+    waiting: Mutex<HashMap<Key, watch::Sender<()>>>,
+}
+
+impl ChunkArrivals {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers interest in a chunk. Register *before* looking for the
+    /// chunk: an arrival between the look and the wait is then not lost.
+    pub fn register(self: &Arc<Self>, project_id: Uuid, hash: &str) -> Waiter {
+        let key = (project_id, hash.to_owned());
+        let mut waiting = self.waiting.lock().expect("arrivals lock");
+        let receiver = waiting.entry(key.clone()).or_insert_with(|| watch::channel(()).0).subscribe();
+        Waiter { arrivals: self.clone(), key, receiver: Some(receiver) }
+    }
+
+    /// A chunk landed: wakes its waiters on this server.
+    pub fn wake(&self, project_id: Uuid, hash: &str) {
+        if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
+            sender.send_replace(());
+        }
+    }
+
+    /// Wakes every waiter (after the listener reconnected: notifications
+    /// may have been missed), each to look again.
+    pub fn wake_all(&self) {
+        for sender in self.waiting.lock().expect("arrivals lock").values() {
+            sender.send_replace(());
+        }
+    }
+
+    /// A notification's payload, `<project_id>:<hash>`.
+    pub fn wake_from_payload(&self, payload: &str) {
+        match payload.split_once(':').and_then(|(p, h)| Some((p.parse::<Uuid>().ok()?, h))) {
+            Some((project_id, hash)) => self.wake(project_id, hash),
+            None => tracing::warn!(payload, "unreadable chunk notification"),
+        }
+    }
+
+    /// Chunks with someone waiting (for tests and metrics).
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().expect("arrivals lock").len()
+    }
+}
+
+/// Interest in one chunk; dropping it unregisters.
+pub struct Waiter {
+    arrivals: Arc<ChunkArrivals>,
+    key: Key,
+    receiver: Option<watch::Receiver<()>>,
+}
+
+impl Waiter {
+    /// Waits until the chunk may have landed (woken), or the safety net or
+    /// `deadline` passed. Answers false only when the deadline passed
+    /// without a wake-up.
+    pub async fn wait(&mut self, deadline: Instant) -> bool {
+        let Some(receiver) = self.receiver.as_mut() else { return false };
+        let until = deadline.min(Instant::now() + SAFETY_NET);
+        match tokio::time::timeout_at(until, receiver.changed()).await {
+            Ok(_) => true,
+            // The safety net: look again unless the deadline is reached.
+            Err(_) => Instant::now() < deadline,
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiting = self.arrivals.waiting.lock().expect("arrivals lock");
+        drop(self.receiver.take());
+        if waiting.get(&self.key).is_some_and(|s| s.receiver_count() == 0) {
+            waiting.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_arrival_between_the_look_and_the_wait_is_not_lost() {
+        let arrivals = ChunkArrivals::new();
+        let project = Uuid::new_v4();
+        let mut waiter = arrivals.register(project, "abc");
+        // The chunk lands after registering, before waiting.
+        arrivals.wake(project, "abc");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(tokio::time::timeout(Duration::from_secs(1), waiter.wait(deadline)).await.unwrap());
+        drop(waiter);
+        assert_eq!(arrivals.waiting(), 0, "a dropped waiter unregisters");
+    }
+
+    #[tokio::test]
+    async fn waiters_are_woken_by_payload_and_only_for_their_chunk() {
+        let arrivals = ChunkArrivals::new();
+        let project = Uuid::new_v4();
+        let mut a = arrivals.register(project, "aaa");
+        let mut b = arrivals.register(project, "bbb");
+        arrivals.wake_from_payload(&format!("{project}:aaa"));
+        arrivals.wake_from_payload("nonsense");
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(a.wait(Instant::now() + Duration::from_secs(60)).await);
+        assert!(!b.wait(soon).await, "b's chunk did not land");
+        arrivals.wake_all();
+        assert!(b.wait(Instant::now() + Duration::from_secs(60)).await);
+    }
+}
