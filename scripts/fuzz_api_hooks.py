@@ -1,6 +1,7 @@
 """schemathesis hooks for scripts/fuzz-api.
 
-Two adjustments to what is sent, each for a rule no JSON Schema can state:
+Three adjustments to what is sent, each for a rule no JSON Schema can state
+or a habit of the tool:
 
 - A valid `Idempotency-Key` is made unique per request. The generator draws
   short keys ("0", "A") again and again; the server rightly answers a key
@@ -8,8 +9,11 @@ Two adjustments to what is sent, each for a rule no JSON Schema can state:
   schema-valid request is about. Invalid keys are left alone (negative tests).
 - Integral floats in JSON bodies (`1.0`) are sent as integers. JSON Schema
   counts `1.0` as an `integer`; the server's serde does not (400).
+- A `device_id` a stateful link drew from a null field ("None") is the
+  run's own device instead.
 """
 
+import os
 import re
 import uuid
 
@@ -36,10 +40,13 @@ def before_call(context, case, kwargs):
             headers[name] = f"fuzz-{uuid.uuid4()}"
     if isinstance(case.body, (dict, list)):
         case.body = _integral(case.body)
+    _no_none(case.path_parameters)
 
 
-@schemathesis.hook
-def filter_path_parameters(context, path_parameters):
+def _no_none(path_parameters):
     # A stateful link from `GET /api/me` to `/api/devices/{device_id}` takes
     # the `device` of a user token, which is null: Python's "None" is no id.
-    return "None" not in {str(v) for v in (path_parameters or {}).values()}
+    # The run's own device stands in.
+    for name, value in list((path_parameters or {}).items()):
+        if str(value) == "None" and name == "device_id":
+            path_parameters[name] = os.environ["FUZZ_DEVICE"]
