@@ -246,9 +246,8 @@ impl Default for AccountSettings {
 impl AccountSettings {
     pub fn accounts(&self) -> crate::domain::accounts::Accounts {
         use crate::domain::passwords::{LoginThrottle, PasswordWork};
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         crate::domain::accounts::Accounts {
-            passwords: PasswordWork::new(self.password_workers.unwrap_or(cores), self.password_queue),
+            passwords: PasswordWork::per_core(self.password_workers, self.password_queue),
             throttle: LoginThrottle::new(self.login_failures_per_account, self.login_failures_per_address),
             token_idle: chrono::Duration::seconds(self.token_idle_seconds.max(1).into()),
         }

@@ -151,7 +151,7 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let db = database.open().await.map_err(|e| chain(&e))?;
             let created =
-                accounts::create_user(&db.pool, &ferry::domain::passwords::PasswordWork::per_core(), new).await;
+                accounts::create_user(&db.pool, &ferry::domain::passwords::PasswordWork::per_core(None, 1), new).await;
             db.close().await;
             let created = created.map_err(|e| chain(&e))?;
             println!(

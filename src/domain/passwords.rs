@@ -57,10 +57,11 @@ impl PasswordWork {
         Self { jobs }
     }
 
-    /// One worker per core, and a queue of 16 jobs per worker.
-    pub fn per_core() -> Self {
+    /// `workers` threads, one per core when `None`, and at most `queue`
+    /// jobs waiting.
+    pub fn per_core(workers: Option<usize>, queue: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::new(cores, cores * 16)
+        Self::new(workers.unwrap_or(cores), queue)
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, DomainError> {

@@ -117,8 +117,9 @@ async fn admin(app: &TestApp) -> TestUser {
         display_name: None,
         is_admin: true,
     };
-    let created =
-        accounts::create_user(&app.pool, &ferry::domain::passwords::PasswordWork::per_core(), new).await.unwrap();
+    let created = accounts::create_user(&app.pool, &ferry::domain::passwords::PasswordWork::per_core(None, 1), new)
+        .await
+        .unwrap();
     TestUser { id: created.user.id, email, token: created.token }
 }
 
