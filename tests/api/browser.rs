@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
-use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -158,8 +158,8 @@ impl Browser {
     pub async fn open(app: &TestApp) -> Self {
         let driver = program(&["chromedriver", "/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
             .unwrap_or_else(|| panic!("chromedriver not found: {INSTALL}"));
-        // Debian's `/usr/bin/chromium` is a wrapper script; the browser proper
-        // is beside the driver.
+        // Debian's `/usr/bin/chromium` is a wrapper script (it adds flags of
+        // its own); the browser proper is /usr/lib/chromium/chromium.
         let chromium = program(&["/usr/lib/chromium/chromium", "chromium", "chromium-browser"])
             .unwrap_or_else(|| panic!("chromium not found: {INSTALL}"));
 
@@ -192,13 +192,12 @@ impl Browser {
             "pageLoadStrategy": "normal",
         });
         let Value::Object(capabilities) = capabilities else { unreachable!() };
-        let connecting = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(Capabilities::from_iter(capabilities))
-            .connect(&url)
-            .await;
+        let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        let connecting = tokio::time::timeout(STEP, builder.capabilities(capabilities).connect(&url)).await;
         let client = match connecting {
-            Ok(client) => client,
-            Err(e) => panic!("Chromium ({}) did not start: {e}\n{}", chromium.display(), processes.log()),
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!("Chromium ({}) did not start: {e}\n{}", chromium.display(), processes.log()),
+            Err(_) => panic!("Chromium ({}) did not start within {STEP:?}\n{}", chromium.display(), processes.log()),
         };
         let mut browser = Self { client, base: app.address.clone(), width: WIDTHS[1], processes };
         browser.set_width(WIDTHS[1]).await;
@@ -225,6 +224,8 @@ impl Browser {
         let (w, h) = (inner[0].as_u64().unwrap() as u32, inner[1].as_u64().unwrap() as u32);
         if (w, h) != (width, height) {
             step(&what, self.client.set_window_size(2 * width - w, 2 * height - h)).await;
+            let inner = self.eval("return window.innerWidth").await;
+            assert_eq!(inner.as_u64(), Some(width.into()), "browser: the page's viewport after {what}");
         }
     }
 
@@ -249,7 +250,7 @@ impl Browser {
     }
 
     /// Waits until `check` answers `Some`, for at most `WAIT`; the panic
-    /// says what was awaited and what `last` shows at that moment.
+    /// says what was awaited and what the page shows at that moment.
     pub async fn wait_until<T, Fut>(&self, what: &str, mut check: impl FnMut() -> Fut) -> T
     where
         Fut: Future<Output = Option<T>>,
@@ -292,21 +293,28 @@ impl Browser {
         let elements = step("list the page's elements", self.client.find_all(Locator::Css("body *"))).await;
         let mut found = Vec::with_capacity(elements.len());
         for element in elements {
-            let id = element.element_id().to_string();
-            let computed = |property| Computed { element: id.clone(), property };
             // An element replaced meanwhile has no role: it is skipped.
-            let Ok(Value::String(its_role)) = self.client.issue_cmd(computed("computedrole")).await else { continue };
+            let Some(its_role) = self.computed(&element, "computedrole").await else { continue };
             let name = if its_role == role {
-                match self.client.issue_cmd(computed("computedlabel")).await {
-                    Ok(Value::String(name)) => Some(name),
-                    _ => continue,
-                }
+                let Some(name) = self.computed(&element, "computedlabel").await else { continue };
+                Some(name)
             } else {
                 None
             };
             found.push((element, its_role, name));
         }
         found
+    }
+
+    /// Chromium's `computedrole` or `computedlabel` of `element`; `None`
+    /// when the element is no longer in the page.
+    async fn computed(&self, element: &Element, property: &'static str) -> Option<String> {
+        let command = Computed { element: element.element_id().to_string(), property };
+        match tokio::time::timeout(STEP, self.client.issue_cmd(command)).await {
+            Ok(Ok(Value::String(value))) => Some(value),
+            Ok(_) => None,
+            Err(_) => panic!("browser: reading an element's {property}: no answer within {STEP:?}"),
+        }
     }
 
     /// The one element with ARIA role `role` and accessible name `name`, as
