@@ -1,6 +1,7 @@
 //! Integration tests: the real server over real HTTP, on real PostgreSQL.
 
 mod accounts;
+mod browser;
 mod cli;
 mod client_accounts;
 mod client_direct;
@@ -28,3 +29,4 @@ mod sessions;
 mod store;
 mod transfers;
 mod web;
+mod web_browser;

@@ -9,10 +9,10 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, TestUser};
 use crate::membership::expired_invite;
 
-const OWNER_NAME: &str = "Olga Owner";
+pub const OWNER_NAME: &str = "Olga Owner";
 
 /// The owner, signed up with a display name the pages must show.
-async fn owner(app: &TestApp) -> TestUser {
+pub async fn owner(app: &TestApp) -> TestUser {
     let email = format!("olga-{}@example.org", Uuid::new_v4().simple());
     let (status, body) = app
         .call(
@@ -31,7 +31,7 @@ async fn owner(app: &TestApp) -> TestUser {
 }
 
 /// Creates an invite; answers its id and token.
-async fn invite(app: &TestApp, owner: &TestUser, project: Uuid, body: Value) -> (Uuid, String) {
+pub async fn invite(app: &TestApp, owner: &TestUser, project: Uuid, body: Value) -> (Uuid, String) {
     let (status, invite) = app.post(&format!("/api/projects/{project}/invites"), &owner.token, body).await;
     assert_eq!(status, StatusCode::CREATED, "{invite}");
     (invite["id"].as_str().unwrap().parse().unwrap(), invite["token"].as_str().unwrap().to_owned())
