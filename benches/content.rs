@@ -66,7 +66,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let source = src.join(FILE);
     let source_hash = tokio::task::spawn_blocking({
         let source = source.clone();
-        move || generate(&source, size)
+        move || common::noise_file(&source, size)
     })
     .await??;
 
@@ -420,29 +420,6 @@ impl Agent {
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
-}
-
-/// `size` bytes of xorshift noise, fsynced; answers their BLAKE3.
-fn generate(path: &Path, size: u64) -> std::io::Result<String> {
-    let mut file = std::fs::File::create(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut block = vec![0u8; 8 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n])?;
-        hasher.update(&block[..n]);
-        left -= n as u64;
-    }
-    file.sync_all()?;
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// The raw baseline: a listener on 127.0.0.1 reads the file into a socket;

@@ -109,7 +109,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let source = src.join(FILE);
     let mut source_hash = blocking({
         let source = source.clone();
-        move || generate(&source, size)
+        move || common::noise_file(&source, size)
     })
     .await?;
     let generated = started.elapsed();
@@ -546,30 +546,6 @@ async fn chunk_lists(db: &tokio_postgres::Client, project: Uuid) -> Result<Vec<V
                 .collect()
         })
         .collect()
-}
-
-/// Writes `size` bytes of xorshift noise (neither compressible nor
-/// repeating) and fsyncs them; answers their BLAKE3.
-fn generate(path: &Path, size: u64) -> std::io::Result<String> {
-    let mut file = std::fs::File::create(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut block = vec![0u8; 8 << 20];
-    let mut left = size;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n])?;
-        hasher.update(&block[..n]);
-        left -= n as u64;
-    }
-    file.sync_all()?;
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {

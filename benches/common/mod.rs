@@ -9,7 +9,9 @@
 
 use std::error::Error;
 use std::future::Future;
+use std::io::Write;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -397,4 +399,28 @@ pub async fn push_body(app: &App, device_token: &str, project: Uuid, body: Vec<u
         return Err(format!("files/update answered {status}: {}", String::from_utf8_lossy(&bytes)).into());
     }
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Writes `size` bytes of xorshift noise (neither compressible nor
+/// repeating) and fsyncs them; answers their BLAKE3.
+pub fn noise_file(path: &Path, size: u64) -> std::io::Result<String> {
+    let mut file = std::fs::File::create(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 8 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        hasher.update(&block[..n]);
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(hasher.finalize().to_hex().to_string())
 }

@@ -93,14 +93,7 @@ async fn transfer_content(
         active = true;
     }
 
-    let mut response = match &range {
-        Some(r) => {
-            let mut res = HttpResponse::PartialContent();
-            res.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
-            res
-        }
-        None => HttpResponse::Ok(),
-    };
+    let mut response = super::ranged(range.as_ref(), size);
     let mime = HeaderValue::from_str(&content.mime_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     let name = content.file_path.rsplit('/').next().unwrap_or_default();

@@ -355,6 +355,19 @@ pub fn secret(mut builder: actix_web::HttpResponseBuilder) -> actix_web::HttpRes
     builder
 }
 
+/// 200 for a whole object of `size` bytes, or 206 with its `Content-Range`
+/// for one range of it.
+pub fn ranged(range: Option<&std::ops::Range<u64>>, size: u64) -> actix_web::HttpResponseBuilder {
+    match range {
+        Some(r) => {
+            let mut res = HttpResponse::PartialContent();
+            res.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
+            res
+        }
+        None => HttpResponse::Ok(),
+    }
+}
+
 /// `204 No Content`.
 pub fn no_content() -> HttpResponse {
     HttpResponse::NoContent().insert_header((header::CACHE_CONTROL, "no-store")).finish()

@@ -260,14 +260,7 @@ async fn download_chunk(
     let stream = state.chunks.read(project_id, &hash, zstd, range.clone()).await.map_err(relay_error)?;
     let served = range.as_ref().map_or(size, |r| r.end - r.start);
     let stream = count_progress(stream, state.clone(), caller, project_id, params.transfer_id, served as i64);
-    let mut response = match &range {
-        Some(r) => {
-            let mut res = HttpResponse::PartialContent();
-            res.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
-            res
-        }
-        None => HttpResponse::Ok(),
-    };
+    let mut response = super::ranged(range.as_ref(), size);
     response
         .content_type("application/octet-stream")
         .insert_header((header::ACCEPT_RANGES, "bytes"))
