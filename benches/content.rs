@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::{Agent, Person};
 use common::BoxError;
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
@@ -38,8 +39,6 @@ use uuid::Uuid;
 const MIB: u64 = 1024 * 1024;
 const FILE: &str = "big.bin";
 const PASSWORD: &str = "correct horse battery";
-/// Longest wait for something that should happen (a hang check, not a timing claim).
-const WITHIN: Duration = Duration::from_secs(1800);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -81,9 +80,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
 
     let http = reqwest::Client::new();
     let owner = Person::new(&root.0, "owner", &server.address)?;
-    owner
-        .json(&["signup", "--email", &format!("owner-{}@example.org", Uuid::new_v4().simple()), "--password", PASSWORD])
-        .await?;
+    owner.signup().await?;
     let project = field(&owner.json(&["project", "create", "Content"]).await?["id"])?;
     let invite = field(&owner.json(&["invite", "create", &project]).await?["token"])?;
     let member = post(
@@ -102,7 +99,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw1 = raw_copy(&source, size).await?;
     println!("  raw copy, run 1 (before): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 
-    let mut agent = Agent::start(&owner, &project, &src, &root.0)?;
+    let mut agent = Agent::start(&owner, &project, &src, &["--no-direct"], root.0.join("agent.log"))?;
     agent.wait_for("its first push", |v| v["event"] == "synced").await?;
 
     settle().await;
@@ -204,7 +201,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         if ok { "OK" } else { "FAILED" }
     );
     println!("load after: {}", common::load());
-    agent.stop().await;
+    agent.stop().await?;
     server.stop().await;
     Ok(ok)
 }
@@ -321,104 +318,6 @@ async fn transfer_status(
             return Ok(status);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// One person's `ferry` with its own config folder.
-struct Person {
-    config: PathBuf,
-    server: String,
-}
-
-impl Person {
-    fn new(root: &Path, name: &str, server: &str) -> std::io::Result<Self> {
-        let config = root.join(format!("config-{name}"));
-        std::fs::create_dir_all(&config)?;
-        Ok(Self { config, server: server.to_owned() })
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(args)
-            .env("FERRY_CONFIG_DIR", &self.config)
-            .env("FERRY_SERVER", &self.server)
-            .env_remove("FERRY_PASSWORD")
-            .env_remove("FERRY_LISTEN")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs `ferry ARGS --json` to its end; answers its last stdout line.
-    async fn json(&self, args: &[&str]) -> Result<Value, BoxError> {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let output = tokio::time::timeout(WITHIN, self.command(&all).output()).await.map_err(|_| "ferry hung")??;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
-            Some(v) if output.status.success() => Ok(v),
-            _ => Err(format!(
-                "`ferry {}` failed ({}): {stdout} {}",
-                all.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into()),
-        }
-    }
-}
-
-/// `ferry share PROJECT DIR --no-direct --json` in the background.
-struct Agent {
-    child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
-}
-
-impl Agent {
-    fn start(owner: &Person, project: &str, dir: &Path, root: &Path) -> Result<Self, BoxError> {
-        let dir = dir.to_str().ok_or("a non-UTF-8 folder")?;
-        let mut child = owner
-            .command(&["share", project, dir, "--json", "--no-direct"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(root.join("agent.log"))?)
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
-        Ok(self.wait_for_at(what, want).await?.1)
-    }
-
-    async fn wait_for_at(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<(Instant, Value), BoxError> {
-        let deadline = tokio::time::Instant::now() + WITHIN;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some((at, line))) => {
-                    if let Some(value) = serde_json::from_str::<Value>(&line).ok().filter(|v| want(v)) {
-                        return Ok((at, value));
-                    }
-                }
-                _ => return Err(format!("no {what} from the agent").into()),
-            }
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 }
 

@@ -35,25 +35,20 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use common::cli::{path_str, Agent, Person};
 use common::{App, BoxError};
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
 const MIB: u64 = 1024 * 1024;
 const FILE: &str = "big.bin";
-const PASSWORD: &str = "correct horse battery";
 /// The FastCDC maximum chunk (src/client/scan.rs).
 const MAX_CHUNK: u64 = ferry::client::scan::MAX_CHUNK as u64;
 /// The delta goal: a one-byte change costs at most this many chunks.
 const GOAL_CHUNKS: usize = 2;
-/// Longest one `ferry` command may take (a hang check, not a timing claim).
-const COMMAND_WITHIN: Duration = Duration::from_secs(1800);
-/// Longest wait for something the running agent should do.
-const AGENT_WITHIN: Duration = Duration::from_secs(600);
 /// Copy buffer of the raw baseline.
 const RAW_BUFFER: usize = 1 << 20;
 /// Label column of the printed table.
@@ -154,7 +149,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
     for mode in [Mode::Relayed, Mode::Direct] {
         settle().await;
         let started = Instant::now();
-        let mut agent = Agent::start(&owner, &project, &src, mode, &root.0)?;
+        let extra: &[&str] = if mode == Mode::Relayed { &["--no-direct"] } else { &[] };
+        let log = root.0.join(format!("agent-{}.log", mode.name()));
+        let mut agent = Agent::start(&owner, &project, &src, extra, log)?;
         let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await?;
         let scanned = started.elapsed();
         if mode == Mode::Direct {
@@ -362,165 +359,6 @@ struct Delta {
     rehashed: u64,
 }
 
-/// One person on one machine: a config folder and the server.
-struct Person {
-    config: PathBuf,
-    server: String,
-    name: &'static str,
-}
-
-impl Person {
-    fn new(root: &Path, name: &'static str, server: &str) -> std::io::Result<Self> {
-        let config = root.join(format!("config-{name}"));
-        std::fs::create_dir_all(&config)?;
-        Ok(Self { config, server: server.to_owned(), name })
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(args)
-            .env("FERRY_CONFIG_DIR", &self.config)
-            .env("FERRY_SERVER", &self.server)
-            .env_remove("FERRY_PASSWORD")
-            .env_remove("FERRY_LISTEN")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs `ferry ARGS --json` to its end; answers its last stdout line.
-    async fn json(&self, args: &[&str]) -> Result<Value, BoxError> {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let output = match tokio::time::timeout(COMMAND_WITHIN, self.command(&all).output()).await {
-            Ok(output) => output?,
-            Err(_) => return Err(format!("`ferry {}` still running after {COMMAND_WITHIN:?}", all.join(" ")).into()),
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok());
-        match last {
-            Some(v) if output.status.success() => Ok(v),
-            _ => Err(format!(
-                "`ferry {}` failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-                all.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into()),
-        }
-    }
-
-    async fn signup(&self) -> Result<(), BoxError> {
-        let email = format!("{}-{}@example.org", self.name, Uuid::new_v4().simple());
-        self.json(&["signup", "--email", &email, "--password", PASSWORD]).await?;
-        Ok(())
-    }
-
-    /// `ferry pull PROJECT --to DIR --json`, timed from spawn to exit.
-    async fn pull(&self, project: &str, to: &Path) -> Result<(Value, Duration), BoxError> {
-        let started = Instant::now();
-        let result = self.json(&["pull", project, "--to", path_str(to)?]).await?;
-        Ok((result, started.elapsed()))
-    }
-
-    /// Waits until the project's source device is (or is no longer) online.
-    async fn wait_online(&self, project: &str, online: bool) -> Result<(), BoxError> {
-        let deadline = Instant::now() + AGENT_WITHIN;
-        loop {
-            let devices = self.json(&["devices", project]).await?;
-            let any = devices["devices"].as_array().is_some_and(|d| d.iter().any(|d| d["online"] == true));
-            if any == online {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "the agent's device is still {}: {devices}",
-                    if any { "online" } else { "offline" }
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// `ferry share PROJECT DIR --json [--no-direct]` running in the background,
-/// its stdout lines collected, its stderr in a log file; killed when dropped.
-struct Agent {
-    child: tokio::process::Child,
-    /// Each stdout line with when it came.
-    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(owner: &Person, project: &str, dir: &Path, mode: Mode, root: &Path) -> Result<Self, BoxError> {
-        let log = root.join(format!("agent-{}.log", mode.name()));
-        let mut args = vec!["share", project, path_str(dir)?, "--json"];
-        if mode == Mode::Relayed {
-            args.push("--no-direct");
-        }
-        let mut child = owner.command(&args).stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self { child, lines, log })
-    }
-
-    /// The next JSON line that satisfies `want`.
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
-        Ok(self.wait_for_at(what, want).await?.1)
-    }
-
-    /// The next JSON line that satisfies `want`, and when it was printed.
-    async fn wait_for_at(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<(Instant, Value), BoxError> {
-        let deadline = tokio::time::Instant::now() + AGENT_WITHIN;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some((at, line))) => {
-                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                        if want(&value) {
-                            return Ok((at, value));
-                        }
-                    }
-                }
-                Ok(None) => return Err(format!("the agent ended before {what}: {}", self.tail()).into()),
-                Err(_) => {
-                    return Err(format!("no {what} from the agent within {AGENT_WITHIN:?}: {}", self.tail()).into())
-                }
-            }
-        }
-    }
-
-    fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!("stderr:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
-    }
-
-    /// SIGTERM, as Ctrl-C would (it withdraws its direct endpoints), and wait.
-    async fn stop(mut self) -> Result<(), BoxError> {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => {
-                status?;
-                Ok(())
-            }
-            Err(_) => Err(format!("the agent did not stop within 30 s of SIGTERM: {}", self.tail()).into()),
-        }
-    }
-}
-
 /// The file's chunk lists (hash, size), oldest version first, from the
 /// project's event log.
 async fn chunk_lists(db: &tokio_postgres::Client, project: Uuid) -> Result<Vec<Vec<(String, u64)>>, BoxError> {
@@ -640,10 +478,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
 
 fn mb_per_s(bytes: u64, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
-}
-
-fn path_str(path: &Path) -> Result<&str, BoxError> {
-    path.to_str().ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
 }
 
 fn field(v: &Value) -> Result<String, BoxError> {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::error::Error;
 use std::future::Future;
 use std::io::Write;
