@@ -281,15 +281,17 @@ impl TestApp {
     }
 
     pub async fn signup(&self, name: &str) -> TestUser {
+        self.signup_as(name, None).await
+    }
+
+    /// Signs up `name-<random>@example.org`, with a display name if given.
+    pub async fn signup_as(&self, name: &str, display_name: Option<&str>) -> TestUser {
         let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
-        let (status, body) = self
-            .call(
-                Method::POST,
-                "/api/auth/signup",
-                None,
-                Some(&json!({"email": email, "password": "correct horse battery"})),
-            )
-            .await;
+        let mut body = json!({"email": email, "password": "correct horse battery"});
+        if let Some(display_name) = display_name {
+            body["display_name"] = json!(display_name);
+        }
+        let (status, body) = self.call(Method::POST, "/api/auth/signup", None, Some(&body)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         TestUser {
             id: body["user"]["id"].as_str().unwrap().parse().unwrap(),

@@ -13,21 +13,7 @@ pub const OWNER_NAME: &str = "Olga Owner";
 
 /// The owner, signed up with a display name the pages must show.
 pub async fn owner(app: &TestApp) -> TestUser {
-    let email = format!("olga-{}@example.org", Uuid::new_v4().simple());
-    let (status, body) = app
-        .call(
-            Method::POST,
-            "/api/auth/signup",
-            None,
-            Some(&json!({"email": email, "password": "correct horse battery", "display_name": OWNER_NAME})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    TestUser {
-        id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
-        email,
-        token: body["token"].as_str().unwrap().to_owned(),
-    }
+    app.signup_as("olga", Some(OWNER_NAME)).await
 }
 
 /// Creates an invite; answers its id and token.
