@@ -8,6 +8,7 @@ mod auth;
 mod content;
 mod error;
 mod files;
+mod folders;
 mod health;
 mod membership;
 mod openapi;
@@ -68,6 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(projects::routes)
                 .configure(membership::routes)
                 .configure(files::routes)
+                .configure(folders::routes)
                 .configure(transfers::routes)
                 .configure(content::routes)
                 .configure(relay::routes)

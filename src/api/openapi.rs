@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::auth::SESSION_COOKIE;
 use super::resource;
-use super::{accounts, admin, content, files, health, membership, projects, relay, transfers, ws};
+use super::{accounts, admin, content, files, folders, health, membership, projects, relay, transfers, ws};
 use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
 use crate::protocol::files as fil;
@@ -82,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         membership::detach_device,
         files::update_files,
         files::list_files,
+        folders::list_folder,
         files::list_events,
         files::list_project_events,
         transfers::request_download,
@@ -162,6 +163,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         fil::UpdateFilesResponse,
         fil::RemoteFile,
         fil::FilesPage,
+        fil::FolderEntry,
+        fil::FolderPage,
         trf::TransferStatus,
         trf::RequestMode,
         trf::DownloadRequest,

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod events;
 pub mod files;
+pub mod folders;
 pub mod membership;
 pub mod passwords;
 pub mod projects;

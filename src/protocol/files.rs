@@ -197,6 +197,36 @@ pub struct FilesPage {
     pub head_seq: i64,
 }
 
+/// One entry of a folder: a subfolder, or a file directly in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FolderEntry {
+    /// A folder holding at least one live file, at any depth.
+    Folder {
+        name: String,
+        /// The folder's path, ending in `/`.
+        path: String,
+    },
+    File {
+        name: String,
+        #[serde(flatten)]
+        file: RemoteFile,
+    },
+}
+
+/// A page of one folder's entries, ordered by name byte by byte (the
+/// order paths have everywhere in the API).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FolderPage {
+    /// The folder listed, ending in `/` (`/` for the project's top).
+    pub path: String,
+    pub entries: Vec<FolderEntry>,
+    /// Opaque; null on the last page.
+    pub next_cursor: Option<String>,
+    /// The project's head when this page was read: follow up from here.
+    pub head_seq: i64,
+}
+
 /// An opaque keyset cursor: the last key of a page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor(pub String);

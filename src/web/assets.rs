@@ -26,7 +26,16 @@ pub static JS: Asset = Asset {
     stem: "app",
     extension: "js",
     content_type: "text/javascript; charset=utf-8",
-    bytes: include_bytes!("assets/app.js"),
+    // One module made of the sources in order: they share one scope, the
+    // way one file would, and a page loads a single script.
+    bytes: concat!(
+        include_str!("assets/js/common.js"),
+        include_str!("assets/js/live.js"),
+        include_str!("assets/js/transfers.js"),
+        include_str!("assets/js/browse.js"),
+        include_str!("assets/js/settings.js"),
+    )
+    .as_bytes(),
 };
 
 pub static ICON: Asset =

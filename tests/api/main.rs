@@ -14,6 +14,7 @@ mod client_verify;
 mod content;
 mod events;
 mod files;
+mod folders;
 mod hardening;
 mod health;
 mod helpers;

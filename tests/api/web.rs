@@ -255,7 +255,7 @@ async fn the_start_page_is_the_app_with_its_form_and_assets_cached_by_content() 
 #[tokio::test]
 async fn unknown_pages_get_the_apps_404_and_unknown_api_routes_json() {
     let app = TestApp::spawn().await;
-    for path in ["/nope", "/no/such/page", "/apix", "/join/", "/p/unknown/"] {
+    for path in ["/nope", "/no/such/page", "/apix", "/join/", "/p/unknown/", "/p/unknown/settings"] {
         let (status, headers, html) = page(&app, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {html}");
         assert_page(path, &headers, &html);

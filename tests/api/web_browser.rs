@@ -29,11 +29,13 @@ async fn browser_a_member_signs_up_and_joins_from_an_invite_link() {
     browser.wait_for_text(&format!("{OWNER_NAME} invited you to the project Holiday Photos.")).await;
     browser.screenshots("join").await;
 
-    let email = format!("mia-{}@example.org", Uuid::new_v4().simple());
+    let name = format!("mia-{}", Uuid::new_v4().simple());
+    let email = format!("{name}@example.org");
     browser.fill_by_label("Email", &email).await;
     browser.fill_by_label("Password", "correct horse battery").await;
     browser.click("button", "Sign up").await;
-    browser.wait_for_text(&format!("Signed in as {email}.")).await;
+    // Signed up, the same page again, signed in: only Join is left to do.
+    browser.wait_for_text(&format!("You will join as {name} ({email}).")).await;
     browser.screenshots("join-signed-in").await;
 
     browser.click("button", "Join").await;
