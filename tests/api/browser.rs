@@ -150,6 +150,8 @@ pub struct Browser {
     base: String,
     width: u32,
     processes: Processes,
+    /// Where the browser saves what it downloads.
+    downloads: PathBuf,
 }
 
 impl Browser {
@@ -167,6 +169,8 @@ impl Browser {
         std::fs::create_dir_all(&dir).unwrap();
         let (processes, url) = start_driver(&driver, &dir);
         let profile = dir.join("profile");
+        let downloads = dir.join("downloads");
+        std::fs::create_dir_all(&downloads).unwrap();
         let args = [
             "--headless",
             "--no-sandbox",
@@ -188,7 +192,17 @@ impl Browser {
             &format!("--user-data-dir={}", profile.display()),
         ];
         let capabilities = json!({
-            "goog:chromeOptions": {"binary": chromium, "args": args},
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": args,
+                // Saved without asking, where the test reads them.
+                "prefs": {
+                    "download.default_directory": downloads,
+                    "download.prompt_for_download": false,
+                    "download.directory_upgrade": true,
+                    "safebrowsing.enabled": false,
+                },
+            },
             "pageLoadStrategy": "normal",
         });
         let Value::Object(capabilities) = capabilities else { unreachable!() };
@@ -199,7 +213,7 @@ impl Browser {
             Ok(Err(e)) => panic!("Chromium ({}) did not start: {e}\n{}", chromium.display(), processes.log()),
             Err(_) => panic!("Chromium ({}) did not start within {STEP:?}\n{}", chromium.display(), processes.log()),
         };
-        let mut browser = Self { client, base: app.address.clone(), width: WIDTHS[1], processes };
+        let mut browser = Self { client, base: app.address.clone(), width: WIDTHS[1], processes, downloads };
         browser.set_width(WIDTHS[1]).await;
         browser
     }
@@ -321,12 +335,22 @@ impl Browser {
     /// a screen reader finds it; waits for it to appear. Two such elements
     /// are a failure: a person could not tell them apart.
     pub async fn find_by_role(&self, role: &str, name: &str) -> Element {
-        let what = format!("a {role} named {name:?}");
+        self.find_named(role, &format!("named {name:?}"), |n| n == name).await
+    }
+
+    /// The one element of `role` whose accessible name starts with `start`
+    /// (for names that hold a time in the browser's own words).
+    pub async fn find_by_role_starting(&self, role: &str, start: &str) -> Element {
+        self.find_named(role, &format!("named {start:?}…"), |n| n.starts_with(start)).await
+    }
+
+    async fn find_named(&self, role: &str, named: &str, matches: impl Fn(&str) -> bool) -> Element {
+        let what = format!("a {role} {named}");
         let deadline = Instant::now() + WAIT;
         loop {
             let page = self.accessible(role).await;
             let mut matching: Vec<Element> =
-                page.iter().filter(|(_, _, n)| n.as_deref() == Some(name)).map(|(e, _, _)| e.clone()).collect();
+                page.iter().filter(|(_, _, n)| n.as_deref().is_some_and(&matches)).map(|(e, _, _)| e.clone()).collect();
             assert!(matching.len() < 2, "browser: {} elements are {what}", matching.len());
             if let Some(element) = matching.pop() {
                 return element;
@@ -341,6 +365,34 @@ impl Browser {
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether an element of `role` named `name` is on the page now.
+    pub async fn has_role(&self, role: &str, name: &str) -> bool {
+        self.accessible(role).await.iter().any(|(_, _, n)| n.as_deref() == Some(name))
+    }
+
+    /// The bytes of `name` once the browser has saved it whole in its
+    /// downloads folder (Chromium writes a `.crdownload` and renames it at
+    /// the end), waiting at most `within`.
+    pub async fn downloaded(&self, name: &str, within: Duration) -> Vec<u8> {
+        let file = self.downloads.join(name);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(bytes) = std::fs::read(&file) {
+                return bytes;
+            }
+            if Instant::now() >= deadline {
+                let there: Vec<String> = std::fs::read_dir(&self.downloads)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                panic!(
+                    "browser: {name} was not saved within {within:?}; the downloads folder holds {there:?}; the page says:\n{}",
+                    self.text().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

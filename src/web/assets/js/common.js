@@ -104,7 +104,9 @@ function bytes(n) {
     value /= 1000;
     unit += 1;
   }
-  const digits = unit === 0 || value >= 100 ? 0 : 1;
+  // Intl spells a lone byte out ("12 byte"): B reads the same everywhere.
+  if (unit === 0) return `${numbers(0).format(value)} B`;
+  const digits = value >= 100 ? 0 : 1;
   return new Intl.NumberFormat(undefined, {
     style: 'unit', unit: UNITS[unit], unitDisplay: 'short', maximumFractionDigits: digits,
   }).format(value);
