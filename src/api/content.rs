@@ -31,8 +31,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// the response starts at once; it waits (a bounded, configurable time) for
 /// each chunk to land, and aborts rather than finishing when the owner's
 /// device stops sending or the bytes do not verify. A complete, verified
-/// stream completes the transfer. Asking again after an abort (a browser
-/// resuming by `Range`) retries the failed transfer and resumes.
+/// stream completes the transfer. Asking again after an abort with a
+/// `Range` (a browser resuming) retries the failed transfer and resumes;
+/// asking for the whole file of a failed transfer is a 409 until it is
+/// retried.
 #[utoipa::path(
     get,
     path = "/api/projects/{project_id}/transfers/{transfer_id}/content",
@@ -53,7 +55,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 401, description = "No or invalid token", body = ErrorBody),
         (status = 403, description = "`requester_only`: the owner sees the transfer, only its requester downloads it", body = ErrorBody),
         (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = ErrorBody),
-        (status = 409, description = "The transfer was cancelled or expired, the file changed, or no retry is left", body = ErrorBody),
+        (status = 409, description = "The transfer was cancelled or expired, the file changed, no retry is left, or it failed and the request is not a resume (`transfer_failed`: retry it first)", body = ErrorBody),
         (status = 416, description = "`range_not_satisfiable`: the range starts past the end", body = ErrorBody),
     )
 )]
@@ -83,8 +85,18 @@ async fn transfer_content(
 
     let mut active = content.status.is_active();
     if content.status == TransferStatus::Failed {
-        // An earlier stream aborted (and said why on the transfer): asking
-        // again is the retry, and a `Range` resumes where the browser stopped.
+        // An earlier stream aborted (and said why on the transfer). A
+        // browser resuming by `Range` retries it and goes on where it
+        // stopped. Asked whole, it is not retried behind the person's back
+        // (a browser restarting on its own would use every retry up while
+        // the owner's device is away): the page's Retry does that.
+        if range_header.is_none() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "transfer_failed",
+                "this download failed: retry it (POST .../retry, the page's Retry), or resume it with a Range",
+            ));
+        }
         let policy = state.transfers;
         domain::execute(&state.pool, caller.clone(), None, move |tx, cmd| {
             Box::pin(async move { transfers::retry(tx, cmd, &policy, project_id, transfer_id).await })

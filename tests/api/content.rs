@@ -152,6 +152,15 @@ async fn an_aborted_stream_says_why_and_a_range_resumes_it() {
     let t = transfer_becomes(&app, &r, transfer, "failed").await;
     assert_eq!(t["error_message"], "source_offline", "{t}");
 
+    // Asked whole again, a failed download is not retried behind anyone's
+    // back: that is for the page's Retry, or a resume.
+    let res = app.http.get(app.url(&content_path(&r, transfer))).bearer_auth(&r.member.token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "transfer_failed", "{body}");
+    let t = transfer_becomes(&app, &r, transfer, "failed").await;
+    assert_eq!(t["attempts"], 1, "{t}");
+
     // The device sends the rest; the browser resumes where it stopped.
     assert_eq!(r.put(&app, &r.device, &hash(&chunks[2]), chunks[2].clone(), false).await.0, StatusCode::CREATED);
     let res = app

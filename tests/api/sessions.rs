@@ -70,7 +70,7 @@ fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> Reque
 
 /// Signs in with a cookie session from the app's own origin; answers the
 /// `name=value` to send back.
-async fn cookie_login(app: &TestApp, email: &str) -> String {
+pub async fn cookie_login(app: &TestApp, email: &str) -> String {
     let login = Answer::of(
         request(app, Method::POST, "/api/auth/login")
             .header(ORIGIN, &app.address)

@@ -266,3 +266,94 @@ async fn unknown_pages_get_the_apps_404_and_unknown_api_routes_json() {
         assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{path}");
     }
 }
+
+/// A page as the visitor holding `cookie` (a session) sees it.
+async fn page_as(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, String) {
+    let mut request = app.http.get(app.url(path));
+    if let Some(cookie) = cookie {
+        request = request.header(reqwest::header::COOKIE, cookie);
+    }
+    let res = request.send().await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let html = res.text().await.unwrap();
+    assert_page(path, &headers, &html);
+    (status, html)
+}
+
+#[tokio::test]
+async fn project_pages_are_for_their_members_and_settings_for_the_owner() {
+    let app = TestApp::spawn().await;
+    let owner = owner(&app).await;
+    let member = app.signup_as("mo", Some("Mo")).await;
+    let stranger = app.signup("stranger").await;
+    let project = app.create_project(&owner, "Choir <Scores>").await;
+    let (_, token) = invite(&app, &owner, project, json!({})).await;
+    assert_eq!(accept(&app, &member, &token).await.0, StatusCode::OK);
+    let [owner_cookie, member_cookie, stranger_cookie] = [&owner, &member, &stranger].map(|u| u.email.clone());
+    let owner_cookie = crate::sessions::cookie_login(&app, &owner_cookie).await;
+    let member_cookie = crate::sessions::cookie_login(&app, &member_cookie).await;
+    let stranger_cookie = crate::sessions::cookie_login(&app, &stranger_cookie).await;
+    let top = format!("/p/{project}/");
+    let settings = format!("/p/{project}/settings");
+
+    // Signed in, `/` lists the visitor's projects, each a link by its name (escaped).
+    let (status, html) = page_as(&app, "/", Some(&member_cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(&format!(r#"<a class="name" href="{top}">Choir &lt;Scores&gt;</a>"#)), "{html}");
+    assert!(html.contains("Signed in as <strong>Mo</strong>"), "{html}");
+    let (_, html) = page_as(&app, "/", Some(&stranger_cookie)).await;
+    assert!(html.contains("You are not in any project yet") && !html.contains("Choir"), "{html}");
+
+    // The folder page: the owner and a member; a folder by its escaped segments.
+    for (cookie, role) in [(&owner_cookie, "owner"), (&member_cookie, "member")] {
+        let (status, html) = page_as(&app, &top, Some(cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{role}: {html}");
+        assert!(html.contains(&format!(r#"data-folder="/" data-role="{role}""#)), "{role}: {html}");
+        assert_eq!(html.contains("Project settings"), role == "owner", "{role}: {html}");
+    }
+    let (status, html) = page_as(&app, &format!("{top}Sheet%20music/%C3%9Cbung/"), Some(&member_cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains(r#"data-folder="/Sheet music/Übung/""#), "{html}");
+    assert!(html.contains(&format!(r#"href="{top}Sheet%20music/""#)), "the trail links each folder: {html}");
+    for bad in ["a", "a//b/", "..%2F/", "%FF/"] {
+        let (status, _) = page_as(&app, &format!("{top}{bad}"), Some(&member_cookie)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+    }
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = no_redirects.get(app.url(&format!("/p/{project}"))).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(res.headers()[reqwest::header::LOCATION], top.as_str());
+
+    // Settings: the owner's; a member is told so; a stranger learns nothing.
+    let (status, html) = page_as(&app, &settings, Some(&owner_cookie)).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(html.contains("Create invite link"), "{html}");
+    let (status, html) = page_as(&app, &settings, Some(&member_cookie)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{html}");
+    assert!(html.contains("Only the project's owner can see this page"), "{html}");
+    for path in [&top, &settings] {
+        let (status, html) = page_as(&app, path, Some(&stranger_cookie)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!html.contains("Choir"), "{path} names the project to a stranger: {html}");
+    }
+
+    // Not signed in: the same sign-in page for a real project and a made-up one.
+    let (status, real) = page_as(&app, &top, None).await;
+    let (_, made_up) = page_as(&app, &format!("/p/{}/", Uuid::now_v7()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(real.contains("Sign in to see this project") && !real.contains("Choir"), "{real}");
+    assert_eq!(real, made_up);
+    // A session that ended is no session: the page asks to sign in again.
+    let res = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .header(reqwest::header::COOKIE, &owner_cookie)
+        .header(reqwest::header::ORIGIN, &app.address)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let (status, html) = page_as(&app, &settings, Some(&owner_cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Sign in to see this project"), "{html}");
+}

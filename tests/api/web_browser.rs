@@ -190,3 +190,118 @@ async fn browser_a_member_browses_sees_new_files_live_and_downloads_the_exact_fi
     browser.screenshots("downloaded").await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_download_that_failed_while_the_owner_was_offline_is_retried_from_the_page() {
+    // A browser download waits 2 s for the owner's computer, then fails.
+    let app = TestApp::spawn_with(|s| s.relay.content_wait_seconds = 2).await;
+    let owner = Person::new(&app, "web-offline-owner");
+    owner.signup("owner").await;
+    let project = owner.json(&["project", "create", "Offline"]).await["id"].as_str().unwrap().to_owned();
+    let tree = TempDir::new("web-offline");
+    let report = noise(3 * 1000 * 1000, 11);
+    write(tree.path(), "report.pdf", &report);
+    // Shared once, then the owner's computer goes away.
+    owner.json(&["share", &project, tree.path().to_str().unwrap(), "--once"]).await;
+    let member = app.signup_as("max", Some("Max")).await;
+    let token = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
+    let (status, body) = app.post("/api/invites/accept", &member.token, json!({"token": token})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut browser = Browser::open(&app).await;
+    browser.goto(&format!("/p/{project}/")).await;
+    browser.find_by_role("heading", "Sign in to see this project").await;
+    browser.fill_by_label("Email", &member.email).await;
+    browser.fill_by_label("Password", "correct horse battery").await;
+    browser.click("button", "Sign in").await;
+    browser.click("button", "Download report.pdf").await;
+    browser.wait_for_text("which is offline").await;
+    browser.screenshots("waiting-offline").await;
+    browser.wait_for_text("Failed: the owner’s computer is offline. Choose Retry to ask again.").await;
+    browser.screenshots("failed").await;
+
+    // The owner's computer is back; Retry asks again and the browser saves it.
+    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    browser.click("button", "Retry").await;
+    browser.wait_for_text("Done: 3 MB, verified.").await;
+    let saved = browser.downloaded("report.pdf", Duration::from_secs(60)).await;
+    assert_eq!(blake3::hash(&saved), blake3::hash(&report), "the saved file is not the owner's");
+    let (status, transfers) = app.get(&format!("/api/projects/{project}/transfers"), &member.token).await;
+    assert_eq!(status, StatusCode::OK, "{transfers}");
+    let only = &transfers["transfers"][0];
+    assert_eq!((only["status"].as_str(), only["attempts"].as_i64()), (Some("completed"), Some(2)), "{transfers}");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn browser_the_owner_creates_copies_and_revokes_an_invite_and_a_stranger_sees_no_project() {
+    let app = TestApp::spawn().await;
+    let owner = owner(&app).await;
+    let project = app.create_project(&owner, "Band Rehearsals").await;
+    app.source_device(&owner, project).await;
+    let member = app.signup_as("pia", Some("Pia")).await;
+    let (_, token) = invite(&app, &owner, project, json!({})).await;
+    let (status, body) = app.post("/api/invites/accept", &member.token, json!({"token": token})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let mut browser = Browser::open(&app).await;
+    sign_in(&browser, &owner.email).await;
+    browser.click("link", "Band Rehearsals").await;
+    browser.click("link", "Project settings").await;
+    browser.wait_for_path(&format!("/p/{project}/settings")).await;
+    browser.wait_for_text("studio").await;
+    browser.wait_for_text("Offline").await;
+    browser.click("button", "Create invite link").await;
+    let field = browser.find_by_role("textbox", "New invite link").await;
+    let link = browser
+        .wait_until("the new invite link", || async {
+            field.prop("value").await.ok().flatten().filter(|v| v.contains("/join/"))
+        })
+        .await;
+    browser.click("button", "Copy").await;
+    browser.wait_for_text("Invite link copied.").await;
+    browser.screenshots("settings").await;
+
+    // The link shown works until the owner revokes it.
+    let path = link.strip_prefix(&app.address).unwrap_or_else(|| panic!("{link} is not on {}", app.address));
+    let preview_path = path.replace("/join/", "/api/invites/");
+    let (status, preview) = app.call(Method::GET, &preview_path, None, None).await;
+    assert_eq!((status, preview["usable"].as_bool()), (StatusCode::OK, Some(true)), "{preview}");
+    let active = browser.text().await.matches("Invite link · Active").count();
+    assert_eq!(active, 1, "one invite is still usable (the other was used)");
+    let revoke = browser.find_by_role_starting("button", "Revoke the invite link that expires").await;
+    revoke.click().await.unwrap();
+    browser.wait_for_text("Invite link revoked").await;
+    let (_, preview) = app.call(Method::GET, &preview_path, None, None).await;
+    assert_eq!(preview["reason"].as_str(), Some("revoked"), "{preview}");
+
+    // Removing a member.
+    browser.click("button", "Remove Pia").await;
+    browser.wait_for_text("Pia was removed from the project.").await;
+    let (status, _) = app.get(&format!("/api/projects/{project}"), &member.token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the removed member still sees the project");
+    browser.screenshots("settings-after").await;
+
+    // A stranger, signed in, sees none of it.
+    browser.click("button", "Sign out").await;
+    browser.find_by_role("heading", "Sign in to Ferry").await;
+    let stranger = app.signup("stranger").await;
+    sign_in(&browser, &stranger.email).await;
+    browser.wait_for_text("You are not in any project yet.").await;
+    for page in [format!("/p/{project}/"), format!("/p/{project}/settings")] {
+        browser.goto(&page).await;
+        browser.find_by_role("heading", "Page not found").await;
+        assert!(!browser.text().await.contains("Band Rehearsals"), "{page} names the project");
+    }
+    browser.close().await;
+}
+
+/// Signs in on the start page, and waits for the projects list.
+async fn sign_in(browser: &Browser, email: &str) {
+    browser.goto("/").await;
+    browser.fill_by_label("Email", email).await;
+    browser.fill_by_label("Password", "correct horse battery").await;
+    browser.click("button", "Sign in").await;
+    browser.find_by_role("heading", "Your projects").await;
+}

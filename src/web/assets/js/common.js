@@ -44,6 +44,7 @@ const WORDS = {
   transfer_cancelled: 'This download was cancelled.',
   transfer_completed: 'This download is already done.',
   transfer_expired: 'This download expired.',
+  transfer_failed: 'This download failed. Choose Retry to ask for it again.',
   transfer_in_progress: 'This download is still going.',
   transfer_pending: 'This download has not started yet.',
   too_many_attempts: 'Too many attempts.',

@@ -35,11 +35,11 @@ function save(id) {
 
 /** One transfer's state in words. */
 function describe(t) {
-  const source = t.source?.name ?? 'the owner’s computer';
+  const source = t.source ? `the owner’s computer “${t.source.name}”` : 'the owner’s computer';
   switch (t.status) {
     case 'pending':
       return t.source && !t.source.online
-        ? `Waiting for ${source}, which is offline. It starts when ${source} is back online.`
+        ? `Waiting for ${source}, which is offline. The download starts when it is back online.`
         : `Waiting for ${source} to start sending.`;
     case 'in_progress': {
       const parts = [`${Math.floor(t.percent)}%`, `${bytes(t.bytes)} of ${bytes(t.total)}`];
@@ -50,7 +50,7 @@ function describe(t) {
     case 'completed':
       return `Done: ${bytes(t.total)}, verified.`;
     case 'failed':
-      return `Failed: ${REASONS[t.error] ?? t.error ?? 'it did not arrive whole'}.`;
+      return `Failed: ${REASONS[t.error] ?? t.error ?? 'it did not arrive whole'}. Choose Retry to ask again.`;
     case 'cancelled':
       return 'Cancelled.';
     case 'expired':
