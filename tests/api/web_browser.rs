@@ -129,7 +129,7 @@ fn percent_shown(text: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_a_member_browses_sees_new_files_live_and_downloads_the_exact_file() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     // The owner's computer sends at 4 MB/s: 30 MB take several seconds.
     let uplink = SlowUplink::to(&app, 4e6).await;
     let owner = Person { config: TempDir::new("web-owner"), server: uplink.url.clone() };
@@ -168,8 +168,18 @@ async fn browser_a_member_browses_sees_new_files_live_and_downloads_the_exact_fi
     browser.eval("window.notReloaded = true; return null").await;
     write(tree.path(), "Photos 2026/new.txt", b"just taken");
     browser.find_by_role("button", "Download new.txt").await;
-    assert_eq!(browser.eval("return window.notReloaded === true").await, true, "the page was reloaded");
     browser.screenshots("folder").await;
+
+    // The server restarts: the page reconnects and resumes after the last
+    // seq it saw, so what changed meanwhile arrives, once.
+    app.restart().await;
+    std::fs::remove_file(tree.path().join("Photos 2026/new.txt")).unwrap();
+    write(tree.path(), "Photos 2026/after the restart.txt", b"still here");
+    browser.find_by_role("button", "Download after the restart.txt").await;
+    browser
+        .wait_until("new.txt to disappear", || async { (!browser.text().await.contains("new.txt")).then_some(()) })
+        .await;
+    assert_eq!(browser.eval("return window.notReloaded === true").await, true, "the page was reloaded");
 
     // Download: the transfer's state moves on the page while the owner's
     // computer sends, and the browser saves the exact file.
@@ -239,19 +249,45 @@ async fn browser_the_owner_creates_copies_and_revokes_an_invite_and_a_stranger_s
     let app = TestApp::spawn().await;
     let owner = owner(&app).await;
     let project = app.create_project(&owner, "Band Rehearsals").await;
-    app.source_device(&owner, project).await;
     let member = app.signup_as("pia", Some("Pia")).await;
     let (_, token) = invite(&app, &owner, project, json!({})).await;
     let (status, body) = app.post("/api/invites/accept", &member.token, json!({"token": token})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
+    // A folder longer than a page, and a member's download waiting for the
+    // owner's computer.
+    let source = app.source_device(&owner, project).await;
+    let takes: Vec<_> = (0..105)
+        .map(|i| json!({"op": "upsert", "path": format!("/Takes/take-{i:03}.wav"), "size": 1000 + i, "hash": blake3::hash(&[i as u8]).to_hex().to_string()}))
+        .collect();
+    let (status, body) = app.push(&source, project, json!(takes)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/projects/{project}/files/download"),
+            &member.token,
+            json!({"file_path": "/Takes/take-007.wav"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
     let mut browser = Browser::open(&app).await;
     sign_in(&browser, &owner.email).await;
+    browser.click("link", "Band Rehearsals").await;
+    browser.click("link", "Takes").await;
+    browser.wait_for_text("take-099.wav").await;
+    assert!(!browser.text().await.contains("take-100.wav"), "the first page holds 100 entries");
+    browser.click("button", "Show more files").await;
+    browser.wait_for_text("take-104.wav").await;
+    assert_eq!(browser.text().await.matches(".wav").count(), 105, "every take once");
     browser.click("link", "Band Rehearsals").await;
     browser.click("link", "Project settings").await;
     browser.wait_for_path(&format!("/p/{project}/settings")).await;
     browser.wait_for_text("studio").await;
-    browser.wait_for_text("Offline").await;
+    browser.wait_for_text("Shares the files · Offline").await;
+    // Every transfer, whoever asked.
+    browser.wait_for_text("Asked by Pia").await;
+    browser.wait_for_text("Waiting for the owner’s computer “studio”, which is offline.").await;
     browser.click("button", "Create invite link").await;
     let field = browser.find_by_role("textbox", "New invite link").await;
     let link = browser
