@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::elements::Element;
+use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -366,6 +368,40 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Presses and releases one key (a `fantoccini::key::Key`), wherever
+    /// the focus is, as a keyboard would.
+    pub async fn press(&self, key: Key) {
+        let code = char::from(key);
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: code })
+            .then(KeyAction::Up { value: code });
+        step(&format!("press {key:?}"), self.client.perform_actions(keys)).await;
+    }
+
+    /// Moves the focus with Tab alone until it is on the element of `role`
+    /// named `name`, and checks that a person can see where it is (an
+    /// outline). Fails when Tab never gets there.
+    pub async fn tab_to(&self, role: &str, name: &str) {
+        const MOST: usize = 80;
+        for _ in 0..MOST {
+            self.press(Key::Tab).await;
+            let focused = step("read the focused element", self.client.active_element()).await;
+            if self.computed(&focused, "computedrole").await.as_deref() == Some(role)
+                && self.computed(&focused, "computedlabel").await.as_deref() == Some(name)
+            {
+                let visible = self
+                    .eval(
+                        "const s = getComputedStyle(document.activeElement); \
+                         return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 2",
+                    )
+                    .await;
+                assert_eq!(visible, true, "browser: the focus on the {role} {name:?} is not visible");
+                return;
+            }
+        }
+        panic!("browser: {MOST} presses of Tab never reached a {role} named {name:?}");
     }
 
     /// Whether an element of `role` named `name` is on the page now.

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use fantoccini::key::Key;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -233,7 +234,9 @@ async fn browser_a_download_that_failed_while_the_owner_was_offline_is_retried_f
     // The owner's computer is back; Retry asks again and the browser saves it.
     let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
-    browser.click("button", "Retry").await;
+    // By keyboard alone, as some people use it.
+    browser.tab_to("button", "Retry").await;
+    browser.press(Key::Enter).await;
     browser.wait_for_text("Done: 3 MB, verified.").await;
     let saved = browser.downloaded("report.pdf", Duration::from_secs(60)).await;
     assert_eq!(blake3::hash(&saved), blake3::hash(&report), "the saved file is not the owner's");
