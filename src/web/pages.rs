@@ -158,7 +158,7 @@ pub fn join(invite: &InvitePreview, visitor: Option<&User>) -> Markup {
                     } @else {
                         p { "Once you are signed in, join to see its files." }
                     }
-                    button id="join" type="button" { "Join" }
+                    button id="join" type="button" data-project=(invite.project_id) { "Join" }
                     p id="join-status" class="status" role="status" aria-live="polite" {}
                 }
             },

@@ -180,6 +180,9 @@ async fn browser_a_member_browses_sees_new_files_live_and_downloads_the_exact_fi
     browser
         .wait_until("new.txt to disappear", || async { (!browser.text().await.contains("new.txt")).then_some(()) })
         .await;
+    // A file the owner changes shows its new size.
+    write(tree.path(), "Photos 2026/after the restart.txt", b"still here, and longer");
+    browser.wait_for_text("22 B").await;
     assert_eq!(browser.eval("return window.notReloaded === true").await, true, "the page was reloaded");
 
     // Download: the transfer's state moves on the page while the owner's

@@ -185,13 +185,18 @@ if (join) {
     const token = decodeURIComponent(location.pathname.replace(/^\/join\//, ''));
     join.disabled = true;
     status.textContent = 'Joining…';
-    const joined = await attempt(status, () => api('POST', '/api/invites/accept', { token }));
-    if (joined) {
+    try {
+      const joined = await api('POST', '/api/invites/accept', { token });
       status.textContent = 'You joined the project.';
       location.assign(`/p/${encodeURIComponent(joined.project_id)}/`);
-      return;
+    } catch (refusal) {
+      if (refusal.code === 'already_member') {
+        // Nothing to join: the project is theirs to open already.
+        location.assign(`/p/${encodeURIComponent(join.dataset.project)}/`);
+        return;
+      }
+      status.textContent = refusal.status === 401 ? 'Sign in or sign up above first, then choose Join.' : refusal.message;
+      join.disabled = false;
     }
-    if (status.textContent === WORDS[401]) status.textContent = 'Sign in or sign up above first, then choose Join.';
-    join.disabled = false;
   });
 }
