@@ -404,11 +404,6 @@ impl Browser {
         panic!("browser: {MOST} presses of Tab never reached a {role} named {name:?}");
     }
 
-    /// Whether an element of `role` named `name` is on the page now.
-    pub async fn has_role(&self, role: &str, name: &str) -> bool {
-        self.accessible(role).await.iter().any(|(_, _, n)| n.as_deref() == Some(name))
-    }
-
     /// The bytes of `name` once the browser has saved it whole in its
     /// downloads folder (Chromium writes a `.crdownload` and renames it at
     /// the end), waiting at most `within`.
