@@ -13,6 +13,7 @@ use super::output::{human_bytes, table, Output};
 use super::ClientError;
 use crate::protocol::accounts::{LoginRequest, SignupRequest};
 use crate::protocol::membership::CreateInviteRequest;
+use crate::protocol::projects::Role;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Share a project's files from the owner's machine with its members")]
@@ -39,8 +40,9 @@ pub enum Command {
     Signup {
         #[arg(long)]
         email: String,
-        #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        /// The name others see (default: the email's part before the @).
         #[arg(long)]
         display_name: Option<String>,
     },
@@ -48,8 +50,8 @@ pub enum Command {
     Login {
         #[arg(long)]
         email: String,
-        #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[command(flatten)]
+        password: PasswordArgs,
     },
     /// End the session: the token stops working.
     Logout,
@@ -59,16 +61,27 @@ pub enum Command {
     /// Invite people to a project (owner).
     #[command(subcommand)]
     Invite(InviteCommand),
-    /// Join a project with an invite token.
-    Join { token: String },
+    /// Join a project with an invite.
+    Join {
+        /// The invite link (`https://…/join/<token>`) or its token.
+        invite: String,
+    },
     /// List a project's members.
-    Members { project: String },
+    Members {
+        /// The project: its name or id.
+        project: String,
+    },
     /// List your devices, or with PROJECT the devices attached to it.
-    Devices { project: Option<String> },
+    Devices {
+        /// The project: its name or id.
+        project: Option<String>,
+    },
     /// Owner: share DIR as PROJECT from this machine, then watch it and
     /// serve transfer requests until stopped.
     Share {
+        /// The project: its name or id.
         project: String,
+        /// The folder whose files the project shares.
         dir: PathBuf,
         /// Scan, push the changes and exit.
         #[arg(long)]
@@ -85,13 +98,21 @@ pub enum Command {
         no_direct: bool,
     },
     /// List the project's files (all, or those under PREFIX).
-    Ls { project: String, prefix: Option<String> },
+    Ls {
+        /// The project: its name or id.
+        project: String,
+        /// Only paths starting with this, e.g. /documents/.
+        prefix: Option<String>,
+    },
     /// Member: download files (all, or the PATHs: files or folders) into
     /// DIR, fetching only the chunks DIR lacks; resumes an interrupted pull.
     Pull {
+        /// The project: its name or id.
         project: String,
+        /// Files or folders of the project to download (default: all).
         paths: Vec<String>,
-        #[arg(long)]
+        /// The folder to download into.
+        #[arg(long, value_name = "DIR")]
         to: PathBuf,
         /// Longest wait, in seconds, for the owner's machine to provide a chunk.
         #[arg(long, default_value_t = 600)]
@@ -100,29 +121,82 @@ pub enum Command {
     /// Member: pull everything into DIR, then follow the project live and
     /// keep DIR current (adds, edits, deletes, moves) until stopped.
     Sync {
+        /// The project: its name or id.
         project: String,
-        dir: PathBuf,
+        /// The folder to keep current (or give it as --to DIR, as `pull` does).
+        #[arg(required_unless_present = "to", conflicts_with = "to")]
+        dir: Option<PathBuf>,
+        /// The folder to keep current.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
         /// Longest wait, in seconds, for the owner's machine to provide a chunk.
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
     /// List the project's transfers and their progress; at a terminal, then
     /// follow the open ones live until they end.
-    Transfers { project: String },
+    Transfers {
+        /// The project: its name or id.
+        project: String,
+    },
+}
+
+/// How a password is given: prompted for at a terminal, else a flag.
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// The password (visible in the process list: prefer the prompt, or --password-stdin).
+    #[arg(long, env = "FERRY_PASSWORD", hide_env_values = true, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input (for scripts).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    /// The password: from stdin when asked, the flag, else a prompt that
+    /// does not echo, at a terminal only.
+    fn read(self) -> Result<String, ClientError> {
+        use std::io::{BufRead, IsTerminal};
+        let password = if self.password_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| ClientError::Usage(format!("cannot read the password from standard input: {e}")))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        } else if let Some(password) = self.password {
+            password
+        } else if std::io::stdin().is_terminal() {
+            rpassword::prompt_password("Password: ")
+                .map_err(|e| ClientError::Usage(format!("cannot read the password: {e}")))?
+        } else {
+            return Err(ClientError::Usage(
+                "no password: not at a terminal, so give --password-stdin (or --password, or FERRY_PASSWORD)".into(),
+            ));
+        };
+        if password.is_empty() {
+            return Err(ClientError::Usage("the password is empty".into()));
+        }
+        Ok(password)
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Create a project; you become its owner.
-    Create { name: String },
+    Create {
+        /// Its name, 1 to 200 characters.
+        name: String,
+    },
     /// List your projects.
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum InviteCommand {
-    /// Create an invite and print its token (shown only once).
+    /// Create an invite and print its link (shown only once).
     Create {
+        /// The project: its name or id.
         project: String,
         #[arg(long)]
         max_uses: Option<i64>,
@@ -131,9 +205,17 @@ pub enum InviteCommand {
         expires_in: Option<i64>,
     },
     /// List a project's invites.
-    List { project: String },
+    List {
+        /// The project: its name or id.
+        project: String,
+    },
     /// Revoke an invite.
-    Revoke { project: String, invite_id: Uuid },
+    Revoke {
+        /// The project: its name or id.
+        project: String,
+        /// The invite's id, as `invite list` shows it.
+        invite_id: Uuid,
+    },
 }
 
 /// Runs a command line; prints errors and answers the exit code.
@@ -169,7 +251,7 @@ impl Session {
     pub fn open(server: Option<&str>) -> Result<Self, ClientError> {
         let dir = config_dir()?;
         let config = Config::load(&dir)?;
-        let server = config.resolve_server(server);
+        let server = config.resolve_server(server)?;
         Ok(Self { dir, config, server })
     }
 
@@ -209,213 +291,273 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
     let mut session = Session::open(cli.global.server.as_deref())?;
     match cli.command {
         Command::Signup { email, password, display_name } => {
-            let auth =
-                session.anonymous().signup(&SignupRequest { email, password, display_name, session: None }).await?;
-            remember_login(&mut session, &auth)?;
-            out.result(json!({"user_id": auth.user.id}), || {
-                format!("Signed up and logged in as {} on {}.", auth.user.email, session.server)
-            });
+            signup(&mut session, out, email, password.read()?, display_name).await
         }
-        Command::Login { email, password } => {
-            let auth = session.anonymous().login(&LoginRequest { email, password, session: None }).await?;
-            remember_login(&mut session, &auth)?;
-            out.result(json!({"user_id": auth.user.id}), || {
-                format!("Logged in as {} on {}.", auth.user.email, session.server)
-            });
-        }
-        Command::Logout => {
-            let api = session.user()?;
-            match api.logout().await {
-                Ok(()) | Err(ClientError::Api { status: 401, .. }) => {}
-                Err(e) => return Err(e),
-            }
-            let profile = session.config.profile_mut(&session.server.clone());
-            profile.token = None;
-            session.save()?;
-            out.result(json!({"logged_out": true}), || format!("Logged out of {}.", session.server));
-        }
-        Command::Project(ProjectCommand::Create { name }) => {
-            let p = session.user()?.create_project(&name).await?;
-            out.result(json!({"id": p.id, "name": p.name}), || format!("Created project {:?} ({}).", p.name, p.id));
-        }
-        Command::Project(ProjectCommand::List) => {
-            let projects = session.user()?.projects().await?.projects;
-            out.result(json!({"projects": projects}), || {
-                if projects.is_empty() {
-                    return "No projects yet: `ferry project create NAME` makes one.".into();
-                }
-                let rows = projects
-                    .iter()
-                    .map(|p| {
-                        vec![
-                            p.id.to_string(),
-                            p.name.clone(),
-                            p.role.as_str().into(),
-                            p.created_at.format("%Y-%m-%d %H:%M").to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["id", "name", "role", "created"], &rows)
-            });
-        }
+        Command::Login { email, password } => login(&mut session, out, email, password.read()?).await,
+        Command::Logout => logout(&mut session, out).await,
+        Command::Project(ProjectCommand::Create { name }) => create_project(&session, out, &name).await,
+        Command::Project(ProjectCommand::List) => list_projects(&session, out).await,
         Command::Invite(InviteCommand::Create { project, max_uses, expires_in }) => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let invite =
-                api.create_invite(project, &CreateInviteRequest { expires_in_seconds: expires_in, max_uses }).await?;
-            out.result(json!({"token": invite.token, "expires_at": invite.expires_at, "id": invite.id, "max_uses": invite.max_uses}), || {
-                format!(
-                    "Invite created (id {}), usable {} time(s) until {}.\nShare this token; it is shown only now:\n{}",
-                    invite.id, invite.max_uses, invite.expires_at, invite.token
-                )
-            });
+            create_invite(&session, out, &project, CreateInviteRequest { expires_in_seconds: expires_in, max_uses })
+                .await
         }
-        Command::Invite(InviteCommand::List { project }) => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let invites = api.invites(project).await?.invites;
-            out.result(json!({"invites": invites}), || {
-                let rows = invites
-                    .iter()
-                    .map(|i| {
-                        let state = if i.revoked {
-                            "revoked"
-                        } else if i.uses >= i.max_uses {
-                            "used up"
-                        } else if i.expires_at < chrono::Utc::now() {
-                            "expired"
-                        } else {
-                            "open"
-                        };
-                        vec![
-                            i.id.to_string(),
-                            format!("{}/{}", i.uses, i.max_uses),
-                            i.expires_at.format("%Y-%m-%d %H:%M").to_string(),
-                            state.into(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["id", "uses", "expires", "state"], &rows)
-            });
-        }
+        Command::Invite(InviteCommand::List { project }) => list_invites(&session, out, &project).await,
         Command::Invite(InviteCommand::Revoke { project, invite_id }) => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            api.revoke_invite(project, invite_id).await?;
-            out.result(json!({"revoked": invite_id}), || format!("Invite {invite_id} revoked."));
+            revoke_invite(&session, out, &project, invite_id).await
         }
-        Command::Join { token } => {
-            let accepted = session.user()?.accept_invite(&token).await?;
-            out.result(json!({"project_id": accepted.project_id}), || {
-                format!("Joined project {} as a member.", accepted.project_id)
-            });
-        }
-        Command::Members { project } => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let members = api.members(project).await?.members;
-            out.result(json!({"members": members}), || {
-                let rows = members
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.user_id.to_string(),
-                            m.display_name.clone(),
-                            m.role.as_str().into(),
-                            m.joined_at.format("%Y-%m-%d %H:%M").to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["user id", "name", "role", "joined"], &rows)
-            });
-        }
-        Command::Devices { project: None } => {
-            let devices = session.user()?.devices().await?.devices;
-            let this = session.config.profile(&session.server).and_then(|p| p.device.as_ref()).map(|d| d.id);
-            out.result(json!({"devices": devices}), || {
-                let rows = devices
-                    .iter()
-                    .map(|d| {
-                        let name =
-                            if Some(d.id) == this { format!("{} (this machine)", d.name) } else { d.name.clone() };
-                        vec![
-                            d.id.to_string(),
-                            name,
-                            d.platform.clone().unwrap_or_default(),
-                            d.created_at.format("%Y-%m-%d %H:%M").to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["id", "name", "platform", "registered"], &rows)
-            });
-        }
-        Command::Devices { project: Some(project) } => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let devices = api.project_devices(project).await?.devices;
-            out.result(json!({"devices": devices}), || {
-                let rows = devices
-                    .iter()
-                    .map(|d| {
-                        let seen = d
-                            .last_seen_at
-                            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-                            .unwrap_or_else(|| "never".into());
-                        vec![
-                            d.device_id.to_string(),
-                            d.name.clone(),
-                            d.role.as_str().into(),
-                            if d.online { "online".into() } else { "offline".into() },
-                            seen,
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["id", "name", "role", "status", "last seen"], &rows)
-            });
-        }
+        Command::Join { invite } => join(&session, out, &invite).await,
+        Command::Members { project } => list_members(&session, out, &project).await,
+        Command::Devices { project: None } => list_devices(&session, out).await,
+        Command::Devices { project: Some(project) } => list_project_devices(&session, out, &project).await,
         Command::Share { project, dir, once, listen, advertise, no_direct } => {
+            refuse_members(&session, &project).await?;
             let direct = (!no_direct).then_some(super::agent::DirectOptions { listen, advertise });
-            super::agent::share(&mut session, out, &project, &dir, once, direct).await?;
+            super::agent::share(&mut session, out, &project, &dir, once, direct).await
         }
-        Command::Ls { project, prefix } => {
-            let api = session.user()?;
-            let project = resolve_project(&api, &project).await?;
-            let prefix = prefix.map(|p| if p.starts_with('/') { p } else { format!("/{p}") });
-            let files = api.files_under(project, prefix.as_deref()).await?;
-            out.result(json!({"files": files}), || {
-                if files.is_empty() {
-                    return "No files.".into();
-                }
-                let rows = files
-                    .iter()
-                    .map(|f| {
-                        vec![
-                            f.path.clone(),
-                            human_bytes(f.size.max(0) as u64),
-                            f.modified_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default(),
-                            f.version.to_string(),
-                            f.hash[..12.min(f.hash.len())].to_owned(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                table(&["path", "size", "modified", "version", "hash"], &rows)
-            });
-        }
+        Command::Ls { project, prefix } => list_files(&session, out, &project, prefix).await,
         Command::Pull { project, paths, to, wait } => {
-            super::pull::pull(
-                &session,
-                out,
-                super::pull::PullRequest { project, paths, to, wait: std::time::Duration::from_secs(wait) },
-            )
-            .await?;
+            let wait = std::time::Duration::from_secs(wait);
+            super::pull::pull(&session, out, super::pull::PullRequest { project, paths, to, wait }).await
         }
-        Command::Sync { project, dir, wait } => {
-            super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await?;
+        Command::Sync { project, dir, to, wait } => {
+            let dir = dir.or(to).ok_or_else(|| ClientError::Usage("sync needs the folder to keep current".into()))?;
+            super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await
         }
-        Command::Transfers { project } => {
-            super::transfers::transfers(&session, out, &project).await?;
-        }
+        Command::Transfers { project } => super::transfers::transfers(&session, out, &project).await,
     }
+}
+
+/// A time as people read it in a table: to the minute, in UTC.
+fn minute(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%d %H:%M").to_string()
+}
+
+async fn signup(
+    session: &mut Session,
+    out: Output,
+    email: String,
+    password: String,
+    display_name: Option<String>,
+) -> Result<(), ClientError> {
+    let auth = session.anonymous().signup(&SignupRequest { email, password, display_name, session: None }).await?;
+    remember_login(session, &auth)?;
+    out.result(json!({"user_id": auth.user.id}), || {
+        format!("Signed up and logged in as {} on {}.", auth.user.email, session.server)
+    });
+    Ok(())
+}
+
+async fn login(session: &mut Session, out: Output, email: String, password: String) -> Result<(), ClientError> {
+    let auth = session.anonymous().login(&LoginRequest { email, password, session: None }).await?;
+    remember_login(session, &auth)?;
+    out.result(json!({"user_id": auth.user.id}), || format!("Logged in as {} on {}.", auth.user.email, session.server));
+    Ok(())
+}
+
+async fn logout(session: &mut Session, out: Output) -> Result<(), ClientError> {
+    match session.user()?.logout().await {
+        Ok(()) | Err(ClientError::Api { status: 401, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let server = session.server.clone();
+    session.config.profile_mut(&server).token = None;
+    session.save()?;
+    out.result(json!({"logged_out": true}), || format!("Logged out of {server}."));
+    Ok(())
+}
+
+async fn create_project(session: &Session, out: Output, name: &str) -> Result<(), ClientError> {
+    let p = session.user()?.create_project(name).await?;
+    out.result(json!({"id": p.id, "name": p.name}), || format!("Created project {:?} ({}).", p.name, p.id));
+    Ok(())
+}
+
+async fn list_projects(session: &Session, out: Output) -> Result<(), ClientError> {
+    let projects = session.user()?.projects().await?.projects;
+    out.result(json!({"projects": projects}), || {
+        if projects.is_empty() {
+            return "No projects yet: `ferry project create NAME` makes one.".into();
+        }
+        let rows: Vec<_> = projects
+            .iter()
+            .map(|p| vec![p.id.to_string(), p.name.clone(), p.role.as_str().into(), minute(p.created_at)])
+            .collect();
+        table(&["id", "name", "role", "created"], &rows)
+    });
+    Ok(())
+}
+
+async fn create_invite(
+    session: &Session,
+    out: Output,
+    project: &str,
+    request: CreateInviteRequest,
+) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let invite = api.create_invite(project, &request).await?;
+    let link = format!("{}/join/{}", session.server, invite.token);
+    let answer = json!({
+        "token": invite.token, "link": link, "expires_at": invite.expires_at,
+        "id": invite.id, "max_uses": invite.max_uses,
+    });
+    out.result(answer, || {
+        format!(
+            "Invite created: it lets {} person(s) join until {} UTC.\nSend this link; it is shown only now:\n{link}",
+            invite.max_uses,
+            minute(invite.expires_at)
+        )
+    });
+    Ok(())
+}
+
+async fn list_invites(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let invites = api.invites(project).await?.invites;
+    out.result(json!({"invites": invites}), || {
+        let rows: Vec<_> = invites
+            .iter()
+            .map(|i| {
+                let state = if i.revoked {
+                    "revoked"
+                } else if i.uses >= i.max_uses {
+                    "used up"
+                } else if i.expires_at < chrono::Utc::now() {
+                    "expired"
+                } else {
+                    "open"
+                };
+                vec![i.id.to_string(), format!("{}/{}", i.uses, i.max_uses), minute(i.expires_at), state.into()]
+            })
+            .collect();
+        table(&["id", "uses", "expires", "state"], &rows)
+    });
+    Ok(())
+}
+
+async fn revoke_invite(session: &Session, out: Output, project: &str, invite_id: Uuid) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    api.revoke_invite(project, invite_id).await?;
+    out.result(json!({"revoked": invite_id}), || format!("Invite {invite_id} revoked."));
+    Ok(())
+}
+
+/// The token of an invite given as its token or as its whole link
+/// (`https://host/join/<token>`, as the owner sends it).
+fn invite_token(invite: &str) -> String {
+    let invite = invite.trim();
+    match invite.rsplit_once("/join/") {
+        Some((_, tail)) => {
+            let token = tail.split(['?', '#', '/']).next().unwrap_or_default();
+            percent_encoding::percent_decode_str(token).decode_utf8_lossy().into_owned()
+        }
+        None => invite.to_owned(),
+    }
+}
+
+async fn join(session: &Session, out: Output, invite: &str) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let accepted = api.accept_invite(&invite_token(invite)).await?;
+    let project = api.project(accepted.project_id).await?;
+    out.result(json!({"project_id": project.id, "name": project.name}), || {
+        format!(
+            "Joined the project {:?} as a member: `ferry sync {:?} DIR` keeps a folder of its files.",
+            project.name, project.name
+        )
+    });
+    Ok(())
+}
+
+async fn list_members(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let members = api.members(project).await?.members;
+    out.result(json!({"members": members}), || {
+        let rows: Vec<_> = members
+            .iter()
+            .map(|m| vec![m.user_id.to_string(), m.display_name.clone(), m.role.as_str().into(), minute(m.joined_at)])
+            .collect();
+        table(&["user id", "name", "role", "joined"], &rows)
+    });
+    Ok(())
+}
+
+async fn list_devices(session: &Session, out: Output) -> Result<(), ClientError> {
+    let devices = session.user()?.devices().await?.devices;
+    let this = session.config.profile(&session.server).and_then(|p| p.device.as_ref()).map(|d| d.id);
+    out.result(json!({"devices": devices}), || {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                let name = if Some(d.id) == this { format!("{} (this machine)", d.name) } else { d.name.clone() };
+                vec![d.id.to_string(), name, d.platform.clone().unwrap_or_default(), minute(d.created_at)]
+            })
+            .collect();
+        table(&["id", "name", "platform", "registered"], &rows)
+    });
+    Ok(())
+}
+
+async fn list_project_devices(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let devices = api.project_devices(project).await?.devices;
+    out.result(json!({"devices": devices}), || {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.device_id.to_string(),
+                    d.name.clone(),
+                    d.role.as_str().into(),
+                    if d.online { "online".into() } else { "offline".into() },
+                    d.last_seen_at.map(minute).unwrap_or_else(|| "never".into()),
+                ]
+            })
+            .collect();
+        table(&["id", "name", "role", "status", "last seen"], &rows)
+    });
+    Ok(())
+}
+
+/// `share` is the owner's: a member hears so before anything is scanned.
+async fn refuse_members(session: &Session, project: &str) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let id = resolve_project(&api, project).await?;
+    match api.project(id).await?.role {
+        Role::Owner => Ok(()),
+        Role::Member => Err(ClientError::Usage(format!(
+            "only the project's owner shares files; as a member of {project:?}, \
+             `ferry pull` downloads them and `ferry sync` keeps a folder of them"
+        ))),
+    }
+}
+
+async fn list_files(session: &Session, out: Output, project: &str, prefix: Option<String>) -> Result<(), ClientError> {
+    let api = session.user()?;
+    let project = resolve_project(&api, project).await?;
+    let prefix = prefix.map(|p| if p.starts_with('/') { p } else { format!("/{p}") });
+    let files = api.files_under(project, prefix.as_deref()).await?;
+    out.result(json!({"files": files}), || {
+        if files.is_empty() {
+            return "No files.".into();
+        }
+        let rows: Vec<_> = files
+            .iter()
+            .map(|f| {
+                vec![
+                    f.path.clone(),
+                    human_bytes(f.size.max(0) as u64),
+                    f.modified_at.map(minute).unwrap_or_default(),
+                    f.version.to_string(),
+                    f.hash[..12.min(f.hash.len())].to_owned(),
+                ]
+            })
+            .collect();
+        table(&["path", "size", "modified", "version", "hash"], &rows)
+    });
     Ok(())
 }
 
@@ -431,4 +573,22 @@ fn remember_login(session: &mut Session, auth: &crate::protocol::accounts::AuthR
     profile.email = Some(auth.user.email.clone());
     session.config.server = Some(server);
     session.save()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invite_token;
+
+    #[test]
+    fn an_invite_is_its_token_or_its_whole_link() {
+        for given in [
+            "tok_EN-1",
+            " tok_EN-1\n",
+            "http://127.0.0.1:7070/join/tok_EN-1",
+            "https://ferry.example.org/join/tok_EN-1?from=mail#top",
+            "https://ferry.example.org/join/tok%5FEN-1/",
+        ] {
+            assert_eq!(invite_token(given), "tok_EN-1", "{given:?}");
+        }
+    }
 }

@@ -54,8 +54,26 @@ pub fn config_dir() -> Result<PathBuf, ClientError> {
 }
 
 /// A server URL without its trailing slash.
-pub fn normalize_server(url: &str) -> String {
-    url.trim().trim_end_matches('/').to_owned()
+/// A server as the user wrote it, as one canonical URL: `http://` is
+/// assumed without a scheme (`127.0.0.1:7070`), a trailing `/` dropped.
+/// Anything that is not an http(s) address of a host is refused, saying
+/// what was expected.
+pub fn normalize_server(written: &str) -> Result<String, ClientError> {
+    let trimmed = written.trim().trim_end_matches('/');
+    let candidate = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    let refused = |why: &str| {
+        ClientError::Usage(format!(
+            "{written:?} is not a Ferry server address ({why}): give one like http://127.0.0.1:7070 or https://ferry.example.org"
+        ))
+    };
+    let url = url::Url::parse(&candidate).map_err(|e| refused(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refused("only http and https are spoken"));
+    }
+    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some() {
+        return Err(refused("it needs a host, and nothing after the path"));
+    }
+    Ok(candidate)
 }
 
 impl Config {
@@ -81,7 +99,7 @@ impl Config {
 
     /// The server to talk to: the flag or `FERRY_SERVER`, else the last one
     /// logged in to, else the default.
-    pub fn resolve_server(&self, flag: Option<&str>) -> String {
+    pub fn resolve_server(&self, flag: Option<&str>) -> Result<String, ClientError> {
         normalize_server(flag.or(self.server.as_deref()).unwrap_or(DEFAULT_SERVER))
     }
 
@@ -106,4 +124,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_server;
+
+    #[test]
+    fn a_server_is_an_http_url_and_http_is_assumed() {
+        for (written, canonical) in [
+            ("127.0.0.1:7070", "http://127.0.0.1:7070"),
+            ("http://127.0.0.1:7070/", "http://127.0.0.1:7070"),
+            (" https://ferry.example.org ", "https://ferry.example.org"),
+            ("localhost", "http://localhost"),
+            ("http://[::1]:7070", "http://[::1]:7070"),
+        ] {
+            assert_eq!(normalize_server(written).ok().as_deref(), Some(canonical), "{written:?}");
+        }
+        for bad in ["", "ftp://host", "http://", "http://host:99999", "host?x=1", "http://a b"] {
+            let e = normalize_server(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("is not a Ferry server address"), "{bad:?}: {e}");
+        }
+    }
 }

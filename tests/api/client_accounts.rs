@@ -1,7 +1,10 @@
 //! The `ferry` commands for accounts, projects, invites and members, run
 //! as the real binary against the real server.
 
-use crate::client_share::{describe, last_json, Person, PASSWORD};
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::client_share::{describe, last_json, Person, Running, TempDir, PASSWORD};
 use crate::helpers::TestApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,4 +84,63 @@ async fn accounts_projects_invites_and_members_from_the_command_line() {
         .run(&["login", "--email", "x@example.org", "--password", PASSWORD, "--server", "http://127.0.0.1:9"])
         .await;
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"), "{}", describe(&unreachable));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_small_things_a_person_notices() {
+    let app = TestApp::spawn().await;
+    // The server as people type it, without a scheme; the password from a pipe.
+    let mut owner = Person::new(&app, "small-owner");
+    owner.server = app.address.trim_start_matches("http://").to_owned();
+    let email = format!("owner-{}@example.org", uuid::Uuid::new_v4().simple());
+    let mut signup = owner.command(&["signup", "--email", &email, "--password-stdin", "--json"]);
+    signup.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = signup.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    let signed_up = child.wait_with_output().unwrap();
+    assert!(signed_up.status.success(), "{}", describe(&signed_up));
+    assert!(String::from_utf8_lossy(&signed_up.stdout).contains("user_id"), "{}", describe(&signed_up));
+    // The same account by its full address: one server, one login.
+    owner.server = app.address.clone();
+    owner.json(&["login", "--email", &email, "--password", PASSWORD]).await;
+
+    // Not a server address, and no password away from a terminal: said exactly.
+    let bad = owner.run(&["project", "list", "--server", "ftp://example.org"]).await;
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && said.contains("is not a Ferry server address"), "{}", describe(&bad));
+    let no_password = owner.run(&["login", "--email", &email]).await;
+    let said = String::from_utf8_lossy(&no_password.stderr);
+    assert!(!no_password.status.success() && said.contains("--password-stdin"), "{}", describe(&no_password));
+
+    // The invite is a link; joining takes the link and names the project.
+    let project = owner.json(&["project", "create", "Field Recordings"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await;
+    let link = invite["link"].as_str().unwrap();
+    assert_eq!(link, format!("{}/join/{}", app.address, invite["token"].as_str().unwrap()), "{invite}");
+    let member = Person::new(&app, "small-member");
+    member.signup("member").await;
+    let joined = member.json(&["join", link]).await;
+    assert_eq!((joined["project_id"].as_str(), joined["name"].as_str()), (Some(&*project), Some("Field Recordings")));
+
+    // A member's `share` is refused before anything is read or written.
+    let tree = TempDir::new("small-share");
+    std::fs::write(tree.path().join("mine.txt"), b"the member's own").unwrap();
+    let refused = member.run(&["share", &project, tree.path().to_str().unwrap(), "--once"]).await;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("only the project's owner shares files"),
+        "{}",
+        describe(&refused)
+    );
+    let left: Vec<_> = std::fs::read_dir(tree.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["mine.txt"], "share wrote into the member's folder");
+
+    // `sync` takes its folder as `pull` does (`--to DIR`), or positionally; not both.
+    let target = TempDir::new("small-sync");
+    let to = target.path().to_str().unwrap();
+    let mut sync = Running::start(&member, &["sync", &project, "--to", to, "--json"]);
+    sync.wait_for("its first pull", |v| v["event"] == "pulled").await;
+    drop(sync);
+    let both = member.run(&["sync", &project, to, "--to", to]).await;
+    assert!(!both.status.success(), "{}", describe(&both));
 }

@@ -148,7 +148,7 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    fn start(person: &Person, args: &[&str]) -> Self {
+    pub(crate) fn start(person: &Person, args: &[&str]) -> Self {
         let mut child = person
             .command(args)
             .stdout(Stdio::piped())
