@@ -59,8 +59,9 @@ pub fn config_dir() -> Result<PathBuf, ClientError> {
 /// Anything that is not an http(s) address of a host is refused, saying
 /// what was expected.
 pub fn normalize_server(written: &str) -> Result<String, ClientError> {
-    let trimmed = written.trim().trim_end_matches('/');
-    let candidate = if trimmed.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
+    let given = written.trim();
+    let trimmed = given.trim_end_matches('/');
+    let candidate = if given.contains("://") { trimmed.to_owned() } else { format!("http://{trimmed}") };
     let refused = |why: &str| {
         ClientError::Usage(format!(
             "{written:?} is not a Ferry server address ({why}): give one like http://127.0.0.1:7070 or https://ferry.example.org"
@@ -70,7 +71,7 @@ pub fn normalize_server(written: &str) -> Result<String, ClientError> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(refused("only http and https are spoken"));
     }
-    if url.host_str().is_none_or(str::is_empty) || url.query().is_some() || url.fragment().is_some() {
+    if !matches!(url.host_str(), Some(host) if !host.is_empty()) || url.query().is_some() || url.fragment().is_some() {
         return Err(refused("it needs a host, and nothing after the path"));
     }
     Ok(candidate)
