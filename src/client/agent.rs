@@ -41,27 +41,44 @@ const SETTLE_RETRY: Duration = Duration::from_secs(1);
 /// What a remote file is, for the diff: size and hash.
 pub type RemoteState = (u64, String);
 
+/// How `ferry share` runs, beyond the project and its folder.
+#[derive(Debug, Clone)]
+pub struct ShareOptions {
+    /// Scan, push and exit.
+    pub once: bool,
+    /// Serve directly too (else through the relay only).
+    pub direct: Option<DirectOptions>,
+    pub guard: DeleteGuard,
+    /// The project's files now live in this folder, not the one it was
+    /// shared from before on this machine.
+    pub move_folder: bool,
+}
+
 /// `ferry share PROJECT DIR [--once]`.
 pub async fn share(
     session: &mut Session,
     out: Output,
     project: &str,
     dir: &Path,
-    once: bool,
-    direct: Option<DirectOptions>,
+    options: ShareOptions,
 ) -> Result<(), ClientError> {
     let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
     if !dir.is_dir() {
         return Err(ClientError::Usage(format!("{} is not a folder", dir.display())));
     }
     let user = session.user()?;
-    let project = resolve_project(&user, project).await?;
+    let project_id = resolve_project(&user, project).await?;
+    check_folder(session, project, project_id, &dir, options.move_folder)?;
     let device = ensure_device(session, &user).await?;
-    user.attach_device(project, device.id).await?;
+    user.attach_device(project_id, device.id).await?;
     let api = user.with_token(&device.token);
-    let mut agent = Agent::new(api, project, device.id, dir, out);
+    let mut agent = Agent::new(api, project_id, device.id, dir.clone(), out, options.guard);
     let report = agent.sync().await?;
-    if once {
+    // Pushed from this folder: from now on, the project's folder here.
+    let server = session.server.clone();
+    session.config.profile_mut(&server).shared_folders.insert(project_id, dir);
+    session.save()?;
+    if options.once {
         out.result(
             json!({"files": report.files, "changes_applied": report.applied, "hashed": report.hashed, "hashed_bytes": report.hashed_bytes}),
             || {
@@ -77,7 +94,76 @@ pub async fn share(
         return Ok(());
     }
     agent.event_synced(&report, true);
-    agent.run(direct).await
+    agent.run(options.direct).await
+}
+
+/// Refuses to share a project from another folder than the one it was
+/// shared from on this machine: a slip of the path (a subfolder, a
+/// sibling) would otherwise replace the project's files for every member.
+fn check_folder(session: &Session, project: &str, id: Uuid, dir: &Path, moving: bool) -> Result<(), ClientError> {
+    let before = session.config.profile(&session.server).and_then(|p| p.shared_folders.get(&id));
+    match before {
+        Some(before) if before != dir && !moving => Err(ClientError::Refused {
+            code: "another_folder",
+            message: format!(
+                "{project:?} is shared from {} on this machine, not {}: nothing was scanned or pushed. \
+                 If the project's files now live in {}, run again with --move-folder.",
+                before.display(),
+                dir.display(),
+                dir.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// How much of the project one scan may delete before it stops and asks:
+/// a folder emptied or swapped by mistake must not empty every member's.
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteGuard {
+    /// `--allow-deletes`: push whatever the scan found.
+    pub allow: bool,
+    /// The share of the project's files a scan may delete (0 to 1).
+    pub share: f64,
+}
+
+impl DeleteGuard {
+    /// Fewer deletions than this always go through.
+    const MIN_FILES: usize = 50;
+    /// How many of the paths the refusal names.
+    const LISTED: usize = 20;
+
+    /// Refuses `changes` when they delete more than the allowed share of
+    /// the project's `total` files, and at least 50 of them.
+    fn check(&self, changes: &[FileChange], total: usize, dir: &Path) -> Result<(), ClientError> {
+        let deletes: Vec<&str> = changes
+            .iter()
+            .filter_map(|c| match c {
+                FileChange::Delete { path } => Some(path.as_str()),
+                _ => None,
+            })
+            .collect();
+        if self.allow || deletes.len() < Self::MIN_FILES || deletes.len() as f64 <= self.share * total as f64 {
+            return Ok(());
+        }
+        let mut listed: Vec<String> = deletes.iter().take(Self::LISTED).map(|p| format!("  {p}")).collect();
+        if deletes.len() > Self::LISTED {
+            listed.push(format!("  … and {} more", deletes.len() - Self::LISTED));
+        }
+        Err(ClientError::Refused {
+            code: "too_many_deletes",
+            message: format!(
+                "the files in {} would delete {} of the project's {} files, more than {:.0}% of them: \
+                 nothing was pushed. If that is what you mean, run again with --allow-deletes. \
+                 It would delete:\n{}",
+                dir.display(),
+                deletes.len(),
+                total,
+                self.share * 100.0,
+                listed.join("\n")
+            ),
+        })
+    }
 }
 
 /// Where `ferry share` listens for direct transfers and what it advertises.
@@ -212,14 +298,15 @@ struct Agent {
     /// The server's live files, as last read or pushed.
     remote: Option<BTreeMap<String, RemoteState>>,
     head_seq: i64,
+    guard: DeleteGuard,
 }
 
 impl Agent {
-    fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output) -> Self {
+    fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, guard: DeleteGuard) -> Self {
         let index = Index::load(&dir);
         let source = Source::new(api.clone(), project, device_id, dir.clone(), out, Arc::new(index.files));
         let ctx = Ctx { api, project, device_id, dir, out, source: Arc::new(source) };
-        Self { ctx: Arc::new(ctx), remote: None, head_seq: 0 }
+        Self { ctx: Arc::new(ctx), remote: None, head_seq: 0, guard }
     }
 
     /// Scans DIR (hashing only what changed), then pushes what the server
@@ -248,6 +335,7 @@ impl Agent {
         let remote = self.remote.as_mut().expect("loaded above");
         let unsettled: HashSet<String> = outcome.unsettled.iter().cloned().collect();
         let changes = diff(&outcome.files, remote, &unsettled);
+        self.guard.check(&changes, remote.len(), &ctx.dir)?;
         let mut applied = 0;
         for batch in batches(changes) {
             let response = match ctx.api.update_files(ctx.project, batch.clone()).await {
@@ -348,6 +436,10 @@ impl Agent {
                             if report.unsettled > 0 {
                                 due = Some(Instant::now() + SETTLE_RETRY);
                             }
+                        }
+                        Err(e @ ClientError::Refused { .. }) => {
+                            // Said once; looked at again at the next change in the folder.
+                            self.ctx.out.warn(&e.to_string());
                         }
                         Err(e) => {
                             self.ctx.out.warn(&format!("pushing changes failed, trying again soon: {e}"));
@@ -489,5 +581,18 @@ mod tests {
             })
             .collect();
         assert_eq!(ops, ["move /new/a.txt", "upsert /b.txt", "upsert /c", "delete /gone"]);
+    }
+
+    #[test]
+    fn the_delete_guard_lets_few_or_a_small_share_through() {
+        let deletes =
+            |n: usize| -> Vec<FileChange> { (0..n).map(|i| FileChange::Delete { path: format!("/f{i}") }).collect() };
+        let guard = DeleteGuard { allow: false, share: 0.5 };
+        let dir = std::path::Path::new("/photos");
+        assert!(guard.check(&deletes(49), 60, dir).is_ok(), "fewer than 50 always go");
+        assert!(guard.check(&deletes(50), 100, dir).is_ok(), "half goes");
+        assert!(guard.check(&deletes(51), 100, dir).is_err(), "more than half, and 50 or more, stops");
+        assert!(DeleteGuard { allow: true, share: 0.5 }.check(&deletes(100), 100, dir).is_ok());
+        assert!(DeleteGuard { allow: false, share: 1.0 }.check(&deletes(100), 100, dir).is_ok());
     }
 }

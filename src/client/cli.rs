@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::agent::{DeleteGuard, DirectOptions, ShareOptions};
 use super::api::Api;
 use super::config::{config_dir, Config};
 use super::output::{human_bytes, table, Output};
@@ -96,6 +97,17 @@ pub enum Command {
         /// Serve through the relay only (no listener, whatever --listen says).
         #[arg(long)]
         no_direct: bool,
+        /// Push a scan however many of the project's files it deletes.
+        #[arg(long)]
+        allow_deletes: bool,
+        /// The share of the project's files one scan may delete without
+        /// --allow-deletes (50 files or fewer always may).
+        #[arg(long, env = "FERRY_MAX_DELETE_SHARE", default_value_t = 0.5, value_name = "FRACTION")]
+        max_delete_share: f64,
+        /// The project's files now live in DIR, not in the folder it was
+        /// shared from before on this machine.
+        #[arg(long)]
+        move_folder: bool,
     },
     /// List the project's files (all, or those under PREFIX).
     Ls {
@@ -309,10 +321,28 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         Command::Members { project } => list_members(&session, out, &project).await,
         Command::Devices { project: None } => list_devices(&session, out).await,
         Command::Devices { project: Some(project) } => list_project_devices(&session, out, &project).await,
-        Command::Share { project, dir, once, listen, advertise, no_direct } => {
+        Command::Share {
+            project,
+            dir,
+            once,
+            listen,
+            advertise,
+            no_direct,
+            allow_deletes,
+            max_delete_share,
+            move_folder,
+        } => {
+            if !(0.0..=1.0).contains(&max_delete_share) {
+                return Err(ClientError::Usage("--max-delete-share is a fraction from 0 to 1, e.g. 0.5".into()));
+            }
             refuse_members(&session, &project).await?;
-            let direct = (!no_direct).then_some(super::agent::DirectOptions { listen, advertise });
-            super::agent::share(&mut session, out, &project, &dir, once, direct).await
+            let options = ShareOptions {
+                once,
+                direct: (!no_direct).then_some(DirectOptions { listen, advertise }),
+                guard: DeleteGuard { allow: allow_deletes, share: max_delete_share },
+                move_folder,
+            };
+            super::agent::share(&mut session, out, &project, &dir, options).await
         }
         Command::Ls { project, prefix } => list_files(&session, out, &project, prefix).await,
         Command::Pull { project, paths, to, wait } => {

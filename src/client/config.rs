@@ -34,6 +34,10 @@ pub struct Profile {
     /// This machine, once registered as a device on the server.
     #[serde(default)]
     pub device: Option<DeviceIdentity>,
+    /// The folder each project is shared from on this machine: `share`
+    /// refuses another one unless told the project moved.
+    #[serde(default)]
+    pub shared_folders: BTreeMap<Uuid, PathBuf>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

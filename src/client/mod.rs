@@ -30,6 +30,9 @@ pub enum ClientError {
     NotLoggedIn(String),
     #[error("{0}")]
     Usage(String),
+    /// The client stopped to protect what is there (`code` says which guard).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
@@ -49,6 +52,7 @@ impl ClientError {
             ClientError::Http(_) => "http_error",
             ClientError::NotLoggedIn(_) => "not_logged_in",
             ClientError::Usage(_) => "usage",
+            ClientError::Refused { code, .. } => code,
             ClientError::Io { .. } => "io_error",
             ClientError::Other(_) => "error",
         }

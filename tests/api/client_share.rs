@@ -484,3 +484,55 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharing_another_folder_or_deleting_most_of_the_project_stops_and_says_why() {
+    let app = TestApp::spawn().await;
+    let owner = Person::new(&app, "guard-owner");
+    owner.signup("owner").await;
+    let project = owner.json(&["project", "create", "Photos"]).await["id"].as_str().unwrap().to_owned();
+    let tree = TempDir::new("guard");
+    let root = tree.path().to_str().unwrap().to_owned();
+    for i in 0..60 {
+        write(tree.path(), &format!("2025/img-{i:02}.jpg"), format!("photo {i}").as_bytes());
+    }
+    write(tree.path(), "2024/old.jpg", b"an old photo");
+    owner.json(&["share", &project, &root, "--once"]).await;
+    let count = || async { owner.json(&["ls", &project]).await["files"].as_array().unwrap().len() };
+    assert_eq!(count().await, 61);
+
+    // The wrong folder (here a subfolder of the right one): refused before
+    // anything is scanned or pushed.
+    let year = tree.path().join("2025");
+    let year = year.to_str().unwrap();
+    let wrong = owner.run(&["share", &project, year, "--once", "--json"]).await;
+    assert!(!wrong.status.success(), "{}", describe(&wrong));
+    assert_eq!(last_json(&wrong)["error"]["code"], "another_folder", "{}", describe(&wrong));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("--move-folder"), "{}", describe(&wrong));
+    assert_eq!(count().await, 61);
+
+    // Most of the right folder gone: stopped, naming what would go.
+    for i in 0..50 {
+        std::fs::remove_file(tree.path().join(format!("2025/img-{i:02}.jpg"))).unwrap();
+    }
+    let emptied = owner.run(&["share", &project, &root, "--once", "--json"]).await;
+    assert!(!emptied.status.success(), "{}", describe(&emptied));
+    assert_eq!(last_json(&emptied)["error"]["code"], "too_many_deletes", "{}", describe(&emptied));
+    let said = String::from_utf8_lossy(&emptied.stderr);
+    assert!(said.contains("delete 50 of the project's 61 files"), "{said}");
+    assert!(said.contains("/2025/img-00.jpg") && said.contains("… and 30 more"), "{said}");
+    assert_eq!(count().await, 61, "nothing was deleted");
+
+    // Meant: --allow-deletes pushes it.
+    let pushed = owner.json(&["share", &project, &root, "--once", "--allow-deletes"]).await;
+    assert_eq!(pushed["changes_applied"], 50, "{pushed}");
+    assert_eq!(count().await, 11);
+
+    // The project moves to another folder: said with --move-folder, then
+    // that folder is the project's, and the old one is refused in turn.
+    let moved = owner.json(&["share", &project, year, "--once", "--move-folder"]).await;
+    assert_eq!(moved["files"], 10, "{moved}");
+    owner.json(&["share", &project, year, "--once"]).await;
+    let back = owner.run(&["share", &project, &root, "--once", "--json"]).await;
+    assert_eq!(last_json(&back)["error"]["code"], "another_folder", "{}", describe(&back));
+}
