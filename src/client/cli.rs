@@ -11,10 +11,12 @@ use super::agent::{DeleteGuard, DirectOptions, ShareOptions};
 use super::api::Api;
 use super::config::{config_dir, Config};
 use super::output::{human_bytes, table, Output};
+use super::transfers::Which;
 use super::ClientError;
 use crate::protocol::accounts::{LoginRequest, SignupRequest};
 use crate::protocol::membership::CreateInviteRequest;
 use crate::protocol::projects::Role;
+use crate::protocol::transfers::TransferStatus;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Share a project's files from the owner's machine with its members")]
@@ -150,7 +152,20 @@ pub enum Command {
     Transfers {
         /// The project: its name or id.
         project: String,
+        /// Every transfer, not only the open and recent ones.
+        #[arg(long, conflicts_with = "status")]
+        all: bool,
+        /// Only transfers in this state (all of them, however old).
+        #[arg(long, value_parser = parse_status, value_name = "STATUS")]
+        status: Option<TransferStatus>,
     },
+}
+
+fn parse_status(value: &str) -> Result<TransferStatus, String> {
+    TransferStatus::parse(value).ok_or_else(|| {
+        let known: Vec<&str> = TransferStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("one of {}", known.join(", "))
+    })
 }
 
 /// How a password is given: prompted for at a terminal, else a flag.
@@ -353,7 +368,14 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             let dir = dir.or(to).ok_or_else(|| ClientError::Usage("sync needs the folder to keep current".into()))?;
             super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await
         }
-        Command::Transfers { project } => super::transfers::transfers(&session, out, &project).await,
+        Command::Transfers { project, all, status } => {
+            let which = match (all, status) {
+                (_, Some(status)) => Which::Status(status),
+                (true, None) => Which::All,
+                (false, None) => Which::OpenAndRecent,
+            };
+            super::transfers::transfers(&session, out, &project, which).await
+        }
     }
 }
 

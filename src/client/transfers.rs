@@ -17,14 +17,26 @@ use super::ClientError;
 use crate::protocol::events::data::TransferState;
 use crate::protocol::transfers::{Transfer, TransferStatus};
 
-pub async fn transfers(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
+/// Which transfers `ferry transfers` lists.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    /// Open ones, and those asked for in the last day (the default).
+    OpenAndRecent,
+    All,
+    Status(TransferStatus),
+}
+
+/// How far back "recent" reaches.
+const RECENT: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+pub async fn transfers(session: &Session, out: Output, project: &str, which: Which) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
     // The head first: events after it may already show in the list, and
     // replaying them sets the same values again.
     let head = api.files_page(project, None, 1).await?.head_seq;
-    let transfers = api.all_transfers(project).await?;
-    out.result(json!({"transfers": transfers}), || listing(&transfers));
+    let transfers = list(&api, project, which).await?;
+    out.result(json!({"transfers": transfers}), || listing(&transfers, which));
     let open: Vec<&Transfer> = transfers.iter().filter(|t| t.status.is_active()).collect();
     if out.json || open.is_empty() || !std::io::stdout().is_terminal() {
         return Ok(());
@@ -37,9 +49,42 @@ pub async fn transfers(session: &Session, out: Output, project: &str) -> Result<
     }
 }
 
-fn listing(transfers: &[Transfer]) -> String {
+/// The transfers asked for, newest first; for the default, pages are read
+/// only as far back as "recent" reaches.
+async fn list(api: &Api, project: Uuid, which: Which) -> Result<Vec<Transfer>, ClientError> {
+    let status = match which {
+        Which::Status(status) => Some(status),
+        _ => None,
+    };
+    let since = chrono::Utc::now() - RECENT;
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = api.transfers_page(project, status, cursor.as_deref()).await?;
+        let reached_old = page.transfers.last().is_some_and(|t| t.requested_at < since);
+        all.extend(page.transfers);
+        match page.next_cursor {
+            Some(next) if !(matches!(which, Which::OpenAndRecent) && reached_old) => cursor = Some(next),
+            _ => break,
+        }
+    }
+    if matches!(which, Which::OpenAndRecent) {
+        all.retain(|t| t.status.is_active() || t.requested_at >= since);
+    }
+    Ok(all)
+}
+
+/// Bytes a second, in the units the progress bars show.
+fn speed(speed_mbps: Option<f64>) -> Option<String> {
+    speed_mbps.map(|mbps| format!("{}/s", human_bytes((mbps * 1e6 / 8.0) as u64)))
+}
+
+fn listing(transfers: &[Transfer], which: Which) -> String {
     if transfers.is_empty() {
-        return "No transfers.".into();
+        return match which {
+            Which::OpenAndRecent => "No open transfers, and none in the last day (--all lists every one).".into(),
+            _ => "No transfers.".into(),
+        };
     }
     let rows = transfers
         .iter()
@@ -48,19 +93,20 @@ fn listing(transfers: &[Transfer]) -> String {
                 t.id.to_string(),
                 t.file_path.clone(),
                 t.status.as_str().into(),
+                t.requested_at.format("%Y-%m-%d %H:%M").to_string(),
                 format!("{:.0}%", t.percent_complete),
                 format!(
                     "{}/{}",
                     human_bytes(t.bytes_transferred.max(0) as u64),
                     human_bytes(t.total_bytes.max(0) as u64)
                 ),
-                t.speed_mbps.map(|s| format!("{s:.1} Mbit/s")).unwrap_or_default(),
+                speed(t.speed_mbps).unwrap_or_default(),
                 t.attempts.to_string(),
                 t.error_message.clone().unwrap_or_default(),
             ]
         })
         .collect::<Vec<_>>();
-    table(&["id", "file", "status", "done", "bytes", "speed", "attempts", "error"], &rows)
+    table(&["id", "file", "status", "asked", "done", "bytes", "speed", "attempts", "error"], &rows)
 }
 
 /// Follows the project's events until no followed transfer is open,
@@ -137,8 +183,8 @@ impl Live {
 }
 
 fn status_text(status: TransferStatus, speed_mbps: Option<f64>) -> String {
-    match speed_mbps {
-        Some(speed) => format!("{} {speed:.1} Mbit/s", status.as_str()),
+    match speed(speed_mbps) {
+        Some(speed) => format!("{} {speed}", status.as_str()),
         None => status.as_str().to_owned(),
     }
 }

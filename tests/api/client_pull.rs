@@ -82,6 +82,16 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     assert!(list.iter().all(|t| t["status"] == "completed"), "{transfers}");
     let table = member.run(&["transfers", &project]).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("completed"));
+    // By state, however old; every one; a state that does not exist is refused.
+    let completed = member.json(&["transfers", &project, "--status", "completed"]).await;
+    assert_eq!(completed["transfers"].as_array().map(Vec::len), Some(2), "{completed}");
+    let failed = member.json(&["transfers", &project, "--status", "failed"]).await;
+    assert_eq!(failed["transfers"].as_array().map(Vec::len), Some(0), "{failed}");
+    let all = member.json(&["transfers", &project, "--all"]).await;
+    assert_eq!(all["transfers"], transfers["transfers"], "nothing older than a day here");
+    let unknown = member.run(&["transfers", &project, "--status", "done"]).await;
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && said.contains("one of pending, in_progress"), "{}", describe(&unknown));
 
     // Nothing changed: nothing moves.
     let again = member.json(&["pull", &project, "--to", to]).await;
