@@ -147,6 +147,9 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Where each of your projects stands from this machine: your role, the
+    /// owner's computer, the folder here and its files, open transfers.
+    Status,
     /// List the project's transfers and their progress; at a terminal, then
     /// follow the open ones live until they end.
     Transfers {
@@ -366,8 +369,10 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         }
         Command::Sync { project, dir, to, wait } => {
             let dir = dir.or(to).ok_or_else(|| ClientError::Usage("sync needs the folder to keep current".into()))?;
+            remember_synced(&mut session, &project, &dir).await?;
             super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await
         }
+        Command::Status => super::status::status(&session, out).await,
         Command::Transfers { project, all, status } => {
             let which = match (all, status) {
                 (_, Some(status)) => Which::Status(status),
@@ -572,6 +577,16 @@ async fn list_project_devices(session: &Session, out: Output, project: &str) -> 
         table(&["id", "name", "role", "status", "last seen"], &rows)
     });
     Ok(())
+}
+
+/// Keeps which folder syncs the project, for `status`.
+async fn remember_synced(session: &mut Session, project: &str, dir: &std::path::Path) -> Result<(), ClientError> {
+    let id = resolve_project(&session.user()?, project).await?;
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+    let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
+    let server = session.server.clone();
+    session.config.profile_mut(&server).synced_folders.insert(id, dir);
+    session.save()
 }
 
 /// `share` is the owner's: a member hears so before anything is scanned.

@@ -38,6 +38,9 @@ pub struct Profile {
     /// refuses another one unless told the project moved.
     #[serde(default)]
     pub shared_folders: BTreeMap<Uuid, PathBuf>,
+    /// The folder `sync` keeps current for each project, for `status`.
+    #[serde(default)]
+    pub synced_folders: BTreeMap<Uuid, PathBuf>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]

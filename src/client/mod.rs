@@ -11,6 +11,7 @@ pub mod output;
 pub mod pull;
 pub mod scan;
 pub mod source;
+pub mod status;
 pub mod sync;
 pub mod transfers;
 

@@ -143,4 +143,25 @@ async fn the_small_things_a_person_notices() {
     drop(sync);
     let both = member.run(&["sync", &project, to, "--to", to]).await;
     assert!(!both.status.success(), "{}", describe(&both));
+
+    // `status`: per project, the role, the owner's computer, the folder
+    // here and its files, open transfers.
+    let shared = TempDir::new("small-shared");
+    std::fs::write(shared.path().join("a.wav"), b"one").unwrap();
+    std::fs::create_dir_all(shared.path().join("b")).unwrap();
+    std::fs::write(shared.path().join("b/c.wav"), b"two").unwrap();
+    owner.json(&["share", &project, shared.path().to_str().unwrap(), "--once"]).await;
+    let status = owner.json(&["status"]).await;
+    let mine = &status["projects"][0];
+    assert_eq!((mine["name"].as_str(), mine["role"].as_str()), (Some("Field Recordings"), Some("owner")), "{status}");
+    let here = shared.path().canonicalize().unwrap();
+    assert_eq!((mine["folder"].as_str(), mine["files"].as_u64()), (here.to_str(), Some(2)), "{status}");
+    assert_eq!(mine["owner_device"]["online"], false, "`--once` has ended: {status}");
+    assert_eq!(mine["open_transfers"], 0, "{status}");
+    let status = member.json(&["status"]).await;
+    let theirs = &status["projects"][0];
+    let synced = target.path().canonicalize().unwrap();
+    assert_eq!((theirs["role"].as_str(), theirs["folder"].as_str()), (Some("member"), synced.to_str()), "{status}");
+    let table = owner.run(&["status"]).await;
+    assert!(String::from_utf8_lossy(&table.stdout).contains(": offline"), "{}", describe(&table));
 }
