@@ -404,7 +404,7 @@ impl Agent {
             None => None,
         };
         let socket = tokio::spawn(hold_socket(self.ctx.clone(), self.head_seq));
-        let pending = tokio::spawn(self.ctx.source.clone().serve_pending());
+        let pending = tokio::spawn(self.ctx.source.clone().serve_open());
         self.ctx.out.note(&format!("Watching {} and serving transfers; Ctrl-C stops.", self.ctx.dir.display()));
 
         // One more look once the watch is on: whatever changed between the
@@ -514,20 +514,34 @@ pub(crate) async fn stop_signal() {
 /// the last seq seen.
 async fn hold_socket(ctx: Arc<Ctx>, mut after_seq: i64) {
     let mut backoff = Duration::from_millis(500);
+    let mut lost = false;
     loop {
-        match socket_session(&ctx, &mut after_seq).await {
+        match socket_session(&ctx, &mut after_seq, &mut lost).await {
             Ok(()) => backoff = Duration::from_millis(500),
-            Err(e) => ctx.out.warn(&format!("the live connection dropped ({e}); reconnecting")),
+            Err(e) => {
+                if !lost {
+                    ctx.out.warn(&format!("lost the server ({e}); reconnecting"));
+                }
+                lost = true;
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(15));
     }
 }
 
-async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64) -> Result<(), String> {
+/// One connection: on the first answer after a loss, says the agent is
+/// back and takes up again every open transfer of this device (one asked
+/// meanwhile, or one whose bytes stopped with the connection).
+async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64, lost: &mut bool) -> Result<(), String> {
     let from = *after_seq;
     ctx.api
         .follow(ctx.project, from, |value| {
+            if *lost && value["type"] == "subscribed" {
+                *lost = false;
+                ctx.out.event(json!({"event": "reconnected"}), || "reconnected to the server".into());
+                tokio::spawn(ctx.source.clone().serve_open());
+            }
             on_message(ctx, &value, after_seq);
             Ok(Flow::Continue)
         })

@@ -259,26 +259,30 @@ impl Source {
         }
     }
 
-    /// Serves the transfers asked of this device while it was away.
-    pub async fn serve_pending(self: Arc<Self>) {
-        let mut cursor: Option<String> = None;
-        loop {
-            let page =
-                match self.api.transfers_page(self.project, Some(TransferStatus::Pending), cursor.as_deref()).await {
+    /// Serves every open transfer asked of this device: those asked while
+    /// it was away, and those an earlier run of the agent (or this one,
+    /// before its connection dropped) left half sent. One already being
+    /// served is left alone.
+    pub async fn serve_open(self: Arc<Self>) {
+        for status in [TransferStatus::Pending, TransferStatus::InProgress] {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = match self.api.transfers_page(self.project, Some(status), cursor.as_deref()).await {
                     Ok(page) => page,
                     Err(e) => {
-                        self.out.warn(&format!("cannot list pending transfers: {e}"));
+                        self.out.warn(&format!("cannot list the open transfers: {e}"));
                         return;
                     }
                 };
-            for t in page.transfers {
-                if t.source_device.id == self.device_id {
-                    self.take_up(t.into(), false);
+                for t in page.transfers {
+                    if t.source_device.id == self.device_id {
+                        self.take_up(t.into(), false);
+                    }
                 }
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return,
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
             }
         }
     }

@@ -536,3 +536,56 @@ async fn sharing_another_folder_or_deleting_most_of_the_project_stops_and_says_w
     let back = owner.run(&["share", &project, &root, "--once", "--json"]).await;
     assert_eq!(last_json(&back)["error"]["code"], "another_folder", "{}", describe(&back));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_mid_transfer_takes_it_up_again_and_says_when_it_is_back() {
+    let mut app = TestApp::spawn().await;
+    // The owner's uplink: 2 MB/s, so the agent can be stopped mid-file.
+    let uplink = crate::web_browser::SlowUplink::to(&app, 2e6).await;
+    let owner = Person { config: TempDir::new("restart-owner"), server: uplink.url.clone() };
+    owner.signup("owner").await;
+    let project = owner.json(&["project", "create", "Restart"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
+    let member = Person::new(&app, "restart-member");
+    member.signup("member").await;
+    member.json(&["join", &invite]).await;
+    let tree = TempDir::new("restart-src");
+    let big = noise(8 * 1000 * 1000, 3);
+    write(tree.path(), "big.bin", &big);
+    let agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    let mut agent = Some(agent);
+    agent.as_mut().unwrap().wait_for("its first push", |v| v["event"] == "synced").await;
+
+    let target = TempDir::new("restart-dst");
+    let mut pull = tokio::process::Command::from(member.command(&[
+        "pull",
+        &project,
+        "--to",
+        target.path().to_str().unwrap(),
+        "--json",
+    ]));
+    let pull = pull.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+
+    // Some bytes have moved: the agent stops (killed, as a crash would).
+    let token = member.token();
+    eventually("the transfer to move", || async {
+        let (_, page) = app.get(&format!("/api/projects/{project}/transfers"), &token).await;
+        let moved = page["transfers"][0]["bytes_transferred"].as_i64().unwrap_or(0);
+        (moved > 0 && page["transfers"][0]["status"] == "in_progress").then_some(())
+    })
+    .await;
+    drop(agent.take());
+
+    // Started again, it takes the half-sent transfer up: the pull ends whole.
+    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    let done = tokio::time::timeout(Duration::from_secs(120), pull.wait_with_output())
+        .await
+        .expect("the pull still waits two minutes after the agent came back")
+        .unwrap();
+    assert!(done.status.success(), "{}", describe(&done));
+    assert_eq!(std::fs::read(target.path().join("big.bin")).unwrap(), big);
+
+    // The server restarts: the agent says it lost it, then that it is back.
+    app.restart().await;
+    agent.wait_for("its reconnection", |v| v["event"] == "reconnected").await;
+}

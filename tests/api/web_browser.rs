@@ -75,13 +75,13 @@ async fn browser_a_member_signs_up_and_joins_from_an_invite_link() {
 /// A TCP way to the server that carries what the client sends at most
 /// `rate` bytes a second (answers go back unhindered): the owner's
 /// computer on a slow uplink, so a download can be watched as it moves.
-struct SlowUplink {
-    url: String,
+pub(crate) struct SlowUplink {
+    pub(crate) url: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SlowUplink {
-    async fn to(app: &TestApp, rate: f64) -> Self {
+    pub(crate) async fn to(app: &TestApp, rate: f64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = app.address.trim_start_matches("http://").to_owned();
