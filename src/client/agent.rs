@@ -299,6 +299,8 @@ struct Agent {
     remote: Option<BTreeMap<String, RemoteState>>,
     head_seq: i64,
     guard: DeleteGuard,
+    /// The scan's warnings already given.
+    warned: HashSet<String>,
 }
 
 impl Agent {
@@ -306,7 +308,7 @@ impl Agent {
         let index = Index::load(&dir);
         let source = Source::new(api.clone(), project, device_id, dir.clone(), out, Arc::new(index.files));
         let ctx = Ctx { api, project, device_id, dir, out, source: Arc::new(source) };
-        Self { ctx: Arc::new(ctx), remote: None, head_seq: 0, guard }
+        Self { ctx: Arc::new(ctx), remote: None, head_seq: 0, guard, warned: HashSet::new() }
     }
 
     /// Scans DIR (hashing only what changed), then pushes what the server
@@ -319,8 +321,12 @@ impl Agent {
         let outcome = tokio::task::spawn_blocking(move || scan::scan(&dir, &known, &bar))
             .await
             .map_err(|e| ClientError::Other(format!("the scan stopped: {e}")))?;
-        for warning in &outcome.warnings {
-            ctx.out.warn(warning);
+        // Each said once a run, not again at every rescan.
+        for warning in outcome.warnings {
+            if !self.warned.contains(&warning) {
+                ctx.out.warn(&warning);
+                self.warned.insert(warning);
+            }
         }
         if let Err(e) = Index::save(&ctx.dir, &outcome.files) {
             ctx.out.warn(&format!("cannot save the local index in {}: {e}", ctx.dir.join(scan::STATE_DIR).display()));

@@ -199,6 +199,10 @@ pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
                 continue;
             }
         };
+        if entry.path_is_symlink() {
+            warnings.push(format!("{}: a symbolic link, not shared (only regular files are)", entry.path().display()));
+            continue;
+        }
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }

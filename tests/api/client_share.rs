@@ -145,6 +145,8 @@ pub(crate) struct Running {
     pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     pub(crate) seen: Vec<String>,
+    /// What it printed on stderr so far (passed on to the test's own).
+    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -152,7 +154,7 @@ impl Running {
         let mut child = person
             .command(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("ferry {args:?} starts: {e}"));
         let stdout = child.stdout.take().unwrap();
@@ -165,7 +167,21 @@ impl Running {
                 }
             }
         });
-        Self { child, lines, seen: Vec::new() }
+        let stderr = child.stderr.take().unwrap();
+        let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = warnings.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines, seen: Vec::new(), warnings }
+    }
+
+    /// The lines it printed on stderr so far.
+    pub(crate) fn stderr(&self) -> Vec<String> {
+        self.warnings.lock().unwrap().clone()
     }
 
     /// The owner's agent: `ferry share PROJECT DIR --json`.
@@ -483,6 +499,24 @@ async fn the_agent_watches_and_serves_a_transfer_through_the_relay() {
         (names == ["/media/big.bin", "/new/later.txt"]).then_some(())
     })
     .await;
+
+    // A symbolic link is not shared, and said so once, not at every rescan.
+    std::os::unix::fs::symlink(dir.join("media/big.bin"), dir.join("link.bin")).unwrap();
+    write(dir, "new/again.txt", b"a rescan");
+    eventually("the rescan reaching the server", || async {
+        let names = paths(&remote_files(&app, &owner_token, &project).await);
+        (names == ["/media/big.bin", "/new/again.txt", "/new/later.txt"]).then_some(())
+    })
+    .await;
+    write(dir, "new/more.txt", b"another rescan");
+    eventually("another rescan reaching the server", || async {
+        let names = paths(&remote_files(&app, &owner_token, &project).await);
+        names.contains(&"/new/more.txt".to_owned()).then_some(())
+    })
+    .await;
+    let said: Vec<String> = agent.stderr().into_iter().filter(|l| l.contains("a symbolic link")).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("link.bin"), "{said:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
