@@ -146,7 +146,13 @@ pub enum Command {
         /// Longest wait, in seconds, for the owner's machine to provide a chunk.
         #[arg(long, default_value_t = 600)]
         wait: u64,
+        /// Days the files the owner deleted or replaced stay in DIR/.ferry/trash.
+        #[arg(long, env = "FERRY_TRASH_DAYS", default_value_t = 30)]
+        trash_days: u32,
     },
+    /// Member: what `sync` set aside in DIR's trash, and bringing it back.
+    #[command(subcommand)]
+    Trash(TrashCommand),
     /// Where each of your projects stands from this machine: your role, the
     /// owner's computer, the folder here and its files, open transfers.
     Status,
@@ -209,6 +215,22 @@ impl PasswordArgs {
         }
         Ok(password)
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrashCommand {
+    /// The files the owner deleted or replaced that `sync` kept, newest first.
+    List {
+        /// The folder `ferry sync` keeps current.
+        dir: PathBuf,
+    },
+    /// Puts the newest kept version of PATH back where it was.
+    Restore {
+        /// The folder `ferry sync` keeps current.
+        dir: PathBuf,
+        /// The file's path in the project, e.g. /docs/report.pdf.
+        path: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,11 +389,14 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             let wait = std::time::Duration::from_secs(wait);
             super::pull::pull(&session, out, super::pull::PullRequest { project, paths, to, wait }).await
         }
-        Command::Sync { project, dir, to, wait } => {
+        Command::Sync { project, dir, to, wait, trash_days } => {
             let dir = dir.or(to).ok_or_else(|| ClientError::Usage("sync needs the folder to keep current".into()))?;
             remember_synced(&mut session, &project, &dir).await?;
-            super::sync::sync(&session, out, &project, &dir, std::time::Duration::from_secs(wait)).await
+            let wait = std::time::Duration::from_secs(wait);
+            super::sync::sync(&session, out, &project, &dir, wait, trash_days).await
         }
+        Command::Trash(TrashCommand::List { dir }) => list_trash(out, &dir),
+        Command::Trash(TrashCommand::Restore { dir, path }) => restore_trashed(out, &dir, &path),
         Command::Status => super::status::status(&session, out).await,
         Command::Transfers { project, all, status } => {
             let which = match (all, status) {
@@ -575,6 +600,27 @@ async fn list_project_devices(session: &Session, out: Output, project: &str) -> 
             })
             .collect();
         table(&["id", "name", "role", "status", "last seen"], &rows)
+    });
+    Ok(())
+}
+
+fn list_trash(out: Output, dir: &std::path::Path) -> Result<(), ClientError> {
+    let files = super::trash::list(dir);
+    out.result(json!({"files": files}), || {
+        if files.is_empty() {
+            return format!("The trash of {} is empty.", dir.display());
+        }
+        let rows: Vec<_> =
+            files.iter().map(|t| vec![t.path.clone(), human_bytes(t.size), minute(t.trashed_at)]).collect();
+        table(&["path", "size", "set aside"], &rows)
+    });
+    Ok(())
+}
+
+fn restore_trashed(out: Output, dir: &std::path::Path, path: &str) -> Result<(), ClientError> {
+    let restored = super::trash::restore(dir, path)?;
+    out.result(json!({"restored": restored.path, "trashed_at": restored.trashed_at}), || {
+        format!("Restored {} (set aside {} UTC).", restored.path, minute(restored.trashed_at))
     });
     Ok(())
 }

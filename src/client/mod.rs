@@ -14,6 +14,7 @@ pub mod source;
 pub mod status;
 pub mod sync;
 pub mod transfers;
+pub mod trash;
 
 use std::path::Path;
 

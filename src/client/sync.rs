@@ -19,6 +19,7 @@ use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, Output};
 use super::pull::{pull_into, Manifest, ManifestEntry};
 use super::scan::STATE_DIR;
+use super::trash::{self, Keep};
 use super::ClientError;
 use crate::protocol::files::FilePath;
 
@@ -31,12 +32,17 @@ pub async fn sync(
     project: &str,
     dir: &Path,
     wait: Duration,
+    trash_days: u32,
 ) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
     let state = dir.join(STATE_DIR);
     std::fs::create_dir_all(&state).map_err(|e| ClientError::io(&state, e))?;
     let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
+    let purged = trash::purge(&dir, trash_days);
+    if purged > 0 {
+        out.note(&format!("Emptied {purged} file(s) set aside more than {trash_days} days ago from the trash."));
+    }
 
     let stop = super::agent::stop_signal();
     tokio::pin!(stop);
@@ -194,10 +200,15 @@ impl Applier {
         match kind {
             "file_added" | "file_updated" => {
                 let path = data["path"].as_str().ok_or("an event without a path")?;
+                let aside = self.set_aside(path, data["hash"].as_str().unwrap_or_default())?;
                 self.pull_path(path).await.map(|pulled| {
                     pulled.map(|(t, r)| {
-                        json!({"event": if kind == "file_added" {"added"} else {"updated"},
-                               "path": path, "bytes_transferred": t, "bytes_reused": r})
+                        let mut change = json!({"event": if kind == "file_added" {"added"} else {"updated"},
+                                                "path": path, "bytes_transferred": t, "bytes_reused": r});
+                        if let Some((key, value)) = aside {
+                            change[key] = json!(value);
+                        }
+                        change
                     })
                 })
             }
@@ -230,6 +241,32 @@ impl Applier {
         }
     }
 
+    /// Before the owner's version of `path` (hashing to `new_hash`) is
+    /// pulled over the file here: the member's own edit (it differs from
+    /// what was last synced) is kept beside it as a conflict copy; an
+    /// untouched older version goes to the trash. Answers which, for the
+    /// change's `--json` line.
+    fn set_aside(&self, path: &str, new_hash: &str) -> Result<Option<(&'static str, String)>, String> {
+        let local = self.local(path)?;
+        let here = match std::fs::read(&local) {
+            Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", local.display())),
+        };
+        if here == new_hash {
+            return Ok(None);
+        }
+        let synced = Manifest::load(&self.dir).files.get(path).map(|e| e.hash.clone());
+        if synced.as_deref() == Some(here.as_str()) {
+            trash::put(&self.dir, path, &local, Keep::Link).map_err(|e| format!("{}: {e}", local.display()))?;
+            return Ok(Some(("trashed", path.to_owned())));
+        }
+        let copy = trash::keep_conflict(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+        self.out.warn(&format!("{path} changed in the project and here: your version is kept as {}", copy.display()));
+        let name = copy.strip_prefix(&self.dir).unwrap_or(&copy).display().to_string();
+        Ok(Some(("conflict_copy", format!("/{name}"))))
+    }
+
     fn delete(&self, path: &str) -> Result<Option<Value>, String> {
         let local = self.local(path)?;
         let mut manifest = Manifest::load(&self.dir);
@@ -238,9 +275,10 @@ impl Applier {
             (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => None,
             (Err(e), _) => return Err(format!("{}: {e}", local.display())),
             (Ok(bytes), Some(entry)) if blake3::hash(&bytes).to_hex().as_str() == entry.hash => {
-                std::fs::remove_file(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+                // Not gone for good: `ferry trash restore` brings it back.
+                trash::put(&self.dir, path, &local, Keep::Move).map_err(|e| format!("{}: {e}", local.display()))?;
                 remove_empty_parents(&self.dir, &local);
-                Some(json!({"event": "deleted", "path": path}))
+                Some(json!({"event": "deleted", "path": path, "trashed": true}))
             }
             (Ok(_), _) => {
                 self.out.warn(&format!("{path} was deleted in the project but changed here: kept {}", local.display()));

@@ -191,3 +191,70 @@ async fn sync_reconnects_after_a_server_restart_and_catches_up() {
     assert!(sync.reconnects() > drops_before, "no reconnect reported; stderr:\n{}", sync.printed("stderr"));
     assert!(sync.child.try_wait().unwrap().is_none(), "sync exited");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_keeps_the_members_own_edits_and_what_the_owner_deletes_or_replaces() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Keep").await;
+    let tree = TempDir::new("keep-src");
+    let src = tree.path();
+    write(src, "edit.txt", b"first version");
+    write(src, "docs/gone.txt", b"about to be deleted");
+    write(src, "replaced.txt", b"replaced, the old one");
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    let target = TempDir::new("keep-dst");
+    let dst = target.path();
+    let mut sync = Running::sync(&member, &project, dst);
+    sync.wait_for("its first pull", |v| v["event"] == "pulled").await;
+
+    // The member edits a file here; the owner changes the same file, deletes
+    // another and replaces a third.
+    write(dst, "edit.txt", b"the member's own edit");
+    write(src, "edit.txt", b"the owner's second version");
+    std::fs::remove_file(src.join("docs/gone.txt")).unwrap();
+    write(src, "replaced.txt", b"replaced, the new one");
+    let find = |events: &[Value], event: &str, path: &str| {
+        events.iter().find(|v| v["event"] == event && v["path"] == path).cloned()
+    };
+    let deadline = Instant::now() + CONVERGE_WITHIN;
+    let (conflict, replaced) = loop {
+        let events = sync.events();
+        let seen = (
+            find(&events, "updated", "/edit.txt"),
+            find(&events, "updated", "/replaced.txt"),
+            find(&events, "deleted", "/docs/gone.txt"),
+        );
+        if let (Some(conflict), Some(replaced), Some(_)) = seen {
+            break (conflict, replaced);
+        }
+        assert!(Instant::now() < deadline, "not all applied; sync printed:\n{}", sync.seen.join("\n"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The owner's version is in place; the member's is beside it.
+    assert_eq!(read(dst, "edit.txt").as_deref(), Some(&b"the owner's second version"[..]));
+    let copy = conflict["conflict_copy"].as_str().unwrap_or_else(|| panic!("no conflict copy: {conflict}"));
+    assert!(copy.starts_with("/edit.ferry-conflict-") && copy.ends_with(".txt"), "{conflict}");
+    assert_eq!(read(dst, copy.trim_start_matches('/')).as_deref(), Some(&b"the member's own edit"[..]));
+    assert_eq!(replaced["trashed"], "/replaced.txt", "{replaced}");
+    assert_eq!(read(dst, "replaced.txt").as_deref(), Some(&b"replaced, the new one"[..]));
+    assert!(!dst.join("docs/gone.txt").exists());
+
+    // The trash holds what the owner deleted or replaced; restore brings it back.
+    let to = dst.to_str().unwrap();
+    let trash = member.json(&["trash", "list", to]).await;
+    let mut kept: Vec<(&str, u64)> = trash["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap(), f["size"].as_u64().unwrap()))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, [("/docs/gone.txt", 19), ("/replaced.txt", 21)], "{trash}");
+    member.json(&["trash", "restore", to, "/docs/gone.txt"]).await;
+    assert_eq!(read(dst, "docs/gone.txt").as_deref(), Some(&b"about to be deleted"[..]));
+    let again = member.run(&["trash", "restore", to, "/docs/gone.txt"]).await;
+    assert!(!again.status.success(), "restored twice");
+    drop(sync);
+}
