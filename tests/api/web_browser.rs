@@ -279,6 +279,7 @@ async fn browser_the_owner_creates_copies_and_revokes_an_invite_and_a_stranger_s
 
     let mut browser = Browser::open(&app).await;
     sign_in(&browser, &owner.email).await;
+    browser.screenshots("projects").await;
     browser.click("link", "Band Rehearsals").await;
     browser.click("link", "Takes").await;
     browser.wait_for_text("take-099.wav").await;
