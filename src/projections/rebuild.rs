@@ -24,9 +24,10 @@ use crate::store::{Pool, StoreError};
 
 /// Serialises rebuilds across servers sharing the database.
 const REBUILD_LOCK: i64 = 0x6665_7272_795f_7262; // "ferry_rb"
-/// Memory a rebuild's sorts and index builds may take (one at a time: rebuilds
-/// are serialised).
-const BUILD_WORK_MEM: &str = "256MB";
+/// Memory a rebuild's sorts and index builds may take: enough to sort a
+/// million events' latest states without spilling to disk. One rebuild runs at
+/// a time (they are serialised), and only in its own transaction.
+const BUILD_WORK_MEM: &str = "1GB";
 /// Below PostgreSQL's default deadlock_timeout (1 s), so the swap, not a
 /// command, is the one that gives way.
 const SWAP_LOCK_TIMEOUT_MS: u64 = 500;
