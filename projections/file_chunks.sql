@@ -36,8 +36,10 @@ WITH latest AS (
           SELECT project_id, seq, 1, data->>'to', false, data FROM new_events WHERE type = 'file_moved') e
     ORDER BY project_id, path, seq DESC, step DESC
 )
+-- No DISTINCT (a sort of every row): ON CONFLICT DO NOTHING already keeps
+-- one row of a chunk listed twice.
 INSERT INTO file_chunks (project_id, hash, path)
-SELECT DISTINCT t.project_id, c.hash, t.path
+SELECT t.project_id, c.hash, t.path
 FROM latest t
 CROSS JOIN LATERAL (
     SELECT elem->>'hash' AS hash

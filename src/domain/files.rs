@@ -5,10 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
-use tokio_postgres::IsolationLevel;
 use uuid::Uuid;
 
-use super::projects::{access, lock_for};
+use super::projects::LockFor;
 use super::{Caller, Command, DomainError, Rejection};
 use crate::protocol::events::data::{FileMoved, FileState};
 use crate::protocol::files::{
@@ -128,9 +127,19 @@ pub async fn update(
     let checked =
         changes.into_iter().enumerate().map(|(i, c)| check(c).map_err(|e| at(i, e))).collect::<Result<Vec<_>, _>>()?;
 
-    lock_for(client, project_id, &cmd.caller, false).await?;
-    require_source_device(client, project_id, &cmd.caller).await?;
-    let mut known = load(client, project_id, &checked).await?;
+    // The lock, the access check, the source check and the load of the
+    // current state go together, in this order (one round trip).
+    let checks = LockFor::prepare(client).await?;
+    let source = source_statement(client).await?;
+    let load_stmt = client.prepare_cached(LOAD).await?;
+    let (_, is_source, mut known) = futures_util::try_join!(
+        checks.run(client, project_id, &cmd.caller, false),
+        is_source_device(client, &source, project_id, &cmd.caller),
+        load(client, &load_stmt, project_id, &checked),
+    )?;
+    if !is_source {
+        return Err(not_a_source());
+    }
 
     let mut events = Vec::new();
     let mut known_changed: Vec<String> = Vec::new();
@@ -220,31 +229,46 @@ pub(crate) async fn require_source_device(
     project_id: Uuid,
     caller: &Caller,
 ) -> Result<(), DomainError> {
-    let refused = || {
-        DomainError::rejected(
-            Rejection::Forbidden,
-            "source_device_required",
-            "file changes are sent with the device token of a source device of the project",
-        )
-    };
-    let device = caller.device_id.ok_or_else(refused)?;
-    let is_source = client
-        .query_opt(
-            "SELECT 1 FROM project_devices WHERE project_id = $1 AND device_id = $2 AND role = 'source'",
-            &[&project_id, &device],
-        )
-        .await?
-        .is_some();
-    if is_source {
+    let stmt = source_statement(client).await?;
+    if is_source_device(client, &stmt, project_id, caller).await? {
         Ok(())
     } else {
-        Err(refused())
+        Err(not_a_source())
     }
 }
+
+fn not_a_source() -> DomainError {
+    DomainError::rejected(
+        Rejection::Forbidden,
+        "source_device_required",
+        "file changes are sent with the device token of a source device of the project",
+    )
+}
+
+async fn source_statement(client: &impl GenericClient) -> Result<tokio_postgres::Statement, DomainError> {
+    Ok(client
+        .prepare_cached("SELECT 1 FROM project_devices WHERE project_id = $1 AND device_id = $2 AND role = 'source'")
+        .await?)
+}
+
+/// Whether the caller came with the token of a source device of the project.
+async fn is_source_device(
+    client: &impl GenericClient,
+    stmt: &tokio_postgres::Statement,
+    project_id: Uuid,
+    caller: &Caller,
+) -> Result<bool, DomainError> {
+    let Some(device) = caller.device_id else { return Ok(false) };
+    Ok(client.query_opt(stmt, &[&project_id, &device]).await?.is_some())
+}
+
+const LOAD: &str = "SELECT path, size, hash, mime_type, modified_at, chunks, version, deleted
+                    FROM remote_files WHERE project_id = $1 AND path = ANY($2)";
 
 /// The stored state of every path the batch touches, in one query.
 async fn load(
     client: &impl GenericClient,
+    stmt: &tokio_postgres::Statement,
     project_id: Uuid,
     changes: &[Checked],
 ) -> Result<HashMap<String, Known>, DomainError> {
@@ -256,13 +280,7 @@ async fn load(
             Move(from, to) => paths.extend([from.as_str(), to.as_str()]),
         }
     }
-    let stmt = client
-        .prepare_cached(
-            "SELECT path, size, hash, mime_type, modified_at, chunks, version, deleted
-             FROM remote_files WHERE project_id = $1 AND path = ANY($2)",
-        )
-        .await?;
-    let rows = client.query(&stmt, &[&project_id, &paths]).await?;
+    let rows = client.query(stmt, &[&project_id, &paths]).await?;
     let mut known = HashMap::with_capacity(rows.len() + changes.len());
     for row in rows {
         let chunks: Option<serde_json::Value> = row.get(5);
@@ -318,18 +336,15 @@ impl FilesQuery {
 
 /// One page of files in path order, and the head it was read at: the page
 /// and the head come from one snapshot, so following the log from that
-/// head misses nothing.
+/// head misses nothing. One statement (the caller's access, the head and the
+/// page together), so one round trip and one snapshot without a
+/// transaction around it.
 pub async fn list(
     client: &mut Object,
     caller: &Caller,
     project_id: Uuid,
     q: &FilesQuery,
 ) -> Result<FilesPage, DomainError> {
-    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
-    access(&tx, project_id, caller, false).await?;
-    let head_seq: i64 =
-        tx.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project_id]).await?.get(0);
-
     let prefix = q.prefix.as_deref().unwrap_or("");
     // An upper bound lets the index scan stop at the end of the prefix.
     let upper: Option<String> = prefix.as_bytes().last().filter(|b| **b < 0x7f).map(|b| {
@@ -339,33 +354,43 @@ pub async fn list(
     });
     let after = q.cursor.as_ref().map_or("", |c| c.0.as_str());
     let live_only = if q.include_deleted { "" } else { "AND NOT deleted" };
-    let stmt = tx
+    // No row: the caller may not see the project. One row with no path: a
+    // page with no files.
+    let stmt = client
         .prepare_cached(&format!(
-            "SELECT path, size, hash, mime_type, modified_at, version, updated_seq, deleted
-             FROM remote_files
-             WHERE project_id = $1 AND path > $2 AND path >= $3 AND ($4::text IS NULL OR path < $4)
-               AND starts_with(path, $3) {live_only}
-             ORDER BY path
-             LIMIT $5"
+            "SELECT h.head_seq, f.path, f.size, f.hash, f.mime_type, f.modified_at, f.version, f.updated_seq, f.deleted
+             FROM project_members m
+             JOIN projects p ON p.id = m.project_id AND p.archived_at IS NULL
+             JOIN project_heads h ON h.project_id = m.project_id
+             LEFT JOIN LATERAL (
+                 SELECT path, size, hash, mime_type, modified_at, version, updated_seq, deleted
+                 FROM remote_files
+                 WHERE project_id = $1 AND path > $2 AND path >= $3 AND ($4::text IS NULL OR path < $4)
+                   AND starts_with(path, $3) {live_only}
+                 ORDER BY path
+                 LIMIT $5) f ON true
+             WHERE m.project_id = $1 AND m.user_id = $6
+             ORDER BY f.path"
         ))
         .await?;
-    let rows = tx.query(&stmt, &[&project_id, &after, &prefix, &upper, &(q.limit + 1)]).await?;
-    let more = rows.len() as i64 > q.limit;
+    let rows = client.query(&stmt, &[&project_id, &after, &prefix, &upper, &(q.limit + 1), &caller.user_id]).await?;
+    let head_seq: i64 = rows.first().ok_or_else(|| DomainError::not_found("project"))?.get(0);
     let files: Vec<RemoteFile> = rows
         .iter()
-        .take(q.limit as usize)
+        .filter(|r| r.get::<_, Option<&str>>(1).is_some())
         .map(|r| RemoteFile {
-            path: r.get(0),
-            size: r.get(1),
-            hash: r.get(2),
-            mime_type: r.get(3),
-            modified_at: r.get::<_, Option<DateTime<Utc>>>(4),
-            version: r.get(5),
-            updated_seq: r.get(6),
-            deleted: r.get(7),
+            path: r.get(1),
+            size: r.get(2),
+            hash: r.get(3),
+            mime_type: r.get(4),
+            modified_at: r.get::<_, Option<DateTime<Utc>>>(5),
+            version: r.get(6),
+            updated_seq: r.get(7),
+            deleted: r.get(8),
         })
         .collect();
+    let more = files.len() as i64 > q.limit;
+    let files: Vec<RemoteFile> = files.into_iter().take(q.limit as usize).collect();
     let next_cursor = more.then(|| Cursor(files.last().expect("a full page").path.clone()).encode());
-    tx.commit().await?;
     Ok(FilesPage { files, next_cursor, head_seq })
 }

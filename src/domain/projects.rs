@@ -17,14 +17,23 @@ pub async fn role_of(
     project_id: Uuid,
     user_id: Uuid,
 ) -> Result<Option<Role>, DomainError> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
-             WHERE m.project_id = $1 AND m.user_id = $2 AND p.archived_at IS NULL",
-        )
-        .await?;
+    let stmt = client.prepare_cached(ROLE_OF).await?;
     let row = client.query_opt(&stmt, &[&project_id, &user_id]).await?;
     Ok(row.and_then(|r| Role::parse(r.get(0))))
+}
+
+type Params<'a, const N: usize> = [&'a (dyn tokio_postgres::types::ToSql + Sync); N];
+
+const ROLE_OF: &str = "SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
+                       WHERE m.project_id = $1 AND m.user_id = $2 AND p.archived_at IS NULL";
+
+/// [`access`] decided from the row of [`ROLE_OF`].
+fn role_allowed(row: Option<tokio_postgres::Row>, owner_only: bool) -> Result<Role, DomainError> {
+    match row.and_then(|r| Role::parse(r.get(0))) {
+        Some(Role::Member) if owner_only => Err(DomainError::owner_only()),
+        Some(role) => Ok(role),
+        None => Err(DomainError::not_found("project")),
+    }
 }
 
 /// The caller's role in the project: 404 when they cannot see it, 403 when
@@ -43,15 +52,47 @@ pub async fn access(
 }
 
 /// Locks the project's head (so the state checked cannot change before the
-/// append), then checks [`access`].
+/// append), then checks [`access`]. The two statements are pipelined: sent
+/// together, one round trip. PostgreSQL still runs them in order, the check
+/// in its own snapshot taken once the lock is held, so it sees every command
+/// committed before.
 pub async fn lock_for(
     client: &impl GenericClient,
     project_id: Uuid,
     caller: &Caller,
     owner_only: bool,
 ) -> Result<Role, DomainError> {
-    store::lock_stream(client, project_id).await?;
-    access(client, project_id, caller, owner_only).await
+    LockFor::prepare(client).await?.run(client, project_id, caller, owner_only).await
+}
+
+/// [`lock_for`]'s statements, prepared: its [`LockFor::run`] sends them
+/// at its first poll, so it can be pipelined with statements that must run
+/// after the lock (joined after it). A statement still to be prepared would
+/// send only its Parse first, and its execution after the others'.
+pub struct LockFor {
+    lock: tokio_postgres::Statement,
+    role: tokio_postgres::Statement,
+}
+
+impl LockFor {
+    pub async fn prepare(client: &impl GenericClient) -> Result<Self, DomainError> {
+        Ok(Self { lock: store::events::lock_statement(client).await?, role: client.prepare_cached(ROLE_OF).await? })
+    }
+
+    pub async fn run(
+        &self,
+        client: &impl GenericClient,
+        project_id: Uuid,
+        caller: &Caller,
+        owner_only: bool,
+    ) -> Result<Role, DomainError> {
+        let (lock_params, role_params): (Params<1>, Params<2>) = ([&project_id], [&project_id, &caller.user_id]);
+        let (_, row) = futures_util::try_join!(
+            client.query_opt(&self.lock, &lock_params),
+            client.query_opt(&self.role, &role_params)
+        )?;
+        role_allowed(row, owner_only)
+    }
 }
 
 pub async fn create(client: &impl GenericClient, cmd: &Command, name: ProjectName) -> Result<Project, DomainError> {
@@ -79,10 +120,27 @@ pub async fn rename(
     project_id: Uuid,
     name: ProjectName,
 ) -> Result<Project, DomainError> {
-    lock_for(client, project_id, &cmd.caller, true).await?;
-    let event = NewEvent::new(EventType::ProjectRenamed, data::ProjectRenamed { name: name.into_inner() });
-    store::append(client, project_id, &cmd.meta, &[event]).await?;
-    get(client, &cmd.caller, project_id).await
+    // The event does not depend on the state, so the lock, the check, the
+    // append and the read of the answer go in one round trip: PostgreSQL
+    // runs them in order, and a refused check rolls the append back with
+    // the transaction (nothing of it is ever committed or seen).
+    let events = [NewEvent::new(EventType::ProjectRenamed, data::ProjectRenamed { name: name.into_inner() })];
+    let lock = store::events::lock_statement(client).await?;
+    let role = client.prepare_cached(ROLE_OF).await?;
+    let append = store::events::append_statement(client, &events).await?;
+    let get = client.prepare_cached(&GET).await?;
+    let (lock_params, user_params): (Params<1>, Params<2>) = ([&project_id], [&project_id, &cmd.caller.user_id]);
+    let (locked, role, appended, project) = futures_util::join!(
+        client.query_opt(&lock, &lock_params),
+        client.query_opt(&role, &user_params),
+        store::events::append_with(client, &append, project_id, &cmd.meta, &events),
+        client.query_opt(&get, &user_params),
+    );
+    // In the order they ran: the first failure is the answer.
+    locked?;
+    role_allowed(role?, true)?;
+    appended?;
+    Ok(project_of(project?.ok_or_else(|| DomainError::not_found("project"))?))
 }
 
 pub async fn archive(client: &impl GenericClient, cmd: &Command, project_id: Uuid) -> Result<(), DomainError> {
@@ -132,19 +190,26 @@ pub async fn list(pool: &Pool, caller: &Caller) -> Result<Vec<Project>, DomainEr
 
 /// One project with its member count; 404 unless the caller is in it.
 pub async fn get(client: &impl GenericClient, caller: &Caller, project_id: Uuid) -> Result<Project, DomainError> {
+    let stmt = client.prepare_cached(&GET).await?;
     let row = client
-        .query_opt(
-            &format!(
-                "SELECT {PROJECT_COLUMNS},
-                        (SELECT count(*) FROM project_members c WHERE c.project_id = p.id)
-                 FROM project_members m
-                 JOIN projects p ON p.id = m.project_id AND p.archived_at IS NULL
-                 JOIN project_heads h ON h.project_id = p.id
-                 WHERE m.project_id = $1 AND m.user_id = $2"
-            ),
-            &[&project_id, &caller.user_id],
-        )
+        .query_opt(&stmt, &[&project_id, &caller.user_id])
         .await?
         .ok_or_else(|| DomainError::not_found("project"))?;
-    Ok(Project { member_count: Some(row.get(6)), ..project_from_row(&row) })
+    Ok(project_of(row))
+}
+
+static GET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {PROJECT_COLUMNS},
+                (SELECT count(*) FROM project_members c WHERE c.project_id = p.id)
+         FROM project_members m
+         JOIN projects p ON p.id = m.project_id AND p.archived_at IS NULL
+         JOIN project_heads h ON h.project_id = p.id
+         WHERE m.project_id = $1 AND m.user_id = $2"
+    )
+});
+
+/// A row of [`GET`].
+fn project_of(row: tokio_postgres::Row) -> Project {
+    Project { member_count: Some(row.get(6)), ..project_from_row(&row) }
 }

@@ -1,7 +1,7 @@
 //! The registry of read models. Each is one file `projections/<name>.sql`:
 //! its tables, then a line `-- apply`, then set-based SQL that applies a
 //! batch of events found in the relation `new_events` (the columns of the
-//! logs). The same SQL runs live, as a statement trigger on both logs, and
+//! logs). The same SQL runs live, inside one statement trigger per log, and
 //! during a rebuild, over the whole log in batches. Apply SQL must therefore
 //! be correct for any contiguous run of a project's events, not just one.
 
@@ -19,8 +19,8 @@ pub struct Projection {
 }
 
 const APPLY_MARKER: &str = "\n-- apply\n";
-/// Bump when `rebuild::trigger_sql` changes, so live triggers are remade.
-const TRIGGER_FORMAT: &str = "2";
+/// Bump when `rebuild::triggers_sql` changes, so live triggers are remade.
+const TRIGGER_FORMAT: &str = "3";
 
 impl Projection {
     const fn new(name: &'static str, source: &'static str) -> Self {
@@ -58,7 +58,7 @@ impl Projection {
         EventType::ALL.iter().copied().filter(|t| apply.contains(&format!("'{}'", t.as_str()))).collect()
     }
 
-    /// The logs holding those types: its trigger is on these only.
+    /// The logs holding those types: only their triggers apply it.
     pub fn logs(&self) -> Vec<Log> {
         let types = self.event_types();
         [Log::Project, Log::Transfer].into_iter().filter(|l| types.iter().any(|t| t.log() == *l)).collect()

@@ -1,8 +1,9 @@
 //! Building a projection from the log into fresh tables and swapping them in.
 //!
 //! 1. Build, in a REPEATABLE READ snapshot: create the tables in a private
-//!    schema, note every project's head as the snapshot sees it, and apply
-//!    the whole log in batches of positions.
+//!    schema, note every project's head as the snapshot sees it, apply the
+//!    whole log in one pass (a view of the snapshot's log as `new_events`),
+//!    then make the secondary indexes.
 //! 2. Swap, in one short transaction: lock `project_heads` in EXCLUSIVE mode
 //!    (every command locks its head before it reads projections, so this
 //!    waits for commands in flight and holds new ones back, while plain
@@ -23,13 +24,30 @@ use crate::store::{Pool, StoreError};
 
 /// Serialises rebuilds across servers sharing the database.
 const REBUILD_LOCK: i64 = 0x6665_7272_795f_7262; // "ferry_rb"
-const BATCH: i64 = 20_000;
+/// Memory a rebuild's sorts and index builds may take: enough to sort a
+/// million events' latest states without spilling to disk. One rebuild runs at
+/// a time (they are serialised), and only in its own transaction.
+const BUILD_WORK_MEM: &str = "1GB";
 /// Below PostgreSQL's default deadlock_timeout (1 s), so the swap, not a
 /// command, is the one that gives way.
 const SWAP_LOCK_TIMEOUT_MS: u64 = 500;
 const SWAP_ATTEMPTS: u32 = 20;
 const LOG_COLUMNS: &str =
     "project_id, seq, id, type, data, actor_user_id, actor_device_id, idempotency_key, created_at, position";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secondary_indexes_are_split_from_the_tables() {
+        let (tables, indexes) = super::split_indexes(
+            "-- a comment; with a semicolon\nCREATE TABLE t (a int PRIMARY KEY);\n\
+             CREATE INDEX t_a ON t (a) WHERE a > 0;\ncreate unique index t_b ON t (a);\n",
+        );
+        assert!(tables.contains("CREATE TABLE t") && !tables.contains("INDEX") && !tables.contains("comment"));
+        assert!(indexes.contains("CREATE INDEX t_a ON t (a) WHERE a > 0;") && indexes.contains("t_b"));
+        assert!(!indexes.contains("CREATE TABLE"));
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -139,41 +157,27 @@ async fn run(
     let schema = format!("ferry_build_{name}");
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};")).await?;
 
-    // 1. Build from a snapshot.
+    // 1. Build from a snapshot, the whole log in one pass: `new_events` is a
+    // view of both logs as this snapshot sees them, so the apply SQL reads the
+    // log in place (no copy into a scratch table, batch by batch) and writes
+    // each row's final state once, however many events led to it. Secondary
+    // indexes are made after the load: one sort, not an insert per row.
+    let (tables, indexes) = split_indexes(projection.tables_sql());
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
     tx.batch_execute(&format!(
         "SET LOCAL search_path = {schema}, public;
+         SET LOCAL work_mem = '{BUILD_WORK_MEM}';
+         SET LOCAL maintenance_work_mem = '{BUILD_WORK_MEM}';
          {tables}
          CREATE TABLE {schema}._heads AS SELECT project_id, head_seq FROM public.project_heads;
-         CREATE TEMP TABLE new_events (LIKE public.project_events) ON COMMIT DROP;",
-        tables = projection.tables_sql(),
+         CREATE TEMP VIEW new_events AS SELECT {LOG_COLUMNS} FROM public.events;"
     ))
     .await?;
-    let load = tx
-        .prepare(&format!(
-            "WITH batch AS (
-                INSERT INTO new_events ({LOG_COLUMNS})
-                SELECT {LOG_COLUMNS} FROM public.events WHERE position > $1 ORDER BY position LIMIT $2
-                RETURNING position)
-             SELECT count(*), coalesce(max(position), 0) FROM batch"
-        ))
-        .await?;
-    let mut after = 0_i64;
-    let mut events_read = 0_i64;
-    loop {
-        let row = tx.query_one(&load, &[&after, &BATCH]).await?;
-        let (count, last): (i64, i64) = (row.get(0), row.get(1));
-        if count == 0 {
-            break;
-        }
-        tx.batch_execute(projection.apply_sql()).await?;
-        tx.batch_execute("TRUNCATE new_events").await?;
-        events_read += count;
-        after = last;
-        if count < BATCH {
-            break;
-        }
-    }
+    tx.batch_execute(projection.apply_sql()).await?;
+    tx.batch_execute(&indexes).await?;
+    // Both logs share each project's gap-free seq: the heads count the events.
+    let mut events_read: i64 = tx.query_one("SELECT coalesce(sum(head_seq), 0)::bigint FROM _heads", &[]).await?.get(0);
+    tx.batch_execute("DROP VIEW new_events").await?;
     tx.commit().await?;
 
     // 2. Catch up and swap. The swap gives way rather than wait long for a
@@ -193,6 +197,24 @@ async fn run(
     };
     events_read += caught_up;
     Ok(Some(RebuildReport { name, version, events_read, caught_up }))
+}
+
+/// The projection's DDL split in two: its tables (with their primary keys,
+/// which the apply SQL's upserts need), and its secondary indexes, made once
+/// the tables are full. Comment lines are dropped.
+fn split_indexes(ddl: &str) -> (String, String) {
+    let code: String = ddl.lines().filter(|l| !l.trim_start().starts_with("--")).map(|l| format!("{l}\n")).collect();
+    let (mut tables, mut indexes) = (String::new(), String::new());
+    for statement in code.split_inclusive(';') {
+        let head = statement.trim_start().to_ascii_uppercase();
+        let target = if head.starts_with("CREATE INDEX") || head.starts_with("CREATE UNIQUE INDEX") {
+            &mut indexes
+        } else {
+            &mut tables
+        };
+        target.push_str(statement);
+    }
+    (tables, indexes)
 }
 
 /// Applies what was committed since the snapshot and swaps the new tables
@@ -237,12 +259,18 @@ async fn swap(
     tx.batch_execute(&format!(
         "DROP TABLE IF EXISTS {live} CASCADE;
          {moves}
-         {trigger}
          DROP SCHEMA {schema} CASCADE;",
         live = live.join(", "),
-        trigger = trigger_sql(projection),
     ))
     .await?;
+    // Every projection whose tables are live now, this one's included.
+    let firsts: Vec<String> = ALL.iter().map(|p| format!("public.{}", p.tables()[0])).collect();
+    let present: Vec<bool> = tx
+        .query_one("SELECT array_agg(to_regclass(t) IS NOT NULL ORDER BY o) FROM unnest($1::text[]) WITH ORDINALITY AS u(t, o)", &[&firsts])
+        .await?
+        .get(0);
+    let built: Vec<&Projection> = ALL.iter().zip(present).filter(|(_, live)| *live).map(|(p, _)| p).collect();
+    tx.batch_execute(&triggers_sql(&built)).await?;
     let events_read = built_from + caught_up;
     tx.execute(
         "INSERT INTO public.projection_versions (name, version, rebuilt_at, events_read)
@@ -256,33 +284,54 @@ async fn swap(
     Ok(caught_up)
 }
 
-/// The projection's live trigger: a statement trigger on each log holding
-/// its event types, returning at once when the statement brought none.
-fn trigger_sql(projection: &Projection) -> String {
-    let name = projection.name;
-    let types: Vec<String> = projection.event_types().iter().map(|t| format!("'{}'", t.as_str())).collect();
-    let mut sql = format!(
-        "CREATE OR REPLACE FUNCTION public.projection_{name}() RETURNS trigger
-         LANGUAGE plpgsql AS $projection$
-         BEGIN
-         IF NOT EXISTS (SELECT 1 FROM new_events WHERE type IN ({types})) THEN
-             RETURN NULL;
-         END IF;
-         {apply}
-         RETURN NULL;
-         END $projection$;",
-        types = types.join(", "),
-        apply = projection.apply_sql(),
-    );
+/// The live triggers: one statement trigger per log, whose function applies
+/// every built projection reading that log's event types, each only when the
+/// statement brought one of its types. One trigger instead of one per
+/// projection: a single-event append runs one PL/pgSQL call and one look at
+/// `new_events`, not seven. `built` names the projections whose tables are
+/// live (a projection not built yet has no tables to apply to).
+fn triggers_sql(built: &[&Projection]) -> String {
+    let mut sql = String::new();
+    // The triggers of the previous format: one per projection.
+    for projection in ALL {
+        let name = projection.name;
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS projection_{name} ON public.project_events;
+             DROP TRIGGER IF EXISTS projection_{name} ON public.transfer_events;
+             DROP FUNCTION IF EXISTS public.projection_{name}();\n"
+        ));
+    }
     for (log, table) in [(Log::Project, "project_events"), (Log::Transfer, "transfer_events")] {
-        sql.push_str(&format!("\nDROP TRIGGER IF EXISTS projection_{name} ON public.{table};"));
-        if projection.logs().contains(&log) {
-            sql.push_str(&format!(
-                "\nCREATE TRIGGER projection_{name} AFTER INSERT ON public.{table}
-                     REFERENCING NEW TABLE AS new_events
-                     FOR EACH STATEMENT EXECUTE FUNCTION public.projection_{name}();"
+        let mut body = String::new();
+        for projection in built.iter().filter(|p| p.logs().contains(&log)) {
+            let types: Vec<String> = projection
+                .event_types()
+                .iter()
+                .filter(|t| t.log() == log)
+                .map(|t| format!("'{}'", t.as_str()))
+                .collect();
+            body.push_str(&format!(
+                "-- {name}\nIF types && ARRAY[{types}]::text[] THEN\n{apply}\nEND IF;\n",
+                name = projection.name,
+                types = types.join(", "),
+                apply = projection.apply_sql(),
             ));
         }
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS apply_projections ON public.{table};
+             CREATE OR REPLACE FUNCTION public.apply_{table}() RETURNS trigger
+             LANGUAGE plpgsql AS $projection$
+             DECLARE
+                 types text[];
+             BEGIN
+             SELECT array_agg(DISTINCT type) INTO types FROM new_events;
+             {body}
+             RETURN NULL;
+             END $projection$;
+             CREATE TRIGGER apply_projections AFTER INSERT ON public.{table}
+                 REFERENCING NEW TABLE AS new_events
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.apply_{table}();\n"
+        ));
     }
     sql
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{GenericClient, StoreError};
 use crate::protocol::{Actor, EventType, Log};
+use tokio_postgres::Statement;
 
 /// An event about to be appended.
 #[derive(Debug, Clone)]
@@ -61,8 +62,16 @@ pub async fn create_stream(client: &impl GenericClient, project_id: Uuid) -> Res
 /// head seq, or `None` for an unknown project. Commands take this lock
 /// before they validate, so the state they check cannot change under them.
 pub async fn lock_stream(client: &impl GenericClient, project_id: Uuid) -> Result<Option<i64>, StoreError> {
-    let stmt = client.prepare_cached("SELECT head_seq FROM project_heads WHERE project_id = $1 FOR UPDATE").await?;
+    let stmt = lock_statement(client).await?;
     Ok(client.query_opt(&stmt, &[&project_id]).await?.map(|row| row.get(0)))
+}
+
+/// The statement of [`lock_stream`], prepared (once per connection), for
+/// callers that pipeline it with the statements that follow: a statement
+/// must be prepared before the pipeline is sent, or its Parse would go first
+/// and its execution after the others.
+pub async fn lock_statement(client: &impl GenericClient) -> Result<Statement, StoreError> {
+    Ok(client.prepare_cached("SELECT head_seq FROM project_heads WHERE project_id = $1 FOR UPDATE").await?)
 }
 
 /// Raises the head by the batch size (taking the head row lock, held until
@@ -109,6 +118,33 @@ pub async fn append(
     meta: &EventMeta,
     events: &[NewEvent],
 ) -> Result<Appended, StoreError> {
+    let stmt = append_statement(client, events).await?;
+    append_with(client, &stmt, project_id, meta, events).await
+}
+
+/// The statement [`append`] runs for `events` (which logs they go to),
+/// prepared once per connection; see [`lock_statement`] for why a pipeline
+/// prepares first.
+pub async fn append_statement(client: &impl GenericClient, events: &[NewEvent]) -> Result<Statement, StoreError> {
+    let project = events.iter().any(|e| e.event_type.log() == Log::Project);
+    let transfer = events.iter().any(|e| e.event_type.log() == Log::Transfer);
+    let sql = match (project, transfer) {
+        (true, false) => &*APPEND_PROJECT,
+        (false, true) => &*APPEND_TRANSFER,
+        _ => &*APPEND_BOTH,
+    };
+    Ok(client.prepare_cached(sql).await?)
+}
+
+/// [`append`] with its statement from [`append_statement`]: one message,
+/// no wait before it is sent.
+pub async fn append_with(
+    client: &impl GenericClient,
+    stmt: &Statement,
+    project_id: Uuid,
+    meta: &EventMeta,
+    events: &[NewEvent],
+) -> Result<Appended, StoreError> {
     if events.is_empty() {
         return Err(StoreError::Invalid("append of an empty batch".into()));
     }
@@ -116,16 +152,9 @@ pub async fn append(
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
     let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type.log() == Log::Transfer).collect();
-
-    let sql = match (is_transfer.contains(&false), is_transfer.contains(&true)) {
-        (true, false) => &*APPEND_PROJECT,
-        (false, true) => &*APPEND_TRANSFER,
-        _ => &*APPEND_BOTH,
-    };
-    let stmt = client.prepare_cached(sql).await?;
     let row = client
         .query_opt(
-            &stmt,
+            stmt,
             &[
                 &project_id,
                 &ids,

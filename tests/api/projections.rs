@@ -237,3 +237,42 @@ async fn a_changed_projection_is_rebuilt_at_start_and_reported() {
     assert_eq!(projects.rows, 1);
     assert_eq!(app.get("/api/projects", &owner.token).await.1["projects"][0]["name"], "kept");
 }
+
+/// The projections are applied by one statement trigger per log (one
+/// PL/pgSQL call per append, not one per projection), and rebuilding one
+/// projection keeps every other one applied live.
+#[tokio::test]
+async fn one_trigger_per_log_applies_every_projection_live_after_a_rebuild() {
+    let app = TestApp::spawn().await;
+    let triggers = || async {
+        let client = app.pool.get().await.unwrap();
+        let rows = client
+            .query(
+                "SELECT c.relname::text, t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                 WHERE c.relname IN ('project_events', 'transfer_events') AND t.tgnewtable IS NOT NULL
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
+    };
+    let expected = vec![
+        ("project_events".to_owned(), "apply_projections".to_owned()),
+        ("transfer_events".to_owned(), "apply_projections".to_owned()),
+    ];
+    assert_eq!(triggers().await, expected);
+
+    projections::rebuild(&app.pool, projections::find("remote_files").unwrap()).await.unwrap();
+    assert_eq!(triggers().await, expected, "a rebuild swaps the same two triggers in");
+    let mut rng = StdRng::seed_from_u64(19);
+    let users: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let mut projects = Vec::new();
+    for _ in 0..250 {
+        random_command(&app.pool, &mut rng, &mut projects, &users).await;
+    }
+    let live = snapshot(&app).await;
+    assert!(live.iter().all(|rows| !rows.is_empty()), "{:?}", live.iter().map(Vec::len).collect::<Vec<_>>());
+    rebuild_all(&app.pool).await;
+    assert_same(&snapshot(&app).await, &live, "live after a rebuild of one projection");
+}

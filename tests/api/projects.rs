@@ -128,6 +128,52 @@ async fn bad_project_input_is_refused_and_appends_nothing() {
     assert_eq!(events, 1, "only the one project_created");
 }
 
+/// A rename sends its checks and its append together (one round trip); a
+/// refused one must leave no trace: not in the log, the head, the name, nor
+/// the answer (which stays the refusal, whatever the append did first).
+#[tokio::test]
+async fn a_refused_rename_appends_nothing_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let id = app.create_project(&owner, "Kept").await;
+    add_member(&app, id, &member).await;
+    let path = format!("/api/projects/{id}");
+    let rename = json!({"name": "Taken over"});
+    let head = || async {
+        let row = app.pool.get().await.unwrap();
+        let head: i64 =
+            row.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&id]).await.unwrap().get(0);
+        head
+    };
+    let before = head().await;
+
+    let (status, answer) = app.call(Method::PATCH, &path, Some(&member.token), Some(&rename)).await;
+    assert_eq!((status, code(&answer)), (StatusCode::FORBIDDEN, "owner_only"));
+    let unknown = format!("/api/projects/{}", Uuid::now_v7());
+    let (status, answer) = app.call(Method::PATCH, &unknown, Some(&owner.token), Some(&rename)).await;
+    assert_eq!((status, code(&answer)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(head().await, before);
+    assert_eq!(app.log(id).await.len() as i64, before);
+    assert_eq!(app.get(&path, &owner.token).await.1["name"], "Kept");
+
+    // Archived: not found, and still nothing appended.
+    assert_eq!(app.delete(&path, &owner.token).await.0, StatusCode::NO_CONTENT);
+    let archived = head().await;
+    let (status, answer) = app.call(Method::PATCH, &path, Some(&owner.token), Some(&rename)).await;
+    assert_eq!((status, code(&answer)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(head().await, archived);
+    assert_eq!(app.table("projects").await[0]["name"], "Kept");
+
+    // And an allowed one still answers the renamed project at its new head.
+    let id = app.create_project(&owner, "Next").await;
+    let (status, renamed) =
+        app.call(Method::PATCH, &format!("/api/projects/{id}"), Some(&owner.token), Some(&rename)).await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!((renamed["name"].as_str(), renamed["head_seq"].as_i64()), (Some("Taken over"), Some(2)));
+    assert_eq!(renamed["member_count"], 1);
+}
+
 #[tokio::test]
 async fn rename_and_archive() {
     let app = TestApp::spawn().await;
