@@ -93,6 +93,23 @@ struct Peaks {
     pull_growth: u64,
     pull_peak: u64,
     disk_extra: u64,
+    /// CPU seconds (user + system) each spent during the pull: where the
+    /// time goes on a machine with few cores.
+    cpu_server: f64,
+    cpu_agent: f64,
+    cpu_pull: f64,
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf takes a constant and has no other effect.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }
 
 /// A `/proc/PID/status` figure (`VmRSS`, `VmHWM`) in bytes.
@@ -138,6 +155,7 @@ async fn measured_pull(
     let agent_base = proc_status(&agent, "VmRSS").unwrap_or(0);
     std::fs::create_dir_all(to)?;
     let disk_base = disk_used(to);
+    let (server_cpu0, agent_cpu0) = (cpu_seconds("self").unwrap_or(0.0), cpu_seconds(&agent).unwrap_or(0.0));
 
     let started = Instant::now();
     let child = member
@@ -151,8 +169,9 @@ async fn measured_pull(
         let (stop, to) = (stop.clone(), to.to_path_buf());
         std::thread::spawn(move || {
             // (pull's first RSS, pull's peak, disk peak)
-            let (mut first, mut peak, mut disk) = (None, 0u64, 0u64);
+            let (mut first, mut peak, mut disk, mut cpu) = (None, 0u64, 0u64, 0f64);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                cpu = cpu.max(cpu_seconds(&pid).unwrap_or(0.0));
                 if let Some(rss) = proc_status(&pid, "VmRSS") {
                     first.get_or_insert(rss);
                 }
@@ -160,19 +179,23 @@ async fn measured_pull(
                 disk = disk.max(disk_used(&to));
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (first.unwrap_or(0), peak, disk)
+            (first.unwrap_or(0), peak, disk, cpu)
         })
     };
     let output = child.wait_with_output().await?;
     let took = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (pull_first, pull_peak, disk_peak) = sampler.join().map_err(|_| "the sampler panicked")?;
+    let (pull_first, pull_peak, disk_peak, pull_cpu) = sampler.join().map_err(|_| "the sampler panicked")?;
     let peaks = Peaks {
         server_growth: proc_status("self", "VmHWM").unwrap_or(0).saturating_sub(server_base),
         agent_growth: proc_status(&agent, "VmHWM").unwrap_or(0).saturating_sub(agent_base),
         pull_growth: pull_peak.saturating_sub(pull_first),
         pull_peak,
         disk_extra: disk_peak.saturating_sub(disk_base).saturating_sub(size),
+        cpu_server: cpu_seconds("self").unwrap_or(0.0) - server_cpu0,
+        cpu_agent: cpu_seconds(&agent).unwrap_or(0.0) - agent_cpu0,
+        // As last sampled (up to 20 ms short of its end).
+        cpu_pull: pull_cpu,
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
@@ -322,13 +345,18 @@ async fn run(url: String) -> Result<bool, BoxError> {
         println!("  {} pull: {:.0} MB/s ({:.2} s)", mode.name(), mb_per_s(size, took), took.as_secs_f64());
         println!(
             "  {} pull: peak RSS growth: server {:.1} MiB, agent {:.1} MiB, pull {:.1} MiB (its peak {:.1} MiB); \
-             peak extra disk in the member's folder {:.1} MiB",
+             peak extra disk in the member's folder {:.1} MiB; CPU seconds server {:.2}, agent {:.2}, pull {:.2} \
+             (wall {:.2} s, {cores} cores)",
             mode.name(),
             peaks.server_growth as f64 / MIB as f64,
             peaks.agent_growth as f64 / MIB as f64,
             peaks.pull_growth as f64 / MIB as f64,
             peaks.pull_peak as f64 / MIB as f64,
             peaks.disk_extra as f64 / MIB as f64,
+            peaks.cpu_server,
+            peaks.cpu_agent,
+            peaks.cpu_pull,
+            took.as_secs_f64(),
         );
         for (who, grew) in [("server", peaks.server_growth), ("agent", peaks.agent_growth), ("pull", peaks.pull_growth)]
         {

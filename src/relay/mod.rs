@@ -197,8 +197,10 @@ struct Codec {
     abandoned: bool,
 }
 
-/// Plain bytes compressed before judging whether a body compresses.
-const PROBE_BYTES: u64 = 256 * 1024;
+/// Plain bytes compressed before judging whether a body compresses: small,
+/// since on incompressible chunks (most large files) this is CPU spent for
+/// nothing on the relay's upload path.
+const PROBE_BYTES: u64 = 64 * 1024;
 
 impl Codec {
     fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
