@@ -19,6 +19,14 @@
 //! most two chunks (≤ 2 × the 4 MiB FastCDC maximum = 8 MiB), and its wall
 //! time (it still writes and fsyncs the whole file anew).
 //!
+//! Memory and disk, for each full pull: the peak RSS growth of the server
+//! (this process: its peak is reset just before the pull, through
+//! `/proc/self/clear_refs`), of the agent (reset likewise) and of `ferry
+//! pull` (its peak over its own start), and the peak extra disk in the
+//! member's folder (blocks in use beyond the finished file), sampled every
+//! 20 ms while the pull runs. Goals: each RSS growth < 64 MiB, extra disk
+//! ≈ 0 (the part file is the file).
+//!
 //! Every pulled file must hash (BLAKE3) to the source's, `bytes_direct`
 //! must be all the bytes in direct mode and none in relayed mode, and a
 //! delta's bytes must be exactly its new chunks: otherwise the bench fails.
@@ -72,6 +80,133 @@ impl Mode {
 #[tokio::main]
 async fn main() -> ExitCode {
     common::with_database(run).await
+}
+
+/// The RSS growth goal of each process.
+const GOAL_RSS: u64 = 64 * MIB;
+
+/// Peak figures of one pull, in bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Peaks {
+    server_growth: u64,
+    agent_growth: u64,
+    pull_growth: u64,
+    pull_peak: u64,
+    disk_extra: u64,
+    /// CPU seconds (user + system) each spent during the pull: where the
+    /// time goes on a machine with few cores.
+    cpu_server: f64,
+    cpu_agent: f64,
+    cpu_pull: f64,
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf takes a constant and has no other effect.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
+}
+
+/// A `/proc/PID/status` figure (`VmRSS`, `VmHWM`) in bytes.
+fn proc_status(pid: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kib: u64 = line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS.
+fn reset_peak(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Bytes of disk blocks in use under `dir`.
+fn disk_used(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_used(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `ferry pull PROJECT --to DIR --json`, timed from spawn to exit, with the
+/// peaks of memory (server, agent, pull) and of the member's folder on disk.
+async fn measured_pull(
+    member: &Person,
+    project: &str,
+    to: &Path,
+    agent: Option<u32>,
+    size: u64,
+) -> Result<(Value, Duration, Peaks), BoxError> {
+    let agent = agent.map(|p| p.to_string()).ok_or("the agent is not running")?;
+    reset_peak("self");
+    reset_peak(&agent);
+    let server_base = proc_status("self", "VmRSS").unwrap_or(0);
+    let agent_base = proc_status(&agent, "VmRSS").unwrap_or(0);
+    std::fs::create_dir_all(to)?;
+    let disk_base = disk_used(to);
+    let (server_cpu0, agent_cpu0) = (cpu_seconds("self").unwrap_or(0.0), cpu_seconds(&agent).unwrap_or(0.0));
+
+    let started = Instant::now();
+    let child = member
+        .command(&["pull", project, "--to", path_str(to)?, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id().ok_or("pull exited at once")?.to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, to) = (stop.clone(), to.to_path_buf());
+        std::thread::spawn(move || {
+            // (pull's first RSS, pull's peak, disk peak)
+            let (mut first, mut peak, mut disk, mut cpu) = (None, 0u64, 0u64, 0f64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                cpu = cpu.max(cpu_seconds(&pid).unwrap_or(0.0));
+                if let Some(rss) = proc_status(&pid, "VmRSS") {
+                    first.get_or_insert(rss);
+                }
+                peak = peak.max(proc_status(&pid, "VmHWM").unwrap_or(0));
+                disk = disk.max(disk_used(&to));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (first.unwrap_or(0), peak, disk, cpu)
+        })
+    };
+    let output = child.wait_with_output().await?;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (pull_first, pull_peak, disk_peak, pull_cpu) = sampler.join().map_err(|_| "the sampler panicked")?;
+    let peaks = Peaks {
+        server_growth: proc_status("self", "VmHWM").unwrap_or(0).saturating_sub(server_base),
+        agent_growth: proc_status(&agent, "VmHWM").unwrap_or(0).saturating_sub(agent_base),
+        pull_growth: pull_peak.saturating_sub(pull_first),
+        pull_peak,
+        disk_extra: disk_peak.saturating_sub(disk_base).saturating_sub(size),
+        cpu_server: cpu_seconds("self").unwrap_or(0.0) - server_cpu0,
+        cpu_agent: cpu_seconds(&agent).unwrap_or(0.0) - agent_cpu0,
+        // As last sampled (up to 20 ms short of its end).
+        cpu_pull: pull_cpu,
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+        Some(v) if output.status.success() => Ok((v, took, peaks)),
+        _ => Err(format!(
+            "`ferry pull` failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into()),
+    }
 }
 
 /// A folder under `target/tmp`, removed when dropped.
@@ -170,7 +305,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         settle().await;
         let target = root.0.join(format!("to-{}", mode.name()));
         let pull_started = Instant::now();
-        let (result, took) = member.pull(&project, &target).await?;
+        let (result, took, peaks) = measured_pull(&member, &project, &target, agent.pid(), size).await?;
         if mode == Mode::Relayed {
             // Which leg sets the pace: the agent's uploads, or the member's downloads.
             let (at, served) = agent.wait_for_at("serving the pull", |v| v["event"] == "transfer_served").await?;
@@ -208,7 +343,32 @@ async fn run(url: String) -> Result<bool, BoxError> {
             fail(format!("{} pull: BLAKE3 {hash}, the source's is {source_hash}", mode.name()));
         }
         println!("  {} pull: {:.0} MB/s ({:.2} s)", mode.name(), mb_per_s(size, took), took.as_secs_f64());
-        pulls.push((mode, took, result));
+        println!(
+            "  {} pull: peak RSS growth: server {:.1} MiB, agent {:.1} MiB, pull {:.1} MiB (its peak {:.1} MiB); \
+             peak extra disk in the member's folder {:.1} MiB; CPU seconds server {:.2}, agent {:.2}, pull {:.2} \
+             (wall {:.2} s, {cores} cores)",
+            mode.name(),
+            peaks.server_growth as f64 / MIB as f64,
+            peaks.agent_growth as f64 / MIB as f64,
+            peaks.pull_growth as f64 / MIB as f64,
+            peaks.pull_peak as f64 / MIB as f64,
+            peaks.disk_extra as f64 / MIB as f64,
+            peaks.cpu_server,
+            peaks.cpu_agent,
+            peaks.cpu_pull,
+            took.as_secs_f64(),
+        );
+        for (who, grew) in [("server", peaks.server_growth), ("agent", peaks.agent_growth), ("pull", peaks.pull_growth)]
+        {
+            if grew >= GOAL_RSS {
+                println!(
+                    "  note: {} {who} RSS growth {:.1} MiB is over the 64 MiB goal",
+                    mode.name(),
+                    grew as f64 / MIB as f64
+                );
+            }
+        }
+        pulls.push((mode, took, result, peaks));
 
         // The delta: one byte flipped in the middle of the source.
         let chunks_before = chunk_lists(&db, project_id).await?;
@@ -291,7 +451,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
 
     println!("full pull of {mib} MiB into an empty folder (`ferry pull` wall time, agent already up):");
     for mode in [Mode::Direct, Mode::Relayed] {
-        let Some((_, took, result)) = pulls.iter().find(|p| p.0 == mode) else { continue };
+        let Some((_, took, result, peaks)) = pulls.iter().find(|p| p.0 == mode) else { continue };
         let how = match mode {
             Mode::Direct => "(a) direct:  agent's listener → member",
             Mode::Relayed => "(b) relayed: agent → server relay (folder store) → member",
@@ -303,6 +463,14 @@ async fn run(url: String) -> Result<bool, BoxError> {
             result["bytes_transferred"],
             result["bytes_direct"],
             mb_per_s(size, *took) / raw,
+        );
+        println!(
+            "  {:<W$} peak RSS growth server {:.1} / agent {:.1} / pull {:.1} MiB (goal < 64 each); peak extra disk {:.1} MiB",
+            "",
+            peaks.server_growth as f64 / MIB as f64,
+            peaks.agent_growth as f64 / MIB as f64,
+            peaks.pull_growth as f64 / MIB as f64,
+            peaks.disk_extra as f64 / MIB as f64,
         );
     }
     println!(

@@ -131,6 +131,11 @@ impl Agent {
         Ok(Self { child, lines, log })
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The next JSON line that satisfies `want`.
     pub async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
         Ok(self.wait_for_at(what, want).await?.1)

@@ -141,7 +141,8 @@ async fn upload_chunk(
     if let Some(size) = known {
         return Ok(HttpResponse::Ok().json(StoredChunk { hash, size }));
     }
-    let saved = state.chunks.receive(project_id, &hash, zstd, body).await.map_err(relay_error)?;
+    let hint = declared.filter(|_| !zstd).and_then(|n| u64::try_from(n).ok());
+    let saved = state.chunks.receive(project_id, &hash, zstd, hint, body).await.map_err(relay_error)?;
     if let Err(e) = relay::record_upload(&state.pool, &state.relay, project_id, &hash, saved).await {
         state.chunks.delete(project_id, &hash).await;
         return Err(e.into());

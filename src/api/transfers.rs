@@ -10,13 +10,21 @@ use crate::protocol::transfers::{
 };
 use crate::protocol::validate::ValidationError;
 
+/// Largest download request: room for `have_chunks` of a large folder
+/// (about 120,000 hashes; a delta of a 4 GiB file alone names some 4,000).
+const DOWNLOAD_LIMIT: usize = 8 * 1024 * 1024;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/projects/{project_id}/files/download").post(request_download))
-        .service(resource("/projects/{project_id}/transfers").get(list_transfers))
-        .service(resource("/projects/{project_id}/transfers/{transfer_id}").get(get_transfer).patch(report_transfer))
-        .service(resource("/projects/{project_id}/transfers/{transfer_id}/verify").post(verify_transfer))
-        .service(resource("/projects/{project_id}/transfers/{transfer_id}/cancel").post(cancel_transfer))
-        .service(resource("/projects/{project_id}/transfers/{transfer_id}/retry").post(retry_transfer));
+    cfg.service(
+        resource("/projects/{project_id}/files/download")
+            .app_data(super::json_config().limit(DOWNLOAD_LIMIT))
+            .post(request_download),
+    )
+    .service(resource("/projects/{project_id}/transfers").get(list_transfers))
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}").get(get_transfer).patch(report_transfer))
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}/verify").post(verify_transfer))
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}/cancel").post(cancel_transfer))
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}/retry").post(retry_transfer));
 }
 
 /// Requests a file from the project's source device (owner or member).

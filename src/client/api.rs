@@ -329,12 +329,22 @@ impl Api {
             .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
     }
 
-    /// Uploads one chunk's raw bytes; true when the relay did not have it.
-    pub async fn put_chunk(&self, project: Uuid, hash: &str, bytes: bytes::Bytes) -> Result<bool, ClientError> {
-        let req = self
+    /// Uploads one chunk's bytes (`zstd`: compressed so); true when the
+    /// relay did not have it.
+    pub async fn put_chunk(
+        &self,
+        project: Uuid,
+        hash: &str,
+        bytes: bytes::Bytes,
+        zstd: bool,
+    ) -> Result<bool, ClientError> {
+        let mut req = self
             .request(Method::PUT, &format!("/api/projects/{project}/chunks/{hash}"))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
+        if zstd {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "zstd");
+        }
+        let req = req.body(bytes);
         let res = self.send_raw(req).await?;
         Ok(res.status() == StatusCode::CREATED)
     }

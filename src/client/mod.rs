@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod direct;
 pub mod output;
+pub mod part;
 pub mod pull;
 pub mod scan;
 pub mod source;

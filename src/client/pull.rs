@@ -1,16 +1,16 @@
 //! `ferry pull`, the member's side: request each file as a delta against
-//! the chunks already in DIR (its files and the chunks kept from an earlier,
-//! interrupted pull), fetch the missing chunks from the relay, verify each
-//! one, assemble the file atomically, verify it whole, report it, and keep
-//! `DIR/.ferry/manifest.json`.
+//! the chunks already in DIR (its files, and the part written by an
+//! earlier, interrupted pull), fetch the missing chunks (directly from the
+//! owner's machine, else from the relay) several at once, verify each one
+//! and write it straight to its offset in the file's part (see
+//! [`super::part`]), hashing the whole file as it goes; then one fsync, an
+//! atomic rename, the server's verification, and `DIR/.ferry/manifest.json`.
 //!
 //! DIR/.ferry holds: `index.json` (the scanner's index of DIR, so unchanged
-//! files are not hashed again), `chunks/` (verified chunks fetched but not
-//! yet part of a finished pull: a killed pull resumes from them), `tmp/`
-//! (files being assembled) and `manifest.json`.
+//! files are not hashed again), `parts/` (what each unfinished part holds:
+//! a killed pull resumes from it) and `manifest.json`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,18 +27,27 @@ use super::api::Api;
 use super::cli::{resolve_project, Session};
 use super::direct::Peer;
 use super::output::{human_bytes, Output};
+use super::part::{Part, Pos, Writer, PARTS_DIR};
 use super::scan::{self, Files, Index, STATE_DIR};
 use super::ClientError;
 use crate::protocol::files::{ChunkRef, FilePath, RemoteFile};
-use crate::protocol::transfers::{DownloadRequest, RequestMode, Transfer, TransferReport, TransferStatus};
+use crate::protocol::transfers::{
+    DownloadRequest, DownloadResponse, RequestMode, Transfer, TransferReport, TransferStatus,
+};
 
 const MANIFEST_FILE: &str = "manifest.json";
-const CHUNKS_DIR: &str = "chunks";
-const TMP_DIR: &str = "tmp";
+/// Left behind by pulls before parts: removed when found.
+const OLD_CHUNKS_DIR: &str = "chunks";
 /// Files pulled at once.
 const FILES_AT_ONCE: usize = 3;
-/// Chunks of one file fetched at once.
+/// Chunks of one file in flight at once (fetched, or read from a local
+/// copy), ahead of the one being written: enough to keep the network busy,
+/// few enough that memory stays flat (at most this many chunks of ≤ 4 MiB).
 const CHUNKS_AT_ONCE: usize = 8;
+/// Verified chunks queued for the writer.
+const WRITE_QUEUE: usize = 4;
+/// Least time between two `--json` progress lines of a file.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// A chunk whose bytes do not hash to its name is fetched again this often.
 const BAD_CHUNK_TRIES: u32 = 3;
 /// How often the transfer's state is looked at while its chunks are awaited.
@@ -96,56 +105,6 @@ impl Manifest {
     }
 }
 
-/// Verified chunks kept in `DIR/.ferry/chunks/<hash>`.
-struct ChunkStore {
-    dir: PathBuf,
-}
-
-impl ChunkStore {
-    fn path(&self, hash: &str) -> PathBuf {
-        self.dir.join(hash)
-    }
-
-    fn hashes(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return vec![];
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-            .collect()
-    }
-
-    /// The chunk's bytes when kept and still sound.
-    fn get(&self, hash: &str) -> Option<Vec<u8>> {
-        let bytes = self.read(hash)?;
-        if blake3::hash(&bytes).to_hex().as_str() == hash {
-            Some(bytes)
-        } else {
-            let _ = std::fs::remove_file(self.path(hash));
-            None
-        }
-    }
-
-    /// The chunk's bytes when kept, unchecked: for chunks verified as they
-    /// were kept by this pull (the whole file's hash is checked in the end).
-    fn read(&self, hash: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.path(hash)).ok()
-    }
-
-    fn put(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!("{hash}.{}.tmp", Uuid::new_v4().simple()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, self.path(hash))
-    }
-
-    fn clear(&self) {
-        for hash in self.hashes() {
-            let _ = std::fs::remove_file(self.path(&hash));
-        }
-    }
-}
-
 struct Ctx {
     api: Api,
     project: Uuid,
@@ -153,10 +112,12 @@ struct Ctx {
     out: Output,
     /// Chunk hash → a local file holding it, at (offset, size).
     local: HashMap<String, (PathBuf, u64, u64)>,
-    store: ChunkStore,
+    /// Every chunk hash DIR's files hold.
     have: Vec<String>,
     wait: Duration,
     bar: ProgressBar,
+    /// `--json` progress lines.
+    progress: bool,
     manifest: Mutex<Manifest>,
     index: Mutex<Files>,
 }
@@ -193,7 +154,7 @@ fn normalize(path: &str) -> String {
 pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, &req.project).await?;
-    let s = pull_into(&api, project, &req.to, &req.paths, req.wait, out).await?;
+    let s = pull_files(&api, project, &req.to, &req.paths, req.wait, out, true).await?;
     out.result(
         json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred,
                "bytes_direct": s.bytes_direct, "bytes_reused": s.bytes_reused}),
@@ -235,13 +196,25 @@ pub async fn pull_into(
     wait: Duration,
     out: Output,
 ) -> Result<PullSummary, ClientError> {
+    // `ferry sync` prints one JSON line per applied change, nothing between.
+    pull_files(api, project, to, paths, wait, out, false).await
+}
+
+/// [`pull_into`]; with `progress`, `--json` also prints each file's
+/// progress as its bytes arrive (`{"event": "progress", ...}` lines).
+async fn pull_files(
+    api: &Api,
+    project: Uuid,
+    to: &Path,
+    paths: &[String],
+    wait: Duration,
+    out: Output,
+    progress: bool,
+) -> Result<PullSummary, ClientError> {
     let api = api.clone();
     let dir = to.to_path_buf();
-    let state = dir.join(STATE_DIR);
-    for sub in [CHUNKS_DIR, TMP_DIR] {
-        let d = state.join(sub);
-        std::fs::create_dir_all(&d).map_err(|e| ClientError::io(&d, e))?;
-    }
+    let parts = dir.join(STATE_DIR).join(PARTS_DIR);
+    std::fs::create_dir_all(&parts).map_err(|e| ClientError::io(&parts, e))?;
     let dir = dir.canonicalize().map_err(|e| ClientError::io(&dir, e))?;
 
     let paths: Vec<String> = paths.iter().map(|p| normalize(p)).collect();
@@ -278,10 +251,7 @@ pub async fn pull_into(
             local.entry(entry.hash.clone()).or_insert((abs.clone(), 0, entry.size));
         }
     }
-    let store = ChunkStore { dir: state.join(CHUNKS_DIR) };
-    let mut have: HashSet<String> = local.keys().cloned().collect();
-    have.extend(store.hashes());
-    let mut have: Vec<String> = have.into_iter().collect();
+    let mut have: Vec<String> = local.keys().cloned().collect();
     have.sort();
 
     let mut manifest = Manifest::load(&dir);
@@ -313,10 +283,10 @@ pub async fn pull_into(
         dir: dir.clone(),
         out,
         local,
-        store,
         have,
         wait,
         bar,
+        progress: progress && out.json,
         manifest: Mutex::new(manifest),
         index: Mutex::new(scanned.files),
     });
@@ -371,8 +341,8 @@ pub async fn pull_into(
             failed.join("\n  ")
         )));
     }
-    // Every chunk kept for resuming is now part of a file in DIR.
-    ctx.store.clear();
+    // Chunks kept by pulls before parts existed are of no use now.
+    let _ = std::fs::remove_dir_all(dir.join(STATE_DIR).join(OLD_CHUNKS_DIR));
     Ok(PullSummary {
         dir,
         files: done,
@@ -387,142 +357,152 @@ pub async fn pull_into(
 enum Stop {
     /// The transfer failed: worth a retry through the API.
     Failed(String),
+    /// The owner's machine stopped answering directly: the relay's turn.
+    Fallback(String),
     /// Not worth retrying.
     Fatal(String),
+}
+
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    Relay,
+}
+
+/// What to do for one position of the file, in order.
+enum Step {
+    /// Already in the part at this offset (resumed) or at another (the same
+    /// bytes earlier in the file).
+    InPart(Pos, u64),
+    /// Copied from a file DIR holds, at (path, offset).
+    Local(Pos, PathBuf, u64),
+    Fetch(Pos),
+}
+
+/// A step done, for the writer.
+enum Item {
+    Arrived(Pos, bytes::Bytes, Option<Via>),
+    InPart(Pos, u64),
+}
+
+/// What one attempt's writer did.
+#[derive(Default)]
+struct Written {
+    /// Positions newly written (now in the part).
+    positions: Vec<Pos>,
+    transferred: u64,
+    direct: u64,
 }
 
 async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
     let local_rel = FilePath::parse(&file.path).map_err(|e| e.to_string())?;
     let target = ctx.dir.join(local_rel.as_str().trim_start_matches('/'));
     let size = file.size.max(0) as u64;
+    let part = Arc::new(Part::for_target(&target, &file.path, &ctx.dir.join(STATE_DIR)));
 
-    let mut res = ctx
-        .api
-        .request_download(
-            ctx.project,
-            &DownloadRequest {
-                file_path: file.path.clone(),
-                file_hash: Some(file.hash.clone()),
-                request_mode: RequestMode::Delta,
-                target_device_id: None,
-                have_chunks: ctx.have.clone(),
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    // A server that does not say the file's chunk order: ask for all of it
-    // and take `chunks_needed` as the order.
-    let order: Vec<ChunkRef> = if !res.file.chunks.is_empty() || size == 0 {
-        res.file.chunks.clone()
-    } else {
-        let _ = ctx.api.cancel_transfer(ctx.project, res.download_id).await;
-        res = ctx
-            .api
-            .request_download(
-                ctx.project,
-                &DownloadRequest {
-                    file_path: file.path.clone(),
-                    file_hash: Some(file.hash.clone()),
-                    request_mode: RequestMode::Full,
-                    target_device_id: None,
-                    have_chunks: vec![],
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        res.transfer_info.chunks_needed.iter().map(|h| ChunkRef { hash: h.clone(), size: -1 }).collect()
+    // What an earlier, interrupted pull of this version already wrote.
+    let mut done: HashMap<u64, Pos> = {
+        let (part, hash) = (part.clone(), file.hash.clone());
+        tokio::task::spawn_blocking(move || part.resumable(&hash, size)).await.map_err(|e| e.to_string())?
     };
-    let transfer = res.download_id;
-    let peer = Peer::for_transfer(&res.transfer_info);
+    if done.is_empty() {
+        part.start(&file.hash, size, &file.path).map_err(|e| format!("{}: {e}", part.path.display()))?;
+    }
 
-    // Fetch what is needed and not already kept (directly from the owner's
-    // machine while that works, else from the relay), retrying the transfer
-    // through the API when it fails.
-    let mut fetched: HashMap<String, Via> = HashMap::new();
-    loop {
-        let needed: Vec<String> = res
-            .transfer_info
-            .chunks_needed
-            .iter()
-            .filter(|h| !fetched.contains_key(*h) && !ctx.store.path(h).is_file())
-            .cloned()
-            .collect();
-        let results: Vec<Result<(String, Via), Stop>> = futures_util::stream::iter(needed)
-            .map(|h| fetch_chunk(ctx, &file.path, transfer, peer.as_ref(), h))
-            .buffer_unordered(CHUNKS_AT_ONCE)
-            .collect()
-            .await;
-        let mut stop = None;
-        for r in results {
-            match r {
-                Ok((hash, via)) => {
-                    fetched.insert(hash, via);
-                }
-                Err(s) => {
-                    if stop.is_none() || matches!(s, Stop::Fatal(_)) {
-                        stop = Some(s);
-                    }
-                }
-            }
+    let mut res = request(ctx, file, &done).await?;
+    // The file's chunks in order (a file pushed without a list is one chunk).
+    let order: Vec<ChunkRef> = if res.file.chunks.is_empty() && size > 0 {
+        vec![ChunkRef { hash: file.hash.clone(), size: size as i64 }]
+    } else {
+        res.file.chunks.clone()
+    };
+    let mut positions = Vec::with_capacity(order.len());
+    let mut offset = 0u64;
+    for c in &order {
+        let len = u64::try_from(c.size).ok().filter(|n| *n > 0).ok_or("the server sent a chunk without a size")?;
+        positions.push(Pos { offset, size: len, hash: c.hash.clone() });
+        offset += len;
+    }
+    if offset != size {
+        let _ = ctx.api.cancel_transfer(ctx.project, res.download_id).await;
+        return Err(format!("the server's chunk list adds up to {offset} bytes, the file has {size}"));
+    }
+
+    let mut peer = Peer::for_transfer(&res.transfer_info).map(Arc::new);
+    // Bytes of this transfer fetched directly (a fallback then re-asks for
+    // only what is still lacking).
+    let mut direct_now = 0u64;
+    let (mut transferred, mut direct) = (0u64, 0u64);
+    let hash = loop {
+        let transfer = res.download_id;
+        let needed: HashSet<String> = res.transfer_info.chunks_needed.iter().cloned().collect();
+        let (written, outcome) =
+            attempt(ctx, file, &part, &positions, &done, &needed, transfer, peer.clone(), size).await;
+        transferred += written.transferred;
+        direct += written.direct;
+        direct_now += written.direct;
+        for p in written.positions {
+            done.insert(p.offset, p);
         }
-        match stop {
-            None => break,
-            Some(Stop::Fatal(why)) => {
+        match outcome {
+            Ok(hash) => break hash,
+            Err(Stop::Fatal(why)) => {
                 // Given up: the source need not provide the rest.
                 let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
                 return Err(why);
             }
-            Some(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why).await {
+            Err(Stop::Fallback(why)) => {
+                ctx.bar.suspend(|| {
+                    ctx.out.note(&format!(
+                        "{}: the owner's machine cannot be reached directly ({why}); using the relay",
+                        file.path
+                    ))
+                });
+                peer = None;
+                if direct_now > 0 {
+                    // Part of it came directly: a new request, saying what
+                    // is here now, so only the rest goes on the relay.
+                    let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
+                    res = request(ctx, file, &done).await?;
+                    direct_now = 0;
+                }
+            }
+            Err(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why).await {
                 Ok(t) => {
                     ctx.out.note(&format!("{}: transfer failed ({why}); retrying (attempt {})", file.path, t.attempts))
                 }
                 Err(e) => return Err(format!("{why} (no retry: {e})")),
             },
         }
-    }
-
-    // Assemble in DIR/.ferry/tmp, hashing as it goes.
-    let tmp = ctx.dir.join(STATE_DIR).join(TMP_DIR).join(Uuid::new_v4().simple().to_string());
-    let assembled = assemble(ctx, transfer, &order, &fetched, &tmp).await;
-    let (hash, written, transferred, direct) = match assembled {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
     };
-    if hash != file.hash || written != size {
-        let _ = std::fs::remove_file(&tmp);
+    let transfer = res.download_id;
+
+    if hash != file.hash {
+        // Every chunk checked, the whole does not: start afresh next time.
+        part.remove();
         // The server records the mismatch (the transfer fails).
         let _ = ctx.api.verify_transfer(ctx.project, transfer, &hash).await;
-        return Err(format!(
-            "the assembled file does not match (BLAKE3 {hash}, {written} bytes; expected {}, {size} bytes)",
-            file.hash
-        ));
+        return Err(format!("the written file does not match (BLAKE3 {hash}; expected {})", file.hash));
     }
     if let Some(modified) = file.modified_at {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&tmp) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&part.path) {
             let _ = f.set_modified(modified.into());
         }
     }
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    std::fs::rename(&part.path, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    part.remove();
 
     // The index knows the new file: the next pull does not hash it again.
     if let Ok((s, mtime_ns, ino)) = scan::stat_path(&target) {
-        let mut offset = 0;
-        let chunks = order
-            .iter()
-            .filter(|c| c.size >= 0)
-            .map(|c| {
-                let chunk = scan::Chunk { hash: c.hash.clone(), offset, size: c.size as u64 };
-                offset += c.size as u64;
-                chunk
-            })
-            .collect::<Vec<_>>();
-        if offset == s {
+        if s == size {
+            let chunks = positions
+                .iter()
+                .map(|p| scan::Chunk { hash: p.hash.clone(), offset: p.offset, size: p.size })
+                .collect::<Vec<_>>();
             lock(&ctx.index)
                 .insert(file.path.clone(), scan::Entry { size: s, mtime_ns, ino, hash: hash.clone(), chunks });
         }
@@ -558,6 +538,210 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
     Ok(Pulled { transferred, direct, reused: size.saturating_sub(transferred) })
 }
 
+/// Asks for the file as a delta against DIR's chunks and those `done`.
+async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Result<DownloadResponse, String> {
+    let mut have: HashSet<String> = ctx.have.iter().cloned().collect();
+    have.extend(done.values().map(|p| p.hash.clone()));
+    let mut have: Vec<String> = have.into_iter().collect();
+    have.sort();
+    ctx.api
+        .request_download(
+            ctx.project,
+            &DownloadRequest {
+                file_path: file.path.clone(),
+                file_hash: Some(file.hash.clone()),
+                request_mode: RequestMode::Delta,
+                target_device_id: None,
+                have_chunks: have,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One pass over the file's positions in order: what is in the part stays,
+/// what DIR holds is copied, the rest is fetched (several at once) and
+/// written as it verifies, in order, by a writer on a blocking thread. The
+/// whole file's BLAKE3 when every byte is in.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    ctx: &Ctx,
+    file: &RemoteFile,
+    part: &Arc<Part>,
+    positions: &[Pos],
+    done: &HashMap<u64, Pos>,
+    needed: &HashSet<String>,
+    transfer: Uuid,
+    peer: Option<Arc<Peer>>,
+    size: u64,
+) -> (Written, Result<String, Stop>) {
+    // Where each chunk's bytes will already be in the part when the writer
+    // reaches a later position holding the same chunk.
+    let mut placed: HashMap<&str, u64> = done.values().map(|p| (p.hash.as_str(), p.offset)).collect();
+    let mut steps = Vec::with_capacity(positions.len());
+    for p in positions {
+        let step = if done.contains_key(&p.offset) {
+            Step::InPart(p.clone(), p.offset)
+        } else if let Some(from) = placed.get(p.hash.as_str()) {
+            Step::InPart(p.clone(), *from)
+        } else if needed.contains(&p.hash) {
+            Step::Fetch(p.clone())
+        } else if let Some((path, offset, _)) = ctx.local.get(&p.hash) {
+            Step::Local(p.clone(), path.clone(), *offset)
+        } else {
+            // The server thinks it is here and it is not: fetch it anyway.
+            Step::Fetch(p.clone())
+        };
+        placed.entry(p.hash.as_str()).or_insert(p.offset);
+        steps.push(step);
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(WRITE_QUEUE);
+    let writer = {
+        let (part, bar, path) = (part.clone(), ctx.bar.clone(), file.path.clone());
+        let events = ctx.progress.then_some(ctx.out);
+        tokio::task::spawn_blocking(move || write_part(&part, size, rx, &bar, events, &path))
+    };
+
+    let mut stop = None;
+    {
+        let peer = peer.as_deref();
+        let mut items = futures_util::stream::iter(steps)
+            .map(|step| async move {
+                Ok::<_, Stop>(match step {
+                    Step::InPart(pos, from) => Item::InPart(pos, from),
+                    Step::Local(pos, path, offset) => match read_local(&path, offset, &pos).await {
+                        Some(bytes) => Item::Arrived(pos, bytes, None),
+                        // Changed since it was scanned: the relay may still have it.
+                        None => {
+                            let (bytes, via) = fetch_chunk(ctx, transfer, peer, &pos.hash, false).await?;
+                            Item::Arrived(pos, bytes, Some(via))
+                        }
+                    },
+                    Step::Fetch(pos) => {
+                        let (bytes, via) = fetch_chunk(ctx, transfer, peer, &pos.hash, true).await?;
+                        Item::Arrived(pos, bytes, Some(via))
+                    }
+                })
+            })
+            .buffered(CHUNKS_AT_ONCE);
+        while let Some(item) = items.next().await {
+            match item {
+                // The writer stopped (it says why below).
+                Ok(item) => {
+                    if tx.send(item).await.is_err() {
+                        break;
+                    }
+                }
+                Err(s) => {
+                    stop = Some(s);
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let (written, result) = match writer.await {
+        Ok(v) => v,
+        Err(e) => (Written::default(), Err(std::io::Error::other(e.to_string()))),
+    };
+    let outcome = match (stop, result) {
+        (_, Err(e)) => Err(Stop::Fatal(format!("{}: {e}", part.path.display()))),
+        (Some(s), _) => Err(s),
+        (None, Ok(Some(hash))) => Ok(hash),
+        (None, Ok(None)) => Err(Stop::Fatal("the file's chunks ended short of its size".into())),
+    };
+    (written, outcome)
+}
+
+/// The writer: takes the items in order, writes and records them, hashes
+/// the whole file; fsyncs once when every byte is in.
+fn write_part(
+    part: &Part,
+    size: u64,
+    mut rx: tokio::sync::mpsc::Receiver<Item>,
+    bar: &ProgressBar,
+    events: Option<Output>,
+    path: &str,
+) -> (Written, std::io::Result<Option<String>>) {
+    let mut written = Written::default();
+    let mut w = match Writer::open(part, size) {
+        Ok(w) => w,
+        Err(e) => return (written, Err(e)),
+    };
+    let mut bytes_in = 0u64;
+    // The first chunk is reported at once: progress shows from the start.
+    let mut reported = None::<std::time::Instant>;
+    let mut reported_bytes = 0;
+    while let Some(item) = rx.blocking_recv() {
+        let (pos, r) = match item {
+            Item::Arrived(pos, bytes, via) => {
+                let r = w.put(&pos, &bytes);
+                if r.is_ok() {
+                    if let Some(via) = via {
+                        written.transferred += pos.size;
+                        if via == Via::Direct {
+                            written.direct += pos.size;
+                        }
+                    }
+                    written.positions.push(pos.clone());
+                }
+                (pos, r)
+            }
+            Item::InPart(pos, from) => {
+                let r = w.copy_from_part(&pos, from);
+                if r.is_ok() && from != pos.offset {
+                    written.positions.push(pos.clone());
+                }
+                (pos, r)
+            }
+        };
+        if let Err(e) = r {
+            return (written, Err(e));
+        }
+        bytes_in += pos.size;
+        bar.inc(pos.size);
+        if let Some(out) = events.filter(|_| reported.map_or(true, |at| at.elapsed() >= PROGRESS_EVERY)) {
+            reported = Some(std::time::Instant::now());
+            reported_bytes = bytes_in;
+            out.event(
+                json!({"event": "progress", "file_path": path, "bytes": bytes_in, "total_bytes": size}),
+                String::new,
+            );
+        }
+    }
+    if !w.complete() {
+        return (written, Ok(None));
+    }
+    if let Some(out) = events.filter(|_| reported_bytes != size) {
+        out.event(json!({"event": "progress", "file_path": path, "bytes": size, "total_bytes": size}), String::new);
+    }
+    let hash = w.finish().map(Some);
+    (written, hash)
+}
+
+/// A chunk from a file DIR holds, when it still holds it.
+async fn read_local(path: &Path, offset: u64, pos: &Pos) -> Option<bytes::Bytes> {
+    let (path, size, hash) = (path.to_path_buf(), pos.size, pos.hash.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = scan::read_at(&path, offset, size).ok()?;
+        (blake3::hash(&bytes).to_hex().as_str() == hash).then(|| bytes::Bytes::from(bytes))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Whether `bytes` hash to `hash`, worked out on a blocking thread (the
+/// network tasks keep running).
+async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
+    let hash = hash.to_owned();
+    tokio::task::spawn_blocking(move || (blake3::hash(&bytes).to_hex().as_str() == hash).then_some(bytes))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Records that this attempt failed on the member's side (the source may
 /// have failed it already), then asks for another.
 async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer, ClientError> {
@@ -573,60 +757,51 @@ async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer
     ctx.api.retry_transfer(ctx.project, transfer).await
 }
 
-/// Where a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    Direct,
-    Relay,
-}
-
-/// Fetches one chunk into the store: directly from the owner's machine
-/// while that works, else from the relay, waiting for the source to put it
-/// there.
+/// One chunk, verified: directly from the owner's machine while that works
+/// (its first failure ends the attempt: [`Stop::Fallback`]), else from the
+/// relay — waiting there, when `wait`, for the source to put it there: the
+/// server holds the request until it lands (`?wait=`), so nothing is asked
+/// again and again.
 async fn fetch_chunk(
     ctx: &Ctx,
-    path: &str,
     transfer: Uuid,
     peer: Option<&Peer>,
-    hash: String,
-) -> Result<(String, Via), Stop> {
-    let deadline = Instant::now() + ctx.wait;
+    hash: &str,
+    wait: bool,
+) -> Result<(bytes::Bytes, Via), Stop> {
+    let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
     let mut bad = 0;
     let mut delay = Duration::from_millis(20);
     let mut next_status = Instant::now() + STATUS_EVERY;
     loop {
         let asked = Instant::now();
-        let fetched = match peer.filter(|p| !p.given_up()) {
-            Some(peer) => match peer.fetch(&hash).await {
+        let fetched = match peer {
+            Some(peer) => match peer.fetch(hash).await {
                 Ok(bytes) => Some((bytes, Via::Direct)),
-                Err(why) => {
-                    if peer.announce_fallback() {
-                        ctx.bar.suspend(|| {
-                            ctx.out.note(&format!(
-                                "{path}: the owner's machine cannot be reached directly ({why}); using the relay"
-                            ))
-                        });
-                    }
-                    continue;
+                Err(why) => return Err(Stop::Fallback(why)),
+            },
+            None => {
+                let wait = wait.then(|| relay_wait(deadline));
+                match ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait).await {
+                    Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
+                    Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
+                    // A network hiccup: wait and try again, within the deadline.
+                    Err(_) => None,
                 }
-            },
-            None => match ctx.api.get_chunk(ctx.project, &hash, Some(transfer), Some(relay_wait(deadline))).await {
-                Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
-                Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
-                // A network hiccup: wait and try again, within the deadline.
-                Err(_) => None,
-            },
+            }
         };
         if let Some((bytes, via)) = fetched {
-            if blake3::hash(&bytes).to_hex().as_str() == hash {
-                ctx.store.put(&hash, &bytes).map_err(|e| Stop::Fatal(format!("cannot keep chunk {hash}: {e}")))?;
-                return Ok((hash, via));
+            if let Some(bytes) = verified(bytes, hash).await {
+                return Ok((bytes, via));
             }
             bad += 1;
             if bad >= BAD_CHUNK_TRIES {
                 return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
             }
             continue;
+        }
+        if !wait {
+            return Err(Stop::Failed(format!("chunk {hash} is neither here nor on the relay")));
         }
         if Instant::now() >= deadline {
             return Err(Stop::Fatal(format!(
@@ -665,58 +840,6 @@ const RELAY_WAIT: Duration = Duration::from_secs(5);
 /// the pull's own deadline.
 fn relay_wait(deadline: Instant) -> Duration {
     RELAY_WAIT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(1))
-}
-
-/// Writes the file at `tmp` from kept, local and (as a last resort) relay
-/// chunks in order; answers its BLAKE3, its size, the bytes fetched now and
-/// of those the bytes fetched directly.
-async fn assemble(
-    ctx: &Ctx,
-    transfer: Uuid,
-    order: &[ChunkRef],
-    fetched: &HashMap<String, Via>,
-    tmp: &Path,
-) -> Result<(String, u64, u64, u64), String> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?);
-    let mut hasher = blake3::Hasher::new();
-    let (mut written, mut transferred, mut direct) = (0u64, 0u64, 0u64);
-    for c in order {
-        let mut via = fetched.get(&c.hash).copied();
-        let mut bytes = if via.is_some() { ctx.store.read(&c.hash) } else { ctx.store.get(&c.hash) };
-        if bytes.is_none() {
-            bytes = ctx.local.get(&c.hash).and_then(|(path, offset, size)| {
-                scan::read_at(path, *offset, *size).ok().filter(|b| blake3::hash(b).to_hex().as_str() == c.hash)
-            });
-        }
-        if bytes.is_none() {
-            // A local copy changed since it was scanned: the relay may still have it.
-            bytes = ctx
-                .api
-                .get_chunk(ctx.project, &c.hash, Some(transfer), None)
-                .await
-                .ok()
-                .flatten()
-                .filter(|b| blake3::hash(b).to_hex().as_str() == c.hash)
-                .map(Vec::from);
-            via = Some(Via::Relay);
-        }
-        let Some(bytes) = bytes else {
-            return Err(format!("chunk {} is neither here nor on the relay", c.hash));
-        };
-        if let Some(via) = via {
-            transferred += bytes.len() as u64;
-            if via == Via::Direct {
-                direct += bytes.len() as u64;
-            }
-        }
-        hasher.update(&bytes);
-        out.write_all(&bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        written += bytes.len() as u64;
-        ctx.bar.inc(bytes.len() as u64);
-    }
-    let file = out.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    Ok((hasher.finalize().to_hex().to_string(), written, transferred, direct))
 }
 
 #[cfg(test)]

@@ -206,6 +206,10 @@ pub fn walk(dir: &Path) -> (Vec<Found>, Vec<String>) {
         if !entry.file_type().is_some_and(|t| t.is_file()) {
             continue;
         }
+        // A file `ferry pull` is still writing: not a project file (yet).
+        if entry.file_name().to_str().is_some_and(super::part::is_part_name) {
+            continue;
+        }
         let Some(path) = project_path(dir, entry.path()) else {
             warnings.push(format!(
                 "{}: not a valid Ferry path (UTF-8, segments of at most 255 bytes), skipped",
@@ -342,6 +346,7 @@ pub fn scan(dir: &Path, index: &Files, bar: &ProgressBar) -> ScanOutcome {
 /// Where a file's local state is kept, for `.ferryignore`-aware callers.
 pub fn is_own_state(dir: &Path, path: &Path) -> bool {
     path.strip_prefix(dir).is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == STATE_DIR))
+        || path.file_name().and_then(|n| n.to_str()).is_some_and(super::part::is_part_name)
 }
 
 #[cfg(test)]

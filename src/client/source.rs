@@ -26,8 +26,16 @@ use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus};
 
 /// Hashes per `chunks/missing` call.
 const MISSING_BATCH: usize = 500;
-/// Chunks uploaded at once per transfer.
-const UPLOADS_AT_ONCE: usize = 4;
+/// Chunks read, hashed, compressed and uploaded at once per transfer (over
+/// reused connections): enough that reading, CPU work and the network
+/// overlap; few enough that memory stays flat (≤ 4 MiB a chunk).
+const UPLOADS_AT_ONCE: usize = 8;
+/// Bytes of a chunk compressed to see whether compressing it pays.
+const PROBE_BYTES: usize = 64 * 1024;
+/// Compression pays when it saves at least a tenth.
+const WORTH_IT: f64 = 0.9;
+/// zstd level: fast (the link, not the CPU, should set the pace).
+const ZSTD_LEVEL: i32 = 1;
 /// Least time between two progress reports of a transfer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long a member that may fetch directly has before the relay is used.
@@ -468,28 +476,36 @@ impl Source {
         Ok(served)
     }
 
-    /// Re-reads one chunk from the file by offset, checks it, uploads it.
+    /// Re-reads one chunk from the file by offset, checks it, compresses
+    /// it when that pays, uploads it.
     async fn upload(&self, s: &Serving, hash: String) -> Result<u64, Stop> {
-        let bytes = self.read_chunk(s, &hash).await.map_err(Stop::Failed)?;
-        let size = bytes.len() as u64;
-        self.api.put_chunk(self.project, &hash, bytes).await.map_err(|e| Stop::Failed(e.to_string()))?;
+        let (offset, size) =
+            *s.table.get(&hash).ok_or_else(|| Stop::Failed(format!("chunk {hash} is not part of the file")))?;
+        let (abs, expected) = (s.abs.clone(), hash.clone());
+        let (body, zstd) = tokio::task::spawn_blocking(move || {
+            let bytes = read_checked(&abs, offset, size, &expected)?;
+            Ok::<_, String>(match compressed(&bytes) {
+                Some(smaller) => (Bytes::from(smaller), true),
+                None => (Bytes::from(bytes), false),
+            })
+        })
+        .await
+        .map_err(|e| Stop::Failed(e.to_string()))?
+        .map_err(Stop::Failed)?;
+        self.api.put_chunk(self.project, &hash, body, zstd).await.map_err(|e| Stop::Failed(e.to_string()))?;
         s.progress.add(size);
         s.progress.report(&self.api, self.project, false).await;
         Ok(size)
     }
 
-    /// One chunk of the transfer's file, read at its offset and checked.
+    /// One chunk of the transfer's file, read at its offset and checked
+    /// (on a blocking thread: the network tasks keep running).
     async fn read_chunk(&self, s: &Serving, hash: &str) -> Result<Bytes, String> {
         let (offset, size) = *s.table.get(hash).ok_or_else(|| format!("chunk {hash} is not part of the file"))?;
-        let abs = s.abs.clone();
-        let bytes = tokio::task::spawn_blocking(move || scan::read_at(&abs, offset, size))
+        let (abs, hash) = (s.abs.clone(), hash.to_owned());
+        tokio::task::spawn_blocking(move || read_checked(&abs, offset, size, &hash).map(Bytes::from))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("file_unreadable_at_source: {e}"))?;
-        if blake3::hash(&bytes).to_hex().as_str() != hash {
-            return Err("file_changed_at_source".into());
-        }
-        Ok(Bytes::from(bytes))
     }
 
     /// The transfer a member asks for directly. One not (or no longer)
@@ -508,6 +524,28 @@ impl Source {
             .or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
             .ok_or(Refusal::TransferOver)
     }
+}
+
+/// The chunk at (offset, size) of `abs`, when it still hashes to `hash`.
+fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Result<Vec<u8>, String> {
+    let bytes = scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
+    if blake3::hash(&bytes).to_hex().as_str() != hash {
+        return Err("file_changed_at_source".into());
+    }
+    Ok(bytes)
+}
+
+/// The chunk zstd-compressed, when that saves at least a tenth: a sample
+/// is tried first, so incompressible data (media, archives) costs little.
+fn compressed(bytes: &[u8]) -> Option<Vec<u8>> {
+    let worth = |raw: usize, packed: usize| (packed as f64) < raw as f64 * WORTH_IT;
+    let sample = &bytes[..bytes.len().min(PROBE_BYTES)];
+    let probe = zstd::bulk::compress(sample, ZSTD_LEVEL).ok()?;
+    if !worth(sample.len(), probe.len()) {
+        return None;
+    }
+    let packed = zstd::bulk::compress(bytes, ZSTD_LEVEL).ok()?;
+    worth(bytes.len(), packed.len()).then_some(packed)
 }
 
 /// The direct listener's view of the agent.
@@ -568,5 +606,27 @@ impl Progress {
         // A 409 (the relay's own count ran ahead, or the transfer ended
         // meanwhile) is not this transfer's failure.
         let _ = api.report_transfer(project, self.transfer, &report).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compressed;
+
+    #[test]
+    fn chunks_are_compressed_only_when_it_pays() {
+        let text: Vec<u8> = (0..50_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let packed = compressed(&text).expect("text compresses");
+        assert!(packed.len() < text.len() / 2);
+        assert_eq!(zstd::bulk::decompress(&packed, text.len()).unwrap(), text);
+        // Noise does not: sent as it is.
+        let mut state = 7u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect();
+        assert!(compressed(&noise).is_none());
     }
 }

@@ -94,6 +94,7 @@ impl ChunkStore {
         project_id: Uuid,
         hash: &str,
         zstd_encoded: bool,
+        size_hint: Option<u64>,
         mut body: S,
     ) -> Result<Stored, RelayError>
     where
@@ -102,14 +103,17 @@ impl ChunkStore {
     {
         let mut codec = Codec::new(zstd_encoded)?;
         let mut hasher = blake3::Hasher::new();
-        let (mut raw, mut zst) = (Vec::new(), Vec::new());
-        let mut take = |(plain, packed): (Vec<u8>, Vec<u8>)| {
+        // Sized once from the declared length (bounded), not grown by doubling:
+        // each regrowth is a copy and fresh pages to fault in.
+        let capacity = size_hint.unwrap_or(0).min(MAX_CHUNK_BYTES) as usize;
+        let (mut raw, mut zst) = (Vec::with_capacity(capacity), Vec::new());
+        let mut take = |plain: &[u8], packed: &[u8]| {
             if (raw.len() + plain.len()) as u64 > MAX_CHUNK_BYTES {
                 return Err(RelayError::TooLarge);
             }
-            hasher.update(&plain);
-            raw.extend_from_slice(&plain);
-            zst.extend_from_slice(&packed);
+            hasher.update(plain);
+            raw.extend_from_slice(plain);
+            zst.extend_from_slice(packed);
             Ok(())
         };
         let mut read = 0u64;
@@ -117,9 +121,17 @@ impl ChunkStore {
             while let Some(piece) = body.next().await {
                 let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
                 read += piece.len() as u64;
-                take(codec.feed(&piece)?)?;
+                if zstd_encoded {
+                    let (plain, packed) = codec.feed(&piece)?;
+                    take(&plain, &packed)?;
+                } else {
+                    // Plain bytes are taken as they came, not copied first.
+                    let packed = codec.pack(&piece)?;
+                    take(&piece, &packed)?;
+                }
             }
-            take(codec.finish()?)
+            let (plain, packed) = codec.finish()?;
+            take(&plain, &packed)
         }
         .await;
         if let Err(RelayError::TooLarge) = taken {
@@ -197,8 +209,10 @@ struct Codec {
     abandoned: bool,
 }
 
-/// Plain bytes compressed before judging whether a body compresses.
-const PROBE_BYTES: u64 = 256 * 1024;
+/// Plain bytes compressed before judging whether a body compresses: small,
+/// since on incompressible chunks (most large files) this is CPU spent for
+/// nothing on the relay's upload path.
+const PROBE_BYTES: u64 = 64 * 1024;
 
 impl Codec {
     fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
@@ -218,11 +232,17 @@ impl Codec {
 
     /// Feeds a piece of the body; answers (plain, zstd) bytes produced.
     fn feed(&mut self, piece: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
-        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
         if let Some(decoder) = &mut self.decoder {
             return Ok((decoder.inflate(piece)?, piece.to_vec()));
         }
-        let Some(encoder) = self.encoder.as_mut() else { return Ok((piece.to_vec(), Vec::new())) };
+        Ok((piece.to_vec(), self.pack(piece)?))
+    }
+
+    /// Feeds a piece of a plain body to the encoder (while it is worth it);
+    /// answers the zstd bytes produced.
+    fn pack(&mut self, piece: &[u8]) -> Result<Vec<u8>, RelayError> {
+        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
+        let Some(encoder) = self.encoder.as_mut() else { return Ok(Vec::new()) };
         encoder.write_all(piece).map_err(bad)?;
         let before = self.fed;
         self.fed += piece.len() as u64;
@@ -233,12 +253,12 @@ impl Codec {
             if (self.produced + encoder.get_ref().len() as u64) * 100 > self.fed * 97 {
                 self.encoder = None;
                 self.abandoned = true;
-                return Ok((piece.to_vec(), Vec::new()));
+                return Ok(Vec::new());
             }
         }
         let packed = std::mem::take(encoder.get_mut());
         self.produced += packed.len() as u64;
-        Ok((piece.to_vec(), packed))
+        Ok(packed)
     }
 
     fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), RelayError> {

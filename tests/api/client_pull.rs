@@ -71,9 +71,11 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     );
     assert!(entry["synced_at"].is_string() && entry["local_path"].is_string());
     assert!(
-        std::fs::read_dir(dst.join(".ferry/chunks")).unwrap().next().is_none(),
-        "kept chunks are dropped once the pull is whole"
+        std::fs::read_dir(dst.join(".ferry/parts")).unwrap().next().is_none(),
+        "the parts' records are dropped once the pull is whole"
     );
+    assert!(!dst.join("media/.big.bin.ferry-part").exists(), "the part became the file");
+    assert!(!dst.join(".ferry/chunks").exists(), "each byte written once: no chunk store beside the file");
 
     // The transfers, completed, as the member sees them.
     let transfers = member.json(&["transfers", &project]).await;

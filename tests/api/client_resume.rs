@@ -1,9 +1,13 @@
-//! `ferry pull` killed with SIGKILL mid-way resumes from the chunks it kept
-//! in `DIR/.ferry/chunks/`: the second run fetches only what it lacked.
+//! `ferry pull` killed with SIGKILL mid-way resumes from the chunks it
+//! wrote into the file's part (`.NAME.ferry-part` beside the target, with
+//! a record of its chunks in `DIR/.ferry/parts/`): the second run fetches
+//! only what it lacked, and refetches a chunk damaged meanwhile.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::client_pull::{hash, write};
 use crate::client_share::{describe, last_json, noise, Person, Running, TempDir};
@@ -21,18 +25,31 @@ pub(crate) async fn owner_and_member(app: &TestApp, name: &str) -> (Person, Pers
     (owner, member, project)
 }
 
-/// The kept chunks (named by their 64-hex hash) and their total size.
-fn kept_chunks(dir: &Path) -> (usize, u64) {
-    let Ok(entries) = std::fs::read_dir(dir.join(".ferry/chunks")) else {
-        return (0, 0);
+/// The chunks the part's records list as written: (offset, size) of each
+/// whole line (the last may be cut short by the kill).
+fn recorded_chunks(dir: &Path) -> Vec<(u64, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(".ferry/parts")) else {
+        return vec![];
     };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit())
-        })
-        .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.metadata().map(|m| m.len()).unwrap_or(0)))
+    let mut chunks = vec![];
+    for e in entries.filter_map(|e| e.ok()) {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let [offset, size, hash] = f[..] {
+                if let (Ok(o), Ok(s), 64) = (offset.parse(), size.parse(), hash.len()) {
+                    chunks.push((o, s));
+                }
+            }
+        }
+    }
+    chunks
+}
+
+/// The chunks kept for resuming: how many and their bytes.
+fn kept_chunks(dir: &Path) -> (usize, u64) {
+    let chunks = recorded_chunks(dir);
+    (chunks.len(), chunks.iter().map(|c| c.1).sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +71,7 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     // The first pull, killed with SIGKILL once a few chunks have landed.
     let mut child = member
         .command(&["pull", &project, "--to", to, "--json"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("ferry pull starts");
@@ -76,8 +93,36 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
         assert_eq!(status.signal(), Some(9), "the pull finished before the kill: {status:?}");
     }
     assert!(!dst.join("big.bin").exists(), "a killed pull leaves no partial file in place");
+    let part = dst.join(".big.bin.ferry-part");
+    assert_eq!(std::fs::metadata(&part).map(|m| m.len()).ok(), Some(big.len() as u64), "the part is beside the target");
+    assert!(!dst.join(".ferry/chunks").exists(), "each byte is written once: no chunk store");
+    // Progress showed from the first chunk, before the file was whole.
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let progress: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .collect();
+    assert!(
+        progress.iter().any(|v| v["bytes"].as_u64().is_some_and(|b| b > 0 && b < big.len() as u64)
+            && v["total_bytes"].as_u64() == Some(big.len() as u64)),
+        "no progress while the pull ran: {stdout}"
+    );
+
+    // A recorded chunk damaged behind the pull's back is fetched again.
+    let chunks = recorded_chunks(dst);
     let (count, kept) = kept_chunks(dst);
     assert!(count >= 2 && kept > 0 && kept < big.len() as u64);
+    let (damaged_at, damaged_size) = chunks[0];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&part).unwrap();
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, damaged_at + damaged_size / 2).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xFF], damaged_at + damaged_size / 2).unwrap();
+    }
+    let kept = kept - damaged_size;
 
     // Again: only what was not kept crosses; the kept chunks are reused.
     let again = member.run(&["pull", &project, "--to", to, "--json"]).await;
@@ -93,7 +138,10 @@ async fn a_pull_killed_mid_way_resumes_fetching_only_what_it_lacked() {
     let got = std::fs::read(dst.join("big.bin")).unwrap();
     assert!(got == big, "the resumed file differs");
     assert_eq!(hash(&got), hash(&big));
-    assert_eq!(kept_chunks(dst).0, 0, "kept chunks are dropped once whole");
+    assert_eq!(kept_chunks(dst).0, 0, "the record is dropped once whole");
+    assert!(!part.exists(), "the part became the file");
+    let leftovers: Vec<_> = std::fs::read_dir(dst.join(".ferry/parts")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// A transfer that keeps failing at the source is retried through the API

@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod client_accounts;
 mod client_direct;
+mod client_fallback;
 mod client_follow;
 mod client_pull;
 mod client_resume;

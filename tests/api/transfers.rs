@@ -107,6 +107,15 @@ async fn a_download_request_names_the_file_the_source_and_the_chunks_needed() {
         )
         .await;
     assert_eq!(delta["transfer_info"]["chunks_needed"], json!([hash("c1")]));
+    // A large folder's chunks (here 5,000, some 335 KB of JSON: what a
+    // member holding a 5 GiB file sends for its delta) are taken whole.
+    let mut many: Vec<String> = (0..5000).map(|i| hash(&format!("held {i}"))).collect();
+    many.push(hash("c1"));
+    let (status, delta) = s
+        .request(&app, &s.member, json!({"file_path": "/big.bin", "request_mode": "delta", "have_chunks": many}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{delta}");
+    assert_eq!(delta["transfer_info"]["chunks_needed"], json!([hash("c0"), hash("c2")]));
 
     let id: Uuid = body["download_id"].as_str().unwrap().parse().unwrap();
     let requested = app.log(s.project).await.into_iter().find(|e| e.data["transfer_id"] == json!(id)).unwrap();
