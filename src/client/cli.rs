@@ -128,8 +128,9 @@ pub enum Command {
         /// The folder to download into.
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
-        /// Longest wait, in seconds, for the owner's machine to provide a chunk.
-        #[arg(long, default_value_t = 600)]
+        /// Longest wait, in seconds, for the owner's machine to provide a
+        /// chunk (say, while it is offline); then the pull stops, saying why.
+        #[arg(long, default_value_t = 300)]
         wait: u64,
     },
     /// Member: pull everything into DIR, then follow the project live and

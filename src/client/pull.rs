@@ -120,6 +120,9 @@ struct Ctx {
     progress: bool,
     manifest: Mutex<Manifest>,
     index: Mutex<Files>,
+    /// The owner's computer as last said to be offline (its name and
+    /// since when), so a wait says what it waits for, once.
+    offline: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -289,6 +292,7 @@ async fn pull_files(
         progress: progress && out.json,
         manifest: Mutex::new(manifest),
         index: Mutex::new(scanned.files),
+        offline: Mutex::new(None),
     });
     let count = todo.len();
     let results: Vec<(String, Result<Pulled, String>)> = futures_util::stream::iter(todo)
@@ -804,6 +808,12 @@ async fn fetch_chunk(
             return Err(Stop::Failed(format!("chunk {hash} is neither here nor on the relay")));
         }
         if Instant::now() >= deadline {
+            if let Some(offline) = lock(&ctx.offline).clone() {
+                return Err(Stop::Fatal(format!(
+                    "waited {}s (--wait) for {offline}; the same command resumes once it is back",
+                    ctx.wait.as_secs()
+                )));
+            }
             return Err(Stop::Fatal(format!(
                 "the source did not provide chunk {hash} within {:?} (is the owner's `ferry share` running?)",
                 ctx.wait
@@ -812,6 +822,7 @@ async fn fetch_chunk(
         if Instant::now() >= next_status {
             next_status = Instant::now() + STATUS_EVERY;
             if let Ok(t) = ctx.api.transfer(ctx.project, transfer).await {
+                say_whether_offline(ctx, &t.source_device).await;
                 let why = || t.error_message.clone().unwrap_or_else(|| t.status.as_str().to_owned());
                 match t.status {
                     TransferStatus::Failed => return Err(Stop::Failed(why())),
@@ -830,6 +841,32 @@ async fn fetch_chunk(
             delay = (delay * 2).min(Duration::from_millis(250));
         }
     }
+}
+
+/// Says once that the owner's computer is offline, and since when, and
+/// again once it is back; a wait then says what it waited for.
+async fn say_whether_offline(ctx: &Ctx, source: &crate::protocol::transfers::SourceDevice) {
+    let said = lock(&ctx.offline).is_some();
+    if source.online {
+        if said {
+            *lock(&ctx.offline) = None;
+            ctx.bar.suspend(|| ctx.out.note(&format!("{} is back online", source.name)));
+        }
+        return;
+    }
+    if said {
+        return;
+    }
+    let seen = match ctx.api.project_devices(ctx.project).await {
+        Ok(d) => d.devices.into_iter().find(|d| d.device_id == source.id).and_then(|d| d.last_seen_at),
+        Err(_) => None,
+    };
+    let since = seen
+        .map(|t| format!(", offline since {}", t.format("%Y-%m-%d %H:%M UTC")))
+        .unwrap_or_else(|| ", offline".into());
+    let what = format!("the owner's computer “{}”{since}", source.name);
+    ctx.bar.suspend(|| ctx.out.note(&format!("waiting for {what} (up to {}s, --wait)", ctx.wait.as_secs())));
+    *lock(&ctx.offline) = Some(what);
 }
 
 /// Longest one relay request waits on the server for a chunk to land: short

@@ -222,3 +222,27 @@ async fn transfers_follows_the_open_ones_live_at_a_terminal() {
     };
     assert!(status.success(), "{status:?}:\n{}", printed.lock().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_says_the_owners_computer_is_offline_waits_and_stops_with_why() {
+    let app = TestApp::spawn().await;
+    let owner = Person::new(&app, "offline-owner");
+    let member = Person::new(&app, "offline-member");
+    owner.signup("owner").await;
+    member.signup("member").await;
+    let project = owner.json(&["project", "create", "Away"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
+    member.json(&["join", &invite]).await;
+    let tree = TempDir::new("offline-src");
+    write(tree.path(), "report.pdf", b"the owner's report");
+    // Shared once: the owner's computer is not online to send it.
+    owner.json(&["share", &project, tree.path().to_str().unwrap(), "--once"]).await;
+
+    let target = TempDir::new("offline-dst");
+    let pulled = member.run(&["pull", &project, "--to", target.path().to_str().unwrap(), "--wait", "3"]).await;
+    assert!(!pulled.status.success(), "{}", describe(&pulled));
+    let said = String::from_utf8_lossy(&pulled.stderr);
+    assert!(said.contains("waiting for the owner's computer “") && said.contains("”, offline"), "{said}");
+    assert_eq!(said.matches("waiting for the owner's computer").count(), 1, "said once: {said}");
+    assert!(said.contains("waited 3s (--wait) for the owner's computer"), "{said}");
+}
