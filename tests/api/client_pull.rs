@@ -128,7 +128,11 @@ async fn a_member_pulls_through_the_relay_then_only_the_changed_chunk() {
     let stuck = member.run(&["pull", &project, "/docs/small.txt", "--to", to, "--wait", "2"]).await;
     assert!(!stuck.status.success(), "{}", describe(&stuck));
     let stderr = String::from_utf8_lossy(&stuck.stderr);
-    assert!(stderr.contains("/docs/small.txt") && stderr.contains("ferry share"), "{}", describe(&stuck));
+    assert!(
+        stderr.contains("/docs/small.txt") && stderr.contains("waited 2s (--wait) for the owner's computer"),
+        "{}",
+        describe(&stuck)
+    );
     assert_eq!(
         std::fs::read(dst.join("docs/small.txt")).unwrap(),
         b"small and plain",
