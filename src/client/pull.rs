@@ -123,6 +123,8 @@ struct Ctx {
     /// The owner's computer as last said to be offline (its name and
     /// since when), so a wait says what it waits for, once.
     offline: Mutex<Option<String>>,
+    /// This pull's transfers still open, for Ctrl-C to cancel.
+    open: OpenTransfers,
 }
 
 #[derive(Debug, Default)]
@@ -157,7 +159,12 @@ fn normalize(path: &str) -> String {
 pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, &req.project).await?;
-    let s = pull_files(&api, project, &req.to, &req.paths, req.wait, out, true).await?;
+    let open = OpenTransfers::default();
+    let pulled = tokio::select! {
+        pulled = pull_files(&api, project, &req.to, &req.paths, req.wait, out, Reporting { progress: true, open: open.clone() }) => pulled,
+        _ = super::agent::stop_signal() => return Err(interrupted(&api, project, &req.to, &open).await),
+    };
+    let s = pulled?;
     out.result(
         json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred,
                "bytes_direct": s.bytes_direct, "bytes_reused": s.bytes_reused}),
@@ -174,6 +181,39 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
         },
     );
     Ok(())
+}
+
+/// The transfers a pull has asked for and not yet finished.
+pub type OpenTransfers = Arc<Mutex<HashSet<Uuid>>>;
+
+/// What a pull tells beyond its result: `--json` progress lines (`pull`,
+/// not `sync`), and the transfers it has open (for Ctrl-C to cancel).
+#[derive(Default)]
+struct Reporting {
+    progress: bool,
+    open: OpenTransfers,
+}
+
+/// Ctrl-C (or SIGTERM) on a pull: its open transfers are cancelled, so the
+/// owner's machine stops sending for no one; what arrived stays in part
+/// files, which the same command takes up again.
+async fn interrupted(api: &Api, project: Uuid, to: &Path, open: &OpenTransfers) -> ClientError {
+    let asked: Vec<Uuid> = lock(open).drain().collect();
+    let mut cancelled = 0;
+    for transfer in asked {
+        // One that ended meanwhile (given up on, say) answers 409: not counted.
+        if api.cancel_transfer(project, transfer).await.is_ok() {
+            cancelled += 1;
+        }
+    }
+    let parts = std::fs::read_dir(to.join(STATE_DIR).join(PARTS_DIR)).map(|d| d.count()).unwrap_or(0);
+    ClientError::Refused {
+        code: "interrupted",
+        message: format!(
+            "stopped: {cancelled} open transfer(s) cancelled; what arrived is kept ({parts} file(s) in part), \
+             and the same `ferry pull` resumes from it"
+        ),
+    }
 }
 
 /// What one pull did.
@@ -200,11 +240,11 @@ pub async fn pull_into(
     out: Output,
 ) -> Result<PullSummary, ClientError> {
     // `ferry sync` prints one JSON line per applied change, nothing between.
-    pull_files(api, project, to, paths, wait, out, false).await
+    pull_files(api, project, to, paths, wait, out, Reporting::default()).await
 }
 
-/// [`pull_into`]; with `progress`, `--json` also prints each file's
-/// progress as its bytes arrive (`{"event": "progress", ...}` lines).
+/// [`pull_into`]; with `reporting.progress`, `--json` also prints each
+/// file's progress as its bytes arrive (`{"event": "progress", ...}` lines).
 async fn pull_files(
     api: &Api,
     project: Uuid,
@@ -212,7 +252,7 @@ async fn pull_files(
     paths: &[String],
     wait: Duration,
     out: Output,
-    progress: bool,
+    reporting: Reporting,
 ) -> Result<PullSummary, ClientError> {
     let api = api.clone();
     let dir = to.to_path_buf();
@@ -289,10 +329,11 @@ async fn pull_files(
         have,
         wait,
         bar,
-        progress: progress && out.json,
+        progress: reporting.progress && out.json,
         manifest: Mutex::new(manifest),
         index: Mutex::new(scanned.files),
         offline: Mutex::new(None),
+        open: reporting.open,
     });
     let count = todo.len();
     let results: Vec<(String, Result<Pulled, String>)> = futures_util::stream::iter(todo)
@@ -539,6 +580,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         );
         let _ = m.save(&ctx.dir);
     }
+    lock(&ctx.open).remove(&transfer);
     Ok(Pulled { transferred, direct, reused: size.saturating_sub(transferred) })
 }
 
@@ -560,6 +602,9 @@ async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Resu
             },
         )
         .await
+        .inspect(|res| {
+            lock(&ctx.open).insert(res.download_id);
+        })
         .map_err(|e| e.to_string())
 }
 

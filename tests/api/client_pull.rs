@@ -3,6 +3,7 @@
 //! `ferry pull` through the relay, one config folder per identity.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -249,4 +250,55 @@ async fn a_pull_says_the_owners_computer_is_offline_waits_and_stops_with_why() {
     assert!(said.contains("waiting for the owner's computer “") && said.contains("”, offline"), "{said}");
     assert_eq!(said.matches("waiting for the owner's computer").count(), 1, "said once: {said}");
     assert!(said.contains("waited 3s (--wait) for the owner's computer"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_a_pull_cancels_its_transfer_keeps_what_arrived_and_the_same_command_resumes() {
+    let app = TestApp::spawn().await;
+    // The owner's uplink: 2 MB/s, so the pull can be stopped mid-file.
+    let uplink = crate::web_browser::SlowUplink::to(&app, 2e6).await;
+    let owner = Person { config: TempDir::new("int-owner"), server: uplink.url.clone() };
+    let member = Person::new(&app, "int-member");
+    owner.signup("owner").await;
+    member.signup("member").await;
+    let project = owner.json(&["project", "create", "Stop"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
+    member.json(&["join", &invite]).await;
+    let tree = TempDir::new("int-src");
+    let big = noise(8 * 1000 * 1000, 5);
+    write(tree.path(), "big.bin", &big);
+    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+
+    let target = TempDir::new("int-dst");
+    let to = target.path().to_str().unwrap();
+    let mut pull = tokio::process::Command::from(member.command(&["pull", &project, "--to", to]));
+    let pull = pull.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let token = member.token();
+    let deadline = Instant::now() + AGENT_WITHIN;
+    let transfer = loop {
+        let (_, page) = app.get(&format!("/api/projects/{project}/transfers"), &token).await;
+        let t = &page["transfers"][0];
+        if t["status"] == "in_progress" && t["bytes_transferred"].as_i64().unwrap_or(0) > 1_000_000 {
+            break t["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the transfer never moved: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Ctrl-C: the transfer is cancelled, and the pull says what it kept.
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    unsafe { libc::kill(pull.id().unwrap() as libc::pid_t, libc::SIGINT) };
+    let stopped = tokio::time::timeout(Duration::from_secs(30), pull.wait_with_output()).await.unwrap().unwrap();
+    assert!(!stopped.status.success(), "{}", describe(&stopped));
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert!(said.contains("stopped: 1 open transfer(s) cancelled") && said.contains("resumes"), "{said}");
+    let (_, t) = app.get(&format!("/api/projects/{project}/transfers/{transfer}"), &token).await;
+    assert_eq!(t["status"], "cancelled", "{t}");
+
+    // The same command takes up what arrived: less than the whole crosses.
+    let again = member.json(&["pull", &project, "--to", to]).await;
+    let transferred = again["bytes_transferred"].as_u64().unwrap();
+    assert!(transferred < big.len() as u64, "{again}");
+    assert!(std::fs::read(target.path().join("big.bin")).unwrap() == big, "the resumed file is not the owner's");
 }

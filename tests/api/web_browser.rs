@@ -72,9 +72,10 @@ async fn browser_a_member_signs_up_and_joins_from_an_invite_link() {
     browser.close().await;
 }
 
-/// A TCP way to the server that carries what the client sends at most
-/// `rate` bytes a second (answers go back unhindered): the owner's
-/// computer on a slow uplink, so a download can be watched as it moves.
+/// A TCP way to the server that carries what its clients send at most
+/// `rate` bytes a second, all connections together (answers go back
+/// unhindered): the owner's computer on a slow uplink, so a transfer can
+/// be watched, or stopped, as it moves.
 pub(crate) struct SlowUplink {
     pub(crate) url: String,
     task: tokio::task::JoinHandle<()>,
@@ -85,9 +86,12 @@ impl SlowUplink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = app.address.trim_start_matches("http://").to_owned();
+        // When the uplink is next free, all connections together: each
+        // piece takes its turn (idle time is not saved up for a burst).
+        let next = std::sync::Arc::new(std::sync::Mutex::new(Instant::now()));
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let server = server.clone();
+                let (server, next) = (server.clone(), next.clone());
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(&server).await else { return };
                     let (mut from_client, mut to_client) = client.into_split();
@@ -95,18 +99,21 @@ impl SlowUplink {
                     tokio::spawn(async move {
                         let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
                     });
-                    let started = Instant::now();
-                    let (mut sent, mut buf) = (0u64, vec![0u8; 16 * 1024]);
+                    let mut buf = vec![0u8; 16 * 1024];
                     loop {
                         let n = match from_client.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
+                        let due = {
+                            let mut next = next.lock().unwrap();
+                            *next = (*next).max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate);
+                            *next
+                        };
+                        tokio::time::sleep_until(due.into()).await;
                         if to_server.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
-                        sent += n as u64;
-                        tokio::time::sleep_until((started + Duration::from_secs_f64(sent as f64 / rate)).into()).await;
                     }
                     let _ = to_server.shutdown().await;
                 });
