@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::client_resume::{owner_and_member, owner_via_and_member};
 use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
 
@@ -231,13 +232,7 @@ async fn transfers_follows_the_open_ones_live_at_a_terminal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_says_the_owners_computer_is_offline_waits_and_stops_with_why() {
     let app = TestApp::spawn().await;
-    let owner = Person::new(&app, "offline-owner");
-    let member = Person::new(&app, "offline-member");
-    owner.signup("owner").await;
-    member.signup("member").await;
-    let project = owner.json(&["project", "create", "Away"]).await["id"].as_str().unwrap().to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
-    member.json(&["join", &invite]).await;
+    let (owner, member, project) = owner_and_member(&app, "Away").await;
     let tree = TempDir::new("offline-src");
     write(tree.path(), "report.pdf", b"the owner's report");
     // Shared once: the owner's computer is not online to send it.
@@ -257,13 +252,7 @@ async fn ctrl_c_on_a_pull_cancels_its_transfer_keeps_what_arrived_and_the_same_c
     let app = TestApp::spawn().await;
     // The owner's uplink: 2 MB/s, so the pull can be stopped mid-file.
     let uplink = crate::web_browser::SlowUplink::to(&app, 2e6).await;
-    let owner = Person { config: TempDir::new("int-owner"), server: uplink.url.clone() };
-    let member = Person::new(&app, "int-member");
-    owner.signup("owner").await;
-    member.signup("member").await;
-    let project = owner.json(&["project", "create", "Stop"]).await["id"].as_str().unwrap().to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
-    member.json(&["join", &invite]).await;
+    let (owner, member, project) = owner_via_and_member(&app, &uplink.url, "Stop").await;
     let tree = TempDir::new("int-src");
     let big = noise(8 * 1000 * 1000, 5);
     write(tree.path(), "big.bin", &big);

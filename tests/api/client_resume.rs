@@ -15,7 +15,13 @@ use crate::helpers::TestApp;
 
 /// An owner and a member of a new project; answers the project id.
 pub(crate) async fn owner_and_member(app: &TestApp, name: &str) -> (Person, Person, String) {
-    let owner = Person::new(app, "owner");
+    owner_via_and_member(app, &app.address, name).await
+}
+
+/// The same, the owner reaching the server at `owner_server` (a slow
+/// uplink, say).
+pub(crate) async fn owner_via_and_member(app: &TestApp, owner_server: &str, name: &str) -> (Person, Person, String) {
+    let owner = Person { config: TempDir::new("config-owner"), server: owner_server.to_owned() };
     let member = Person::new(app, "member");
     owner.signup("owner").await;
     member.signup("member").await;

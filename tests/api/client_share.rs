@@ -576,13 +576,7 @@ async fn an_agent_restarted_mid_transfer_takes_it_up_again_and_says_when_it_is_b
     let mut app = TestApp::spawn().await;
     // The owner's uplink: 2 MB/s, so the agent can be stopped mid-file.
     let uplink = crate::web_browser::SlowUplink::to(&app, 2e6).await;
-    let owner = Person { config: TempDir::new("restart-owner"), server: uplink.url.clone() };
-    owner.signup("owner").await;
-    let project = owner.json(&["project", "create", "Restart"]).await["id"].as_str().unwrap().to_owned();
-    let invite = owner.json(&["invite", "create", &project]).await["token"].as_str().unwrap().to_owned();
-    let member = Person::new(&app, "restart-member");
-    member.signup("member").await;
-    member.json(&["join", &invite]).await;
+    let (owner, member, project) = crate::client_resume::owner_via_and_member(&app, &uplink.url, "Restart").await;
     let tree = TempDir::new("restart-src");
     let big = noise(8 * 1000 * 1000, 3);
     write(tree.path(), "big.bin", &big);
