@@ -349,20 +349,6 @@ impl Api {
         Ok(res.status() == StatusCode::CREATED)
     }
 
-    /// Every transfer the caller may see, all pages.
-    pub async fn all_transfers(&self, project: Uuid) -> Result<Vec<Transfer>, ClientError> {
-        let mut all = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = self.transfers_page(project, None, cursor.as_deref()).await?;
-            all.extend(page.transfers);
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(all),
-            }
-        }
-    }
-
     pub async fn request_download(
         &self,
         project: Uuid,
