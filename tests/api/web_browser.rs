@@ -323,6 +323,12 @@ async fn browser_the_owner_creates_copies_and_revokes_an_invite_and_a_stranger_s
     let revoke = browser.find_by_role_starting("button", "Revoke the invite link that expires").await;
     revoke.click().await.unwrap();
     browser.wait_for_text("Invite link revoked").await;
+    // The revoked link is not left on the page to be copied and sent.
+    browser
+        .wait_until("the revoked link to leave the page", || async {
+            (!browser.text().await.contains("Copy it now")).then_some(())
+        })
+        .await;
     let (_, preview) = app.call(Method::GET, &preview_path, None, None).await;
     assert_eq!(preview["reason"].as_str(), Some("revoked"), "{preview}");
 

@@ -41,6 +41,7 @@ class Settings {
     this.invitesStatus.textContent = `Invite link created. It works once, until ${when(invite.expires_at)}.`;
     const field = document.getElementById('invite-url');
     field.value = `${location.origin}/join/${encodeURIComponent(invite.token)}`;
+    this.shown = invite.id;
     document.getElementById('new-invite').hidden = false;
     field.focus();
     field.select();
@@ -82,6 +83,14 @@ class Settings {
           }, 'Revoke')) : null);
     });
     this.invites.replaceChildren(...rows);
+    // The link shown once no longer works (revoked, used up, expired): it is
+    // not left on the page to be copied and sent.
+    const shown = answer.invites.find((invite) => invite.id === this.shown);
+    if (shown && (shown.revoked || shown.uses >= shown.max_uses || new Date(shown.expires_at).getTime() <= now)) {
+      document.getElementById('new-invite').hidden = true;
+      document.getElementById('invite-url').value = '';
+      this.shown = null;
+    }
     if (!rows.length) this.invites.append(h('li', { class: 'row empty' }, 'No invite links yet.'));
   }
 
