@@ -105,6 +105,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
     settle().await;
     let rss_before = server.status("VmRSS")?;
     let hwm_before = server.status("VmHWM")?;
+    let cpu = Cpu::of(server.pid, agent.pid().ok_or("the agent ended")?, &url).await?;
+    let cpu_before = cpu.now();
     let started = Instant::now();
     let requested = post(
         &http,
@@ -157,6 +159,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         }
     }
     let took = started.elapsed();
+    let cpu_during = cpu.now().since(&cpu_before);
     sampling.abort();
     let peak_sampled = sampling.await.unwrap_or(0).max(server.status("VmRSS")?);
     let hwm_after = server.status("VmHWM")?;
@@ -196,6 +199,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         hwm_before / 1024,
         hwm_after / 1024,
     );
+    cpu_during.print(size, cores);
     println!(
         "check: the stream ended cleanly with the file's BLAKE3 and the transfer is {status} — {}",
         if ok { "OK" } else { "FAILED" }
@@ -204,6 +208,64 @@ async fn run(url: String) -> Result<bool, BoxError> {
     agent.stop().await?;
     server.stop().await;
     Ok(ok)
+}
+
+/// The processes whose CPU time the stream costs.
+struct Cpu {
+    ferryd: u32,
+    agent: u32,
+    postgres: Vec<u32>,
+}
+
+/// CPU seconds of each, at one moment (or between two).
+struct CpuTimes {
+    ferryd: f64,
+    agent: f64,
+    postgres: f64,
+    client: f64,
+}
+
+impl Cpu {
+    async fn of(ferryd: u32, agent: u32, url: &str) -> Result<Self, BoxError> {
+        Ok(Self { ferryd, agent, postgres: common::backend_pids(url).await? })
+    }
+
+    fn now(&self) -> CpuTimes {
+        CpuTimes {
+            ferryd: common::cpu_seconds_of(&[self.ferryd]),
+            agent: common::cpu_seconds_of(&[self.agent]),
+            postgres: common::cpu_seconds_of(&self.postgres),
+            client: common::cpu_seconds_of(&[std::process::id()]),
+        }
+    }
+}
+
+impl CpuTimes {
+    fn since(&self, before: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            ferryd: self.ferryd - before.ferryd,
+            agent: self.agent - before.agent,
+            postgres: self.postgres - before.postgres,
+            client: self.client - before.client,
+        }
+    }
+
+    /// Per GiB moved, and the rate the machine's cores would allow if the
+    /// processes used nothing but this CPU time, perfectly overlapped.
+    fn print(&self, size: u64, cores: usize) {
+        let gib = size as f64 / (1024.0 * MIB as f64);
+        let total = self.ferryd + self.agent + self.postgres + self.client;
+        println!(
+            "  CPU seconds per GiB: ferryd {:.2}, agent {:.2}, PostgreSQL backends {:.2}, this client (hashing) {:.2}; \
+             total {:.2}, so at most {:.0} MB/s on {cores} cores",
+            self.ferryd / gib,
+            self.agent / gib,
+            self.postgres / gib,
+            self.client / gib,
+            total / gib,
+            size as f64 / 1e6 / (total / cores as f64),
+        );
+    }
 }
 
 /// `ferryd serve` as a child process, its log in a file.

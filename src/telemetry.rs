@@ -45,6 +45,14 @@ pub static EVENTS_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+pub static CHUNKS_HANDED_OVER: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "ferry_relay_chunks_handed_over_total",
+        "Chunks a download into the browser took from an upload to this server, not read back from the store"
+    )
+    .expect("metric registers once")
+});
+
 pub static WS_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("ferry_ws_sessions", "Open WebSocket sessions on this server").expect("metric registers once")
 });

@@ -426,3 +426,34 @@ pub fn noise_file(path: &Path, size: u64) -> std::io::Result<String> {
     file.sync_all()?;
     Ok(hasher.finalize().to_hex().to_string())
 }
+
+/// CPU time (user + system) a process has used so far, in seconds, from
+/// `/proc/<pid>/stat`: compared before and after a phase, it says what the
+/// phase cost each process whatever else the machine was doing.
+pub fn cpu_seconds(pid: u32) -> Result<f64, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), counted from
+    // field 3: utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').ok_or("a malformed /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields.get(11).ok_or("no utime")?.parse::<u64>()? + fields.get(12).ok_or("no stime")?.parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}
+
+/// The CPU seconds of a set of processes, summed (those gone count 0).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|&pid| cpu_seconds(pid).ok()).sum()
+}
+
+/// The server processes of the connections to `url`'s database (the pool's
+/// backends, while they are connected).
+pub async fn backend_pids(url: &str) -> Result<Vec<u32>, BoxError> {
+    let client = admin_client(url).await?;
+    let rows = client
+        .query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()", &[])
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}

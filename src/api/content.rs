@@ -1,10 +1,13 @@
 //! `GET .../transfers/:transferId/content`: a transfer's file as one HTTP
 //! response for the browser, streamed from the relay chunk by chunk as the
-//! owner's device uploads them. One chunk is in memory at a time; each is
-//! verified before any of its bytes go out, and the whole file's BLAKE3
-//! before its last bytes do, so a damaged stream ends short (the browser
-//! sees a failed download), never complete.
+//! owner's device uploads them. Each chunk is verified before any of its
+//! bytes go out (read back from the store, it is hashed again; handed over
+//! by an upload to this server, it was as it came), and the whole file's
+//! BLAKE3 before its last bytes do, so a damaged stream ends short (the
+//! browser sees a failed download), never complete. Memory per stream is
+//! bounded: the chunk being sent and those handed over for the next few.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -19,7 +22,14 @@ use crate::domain::{self, transfers, DomainError};
 use crate::protocol::files::ChunkRef;
 use crate::protocol::transfers::{TransferReport, TransferStatus};
 use crate::protocol::ErrorBody;
+use crate::relay::arrivals::Waiter;
 use crate::relay::parse_range;
+
+/// Chunks ahead of the one being sent that a stream waits for at once (so
+/// an upload to this server hands them over), at most this many and about
+/// this many bytes.
+const AHEAD_CHUNKS: usize = 16;
+const AHEAD_BYTES: i64 = 16 * 1024 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/projects/{project_id}/transfers/{transfer_id}/content").get(transfer_content));
@@ -130,6 +140,10 @@ async fn transfer_content(
         chunks: content.chunks,
         next: 0,
         offset: 0,
+        ahead: VecDeque::new(),
+        ahead_next: 0,
+        ahead_offset: 0,
+        sending: Bytes::new(),
         range,
         active,
         finished: false,
@@ -201,6 +215,13 @@ struct Streamer {
     /// The next chunk, and where it starts in the file.
     next: usize,
     offset: u64,
+    /// Interest in the chunks about to be sent, by index; `ahead_next` is
+    /// the first chunk not looked at yet, starting at `ahead_offset`.
+    ahead: VecDeque<(usize, Waiter)>,
+    ahead_next: usize,
+    ahead_offset: u64,
+    /// What is left to send of the current chunk.
+    sending: Bytes,
     range: Range<u64>,
     /// The whole file's hash so far, when the response runs to its end.
     whole: Option<blake3::Hasher>,
@@ -214,19 +235,24 @@ struct Streamer {
 impl Streamer {
     /// The next piece of the body: one chunk (or its part in the range).
     async fn step(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
+        if let Some(piece) = crate::relay::next_piece(&mut self.sending) {
+            return Some(Ok(piece));
+        }
         while !self.finished {
             let Some(chunk) = self.chunks.get(self.next).cloned() else { break };
             if self.offset >= self.range.end {
                 break;
             }
             let (start, end) = (self.offset, self.offset + chunk.size as u64);
+            let index = self.next;
             self.next += 1;
             self.offset = end;
             let before_range = end <= self.range.start;
             if before_range && self.whole.is_none() {
                 continue;
             }
-            let bytes = match self.load(&chunk, !before_range).await {
+            let waiter = (!before_range).then(|| self.waiter(index, &chunk));
+            let bytes = match self.load(&chunk, waiter).await {
                 Ok(Some(bytes)) => bytes,
                 // A chunk before the range gone from the relay: the whole
                 // file cannot be hashed, only what is sent.
@@ -261,7 +287,8 @@ impl Streamer {
                     (to - from) as i64,
                 );
             }
-            return Some(Ok(bytes.slice(from..to)));
+            self.sending = bytes.slice(from..to);
+            return crate::relay::next_piece(&mut self.sending).map(Ok);
         }
         if !self.finished {
             self.finished = true;
@@ -278,11 +305,41 @@ impl Streamer {
 
     /// A chunk's verified bytes: waiting (up to the content wait) for one
     /// not on the relay yet when `wait`, else None for it.
-    async fn load(&self, chunk: &ChunkRef, wait: bool) -> Result<Option<Bytes>, Abort> {
+    /// Interest in chunk `index` (to send now), registered ahead with the
+    /// chunks after it: an arrival between the look and the wait, or while
+    /// earlier chunks are sent, is then not lost.
+    fn waiter(&mut self, index: usize, chunk: &ChunkRef) -> Waiter {
+        let mut bytes: i64 = self.ahead.iter().map(|(i, _)| self.chunks[*i].size).sum();
+        while self.ahead.len() < AHEAD_CHUNKS && (self.ahead.is_empty() || bytes < AHEAD_BYTES) {
+            let Some(next) = self.chunks.get(self.ahead_next) else { break };
+            if self.ahead_offset >= self.range.end {
+                break;
+            }
+            let end = self.ahead_offset + next.size as u64;
+            if end > self.range.start {
+                self.ahead.push_back((self.ahead_next, self.state.arrivals.register(self.project_id, &next.hash)));
+                bytes += next.size;
+            }
+            self.ahead_next += 1;
+            self.ahead_offset = end;
+        }
+        while self.ahead.front().is_some_and(|(i, _)| *i < index) {
+            self.ahead.pop_front();
+        }
+        match self.ahead.front() {
+            Some((i, _)) if *i == index => self.ahead.pop_front().expect("a front").1,
+            _ => self.state.arrivals.register(self.project_id, &chunk.hash),
+        }
+    }
+
+    async fn load(&self, chunk: &ChunkRef, mut waiter: Option<Waiter>) -> Result<Option<Bytes>, Abort> {
         let deadline = tokio::time::Instant::now() + self.state.content_wait;
-        // Registered before the first look, so an arrival in between wakes it.
-        let mut waiter = wait.then(|| self.state.arrivals.register(self.project_id, &chunk.hash));
         let bytes = loop {
+            // Handed over by an upload to this server: verified as it came.
+            if let Some(bytes) = waiter.as_ref().and_then(Waiter::handed) {
+                crate::telemetry::CHUNKS_HANDED_OVER.inc();
+                return Ok(Some(bytes));
+            }
             match self.state.chunks.get(self.project_id, &chunk.hash).await {
                 Ok(Some(bytes)) => break bytes,
                 Ok(None) => {}

@@ -142,13 +142,17 @@ async fn upload_chunk(
         return Ok(HttpResponse::Ok().json(StoredChunk { hash, size }));
     }
     let hint = declared.filter(|_| !zstd).and_then(|n| u64::try_from(n).ok());
-    let saved = state.chunks.receive(project_id, &hash, zstd, hint, body).await.map_err(relay_error)?;
+    let received = state.chunks.receive(&hash, zstd, hint, body).await.map_err(relay_error)?;
+    // Readers streaming this chunk here take it at once, verified, without
+    // waiting for the store or reading it back.
+    state.arrivals.landed(project_id, &hash, received.bytes.clone());
+    let saved = state.chunks.keep(project_id, &hash, received).await.map_err(relay_error)?;
     if let Err(e) = relay::record_upload(&state.pool, &state.relay, project_id, &hash, saved).await {
         state.chunks.delete(project_id, &hash).await;
         return Err(e.into());
     }
-    // Readers here are woken at once; other servers hear the NOTIFY that
-    // committed with the chunk's row.
+    // Readers here that look in the store are woken now; other servers
+    // hear the NOTIFY that committed with the chunk's row.
     state.arrivals.wake(project_id, &hash);
     Ok(HttpResponse::Created().json(StoredChunk { hash, size: saved.size }))
 }

@@ -2,6 +2,7 @@
 //! quota, and retention. The bytes themselves are `relay::ChunkStore`'s.
 
 use chrono::Duration;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::files::require_source_device;
@@ -83,29 +84,25 @@ pub async fn plan_upload(
     let hash = parse_hash(hash)?;
     access(client, project_id, caller, false).await?;
     require_source_device(client, project_id, caller).await?;
-    let known = client
-        .query_opt(
-            "UPDATE relay_chunks SET last_used_at = now() WHERE project_id = $1 AND hash = $2 RETURNING size",
+    // The use of a chunk held already, and the project's usage otherwise.
+    let row = client
+        .query_one(
+            "WITH known AS (
+                 UPDATE relay_chunks SET last_used_at = now() WHERE project_id = $1 AND hash = $2 RETURNING size
+             )
+             SELECT (SELECT size FROM known),
+                    (SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint
+                     FROM relay_chunks WHERE project_id = $1)",
             &[&project_id, &hash],
         )
         .await?;
-    if let Some(row) = known {
-        return Ok(Some(row.get(0)));
+    if let Some(size) = row.get::<_, Option<i64>>(0) {
+        return Ok(Some(size));
     }
-    if used(client, project_id).await? + declared_size.unwrap_or(0) > policy.quota_bytes {
+    if row.get::<_, i64>(1) + declared_size.unwrap_or(0) > policy.quota_bytes {
         return Err(quota_exceeded(policy));
     }
     Ok(None)
-}
-
-async fn used(client: &impl GenericClient, project_id: Uuid) -> Result<i64, DomainError> {
-    Ok(client
-        .query_one(
-            "SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint FROM relay_chunks WHERE project_id = $1",
-            &[&project_id],
-        )
-        .await?
-        .get(0))
 }
 
 /// After the bytes are stored: records the chunk, unless that would pass
@@ -125,25 +122,38 @@ pub async fn record_upload(
     // commit costs one re-upload. Not waiting for the WAL flush here keeps
     // the serialised section below short; with it, one disk flush per chunk
     // set the pace of every relayed transfer.
-    tx.execute("SET LOCAL synchronous_commit = off", &[]).await?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))", &[&project_id.to_string()]).await?;
-    let exists = tx
-        .query_opt("SELECT 1 FROM relay_chunks WHERE project_id = $1 AND hash = $2", &[&project_id, &hash])
-        .await?
-        .is_some();
-    if !exists {
-        if used(&tx, project_id).await? + stored.size + stored.zstd_size.unwrap_or(0) > policy.quota_bytes {
-            return Err(quota_exceeded(policy));
-        }
-        tx.execute(
-            "INSERT INTO relay_chunks (project_id, hash, size, zstd_size) VALUES ($1, $2, $3, $4)",
-            &[&project_id, &hash, &stored.size, &stored.zstd_size],
-        )
-        .await?;
-        // Readers waiting for this chunk on other servers hear of it once
-        // the row is committed (their listener routes it to their waiters).
-        tx.execute("SELECT pg_notify($1, $2)", &[&crate::relay::arrivals::CHANNEL, &format!("{project_id}:{hash}")])
-            .await?;
+    let key = project_id.to_string();
+    let key: [&(dyn ToSql + Sync); 1] = [&key];
+    let lock = tx.execute(
+        "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+        &key,
+    );
+    // Sent with the lock, run once it is held. Readers waiting for the
+    // chunk on other servers hear of it once the row is committed (their
+    // listener routes it to their waiters).
+    let channel = crate::relay::arrivals::CHANNEL;
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &channel];
+    let record = tx.query_one(
+        "WITH present AS (
+             SELECT EXISTS (SELECT 1 FROM relay_chunks WHERE project_id = $1 AND hash = $2) AS present
+         ), usage AS (
+             SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint AS used
+             FROM relay_chunks WHERE project_id = $1
+         ), added AS (
+             INSERT INTO relay_chunks (project_id, hash, size, zstd_size)
+             SELECT $1, $2, $3::bigint, $4::bigint FROM present, usage
+             WHERE NOT present AND used + $3::bigint + coalesce($4::bigint, 0) <= $5::bigint
+             RETURNING hash
+         ), told AS (
+             SELECT pg_notify($6, $1::text || ':' || hash) FROM added
+         )
+         SELECT (SELECT present FROM present) OR (SELECT count(*) FROM told) > 0",
+        &params,
+    );
+    let (_, row) = futures_util::try_join!(lock, record)?;
+    if !row.get::<_, bool>(0) {
+        return Err(quota_exceeded(policy));
     }
     tx.commit().await?;
     Ok(())

@@ -3,11 +3,17 @@
 //! on `ferry_chunks` committed with the chunk's row) for uploads taken by
 //! another server. Never by polling: the timer in [`Waiter::wait`] is a
 //! safety net for a lost notification, not the mechanism.
+//!
+//! A chunk uploaded to this server is handed to its waiters with the wake:
+//! its bytes, already verified, so a reader streaming them on needs no
+//! read back from the store and no second hash. They are held only while
+//! someone waits for that chunk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -24,7 +30,8 @@ type Key = (Uuid, String);
 /// Waiters by (project, chunk hash).
 #[derive(Default)]
 pub struct ChunkArrivals {
-    waiting: Mutex<HashMap<Key, watch::Sender<()>>>,
+    /// The bytes handed over by an upload here, once one landed.
+    waiting: Mutex<HashMap<Key, watch::Sender<Option<Bytes>>>>,
 }
 
 impl ChunkArrivals {
@@ -37,14 +44,23 @@ impl ChunkArrivals {
     pub fn register(self: &Arc<Self>, project_id: Uuid, hash: &str) -> Waiter {
         let key = (project_id, hash.to_owned());
         let mut waiting = self.waiting.lock().expect("arrivals lock");
-        let receiver = waiting.entry(key.clone()).or_insert_with(|| watch::channel(()).0).subscribe();
+        let receiver = waiting.entry(key.clone()).or_insert_with(|| watch::channel(None).0).subscribe();
         Waiter { arrivals: self.clone(), key, receiver: Some(receiver) }
     }
 
-    /// A chunk landed: wakes its waiters on this server.
+    /// A chunk landed (heard of through the database): wakes its waiters
+    /// on this server, to look in the store. Bytes already handed over stay.
     pub fn wake(&self, project_id: Uuid, hash: &str) {
         if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
-            sender.send_replace(());
+            sender.send_modify(|_| {});
+        }
+    }
+
+    /// A chunk was uploaded to this server and stored: wakes its waiters
+    /// here and hands them `bytes`, which must be the chunk's, verified.
+    pub fn landed(&self, project_id: Uuid, hash: &str, bytes: Bytes) {
+        if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
+            sender.send_replace(Some(bytes));
         }
     }
 
@@ -52,7 +68,7 @@ impl ChunkArrivals {
     /// may have been missed), each to look again.
     pub fn wake_all(&self) {
         for sender in self.waiting.lock().expect("arrivals lock").values() {
-            sender.send_replace(());
+            sender.send_modify(|_| {});
         }
     }
 
@@ -74,10 +90,16 @@ impl ChunkArrivals {
 pub struct Waiter {
     arrivals: Arc<ChunkArrivals>,
     key: Key,
-    receiver: Option<watch::Receiver<()>>,
+    receiver: Option<watch::Receiver<Option<Bytes>>>,
 }
 
 impl Waiter {
+    /// The chunk's verified bytes, when an upload to this server handed
+    /// them over.
+    pub fn handed(&self) -> Option<Bytes> {
+        self.receiver.as_ref()?.borrow().clone()
+    }
+
     /// Waits until the chunk may have landed (woken), or the safety net or
     /// `deadline` passed. Answers false only when the deadline passed
     /// without a wake-up.
@@ -132,5 +154,28 @@ mod tests {
         assert!(!b.wait(soon).await, "b's chunk did not land");
         arrivals.wake_all();
         assert!(b.wait(Instant::now() + Duration::from_secs(60)).await);
+        assert!(a.handed().is_none() && b.handed().is_none(), "a wake hands nothing over");
+    }
+
+    #[tokio::test]
+    async fn an_upload_here_hands_its_bytes_to_the_waiters_and_a_later_wake_keeps_them() {
+        let arrivals = ChunkArrivals::new();
+        let project = Uuid::new_v4();
+        let mut first = arrivals.register(project, "aaa");
+        let second = arrivals.register(project, "aaa");
+        let other = arrivals.register(project, "bbb");
+        arrivals.landed(project, "aaa", Bytes::from_static(b"chunk"));
+        assert!(first.wait(Instant::now() + Duration::from_secs(60)).await);
+        // The same arrival heard again through the database.
+        arrivals.wake_from_payload(&format!("{project}:aaa"));
+        arrivals.wake_all();
+        assert_eq!(first.handed().as_deref(), Some(&b"chunk"[..]));
+        assert_eq!(second.handed().as_deref(), Some(&b"chunk"[..]), "every waiter gets them");
+        assert!(other.handed().is_none());
+        drop((first, second, other));
+        assert_eq!(arrivals.waiting(), 0, "the bytes are let go with the last waiter");
+        // Nobody waiting: nothing is kept.
+        arrivals.landed(project, "ccc", Bytes::from_static(b"late"));
+        assert!(arrivals.register(project, "ccc").handed().is_none());
     }
 }

@@ -4,7 +4,6 @@
 //! stored in one write only when they hash to the chunk's name, so a crash
 //! or a cut-off upload leaves nothing behind.
 
-use std::io::Write;
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use uuid::Uuid;
 
 pub mod arrivals;
+pub mod buffers;
 pub use arrivals::ChunkArrivals;
 
 /// Largest chunk accepted (after decompression).
@@ -37,11 +37,33 @@ pub enum RelayError {
     Body(String),
 }
 
+/// Capacity of free receive buffers kept for the next uploads.
+const KEPT_BUFFERS: usize = 16 * 1024 * 1024;
+
 /// Where chunk bytes live.
 #[derive(Clone)]
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    buffers: Arc<buffers::BufferPool>,
+}
+
+/// Largest piece of a chunk handed to the HTTP layer at a time: it copies
+/// each piece into its write buffer, which stays this small (and is used
+/// again) rather than growing to a whole chunk for each.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// The next piece of `rest` to send (taken off it), none once it is empty.
+pub fn next_piece(rest: &mut Bytes) -> Option<Bytes> {
+    (!rest.is_empty()).then(|| rest.split_to(rest.len().min(PIECE_BYTES)))
+}
+
+/// A chunk received and verified, not yet stored.
+pub struct Received {
+    /// The chunk's plain bytes.
+    pub bytes: Bytes,
+    /// Its zstd variant, when smaller.
+    variant: Option<Vec<u8>>,
 }
 
 /// What an upload stored.
@@ -66,7 +88,7 @@ impl ChunkStore {
             if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                 builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
             }
-            return Ok(Self { store: Arc::new(builder.build()?), prefix: Path::from(prefix) });
+            return Ok(Self::new(Arc::new(builder.build()?), Path::from(prefix)));
         }
         let folder = spec.strip_prefix("file://").unwrap_or(spec);
         if folder.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
@@ -76,7 +98,11 @@ impl ChunkStore {
             RelayError::Store(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
         })?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?;
-        Ok(Self { store: Arc::new(store), prefix: Path::from("") })
+        Ok(Self::new(Arc::new(store), Path::from("")))
+    }
+
+    fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
+        Self { store, prefix, buffers: buffers::BufferPool::new(KEPT_BUFFERS) }
     }
 
     fn key(&self, project_id: Uuid, hash: &str, zstd: bool) -> Path {
@@ -85,35 +111,38 @@ impl ChunkStore {
     }
 
     /// Takes a body in, decompressing it when `zstd_encoded`, hashing and
-    /// bounding it as it comes, and stores it as `project/hash` only when
-    /// it hashes to `hash`, in one write (a chunk is at most 16 MiB): a body
-    /// cut off or wrong stores nothing. A zstd variant is kept beside it
-    /// when smaller.
+    /// bounding it as it comes; answers it only when it hashes to `hash`
+    /// (with its zstd variant when smaller), for [`Self::keep`] to store
+    /// in one write (a chunk is at most 16 MiB): a body cut off or wrong
+    /// stores nothing.
     pub async fn receive<S, E>(
         &self,
-        project_id: Uuid,
         hash: &str,
         zstd_encoded: bool,
         size_hint: Option<u64>,
         mut body: S,
-    ) -> Result<Stored, RelayError>
+    ) -> Result<Received, RelayError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut codec = Codec::new(zstd_encoded)?;
+        let mut inflater = if zstd_encoded {
+            Some(Inflater::new().map_err(|e| RelayError::BadEncoding(e.to_string()))?)
+        } else {
+            None
+        };
         let mut hasher = blake3::Hasher::new();
         // Sized once from the declared length (bounded), not grown by doubling:
         // each regrowth is a copy and fresh pages to fault in.
-        let capacity = size_hint.unwrap_or(0).min(MAX_CHUNK_BYTES) as usize;
-        let (mut raw, mut zst) = (Vec::with_capacity(capacity), Vec::new());
-        let mut take = |plain: &[u8], packed: &[u8]| {
+        let mut raw = self.buffers.take(size_hint.unwrap_or(0).min(MAX_CHUNK_BYTES) as usize);
+        // The body as it came, when that is zstd: the variant to keep.
+        let mut packed = Vec::new();
+        let mut take = |plain: &[u8]| {
             if (raw.len() + plain.len()) as u64 > MAX_CHUNK_BYTES {
                 return Err(RelayError::TooLarge);
             }
             hasher.update(plain);
             raw.extend_from_slice(plain);
-            zst.extend_from_slice(packed);
             Ok(())
         };
         let mut read = 0u64;
@@ -121,17 +150,18 @@ impl ChunkStore {
             while let Some(piece) = body.next().await {
                 let piece = piece.map_err(|e| RelayError::Body(e.to_string()))?;
                 read += piece.len() as u64;
-                if zstd_encoded {
-                    let (plain, packed) = codec.feed(&piece)?;
-                    take(&plain, &packed)?;
-                } else {
-                    // Plain bytes are taken as they came, not copied first.
-                    let packed = codec.pack(&piece)?;
-                    take(&piece, &packed)?;
+                match inflater.as_mut() {
+                    Some(inflater) => {
+                        take(&inflater.inflate(&piece)?)?;
+                        packed.extend_from_slice(&piece);
+                    }
+                    None => take(&piece)?,
                 }
             }
-            let (plain, packed) = codec.finish()?;
-            take(&plain, &packed)
+            match inflater.as_mut() {
+                Some(inflater) => take(&inflater.inflate(&[])?),
+                None => Ok(()),
+            }
         }
         .await;
         if let Err(RelayError::TooLarge) = taken {
@@ -150,21 +180,29 @@ impl ChunkStore {
         if actual != hash {
             return Err(RelayError::HashMismatch { actual });
         }
+        let bytes = raw.freeze();
+        let variant = if zstd_encoded { Some(packed) } else { zstd_variant(&bytes) };
+        Ok(Received { variant: variant.filter(|zst| zst.len() < bytes.len()), bytes })
+    }
+
+    /// Stores a chunk received as `project/hash`, with its variant.
+    pub async fn keep(&self, project_id: Uuid, hash: &str, received: Received) -> Result<Stored, RelayError> {
         let stored = Stored {
-            size: raw.len() as i64,
-            zstd_size: (codec.has_variant() && zst.len() < raw.len()).then_some(zst.len() as i64),
+            size: received.bytes.len() as i64,
+            zstd_size: received.variant.as_ref().map(|zst| zst.len() as i64),
         };
         // The variant first: the plain object is what makes the chunk exist.
-        if stored.zstd_size.is_some() {
+        if let Some(zst) = received.variant {
             self.store.put(&self.key(project_id, hash, true), Bytes::from(zst).into()).await?;
         }
-        self.store.put(&self.key(project_id, hash, false), Bytes::from(raw).into()).await?;
+        self.store.put(&self.key(project_id, hash, false), received.bytes.into()).await?;
         Ok(stored)
     }
 
     /// A chunk's bytes (a range of them), or its zstd variant, as a body.
     /// Read whole (chunks are at most 16 MiB): a local file streamed by
     /// object_store comes in 8 KiB reads, each a blocking task of its own.
+    /// Sent in pieces (see [`next_piece`]).
     pub async fn read(
         &self,
         project_id: Uuid,
@@ -173,8 +211,8 @@ impl ChunkStore {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>>, RelayError> {
         let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
-        let bytes = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?.bytes().await?;
-        Ok(futures_util::stream::once(std::future::ready(Ok(bytes))))
+        let mut bytes = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?.bytes().await?;
+        Ok(futures_util::stream::iter(std::iter::from_fn(move || next_piece(&mut bytes).map(Ok))))
     }
 
     /// A chunk's plain bytes, whole; None when the store does not hold it.
@@ -197,81 +235,31 @@ impl ChunkStore {
     }
 }
 
-/// The body's two forms: plain bytes (hashed and stored) and zstd (kept as
-/// the variant served to clients that accept it). Compressing stops early
-/// for a body that does not compress (media, archives): no variant then.
-struct Codec {
-    decoder: Option<Inflater>,
-    encoder: Option<zstd::stream::write::Encoder<'static, Vec<u8>>>,
-    /// Plain bytes fed to the encoder, and zstd bytes it produced.
-    fed: u64,
-    produced: u64,
-    abandoned: bool,
-}
-
 /// Plain bytes compressed before judging whether a body compresses: small,
 /// since on incompressible chunks (most large files) this is CPU spent for
 /// nothing on the relay's upload path.
-const PROBE_BYTES: u64 = 64 * 1024;
+const PROBE_BYTES: usize = 64 * 1024;
 
-impl Codec {
-    fn new(zstd_encoded: bool) -> Result<Self, RelayError> {
-        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
-        let (decoder, encoder) = if zstd_encoded {
-            (Some(Inflater::new().map_err(bad)?), None)
-        } else {
-            (None, Some(zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(bad)?))
-        };
-        Ok(Self { decoder, encoder, fed: 0, produced: 0, abandoned: false })
+/// The zstd variant of a plain chunk, when its start compresses by at least
+/// 3% (media and archives do not: then only that start was tried). The
+/// compressor is kept per thread: a new one for each chunk costs as much
+/// as the probe.
+fn zstd_variant(plain: &[u8]) -> Option<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
-
-    /// Whether the zstd bytes produced make the variant (not a part of one).
-    fn has_variant(&self) -> bool {
-        !self.abandoned
-    }
-
-    /// Feeds a piece of the body; answers (plain, zstd) bytes produced.
-    fn feed(&mut self, piece: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
-        if let Some(decoder) = &mut self.decoder {
-            return Ok((decoder.inflate(piece)?, piece.to_vec()));
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        if compressor.is_none() {
+            *compressor = zstd::bulk::Compressor::new(3).ok();
         }
-        Ok((piece.to_vec(), self.pack(piece)?))
-    }
-
-    /// Feeds a piece of a plain body to the encoder (while it is worth it);
-    /// answers the zstd bytes produced.
-    fn pack(&mut self, piece: &[u8]) -> Result<Vec<u8>, RelayError> {
-        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
-        let Some(encoder) = self.encoder.as_mut() else { return Ok(Vec::new()) };
-        encoder.write_all(piece).map_err(bad)?;
-        let before = self.fed;
-        self.fed += piece.len() as u64;
-        if before < PROBE_BYTES && self.fed >= PROBE_BYTES {
-            // Judged once, on everything fed so far: a body saving under 3%
-            // is not worth compressing.
-            encoder.flush().map_err(bad)?;
-            if (self.produced + encoder.get_ref().len() as u64) * 100 > self.fed * 97 {
-                self.encoder = None;
-                self.abandoned = true;
-                return Ok(Vec::new());
-            }
+        let compressor = compressor.as_mut()?;
+        let probe = &plain[..plain.len().min(PROBE_BYTES)];
+        if compressor.compress(probe).ok()?.len() * 100 > probe.len() * 97 {
+            return None;
         }
-        let packed = std::mem::take(encoder.get_mut());
-        self.produced += packed.len() as u64;
-        Ok(packed)
-    }
-
-    fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), RelayError> {
-        let bad = |e: std::io::Error| RelayError::BadEncoding(e.to_string());
-        if let Some(mut decoder) = self.decoder.take() {
-            // A truncated stream yields fewer bytes: the hash check catches it.
-            return Ok((decoder.inflate(&[])?, Vec::new()));
-        }
-        match self.encoder.take() {
-            Some(encoder) => Ok((Vec::new(), encoder.finish().map_err(bad)?)),
-            None => Ok((Vec::new(), Vec::new())),
-        }
-    }
+        compressor.compress(plain).ok()
+    })
 }
 
 /// A zstd decoder that never produces more than a chunk's worth of bytes,
@@ -393,32 +381,15 @@ mod tests {
         }
     }
 
-    /// Feeds `body` in 64 KiB pieces; answers the plain and zstd bytes and
-    /// whether they make a variant.
-    fn run(body: &[u8]) -> (Vec<u8>, Vec<u8>, bool) {
-        let mut codec = Codec::new(false).unwrap();
-        let (mut plain, mut packed) = (Vec::new(), Vec::new());
-        for piece in body.chunks(64 * 1024) {
-            let (p, z) = codec.feed(piece).unwrap();
-            plain.extend(p);
-            packed.extend(z);
-        }
-        let (p, z) = codec.finish().unwrap();
-        plain.extend(p);
-        packed.extend(z);
-        (plain, packed, codec.has_variant())
-    }
-
     #[test]
     fn a_zstd_bomb_stops_at_the_limit() {
         // 64 MiB of zeros compress to a few KiB.
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
         assert!(bomb.len() < 64 * 1024);
-        let mut codec = Codec::new(true).unwrap();
+        let mut inflater = Inflater::new().unwrap();
         let mut total = 0usize;
         let outcome = bomb.chunks(8 * 1024).try_for_each(|piece| {
-            let (plain, _) = codec.feed(piece)?;
-            total += plain.len();
+            total += inflater.inflate(piece)?.len();
             Ok(())
         });
         assert!(matches!(outcome, Err(RelayError::TooLarge)), "{outcome:?}");
@@ -426,17 +397,17 @@ mod tests {
 
         // A body right at the limit still decodes, whole.
         let fits = zstd::bulk::compress(&vec![7u8; MAX_CHUNK_BYTES as usize], 3).unwrap();
-        let mut codec = Codec::new(true).unwrap();
-        let (mut plain, _) = codec.feed(&fits).unwrap();
-        plain.extend(codec.finish().unwrap().0);
+        let mut inflater = Inflater::new().unwrap();
+        let mut plain = inflater.inflate(&fits).unwrap();
+        plain.extend(inflater.inflate(&[]).unwrap());
         assert_eq!(plain.len() as u64, MAX_CHUNK_BYTES);
     }
 
     #[test]
     fn only_bodies_that_compress_get_a_zstd_variant() {
         let text = b"the same sentence, again and again. ".repeat(30_000);
-        let (plain, packed, variant) = run(&text);
-        assert!(variant && plain == text && packed.len() < text.len() / 10);
+        let packed = zstd_variant(&text).expect("text compresses");
+        assert!(packed.len() < text.len() / 10);
         assert_eq!(zstd::decode_all(&packed[..]).unwrap(), text);
 
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -448,9 +419,9 @@ mod tests {
                 state as u8
             })
             .collect();
-        let (plain, packed, variant) = run(&noise);
-        assert!(!variant, "noise is not worth a variant");
-        assert!(plain == noise);
-        assert!(packed.len() as u64 <= PROBE_BYTES + 64 * 1024 + 1024, "compressing stopped after the probe");
+        assert!(zstd_variant(&noise).is_none(), "noise is not worth a variant");
+        // Text after a start of noise: only the start is judged.
+        let mixed = [&noise[..PROBE_BYTES], &text[..]].concat();
+        assert!(zstd_variant(&mixed).is_none(), "compressing stopped after the probe");
     }
 }

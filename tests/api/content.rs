@@ -101,12 +101,15 @@ async fn a_stream_starts_before_any_upload_and_ends_with_the_exact_bytes() {
     assert_eq!(String::from_utf8(percent_decode(encoded)).unwrap(), NAME, "the name survives whole");
 
     // The owner's device uploads, one chunk after the other.
+    let handed_before = app.metric("ferry_relay_chunks_handed_over_total").await;
     for chunk in &chunks {
         let (status, body) = r.put(&app, &r.device, &hash(chunk), chunk.clone(), false).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let (body, clean) = read_body(res).await;
     assert!(clean && body == whole, "the exact bytes, ended cleanly ({} of {})", body.len(), whole.len());
+    let handed = app.metric("ferry_relay_chunks_handed_over_total").await - handed_before;
+    assert!(handed >= 3.0, "the uploads handed their chunks over, not read back from the store ({handed})");
 
     // Verified by the server: the transfer is complete, live for every page.
     let t = transfer_becomes(&app, &r, transfer, "completed").await;

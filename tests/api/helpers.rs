@@ -328,6 +328,13 @@ impl TestApp {
         self.post(&format!("/api/projects/{project}/files/update"), device_token, json!({"changes": changes})).await
     }
 
+    /// A counter of this process's `/metrics` (shared by the tests running
+    /// at once: compare before and after, expecting at least a change).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0.0, |v| v.parse().unwrap())
+    }
+
     /// Every event of a project straight from the log, in seq order.
     pub async fn log(&self, project_id: Uuid) -> Vec<ferry::store::RecordedEvent> {
         let client = self.pool.get().await.unwrap();

@@ -270,7 +270,7 @@ async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
     let mut ws = Ws::connect_small_window(&app.address, &owner.token).await;
     ws.subscribe(project, 0).await;
     ws.until(|m| m["type"] == "caught_up").await;
-    let lagged_before = metric(&app, "ferry_ws_lagged_total").await;
+    let lagged_before = app.metric("ferry_ws_lagged_total").await;
 
     // Events of about 3 KiB (long paths): about 9 MiB in all, well over what
     // the kernel buffers between server and client hold (4 MiB + 4 KiB here).
@@ -288,12 +288,7 @@ async fn a_stuck_socket_falls_back_to_the_log_and_loses_nothing() {
     let last = head(&app, &owner, project).await;
     assert_eq!(last, 2 + 250 * BATCHES);
     assert_eq!(ws.seqs_until(last).await, (3..=last).collect::<Vec<_>>());
-    assert!(metric(&app, "ferry_ws_lagged_total").await > lagged_before, "the lag path ran");
-}
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0.0, |v| v.parse().unwrap())
+    assert!(app.metric("ferry_ws_lagged_total").await > lagged_before, "the lag path ran");
 }
 
 #[tokio::test]
