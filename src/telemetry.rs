@@ -48,7 +48,7 @@ pub static EVENTS_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static CHUNKS_HANDED_OVER: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "ferry_relay_chunks_handed_over_total",
-        "Chunks a download into the browser took from an upload to this server, not read back from the store"
+        "Chunks a download took from an upload to this server as it landed, not read back from the store"
     )
     .expect("metric registers once")
 });

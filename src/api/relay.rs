@@ -171,6 +171,13 @@ struct DownloadParams {
 /// Longest `?wait=` of a chunk download.
 const MAX_CHUNK_WAIT: u32 = 60;
 
+/// A chunk to serve: held by the relay, or handed over by an upload to this
+/// server while the download waited for it.
+enum Found {
+    Stored(relay::ChunkInfo),
+    Handed(bytes::Bytes),
+}
+
 /// The chunk to serve, waiting up to `wait` for one that belongs to the
 /// project's files (or open transfers) but has not landed yet: woken as it
 /// lands, on this server or another.
@@ -180,7 +187,7 @@ async fn plan_or_wait(
     project_id: Uuid,
     hash: &str,
     wait: std::time::Duration,
-) -> Result<relay::ChunkInfo, DomainError> {
+) -> Result<Found, DomainError> {
     let deadline = tokio::time::Instant::now() + wait;
     // Registered before the first look, so an arrival in between is not lost.
     let mut waiter = (!wait.is_zero()).then(|| state.arrivals.register(project_id, hash));
@@ -195,16 +202,22 @@ async fn plan_or_wait(
                     }
                     Err(e)
                 }
-                other => return other,
+                other => return other.map(Found::Stored),
             }
         };
         match waiter.as_mut() {
             Some(waiter) if expected == Some(true) => {
                 if !waiter.wait(deadline).await {
-                    return planned;
+                    return planned.map(Found::Stored);
+                }
+                // The caller may have this chunk (it is expected), and it
+                // came verified: served before it is even recorded.
+                if let Some(bytes) = waiter.handed() {
+                    crate::telemetry::CHUNKS_HANDED_OVER.inc();
+                    return Ok(Found::Handed(bytes));
                 }
             }
-            _ => return planned,
+            _ => return planned.map(Found::Stored),
         }
     }
 }
@@ -244,8 +257,11 @@ async fn download_chunk(
     let (project_id, hash) = path.into_inner();
     let caller = auth.0;
     let wait = std::time::Duration::from_secs(params.wait.unwrap_or(0).min(MAX_CHUNK_WAIT).into());
-    let chunk = plan_or_wait(&state, &caller, project_id, &hash, wait).await?;
-    let size = chunk.size as u64;
+    let found = plan_or_wait(&state, &caller, project_id, &hash, wait).await?;
+    let (size, zstd_size) = match &found {
+        Found::Stored(chunk) => (chunk.size as u64, chunk.zstd_size),
+        Found::Handed(bytes) => (bytes.len() as u64, None),
+    };
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let range = parse_range(range_header, size).map_err(|_| {
         ApiError::new(
@@ -260,9 +276,13 @@ async fn download_chunk(
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "zstd")));
-    let zstd = range.is_none() && accepts_zstd && chunk.zstd_size.is_some();
+    let zstd = range.is_none() && accepts_zstd && zstd_size.is_some();
 
-    let stream = state.chunks.read(project_id, &hash, zstd, range.clone()).await.map_err(relay_error)?;
+    let bytes = match found {
+        Found::Stored(_) => state.chunks.read(project_id, &hash, zstd, range.clone()).await.map_err(relay_error)?,
+        Found::Handed(bytes) => range.as_ref().map_or(bytes.clone(), |r| bytes.slice(r.start as usize..r.end as usize)),
+    };
+    let stream = crate::relay::pieces(bytes);
     let served = range.as_ref().map_or(size, |r| r.end - r.start);
     let stream = count_progress(stream, state.clone(), caller, project_id, params.transfer_id, served as i64);
     let mut response = super::ranged(range.as_ref(), size);
@@ -270,7 +290,7 @@ async fn download_chunk(
         .content_type("application/octet-stream")
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::VARY, "Accept-Encoding"))
-        .no_chunking(if zstd { chunk.zstd_size.unwrap_or_default() as u64 } else { served });
+        .no_chunking(if zstd { zstd_size.unwrap_or_default() as u64 } else { served });
     if zstd {
         response.insert_header((header::CONTENT_ENCODING, "zstd"));
     }

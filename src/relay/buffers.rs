@@ -69,6 +69,14 @@ impl Buffer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Fills the buffer with `len` bytes of `file` from `offset` on.
+    pub fn fill_from(&mut self, file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        // Zeroing pages already mapped is cheap; faulting in new ones is not.
+        self.buf.resize(len, 0);
+        file.read_exact_at(&mut self.buf, offset)
+    }
+
     /// Shared, read-only bytes over the buffer, without copying.
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(self)

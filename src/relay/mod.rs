@@ -44,8 +44,15 @@ const KEPT_BUFFERS: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a local folder: read directly, into
+    /// buffers used again (object_store reads each into a new one).
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
     prefix: Path,
     buffers: Arc<buffers::BufferPool>,
+}
+
+fn local_error(e: std::io::Error) -> RelayError {
+    RelayError::Store(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
 }
 
 /// Largest piece of a chunk handed to the HTTP layer at a time: it copies
@@ -56,6 +63,11 @@ const PIECE_BYTES: usize = 256 * 1024;
 /// The next piece of `rest` to send (taken off it), none once it is empty.
 pub fn next_piece(rest: &mut Bytes) -> Option<Bytes> {
     (!rest.is_empty()).then(|| rest.split_to(rest.len().min(PIECE_BYTES)))
+}
+
+/// Bytes as a body sent in pieces (see [`next_piece`]).
+pub fn pieces(mut bytes: Bytes) -> impl Stream<Item = Result<Bytes, object_store::Error>> {
+    futures_util::stream::iter(std::iter::from_fn(move || next_piece(&mut bytes).map(Ok)))
 }
 
 /// A chunk received and verified, not yet stored.
@@ -88,21 +100,50 @@ impl ChunkStore {
             if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                 builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
             }
-            return Ok(Self::new(Arc::new(builder.build()?), Path::from(prefix)));
+            return Ok(Self::new(Arc::new(builder.build()?), None, Path::from(prefix)));
         }
         let folder = spec.strip_prefix("file://").unwrap_or(spec);
         if folder.is_empty() || spec.contains("://") && !spec.starts_with("file://") {
             return Err(RelayError::BadSpec(spec.to_owned()));
         }
-        std::fs::create_dir_all(folder).map_err(|e| {
-            RelayError::Store(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
-        })?;
-        let store = object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?;
-        Ok(Self::new(Arc::new(store), Path::from("")))
+        std::fs::create_dir_all(folder).map_err(local_error)?;
+        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?);
+        Ok(Self::new(store.clone(), Some(store), Path::from("")))
     }
 
-    fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Self {
-        Self { store, prefix, buffers: buffers::BufferPool::new(KEPT_BUFFERS) }
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        local: Option<Arc<object_store::local::LocalFileSystem>>,
+        prefix: Path,
+    ) -> Self {
+        Self { store, local, prefix, buffers: buffers::BufferPool::new(KEPT_BUFFERS) }
+    }
+
+    /// An object of a local store (a range of it), read into a pooled
+    /// buffer; None when there is no such object.
+    async fn read_local(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        key: &Path,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<Bytes>, RelayError> {
+        let path = local.path_to_filesystem(key)?;
+        let buffers = self.buffers.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            let range = range.map_or(0..size, |r| r.start.min(size)..r.end.min(size));
+            let mut buffer = buffers.take((range.end - range.start) as usize);
+            buffer.fill_from(&file, range.start, (range.end - range.start) as usize)?;
+            Ok(Some(buffer.freeze()))
+        })
+        .await
+        .map_err(|e| local_error(std::io::Error::other(e)))?
+        .map_err(local_error)
     }
 
     fn key(&self, project_id: Uuid, hash: &str, zstd: bool) -> Path {
@@ -199,25 +240,33 @@ impl ChunkStore {
         Ok(stored)
     }
 
-    /// A chunk's bytes (a range of them), or its zstd variant, as a body.
-    /// Read whole (chunks are at most 16 MiB): a local file streamed by
-    /// object_store comes in 8 KiB reads, each a blocking task of its own.
-    /// Sent in pieces (see [`next_piece`]).
+    /// A chunk's bytes (a range of them), or its zstd variant. Read whole
+    /// (chunks are at most 16 MiB): a local file streamed by object_store
+    /// comes in 8 KiB reads, each a blocking task of its own.
     pub async fn read(
         &self,
         project_id: Uuid,
         hash: &str,
         zstd: bool,
         range: Option<Range<u64>>,
-    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>>, RelayError> {
+    ) -> Result<Bytes, RelayError> {
+        let key = self.key(project_id, hash, zstd);
+        if let Some(local) = &self.local {
+            return self.read_local(local, &key, range).await?.ok_or_else(|| {
+                local_error(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no chunk {key}")))
+            });
+        }
         let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
-        let mut bytes = self.store.get_opts(&self.key(project_id, hash, zstd), options).await?.bytes().await?;
-        Ok(futures_util::stream::iter(std::iter::from_fn(move || next_piece(&mut bytes).map(Ok))))
+        Ok(self.store.get_opts(&key, options).await?.bytes().await?)
     }
 
     /// A chunk's plain bytes, whole; None when the store does not hold it.
     pub async fn get(&self, project_id: Uuid, hash: &str) -> Result<Option<Bytes>, RelayError> {
-        match self.store.get(&self.key(project_id, hash, false)).await {
+        let key = self.key(project_id, hash, false);
+        if let Some(local) = &self.local {
+            return self.read_local(local, &key, None).await;
+        }
+        match self.store.get(&key).await {
             Ok(found) => Ok(Some(found.bytes().await?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),

@@ -131,6 +131,21 @@ async fn a_stream_starts_before_any_upload_and_ends_with_the_exact_bytes() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(res.headers()[CONTENT_RANGE], format!("bytes */{}", whole.len()).as_str());
+
+    // A member's `?wait=` for a chunk (a range of it) is handed it the same
+    // way by an upload to this server, before the chunk is even recorded.
+    let later = noise(200_000, 15);
+    r.file(&app, "/later.bin", &[&later]).await;
+    let handed_before = app.metric("ferry_relay_chunks_handed_over_total").await;
+    let waiting = r.get(&app, &r.member.token, &hash(&later)).await.query(&[("wait", "30")]).header(RANGE, "bytes=10-");
+    let waiting = tokio::spawn(waiting.send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.put(&app, &r.device, &hash(&later), later.clone(), false).await.0, StatusCode::CREATED);
+    let res = waiting.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(res.headers()[CONTENT_RANGE], format!("bytes 10-199999/{}", later.len()).as_str());
+    assert_eq!(res.bytes().await.unwrap(), later[10..]);
+    assert!(app.metric("ferry_relay_chunks_handed_over_total").await > handed_before, "handed over");
 }
 
 #[tokio::test]
