@@ -233,7 +233,7 @@ struct Streamer {
 }
 
 impl Streamer {
-    /// The next piece of the body: one chunk (or its part in the range).
+    /// The next piece of the body: of one chunk (or its part in the range).
     async fn step(&mut self) -> Option<Result<Bytes, actix_web::Error>> {
         if let Some(piece) = crate::relay::next_piece(&mut self.sending) {
             return Some(Ok(piece));
@@ -303,8 +303,6 @@ impl Streamer {
         None
     }
 
-    /// A chunk's verified bytes: waiting (up to the content wait) for one
-    /// not on the relay yet when `wait`, else None for it.
     /// Interest in chunk `index` (to send now), registered ahead with the
     /// chunks after it: an arrival between the look and the wait, or while
     /// earlier chunks are sent, is then not lost.
@@ -332,6 +330,8 @@ impl Streamer {
         }
     }
 
+    /// A chunk's verified bytes: with a waiter, waiting (up to the content
+    /// wait) for one not on the relay yet; without, None for it.
     async fn load(&self, chunk: &ChunkRef, mut waiter: Option<Waiter>) -> Result<Option<Bytes>, Abort> {
         let deadline = tokio::time::Instant::now() + self.state.content_wait;
         let bytes = loop {
