@@ -405,7 +405,11 @@ impl Modify for RealtimeMessages {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let mut server = <ServerMessage as PartialSchema>::schema();
         if let RefOr::T(Schema::OneOf(one_of)) = &mut server {
-            one_of.items.push(Ref::from_schema_name(EventMessage::name()).into());
+            // utoipa reads the untagged `ServerMessage::Event`, the last
+            // variant, as tagged `event`: it is an `EventMessage` as it is.
+            if let Some(event) = one_of.items.last_mut() {
+                *event = Ref::from_schema_name(EventMessage::name()).into();
+            }
             one_of.description = Some(
                 "What the server sends: `subscribed`, every event the caller may see after `after_seq` \
                  in seq order (an `EventMessage`), `caught_up` once the replay reaches the live stream, \

@@ -196,7 +196,7 @@ async fn print_audit(
                         e.event.created_at.to_rfc3339(),
                         e.project_id,
                         e.event.seq,
-                        e.event.event_type
+                        e.event.data.event_type().as_str()
                     )
                 }
             };

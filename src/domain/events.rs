@@ -9,22 +9,21 @@ use super::projects::access;
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::projects::Role;
 use crate::protocol::validate::ValidationError;
-use crate::protocol::{Event, EventType, Log};
+use crate::protocol::{Event, EventData, EventType};
 use crate::store::events::EVENT_COLUMNS;
-use crate::store::{GenericClient, RecordedEvent};
+use crate::store::{GenericClient, RecordedEvent, StoreError};
 
 /// Project events members do not see: invites are the owner's business.
 pub const HIDDEN_FROM_MEMBERS: [EventType; 2] = [EventType::InviteCreated, EventType::InviteRevoked];
 
 /// Whether someone with `role` sees `event`: the owner everything; a member
 /// the project's events but invites, and only their own transfers.
-pub fn visible(role: Role, user_id: Uuid, event_type: &str, data: &serde_json::Value) -> bool {
+pub fn visible(role: Role, user_id: Uuid, event: &EventData) -> bool {
     match role {
         Role::Owner => true,
-        Role::Member => match EventType::parse(event_type) {
-            Some(t) if t.log() == Log::Transfer => data["requester_id"].as_str() == Some(user_id.to_string().as_str()),
-            Some(t) => !HIDDEN_FROM_MEMBERS.contains(&t),
-            None => false,
+        Role::Member => match event.transfer_state() {
+            Some(transfer) => transfer.requester_id == user_id,
+            None => !HIDDEN_FROM_MEMBERS.contains(&event.event_type()),
         },
     }
 }
@@ -34,17 +33,21 @@ const VISIBLE_SQL: &str = "($3 OR (log = 'project' AND type <> ALL($5::text[]))
                               OR (log = 'transfer' AND data->>'requester_id' = $4))";
 
 /// Parses `type=a,b` into known event types.
-pub fn parse_types(value: Option<&str>) -> Result<Option<Vec<String>>, ValidationError> {
+pub fn parse_types(value: Option<&str>) -> Result<Option<Vec<EventType>>, ValidationError> {
     let Some(value) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
     value
         .split(',')
         .map(|name| {
             EventType::parse(name.trim())
-                .map(|t| t.as_str().to_owned())
                 .ok_or_else(|| ValidationError::new("invalid_type", format!("unknown event type {name:?}")))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// Event types as the log's `type` column holds them.
+fn type_names(types: &[EventType]) -> Vec<&'static str> {
+    types.iter().map(|t| t.as_str()).collect()
 }
 
 pub fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ValidationError> {
@@ -64,12 +67,6 @@ pub struct EventsPage {
     pub head_seq: i64,
 }
 
-impl From<RecordedEvent> for Event {
-    fn from(e: RecordedEvent) -> Self {
-        Event { seq: e.seq, id: e.id, event_type: e.event_type, data: e.data, actor: e.actor, created_at: e.created_at }
-    }
-}
-
 /// The events of a project after `after_seq` that the caller may see,
 /// both logs merged in seq order.
 pub async fn feed(
@@ -77,7 +74,7 @@ pub async fn feed(
     caller: &Caller,
     project_id: Uuid,
     after_seq: i64,
-    types: Option<&[String]>,
+    types: Option<&[EventType]>,
     limit: i64,
 ) -> Result<EventsPage, DomainError> {
     let role = access(client, project_id, caller, false).await?;
@@ -86,6 +83,7 @@ pub async fn feed(
     let head_seq: i64 =
         client.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project_id]).await?.get(0);
     let hidden: Vec<&str> = HIDDEN_FROM_MEMBERS.iter().map(|t| t.as_str()).collect();
+    let types: Option<Vec<&str>> = types.map(type_names);
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
@@ -109,7 +107,7 @@ pub async fn feed(
             ],
         )
         .await?;
-    let events = rows.iter().map(|r| RecordedEvent::from_row(r).into()).collect();
+    let events = rows.iter().map(|r| RecordedEvent::from_row(r).into_event()).collect::<Result<_, _>>()?;
     Ok(EventsPage { events, head_seq })
 }
 
@@ -119,7 +117,7 @@ pub struct AuditQuery {
     pub project_id: Option<Uuid>,
     /// A user or a device.
     pub actor_id: Option<Uuid>,
-    pub types: Option<Vec<String>>,
+    pub types: Option<Vec<EventType>>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     /// Continue after this global position.
@@ -155,6 +153,7 @@ pub fn require_admin(caller: &Caller) -> Result<(), DomainError> {
 pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditPage, DomainError> {
     let mut conditions = vec!["position > $1".to_owned()];
     let after = q.after_position.unwrap_or(0);
+    let types: Option<Vec<&str>> = q.types.as_deref().map(type_names);
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&after];
     if let Some(p) = &q.project_id {
         params.push(p);
@@ -164,7 +163,7 @@ pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditP
         params.push(a);
         conditions.push(format!("(actor_user_id = ${n} OR actor_device_id = ${n})", n = params.len()));
     }
-    if let Some(t) = &q.types {
+    if let Some(t) = &types {
         params.push(t);
         conditions.push(format!("type = ANY(${})", params.len()));
     }
@@ -190,9 +189,9 @@ pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditP
         .take(q.limit as usize)
         .map(|r| {
             let e = RecordedEvent::from_row(r);
-            AuditEvent { position: e.position, project_id: e.project_id, event: e.into() }
+            Ok(AuditEvent { position: e.position, project_id: e.project_id, event: e.into_event()? })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     let next_cursor = more.then(|| encode_position(events.last().expect("a full page").position));
     Ok(AuditPage { events, next_cursor })
 }

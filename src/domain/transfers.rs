@@ -19,9 +19,9 @@ use crate::protocol::transfers::{
     TransferInfo, TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::validate::ValidationError;
-use crate::protocol::EventType;
+use crate::protocol::EventData;
 use crate::realtime::presence::online_sql;
-use crate::store::{self, EventMeta, GenericClient, NewEvent, Pool};
+use crate::store::{self, EventMeta, GenericClient, Pool};
 
 use TransferStatus::{Cancelled, Completed, Expired, Failed, InProgress, Pending};
 
@@ -141,10 +141,6 @@ fn record_progress(state: &mut TransferState, bytes: i64, now: DateTime<Utc>) {
     state.last_progress_at = Some(now);
 }
 
-fn event(event_type: EventType, state: &TransferState) -> NewEvent {
-    NewEvent::new(event_type, state)
-}
-
 /// Requests a file: picks the source device, works out the chunks needed,
 /// appends `transfer_requested`.
 pub async fn request(
@@ -238,7 +234,7 @@ pub async fn request(
         request_mode: req.request_mode,
         chunks_needed: chunks_needed.clone(),
     };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::TransferRequested, requested)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::TransferRequested(requested)]).await?;
     Ok(DownloadResponse {
         success: true,
         download_id: id,
@@ -351,10 +347,9 @@ async fn transition(
     client: &impl GenericClient,
     meta: &EventMeta,
     row: Row,
-    events: &[(EventType, TransferState)],
+    events: &[EventData],
 ) -> Result<Transfer, DomainError> {
-    let batch: Vec<NewEvent> = events.iter().map(|(t, s)| event(*t, s)).collect();
-    store::append(client, row.project_id, meta, &batch).await?;
+    store::append(client, row.project_id, meta, events).await?;
     let project_id = row.project_id;
     let id = row.state.transfer_id;
     get_one(client, project_id, id).await
@@ -425,7 +420,7 @@ pub async fn report(
             let side = if from_source { "failed_at_source" } else { "failed_at_requester" };
             state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_owned()));
             state.last_activity_at = now;
-            events.push((EventType::FileTransferFailed, state));
+            events.push(EventData::FileTransferFailed(state));
         }
         Some(InProgress) | None => {
             if report.status.is_none() && report.bytes_transferred.is_none() {
@@ -440,7 +435,7 @@ pub async fn report(
                 state.last_activity_at = now;
                 // The start is the window's first sample.
                 state.window = vec![[now.timestamp_millis(), state.bytes_transferred]];
-                events.push((EventType::FileTransferStarted, state.clone()));
+                events.push(EventData::FileTransferStarted(state.clone()));
             }
             if let Some(bytes) = report.bytes_transferred {
                 check_bytes(&state, bytes)?;
@@ -449,7 +444,7 @@ pub async fn report(
                     && state.last_progress_at.is_some_and(|at| now - at < policy.progress_interval);
                 if bytes > state.bytes_transferred && !coalesced {
                     record_progress(&mut state, bytes, now);
-                    events.push((EventType::FileTransferProgress, state));
+                    events.push(EventData::FileTransferProgress(state));
                 }
             }
         }
@@ -508,19 +503,19 @@ pub async fn verify(
     let now = Utc::now();
     let mut state = row.state.clone();
     state.last_activity_at = now;
-    let event_type = if hash.as_str() == row.file_hash {
+    let event = if hash.as_str() == row.file_hash {
         state.status = Completed;
         state.bytes_transferred = state.total_bytes;
         state.percent = 100.0;
         state.eta_seconds = Some(0);
         state.completed_at = Some(now);
-        EventType::FileTransferComplete
+        EventData::FileTransferComplete
     } else {
         state.status = Failed;
         state.error_message = Some("hash_mismatch".to_owned());
-        EventType::FileTransferFailed
+        EventData::FileTransferFailed
     };
-    transition(client, &cmd.meta, row, &[(event_type, state)]).await
+    transition(client, &cmd.meta, row, &[event(state)]).await
 }
 
 /// The requester or the owner cancels a pending or in-progress transfer.
@@ -539,7 +534,7 @@ pub async fn cancel(
     let mut state = row.state.clone();
     state.status = Cancelled;
     state.last_activity_at = Utc::now();
-    transition(client, &cmd.meta, row, &[(EventType::FileTransferCancelled, state)]).await
+    transition(client, &cmd.meta, row, &[EventData::FileTransferCancelled(state)]).await
 }
 
 /// The requester or the owner retries a failed transfer: pending again, one
@@ -578,7 +573,7 @@ pub async fn retry(
     state.last_activity_at = now;
     state.last_progress_at = None;
     state.window.clear();
-    transition(client, &cmd.meta, row, &[(EventType::TransferRetried, state)]).await
+    transition(client, &cmd.meta, row, &[EventData::TransferRetried(state)]).await
 }
 
 /// Events cancelling a removed member's open transfers, for the removal's batch.
@@ -586,7 +581,7 @@ pub(crate) async fn cancel_open_of(
     client: &impl GenericClient,
     project_id: Uuid,
     requester_id: Uuid,
-) -> Result<Vec<NewEvent>, DomainError> {
+) -> Result<Vec<EventData>, DomainError> {
     let rows = client
         .query(
             &format!(
@@ -605,7 +600,7 @@ pub(crate) async fn cancel_open_of(
             state.status = Cancelled;
             state.error_message = Some("member_removed".to_owned());
             state.last_activity_at = now;
-            event(EventType::FileTransferCancelled, &state)
+            EventData::FileTransferCancelled(state)
         })
         .collect())
 }
@@ -616,7 +611,7 @@ pub(crate) async fn fail_changed(
     client: &impl GenericClient,
     project_id: Uuid,
     current: &[(String, Option<String>)],
-) -> Result<Vec<NewEvent>, DomainError> {
+) -> Result<Vec<EventData>, DomainError> {
     let paths: Vec<&str> = current.iter().map(|(p, _)| p.as_str()).collect();
     let rows = client
         .query(
@@ -641,7 +636,7 @@ pub(crate) async fn fail_changed(
             state.status = Failed;
             state.error_message = Some("file_changed".to_owned());
             state.last_activity_at = now;
-            event(EventType::FileTransferFailed, &state)
+            EventData::FileTransferFailed(state)
         })
         .collect())
 }
@@ -692,12 +687,12 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
             if state.status == Pending {
                 state.status = Expired;
                 swept.expired += 1;
-                events.push(event(EventType::FileTransferExpired, &state));
+                events.push(EventData::FileTransferExpired(state));
             } else {
                 state.status = Failed;
                 state.error_message = Some("stalled".to_owned());
                 swept.stalled += 1;
-                events.push(event(EventType::FileTransferFailed, &state));
+                events.push(EventData::FileTransferFailed(state));
             }
         }
         if !events.is_empty() {
@@ -834,12 +829,12 @@ pub async fn advance_relayed(
         state.status = InProgress;
         state.started_at = Some(now);
         state.window = vec![[now.timestamp_millis(), state.bytes_transferred]];
-        events.push((EventType::FileTransferStarted, state.clone()));
+        events.push(EventData::FileTransferStarted(state.clone()));
     }
     let total = (state.bytes_transferred + bytes).min(state.total_bytes);
     if total > state.bytes_transferred {
         record_progress(&mut state, total, now);
-        events.push((EventType::FileTransferProgress, state));
+        events.push(EventData::FileTransferProgress(state));
     }
     if !events.is_empty() {
         transition(client, &cmd.meta, row, &events).await?;

@@ -14,4 +14,4 @@ pub mod transfers;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use events::{Actor, Event, EventType, Log};
+pub use events::{Actor, Event, EventData, EventType, Log};
