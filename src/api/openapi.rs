@@ -22,12 +22,13 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use super::auth::SESSION_COOKIE;
 use super::resource;
 use super::{accounts, admin, content, files, folders, health, membership, projects, relay, transfers, ws};
-use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
+use crate::protocol::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::files as fil;
 use crate::protocol::membership as mem;
 use crate::protocol::projects as prj;
 use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::transfers as trf;
 use crate::protocol::{files::Blake3Hash, files::FilePath, validate as val};
 use crate::protocol::{Actor, ErrorBody, ErrorDetail, Event, EventType};
@@ -115,9 +116,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ClientMessage,
         EventMessage,
         trf::DirectAdvert,
-        relay::HashesRequest,
-        relay::MissingResponse,
-        relay::StoredChunk,
+        HashesRequest,
+        MissingResponse,
+        StoredChunk,
         ErrorBody,
         ErrorDetail,
         Actor,

@@ -4,7 +4,7 @@
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::ClientError;
@@ -18,10 +18,13 @@ use crate::protocol::membership::{
     MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
+use crate::protocol::realtime::ClientMessage;
+use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
     DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
+    VerifyRequest,
 };
-use crate::protocol::ErrorBody;
+use crate::protocol::{EmptyBody, ErrorBody};
 
 /// One server, one token (a user's or a device's). Cheap to clone.
 #[derive(Clone)]
@@ -232,7 +235,7 @@ impl Api {
     }
 
     pub async fn attach_device(&self, project: Uuid, device: Uuid) -> Result<AttachedDevice, ClientError> {
-        self.put(&format!("/api/projects/{project}/devices/{device}"), &json!({})).await
+        self.put(&format!("/api/projects/{project}/devices/{device}"), &EmptyBody {}).await
     }
 
     pub async fn project_devices(&self, project: Uuid) -> Result<ProjectDevicesResponse, ClientError> {
@@ -323,10 +326,9 @@ impl Api {
     }
 
     pub async fn missing_chunks(&self, project: Uuid, hashes: &[String]) -> Result<Vec<String>, ClientError> {
-        let body: Value =
-            self.post(&format!("/api/projects/{project}/chunks/missing"), &json!({"hashes": hashes})).await?;
-        serde_json::from_value(body["missing"].clone())
-            .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
+        let body = HashesRequest { hashes: hashes.to_vec() };
+        let answer: MissingResponse = self.post(&format!("/api/projects/{project}/chunks/missing"), &body).await?;
+        Ok(answer.missing)
     }
 
     /// Uploads one chunk's bytes (`zstd`: compressed so); true when the
@@ -362,15 +364,19 @@ impl Api {
     }
 
     pub async fn verify_transfer(&self, project: Uuid, transfer: Uuid, hash: &str) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/verify"), &json!({"hash": hash})).await
+        self.post(
+            &format!("/api/projects/{project}/transfers/{transfer}/verify"),
+            &VerifyRequest { hash: hash.to_owned() },
+        )
+        .await
     }
 
     pub async fn retry_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/retry"), &json!({})).await
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/retry"), &EmptyBody {}).await
     }
 
     pub async fn cancel_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &json!({})).await
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &EmptyBody {}).await
     }
 
     /// One chunk's raw bytes from the relay (counted for `transfer`);
@@ -424,8 +430,8 @@ impl Api {
             format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
         );
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": after_seq});
-        socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
+        let subscribe = ClientMessage::Subscribe { project_id: project, after_seq };
+        socket.send(Message::Text(encode(&subscribe).into())).await.map_err(|e| e.to_string())?;
         let mut ping = tokio::time::interval(self.ping_every);
         let mut heard = tokio::time::Instant::now();
         loop {
@@ -436,8 +442,7 @@ impl Api {
                     if heard.elapsed() > self.ping_every * 3 {
                         return Err(format!("no word from the server for {:.0?}", heard.elapsed()));
                     }
-                    let ping = json!({"type": "ping"}).to_string();
-                    socket.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
+                    socket.send(Message::Text(encode(&ClientMessage::Ping).into())).await.map_err(|e| e.to_string())?;
                 }
                 message = socket.next() => match message.inspect(|_| heard = tokio::time::Instant::now()) {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
@@ -453,4 +458,8 @@ impl Api {
             }
         }
     }
+}
+
+fn encode(message: &ClientMessage) -> String {
+    serde_json::to_string(message).expect("client messages serialize to JSON")
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::api::{error_chain, ApiError};
 use crate::protocol::files::Blake3Hash;
-use crate::protocol::transfers::{DirectToken, TransferInfo};
+use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
 
 /// How long the member waits to connect to the owner's machine.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -173,7 +173,8 @@ pub struct Peer {
 impl Peer {
     /// The direct endpoints of a download answer, if any.
     pub fn for_transfer(info: &TransferInfo) -> Option<Self> {
-        let direct: Vec<_> = info.endpoints.iter().filter(|e| e.protocol == "http" && e.token.is_some()).collect();
+        let direct: Vec<_> =
+            info.endpoints.iter().filter(|e| e.protocol == TransferProtocol::Http && e.token.is_some()).collect();
         let token = direct.first()?.token.clone()?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)

@@ -22,7 +22,7 @@ use super::output::{human_bytes, Output};
 use super::scan::{self, Files};
 use super::ClientError;
 use crate::protocol::events::data::{TransferRequested, TransferState};
-use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus};
+use crate::protocol::transfers::{FailureReason, Transfer, TransferReport, TransferStatus};
 
 /// Hashes per `chunks/missing` call.
 const MISSING_BATCH: usize = 500;
@@ -122,8 +122,8 @@ impl Serving {
     fn new(files: &Files, dir: &std::path::Path, job: Job, bar: indicatif::ProgressBar) -> Result<Self, String> {
         let entry = match files.get(&job.file_path) {
             Some(e) if e.hash == job.file_hash => e,
-            Some(_) => return Err("file_changed_at_source".into()),
-            None => return Err("file_not_found_at_source".into()),
+            Some(_) => return Err(FailureReason::FileChangedAtSource.to_string()),
+            None => return Err(FailureReason::FileNotFoundAtSource.to_string()),
         };
         let mut table = HashMap::new();
         for c in &entry.chunks {
@@ -530,7 +530,7 @@ impl Source {
 fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Result<Vec<u8>, String> {
     let bytes = scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
     if blake3::hash(&bytes).to_hex().as_str() != hash {
-        return Err("file_changed_at_source".into());
+        return Err(FailureReason::FileChangedAtSource.to_string());
     }
     Ok(bytes)
 }

@@ -2,14 +2,14 @@
 //! see) and the admins' audit across projects.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::projects::access;
 use super::{Caller, DomainError, Rejection};
+use crate::protocol::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::projects::Role;
 use crate::protocol::validate::ValidationError;
-use crate::protocol::{Event, EventData, EventType};
+use crate::protocol::{EventData, EventType};
 use crate::store::events::EVENT_COLUMNS;
 use crate::store::{GenericClient, RecordedEvent, StoreError};
 
@@ -57,14 +57,6 @@ pub fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Va
     } else {
         Err(ValidationError::new("invalid_limit", format!("limit must be 1 to {max}")))
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventsPage {
-    pub events: Vec<Event>,
-    /// The head when this page was read. Fewer events than `limit` means
-    /// everything visible up to `head_seq` has been returned.
-    pub head_seq: i64,
 }
 
 /// The events of a project after `after_seq` that the caller may see,
@@ -123,21 +115,6 @@ pub struct AuditQuery {
     /// Continue after this global position.
     pub after_position: Option<i64>,
     pub limit: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditEvent {
-    pub position: i64,
-    pub project_id: Uuid,
-    #[serde(flatten)]
-    pub event: Event,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditPage {
-    pub events: Vec<AuditEvent>,
-    /// Opaque; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 pub fn require_admin(caller: &Caller) -> Result<(), DomainError> {

@@ -15,8 +15,8 @@ use crate::protocol::events::data::{TransferRequested, TransferState};
 use crate::protocol::files::{Blake3Hash, ChunkRef, Cursor, FilePath};
 use crate::protocol::projects::Role;
 use crate::protocol::transfers::{
-    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer,
-    TransferInfo, TransferReport, TransferStatus, TransfersPage,
+    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, FailureReason, RequestMode, SourceDevice,
+    Transfer, TransferInfo, TransferProtocol, TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventData;
@@ -199,9 +199,9 @@ pub async fn request(
     let expires_at = now + policy.ttl;
     // Direct first when the source's agent advertises itself; the relay always.
     let mut endpoints = direct_endpoints(client, source, id, expires_at).await?;
-    let protocol = if endpoints.is_empty() { "relay" } else { "http" }.to_owned();
+    let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
     endpoints.push(Endpoint {
-        protocol: "relay".to_owned(),
+        protocol: TransferProtocol::Relay,
         url: format!("/api/projects/{project_id}/chunks"),
         token: None,
     });
@@ -230,7 +230,7 @@ pub async fn request(
         mime_type: mime_type.clone(),
         source_device_id: source,
         target_device_id: req.target_device_id,
-        protocol: protocol.clone(),
+        protocol,
         request_mode: req.request_mode,
         chunks_needed: chunks_needed.clone(),
     };
@@ -240,7 +240,7 @@ pub async fn request(
         download_id: id,
         file: DownloadFile { path: path.into_inner(), size, hash, mime_type, chunks },
         transfer_info: TransferInfo {
-            protocol: protocol.clone(),
+            protocol,
             source_device_id: source,
             expires_at: state.expires_at,
             endpoints,
@@ -267,7 +267,10 @@ async fn direct_endpoints(
         return Ok(vec![]);
     };
     let token = DirectToken::mint(&key, transfer_id, expires_at);
-    Ok(urls.into_iter().map(|url| Endpoint { protocol: "http".to_owned(), url, token: Some(token.clone()) }).collect())
+    Ok(urls
+        .into_iter()
+        .map(|url| Endpoint { protocol: TransferProtocol::Http, url, token: Some(token.clone()) })
+        .collect())
 }
 
 /// A target must be one of the caller's devices attached to the project.
@@ -417,8 +420,8 @@ pub async fn report(
                 state.percent = percent(bytes, state.total_bytes);
             }
             state.status = Failed;
-            let side = if from_source { "failed_at_source" } else { "failed_at_requester" };
-            state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_owned()));
+            let side = if from_source { FailureReason::FailedAtSource } else { FailureReason::FailedAtRequester };
+            state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_string()));
             state.last_activity_at = now;
             events.push(EventData::FileTransferFailed(state));
         }
@@ -512,7 +515,7 @@ pub async fn verify(
         EventData::FileTransferComplete
     } else {
         state.status = Failed;
-        state.error_message = Some("hash_mismatch".to_owned());
+        state.error_message = Some(FailureReason::HashMismatch.to_string());
         EventData::FileTransferFailed
     };
     transition(client, &cmd.meta, row, &[event(state)]).await
@@ -598,7 +601,7 @@ pub(crate) async fn cancel_open_of(
         .map(|r| {
             let mut state = row_from(r).state;
             state.status = Cancelled;
-            state.error_message = Some("member_removed".to_owned());
+            state.error_message = Some(FailureReason::MemberRemoved.to_string());
             state.last_activity_at = now;
             EventData::FileTransferCancelled(state)
         })
@@ -634,7 +637,7 @@ pub(crate) async fn fail_changed(
         .map(|row| {
             let mut state = row.state;
             state.status = Failed;
-            state.error_message = Some("file_changed".to_owned());
+            state.error_message = Some(FailureReason::FileChanged.to_string());
             state.last_activity_at = now;
             EventData::FileTransferFailed(state)
         })
@@ -690,7 +693,7 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
                 events.push(EventData::FileTransferExpired(state));
             } else {
                 state.status = Failed;
-                state.error_message = Some("stalled".to_owned());
+                state.error_message = Some(FailureReason::Stalled.to_string());
                 swept.stalled += 1;
                 events.push(EventData::FileTransferFailed(state));
             }
@@ -727,7 +730,7 @@ fn transfer_from(r: &tokio_postgres::Row) -> Transfer {
         requester_id: r.get(5),
         target_device_id: r.get(6),
         source_device: SourceDevice { id: r.get(7), name: r.get(8), online: r.get(9) },
-        protocol: r.get(10),
+        protocol: TransferProtocol::parse(r.get(10)).unwrap_or(TransferProtocol::Relay),
         bytes_transferred: r.get(11),
         total_bytes: r.get(12),
         percent_complete: r.get(13),

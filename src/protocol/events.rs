@@ -152,6 +152,32 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+/// A page of a project's event feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// The head when this page was read. Fewer events than `limit` means
+    /// everything visible up to `head_seq` has been returned.
+    pub head_seq: i64,
+}
+
+/// An event as the admins' audit reads it: with its project and global
+/// position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    pub position: i64,
+    pub project_id: Uuid,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Opaque; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// Event payloads, one struct per type, so the server writes and the
 /// projections read the same field names.
 pub mod data {
@@ -294,7 +320,7 @@ pub mod data {
         pub mime_type: String,
         pub source_device_id: Uuid,
         pub target_device_id: Option<Uuid>,
-        pub protocol: String,
+        pub protocol: crate::protocol::transfers::TransferProtocol,
         pub request_mode: crate::protocol::transfers::RequestMode,
         pub chunks_needed: Vec<String>,
     }
