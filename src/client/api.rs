@@ -18,7 +18,7 @@ use crate::protocol::membership::{
     MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
-use crate::protocol::realtime::ClientMessage;
+use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
     DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
@@ -404,15 +404,87 @@ impl Api {
     }
 }
 
-/// What to do after a live message.
-pub enum Flow {
-    Continue,
-    Stop,
+/// What a project's live stream ([`Api::live`]) yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// The server took the subscription: the first time, and again after
+    /// each reconnection.
+    Subscribed,
+    /// An event the caller may see, after every one yielded before.
+    Event(Box<EventMessage>),
+    /// The connection closed (no reason) or failed (the reason, which may be
+    /// the server's `error` message); the stream reconnects with backoff and
+    /// resumes after the last event yielded.
+    Lost(Option<String>),
 }
 
+/// Backoff between reconnections: from the first to the most, doubling
+/// while no connection gets through.
+const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const BACKOFF_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Api {
+    /// A project's events after `after_seq`, live, for as long as the stream
+    /// is held: connects, subscribes, pings (three intervals without a word
+    /// from the server and the connection is taken for dead), reconnects
+    /// with backoff and resumes after the last event yielded, so every event
+    /// comes once and in seq order. Dropping the stream closes its socket.
+    pub fn live(&self, project: Uuid, after_seq: i64) -> impl futures_util::Stream<Item = Live> + Unpin {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = AbortOnDrop(tokio::spawn(self.clone().hold_live(project, after_seq, tx)));
+        futures_util::stream::poll_fn(move |cx| {
+            let _held = &task;
+            rx.poll_recv(cx)
+        })
+    }
+
+    async fn hold_live(self, project: Uuid, mut after_seq: i64, tx: tokio::sync::mpsc::UnboundedSender<Live>) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let mut heard = false;
+            let lost = self.live_session(project, &mut after_seq, &tx, &mut heard).await;
+            if tx.send(Live::Lost(lost.err())).is_err() {
+                return;
+            }
+            if heard {
+                backoff = BACKOFF_FIRST;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MOST);
+        }
+    }
+
+    /// One connection of [`Api::live`]; `heard` is set once the server has
+    /// said anything.
+    async fn live_session(
+        &self,
+        project: Uuid,
+        after_seq: &mut i64,
+        tx: &tokio::sync::mpsc::UnboundedSender<Live>,
+        heard: &mut bool,
+    ) -> Result<(), String> {
+        let from = *after_seq;
+        self.follow(project, from, |message| {
+            *heard = true;
+            let live = match serde_json::from_value::<ServerMessage>(message) {
+                Ok(ServerMessage::Subscribed { .. }) => Live::Subscribed,
+                Ok(ServerMessage::Event(event)) if event.seq > *after_seq => {
+                    *after_seq = event.seq;
+                    Live::Event(event)
+                }
+                // A refused or ended subscription: subscribe again.
+                Ok(ServerMessage::Error { message, .. }) => return Err(format!("the server said: {message}")),
+                _ => return Ok(Flow::Continue),
+            };
+            Ok(if tx.send(live).is_err() { Flow::Stop } else { Flow::Continue })
+        })
+        .await
+    }
+
     /// One WebSocket session following a project from `after_seq`, pinging,
     /// until the socket closes (Ok), fails (Err) or `on_message` stops it.
+    /// Three ping intervals without a word from the server and the
+    /// connection is taken for dead.
     pub async fn follow(
         &self,
         project: Uuid,
@@ -457,6 +529,21 @@ impl Api {
                 }
             }
         }
+    }
+}
+
+/// What to do after a message of [`Api::follow`].
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Aborts a task when the stream holding it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -21,8 +21,9 @@ use super::direct::{Chunks, Refusal};
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files};
 use super::ClientError;
-use crate::protocol::events::data::{TransferRequested, TransferState};
+use crate::protocol::realtime::EventMessage;
 use crate::protocol::transfers::{FailureReason, Transfer, TransferReport, TransferStatus};
+use crate::protocol::EventData;
 
 /// Hashes per `chunks/missing` call.
 const MISSING_BATCH: usize = 500;
@@ -223,47 +224,43 @@ impl Source {
     }
 
     /// Reacts to a live project event: a transfer to serve, one that ended.
-    pub fn on_event(self: &Arc<Self>, message: &Value) {
-        let data = &message["data"];
-        let end = match message["type"].as_str().unwrap_or_default() {
-            "transfer_requested" => {
-                if let Ok(req) = serde_json::from_value::<TransferRequested>(data.clone()) {
-                    if req.source_device_id == self.device_id && req.state.status.is_active() {
-                        self.take_up(
-                            Job {
-                                id: req.state.transfer_id,
-                                file_path: req.state.file_path,
-                                file_hash: req.file_hash,
-                                total_bytes: req.state.total_bytes,
-                                chunks_needed: Some(req.chunks_needed),
-                            },
-                            false,
-                        );
-                    }
+    pub fn on_event(self: &Arc<Self>, event: &EventMessage) {
+        let (end, state) = match &event.data {
+            EventData::TransferRequested(req) => {
+                if req.source_device_id == self.device_id && req.state.status.is_active() {
+                    self.take_up(
+                        Job {
+                            id: req.state.transfer_id,
+                            file_path: req.state.file_path.clone(),
+                            file_hash: req.file_hash.clone(),
+                            total_bytes: req.state.total_bytes,
+                            chunks_needed: Some(req.chunks_needed.clone()),
+                        },
+                        false,
+                    );
                 }
                 return;
             }
-            "transfer_retried" => {
-                if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-                    let source = self.clone();
-                    tokio::spawn(async move {
-                        if let Ok(t) = source.api.transfer(source.project, state.transfer_id).await {
-                            if t.source_device.id == source.device_id && t.status.is_active() {
-                                source.take_up(t.into(), true);
-                            }
+            EventData::TransferRetried(state) => {
+                let source = self.clone();
+                let transfer_id = state.transfer_id;
+                tokio::spawn(async move {
+                    if let Ok(t) = source.api.transfer(source.project, transfer_id).await {
+                        if t.source_device.id == source.device_id && t.status.is_active() {
+                            source.take_up(t.into(), true);
                         }
-                    });
-                }
+                    }
+                });
                 return;
             }
-            "file_transfer_complete" => End::Completed,
-            "file_transfer_cancelled" | "file_transfer_failed" | "file_transfer_expired" => End::Stopped,
+            EventData::FileTransferComplete(state) => (End::Completed, state),
+            EventData::FileTransferCancelled(state)
+            | EventData::FileTransferFailed(state)
+            | EventData::FileTransferExpired(state) => (End::Stopped, state),
             _ => return,
         };
-        if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-            if let Some(s) = lock(&self.transfers).active.get(&state.transfer_id) {
-                *lock(&s.end) = Some(end);
-            }
+        if let Some(s) = lock(&self.transfers).active.get(&state.transfer_id) {
+            *lock(&s.end) = Some(end);
         }
     }
 

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::api::{Api, Flow};
+use futures_util::StreamExt;
+
+use super::api::{Api, Live};
 use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, Output};
 use super::pull::{pull_into, Manifest, ManifestEntry};
@@ -22,6 +23,8 @@ use super::scan::STATE_DIR;
 use super::trash::{self, Keep};
 use super::ClientError;
 use crate::protocol::files::FilePath;
+use crate::protocol::realtime::EventMessage;
+use crate::protocol::EventData;
 
 /// Attempts at applying one event before it is skipped with a warning.
 const APPLY_TRIES: u32 = 3;
@@ -77,24 +80,25 @@ pub async fn sync(
     set_last_seq(&dir, after_seq);
     out.note(&format!("Keeping {} in sync with the project; Ctrl-C stops.", dir.display()));
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let socket = tokio::spawn(hold_socket(api.clone(), project, after_seq, out, tx));
+    let mut live = api.live(project, after_seq);
     let applier = Applier { api, project, dir, wait, out };
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            message = rx.recv() => match message {
-                Some(event) => {
+            item = live.next() => match item {
+                Some(Live::Event(event)) => {
                     tokio::select! {
                         _ = &mut stop => break,
                         _ = applier.apply(&event) => {}
                     }
                 }
+                Some(Live::Lost(None)) => out.warn("the live connection closed; reconnecting"),
+                Some(Live::Lost(Some(e))) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
+                Some(Live::Subscribed) => {}
                 None => break,
             }
         }
     }
-    socket.abort();
     Ok(())
 }
 
@@ -104,51 +108,6 @@ fn set_last_seq(dir: &Path, seq: i64) {
         m.last_seq = Some(seq);
         let _ = m.save(dir);
     }
-}
-
-/// Keeps a WebSocket subscribed to the project, forwarding every event
-/// after `after_seq`; reconnects with backoff and resubscribes after the
-/// last seq received.
-async fn hold_socket(api: Api, project: Uuid, mut after_seq: i64, out: Output, tx: mpsc::UnboundedSender<Value>) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let mut got_any = false;
-        match socket_session(&api, project, &mut after_seq, &tx, &mut got_any).await {
-            Ok(()) => out.warn("the live connection closed; reconnecting"),
-            Err(e) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        if got_any {
-            backoff = Duration::from_millis(250);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-async fn socket_session(
-    api: &Api,
-    project: Uuid,
-    after_seq: &mut i64,
-    tx: &mpsc::UnboundedSender<Value>,
-    got_any: &mut bool,
-) -> Result<(), String> {
-    let from = *after_seq;
-    api.follow(project, from, |value| {
-        *got_any = true;
-        if value["type"] == "error" {
-            return Err(format!("the server said: {}", value["message"].as_str().unwrap_or("an error")));
-        }
-        let Some(seq) = value["seq"].as_i64() else { return Ok(Flow::Continue) };
-        if value.get("data").is_none() || seq <= *after_seq {
-            return Ok(Flow::Continue);
-        }
-        *after_seq = seq;
-        Ok(if tx.send(value).is_err() { Flow::Stop } else { Flow::Continue })
-    })
-    .await
 }
 
 struct Applier {
@@ -162,14 +121,18 @@ struct Applier {
 impl Applier {
     /// Applies one event to DIR (retrying a failed pull a few times), then
     /// records its seq.
-    async fn apply(&self, event: &Value) {
-        let seq = event["seq"].as_i64().unwrap_or_default();
-        let kind = event["type"].as_str().unwrap_or_default();
-        if matches!(kind, "file_added" | "file_updated" | "file_deleted" | "file_moved") {
+    async fn apply(&self, event: &EventMessage) {
+        let seq = event.seq;
+        let kind = event.data.event_type().as_str();
+        if let EventData::FileAdded(_)
+        | EventData::FileUpdated(_)
+        | EventData::FileDeleted(_)
+        | EventData::FileMoved(_) = &event.data
+        {
             let mut tries = 0;
             loop {
                 tries += 1;
-                match self.apply_file_event(kind, &event["data"]).await {
+                match self.apply_file_event(&event.data).await {
                     Ok(Some(change)) => {
                         let mut change = change;
                         change["seq"] = json!(seq);
@@ -196,15 +159,16 @@ impl Applier {
 
     /// Answers the change made (for the `--json` line), or None when
     /// nothing needed doing.
-    async fn apply_file_event(&self, kind: &str, data: &Value) -> Result<Option<Value>, String> {
-        match kind {
-            "file_added" | "file_updated" => {
-                let path = data["path"].as_str().ok_or("an event without a path")?;
-                let aside = self.set_aside(path, data["hash"].as_str().unwrap_or_default())?;
+    async fn apply_file_event(&self, event: &EventData) -> Result<Option<Value>, String> {
+        match event {
+            EventData::FileAdded(state) | EventData::FileUpdated(state) => {
+                let path = state.path.as_str();
+                let aside = self.set_aside(path, &state.hash)?;
+                let what = if let EventData::FileAdded(_) = event { "added" } else { "updated" };
                 self.pull_path(path).await.map(|pulled| {
                     pulled.map(|(t, r)| {
-                        let mut change = json!({"event": if kind == "file_added" {"added"} else {"updated"},
-                                                "path": path, "bytes_transferred": t, "bytes_reused": r});
+                        let mut change =
+                            json!({"event": what, "path": path, "bytes_transferred": t, "bytes_reused": r});
                         if let Some((key, value)) = aside {
                             change[key] = json!(value);
                         }
@@ -212,15 +176,8 @@ impl Applier {
                     })
                 })
             }
-            "file_deleted" => {
-                let path = data["path"].as_str().ok_or("an event without a path")?;
-                self.delete(path)
-            }
-            "file_moved" => {
-                let from = data["from"].as_str().ok_or("a move without `from`")?;
-                let to = data["to"].as_str().ok_or("a move without `to`")?;
-                self.rename(from, to).await
-            }
+            EventData::FileDeleted(state) => self.delete(&state.path),
+            EventData::FileMoved(moved) => self.rename(&moved.from, &moved.to).await,
             _ => Ok(None),
         }
     }
