@@ -301,10 +301,8 @@ pub async fn attach_device(
             "only a device's own user may attach it",
         ));
     }
-    let online: bool = client
-        .query_one(&format!("SELECT {}", crate::realtime::presence::online_sql("$1::uuid")), &[&device_id])
-        .await?
-        .get(0);
+    let online: bool =
+        client.query_one(&format!("SELECT {}", super::presence::online_sql("$1::uuid")), &[&device_id]).await?.get(0);
     let attached = AttachedDevice { device_id, project_id, user_id: device_owner, role, online };
     let current = client
         .query_opt(
@@ -386,7 +384,7 @@ pub async fn list_devices(
                  LEFT JOIN device_presence p ON p.device_id = pd.device_id
                  WHERE pd.project_id = $1
                  ORDER BY pd.role, pd.attached_at, pd.device_id",
-                crate::realtime::presence::online_sql("pd.device_id")
+                super::presence::online_sql("pd.device_id")
             ),
             &[&project_id],
         )

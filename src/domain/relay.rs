@@ -8,8 +8,18 @@ use super::files::require_source_device;
 use super::projects::access;
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::files::Blake3Hash;
-use crate::relay::Stored;
 use crate::store::{GenericClient, Pool};
+
+/// The channel chunk arrivals are announced on; payload `<project_id>:<hash>`.
+pub const CHUNKS_CHANNEL: &str = "ferry_chunks";
+
+/// What an upload stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub size: i64,
+    /// Size of the zstd variant kept beside it, when it is smaller.
+    pub zstd_size: Option<i64>,
+}
 
 /// Most hashes one `chunks/missing` call asks about.
 pub const MAX_HASHES: usize = 10_000;
@@ -142,8 +152,7 @@ pub async fn record_upload(
         .await?;
         // Readers waiting for this chunk on other servers hear of it once
         // the row is committed (their listener routes it to their waiters).
-        tx.execute("SELECT pg_notify($1, $2)", &[&crate::relay::arrivals::CHANNEL, &format!("{project_id}:{hash}")])
-            .await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHUNKS_CHANNEL, &format!("{project_id}:{hash}")]).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use super::presence::online_sql;
 use super::projects::{access, lock_for};
 use super::{Caller, Command, DomainError, Rejection};
 use crate::protocol::events::data::{TransferRequested, TransferState};
@@ -20,7 +21,6 @@ use crate::protocol::transfers::{
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventData;
-use crate::realtime::presence::online_sql;
 use crate::store::{self, EventMeta, GenericClient, Pool};
 
 use TransferStatus::{Cancelled, Completed, Expired, Failed, InProgress, Pending};
@@ -200,11 +200,9 @@ pub async fn request(
     // Direct first when the source's agent advertises itself; the relay always.
     let mut endpoints = direct_endpoints(client, source, id, expires_at).await?;
     let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
-    endpoints.push(Endpoint {
-        protocol: TransferProtocol::Relay,
-        url: format!("/api/projects/{project_id}/chunks"),
-        token: None,
-    });
+    // The relay is the server itself: where it listens is for the HTTP
+    // edge to say.
+    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None });
     let state = TransferState {
         transfer_id: id,
         requester_id: cmd.caller.user_id,

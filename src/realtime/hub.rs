@@ -140,7 +140,7 @@ impl Hub {
             let events = match events {
                 Ok(events) => events,
                 Err(e) => {
-                    tracing::warn!(%project_id, error = %crate::api::error_chain(&e), "hub read failed; retrying");
+                    tracing::warn!(%project_id, error = %crate::telemetry::error_chain(&e), "hub read failed; retrying");
                     feed.reading = false;
                     drop(feeds);
                     let hub = self.clone();

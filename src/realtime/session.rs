@@ -64,7 +64,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     };
     if let Some(device) = device {
         if let Err(e) = rt.presence.connect(device).await {
-            tracing::warn!(error = %crate::api::error_chain(&e), "presence not recorded");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence not recorded");
         }
     }
     crate::telemetry::WS_SESSIONS.inc();
@@ -113,7 +113,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     crate::telemetry::WS_SESSIONS.dec();
     if let Some(device) = device {
         if let Err(e) = rt.presence.disconnect(device).await {
-            tracing::warn!(error = %crate::api::error_chain(&e), "presence not cleared");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence not cleared");
         }
     }
     let _ = state.ws.close(reason).await;
@@ -285,7 +285,7 @@ impl SessionState {
                 }
             }
             DomainError::Store(e) => {
-                tracing::warn!(error = %crate::api::error_chain(&e), "session read failed");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "session read failed");
                 self.error("internal_error", "something went wrong on our side", Some(project_id)).await
             }
         }

@@ -15,6 +15,8 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use uuid::Uuid;
 
+use crate::domain::relay::Stored;
+
 pub mod arrivals;
 pub use arrivals::ChunkArrivals;
 
@@ -42,14 +44,6 @@ pub enum RelayError {
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
-}
-
-/// What an upload stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub size: i64,
-    /// Size of the zstd variant kept beside it, when it is smaller.
-    pub zstd_size: Option<i64>,
 }
 
 impl ChunkStore {
