@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -81,18 +81,15 @@ pub async fn share(
     session.config.profile_mut(&server).shared_folders.insert(project_id, dir);
     session.save()?;
     if options.once {
-        out.result(
-            json!({"files": report.files, "changes_applied": report.applied, "hashed": report.hashed, "hashed_bytes": report.hashed_bytes}),
-            || {
-                format!(
-                    "Shared {} files: {} changes applied, {} files ({}) hashed.",
-                    report.files,
-                    report.applied,
-                    report.hashed,
-                    human_bytes(report.hashed_bytes)
-                )
-            },
-        );
+        out.result(Pushed::from(&report), || {
+            format!(
+                "Shared {} files: {} changes applied, {} files ({}) hashed.",
+                report.files,
+                report.applied,
+                report.hashed,
+                human_bytes(report.hashed_bytes)
+            )
+        });
         return Ok(());
     }
     agent.event_synced(&report, true);
@@ -285,6 +282,30 @@ pub struct SyncReport {
     pub unsettled: usize,
 }
 
+/// A push as `--json` tells it.
+#[derive(Serialize)]
+struct Pushed {
+    files: usize,
+    changes_applied: usize,
+    hashed: usize,
+    hashed_bytes: u64,
+}
+
+impl From<&SyncReport> for Pushed {
+    fn from(r: &SyncReport) -> Self {
+        Self { files: r.files, changes_applied: r.applied, hashed: r.hashed, hashed_bytes: r.hashed_bytes }
+    }
+}
+
+/// The agent's `--json` lines as it runs.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    Synced(Pushed),
+    Listening { urls: &'a [String] },
+    Reconnected,
+}
+
 /// State shared by the agent's tasks.
 struct Ctx {
     api: Api,
@@ -382,10 +403,15 @@ impl Agent {
 
     fn event_synced(&self, r: &SyncReport, always: bool) {
         if always || r.applied > 0 || r.hashed > 0 {
-            self.ctx.out.event(
-                json!({"event": "synced", "files": r.files, "changes_applied": r.applied, "hashed": r.hashed, "hashed_bytes": r.hashed_bytes}),
-                || format!("{} files; {} changes pushed; {} files ({}) hashed", r.files, r.applied, r.hashed, human_bytes(r.hashed_bytes)),
-            );
+            self.ctx.out.event(News::Synced(Pushed::from(r)), || {
+                format!(
+                    "{} files; {} changes pushed; {} files ({}) hashed",
+                    r.files,
+                    r.applied,
+                    r.hashed,
+                    human_bytes(r.hashed_bytes)
+                )
+            });
         }
     }
 
@@ -492,7 +518,7 @@ impl Agent {
             return None;
         }
         ctx.source.set_direct(true);
-        ctx.out.event(json!({"event": "listening", "urls": listener.urls}), || {
+        ctx.out.event(News::Listening { urls: &listener.urls }, || {
             format!("Members on reachable networks fetch directly from {}", listener.urls.join(", "))
         });
         Some(listener)
@@ -529,7 +555,7 @@ async fn hold_socket(ctx: Arc<Ctx>, after_seq: i64) {
         match item {
             Live::Subscribed if lost => {
                 lost = false;
-                ctx.out.event(json!({"event": "reconnected"}), || "reconnected to the server".into());
+                ctx.out.event(News::Reconnected, || "reconnected to the server".into());
                 tokio::spawn(ctx.source.clone().serve_open());
             }
             Live::Subscribed => {}

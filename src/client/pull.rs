@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -30,7 +29,7 @@ use super::output::{human_bytes, Output};
 use super::part::{Part, Pos, Writer, PARTS_DIR};
 use super::scan::{self, Files, Index, STATE_DIR};
 use super::ClientError;
-use crate::protocol::files::{ChunkRef, FilePath, RemoteFile};
+use crate::protocol::files::{Blake3Hash, ChunkRef, FilePath, RemoteFile};
 use crate::protocol::transfers::{
     DownloadRequest, DownloadResponse, RequestMode, Transfer, TransferReport, TransferStatus,
 };
@@ -46,6 +45,15 @@ const FILES_AT_ONCE: usize = 3;
 const CHUNKS_AT_ONCE: usize = 8;
 /// Verified chunks queued for the writer.
 const WRITE_QUEUE: usize = 4;
+/// A `--json` progress line of one file.
+#[derive(Serialize)]
+#[serde(tag = "event", rename = "progress")]
+struct Progress<'a> {
+    file_path: &'a str,
+    bytes: u64,
+    total_bytes: u64,
+}
+
 /// Least time between two `--json` progress lines of a file.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// A chunk whose bytes do not hash to its name is fetched again this often.
@@ -165,10 +173,7 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
         _ = super::agent::stop_signal() => return Err(interrupted(&api, project, &req.to, &open).await),
     };
     let s = pulled?;
-    out.result(
-        json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred,
-               "bytes_direct": s.bytes_direct, "bytes_reused": s.bytes_reused}),
-        || {
+    out.result(&s, || {
             format!(
                 "Pulled {} file(s) into {} ({} transferred, {} of it directly from the owner's machine; {} reused from local copies); {} already up to date.",
                 s.files,
@@ -217,8 +222,10 @@ async fn interrupted(api: &Api, project: Uuid, to: &Path, open: &OpenTransfers) 
 }
 
 /// What one pull did.
-#[derive(Debug, Clone)]
+/// With `--json`, the `pull`'s result (without `dir`).
+#[derive(Debug, Clone, Serialize)]
 pub struct PullSummary {
+    #[serde(skip)]
     pub dir: PathBuf,
     pub files: usize,
     pub unchanged: usize,
@@ -753,17 +760,14 @@ fn write_part(
         if let Some(out) = events.filter(|_| reported.map_or(true, |at| at.elapsed() >= PROGRESS_EVERY)) {
             reported = Some(std::time::Instant::now());
             reported_bytes = bytes_in;
-            out.event(
-                json!({"event": "progress", "file_path": path, "bytes": bytes_in, "total_bytes": size}),
-                String::new,
-            );
+            out.event(Progress { file_path: path, bytes: bytes_in, total_bytes: size }, String::new);
         }
     }
     if !w.complete() {
         return (written, Ok(None));
     }
     if let Some(out) = events.filter(|_| reported_bytes != size) {
-        out.event(json!({"event": "progress", "file_path": path, "bytes": size, "total_bytes": size}), String::new);
+        out.event(Progress { file_path: path, bytes: size, total_bytes: size }, String::new);
     }
     let hash = w.finish().map(Some);
     (written, hash)
@@ -774,7 +778,7 @@ async fn read_local(path: &Path, offset: u64, pos: &Pos) -> Option<bytes::Bytes>
     let (path, size, hash) = (path.to_path_buf(), pos.size, pos.hash.clone());
     tokio::task::spawn_blocking(move || {
         let bytes = scan::read_at(&path, offset, size).ok()?;
-        (blake3::hash(&bytes).to_hex().as_str() == hash).then(|| bytes::Bytes::from(bytes))
+        (Blake3Hash::of(&bytes) == *hash).then(|| bytes::Bytes::from(bytes))
     })
     .await
     .ok()
@@ -785,10 +789,7 @@ async fn read_local(path: &Path, offset: u64, pos: &Pos) -> Option<bytes::Bytes>
 /// network tasks keep running).
 async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
     let hash = hash.to_owned();
-    tokio::task::spawn_blocking(move || (blake3::hash(&bytes).to_hex().as_str() == hash).then_some(bytes))
-        .await
-        .ok()
-        .flatten()
+    tokio::task::spawn_blocking(move || (Blake3Hash::of(&bytes) == *hash).then_some(bytes)).await.ok().flatten()
 }
 
 /// Records that this attempt failed on the member's side (the source may

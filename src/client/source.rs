@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -21,6 +21,7 @@ use super::direct::{Chunks, Refusal};
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files};
 use super::ClientError;
+use crate::protocol::files::Blake3Hash;
 use crate::protocol::realtime::EventMessage;
 use crate::protocol::transfers::{FailureReason, Transfer, TransferReport, TransferStatus};
 use crate::protocol::EventData;
@@ -195,6 +196,24 @@ struct Served {
     uploaded_bytes: u64,
 }
 
+/// The `--json` lines of a transfer served.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    TransferServed {
+        transfer_id: Uuid,
+        file_path: &'a str,
+        chunks_direct: usize,
+        bytes_direct: u64,
+        chunks_uploaded: usize,
+        bytes_uploaded: u64,
+    },
+    TransferCancelled {
+        transfer_id: Uuid,
+        file_path: &'a str,
+    },
+}
+
 impl Source {
     pub fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, files: Arc<Files>) -> Self {
         Self {
@@ -340,9 +359,14 @@ impl Source {
     async fn finished(&self, job: &Job, result: Result<Served, Stop>) {
         match result {
             Ok(s) => self.out.event(
-                json!({"event": "transfer_served", "transfer_id": job.id, "file_path": job.file_path,
-                       "chunks_direct": s.direct_chunks, "bytes_direct": s.direct_bytes,
-                       "chunks_uploaded": s.uploaded_chunks, "bytes_uploaded": s.uploaded_bytes}),
+                News::TransferServed {
+                    transfer_id: job.id,
+                    file_path: &job.file_path,
+                    chunks_direct: s.direct_chunks,
+                    bytes_direct: s.direct_bytes,
+                    chunks_uploaded: s.uploaded_chunks,
+                    bytes_uploaded: s.uploaded_bytes,
+                },
                 || {
                     format!(
                         "served {} ({} directly, {} through the relay)",
@@ -352,10 +376,11 @@ impl Source {
                     )
                 },
             ),
-            Err(Stop::Cancelled) => self.out.event(
-                json!({"event": "transfer_cancelled", "transfer_id": job.id, "file_path": job.file_path}),
-                || format!("transfer of {} cancelled", job.file_path),
-            ),
+            Err(Stop::Cancelled) => {
+                self.out.event(News::TransferCancelled { transfer_id: job.id, file_path: &job.file_path }, || {
+                    format!("transfer of {} cancelled", job.file_path)
+                })
+            }
             Err(Stop::Refused(e)) => self.out.warn(&format!("transfer of {} not served: {e}", job.file_path)),
             Err(Stop::Failed(why)) => {
                 self.out.warn(&format!("transfer of {} failed: {why}", job.file_path));
@@ -526,7 +551,7 @@ impl Source {
 /// The chunk at (offset, size) of `abs`, when it still hashes to `hash`.
 fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Result<Vec<u8>, String> {
     let bytes = scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
-    if blake3::hash(&bytes).to_hex().as_str() != hash {
+    if Blake3Hash::of(&bytes) != *hash {
         return Err(FailureReason::FileChangedAtSource.to_string());
     }
     Ok(bytes)

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use uuid::Uuid;
 
 use futures_util::StreamExt;
@@ -22,9 +22,9 @@ use super::pull::{pull_into, Manifest, ManifestEntry};
 use super::scan::STATE_DIR;
 use super::trash::{self, Keep};
 use super::ClientError;
-use crate::protocol::files::FilePath;
+use crate::protocol::files::{Blake3Hash, FilePath};
 use crate::protocol::realtime::EventMessage;
-use crate::protocol::EventData;
+use crate::protocol::{EventData, EventType};
 
 /// Attempts at applying one event before it is skipped with a warning.
 const APPLY_TRIES: u32 = 3;
@@ -61,8 +61,12 @@ pub async fn sync(
     };
     match initial {
         Ok(s) => out.event(
-            json!({"event": "pulled", "files": s.files, "unchanged": s.unchanged,
-                   "bytes_transferred": s.bytes_transferred, "bytes_reused": s.bytes_reused}),
+            News::Pulled {
+                files: s.files,
+                unchanged: s.unchanged,
+                bytes_transferred: s.bytes_transferred,
+                bytes_reused: s.bytes_reused,
+            },
             || {
                 format!(
                     "Pulled {} file(s) ({} transferred, {} reused); {} already up to date.",
@@ -110,6 +114,79 @@ fn set_last_seq(dir: &Path, seq: i64) {
     }
 }
 
+/// `ferry sync`'s `--json` lines besides the changes it applies.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    /// The first pull.
+    Pulled { files: usize, unchanged: usize, bytes_transferred: u64, bytes_reused: u64 },
+    /// An event that could not be applied.
+    Failed {
+        #[serde(rename = "type")]
+        event_type: EventType,
+        seq: i64,
+        error: &'a str,
+    },
+}
+
+/// One event applied to DIR, as its `--json` line tells it.
+#[derive(Debug, Serialize)]
+struct Applied {
+    seq: i64,
+    #[serde(flatten)]
+    change: Change,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Change {
+    Added(Fetched),
+    Updated(Fetched),
+    Deleted {
+        path: String,
+        trashed: bool,
+    },
+    /// Deleted in the project, but changed here.
+    Kept {
+        path: String,
+        reason: &'static str,
+    },
+    Moved {
+        from: String,
+        to: String,
+        /// The local copy differed: the new path was pulled.
+        #[serde(flatten)]
+        pulled: Option<Pulled>,
+    },
+}
+
+/// A path pulled for an added or updated file.
+#[derive(Debug, Serialize)]
+struct Fetched {
+    path: String,
+    bytes_transferred: u64,
+    bytes_reused: u64,
+    /// What was here before, when it was not what was last synced.
+    #[serde(flatten)]
+    set_aside: Option<SetAside>,
+}
+
+/// Where the version DIR held went: `{"trashed": path}` or
+/// `{"conflict_copy": path}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum SetAside {
+    Trashed(String),
+    ConflictCopy(String),
+}
+
+#[derive(Debug, Serialize)]
+struct Pulled {
+    pulled: bool,
+    bytes_transferred: u64,
+    bytes_reused: u64,
+}
+
 struct Applier {
     api: Api,
     project: Uuid,
@@ -134,9 +211,8 @@ impl Applier {
                 tries += 1;
                 match self.apply_file_event(&event.data).await {
                     Ok(Some(change)) => {
-                        let mut change = change;
-                        change["seq"] = json!(seq);
-                        self.out.event(change.clone(), || describe(&change));
+                        let applied = Applied { seq, change };
+                        self.out.event(&applied, || describe(&applied));
                         break;
                     }
                     Ok(None) => break,
@@ -148,7 +224,8 @@ impl Applier {
                         self.out.warn(&format!(
                             "{kind} (seq {seq}) not applied, skipped: {why} (the next `ferry sync` pulls what is missing)"
                         ));
-                        self.out.event(json!({"event": "failed", "type": kind, "seq": seq, "error": why}), String::new);
+                        let failed = News::Failed { event_type: event.data.event_type(), seq, error: &why };
+                        self.out.event(failed, String::new);
                         break;
                     }
                 }
@@ -159,20 +236,20 @@ impl Applier {
 
     /// Answers the change made (for the `--json` line), or None when
     /// nothing needed doing.
-    async fn apply_file_event(&self, event: &EventData) -> Result<Option<Value>, String> {
+    async fn apply_file_event(&self, event: &EventData) -> Result<Option<Change>, String> {
         match event {
             EventData::FileAdded(state) | EventData::FileUpdated(state) => {
                 let path = state.path.as_str();
                 let aside = self.set_aside(path, &state.hash)?;
-                let what = if let EventData::FileAdded(_) = event { "added" } else { "updated" };
                 self.pull_path(path).await.map(|pulled| {
                     pulled.map(|(t, r)| {
-                        let mut change =
-                            json!({"event": what, "path": path, "bytes_transferred": t, "bytes_reused": r});
-                        if let Some((key, value)) = aside {
-                            change[key] = json!(value);
+                        let fetched =
+                            Fetched { path: path.to_owned(), bytes_transferred: t, bytes_reused: r, set_aside: aside };
+                        if let EventData::FileAdded(_) = event {
+                            Change::Added(fetched)
+                        } else {
+                            Change::Updated(fetched)
                         }
-                        change
                     })
                 })
             }
@@ -203,43 +280,43 @@ impl Applier {
     /// what was last synced) is kept beside it as a conflict copy; an
     /// untouched older version goes to the trash. Answers which, for the
     /// change's `--json` line.
-    fn set_aside(&self, path: &str, new_hash: &str) -> Result<Option<(&'static str, String)>, String> {
+    fn set_aside(&self, path: &str, new_hash: &str) -> Result<Option<SetAside>, String> {
         let local = self.local(path)?;
         let here = match std::fs::read(&local) {
-            Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+            Ok(bytes) => Blake3Hash::of(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", local.display())),
         };
-        if here == new_hash {
+        if here == *new_hash {
             return Ok(None);
         }
         let synced = Manifest::load(&self.dir).files.get(path).map(|e| e.hash.clone());
         if synced.as_deref() == Some(here.as_str()) {
             trash::put(&self.dir, path, &local, Keep::Link).map_err(|e| format!("{}: {e}", local.display()))?;
-            return Ok(Some(("trashed", path.to_owned())));
+            return Ok(Some(SetAside::Trashed(path.to_owned())));
         }
         let copy = trash::keep_conflict(&local).map_err(|e| format!("{}: {e}", local.display()))?;
         self.out.warn(&format!("{path} changed in the project and here: your version is kept as {}", copy.display()));
         let name = copy.strip_prefix(&self.dir).unwrap_or(&copy).display().to_string();
-        Ok(Some(("conflict_copy", format!("/{name}"))))
+        Ok(Some(SetAside::ConflictCopy(format!("/{name}"))))
     }
 
-    fn delete(&self, path: &str) -> Result<Option<Value>, String> {
+    fn delete(&self, path: &str) -> Result<Option<Change>, String> {
         let local = self.local(path)?;
         let mut manifest = Manifest::load(&self.dir);
         let known = manifest.files.get(path).cloned();
         let change = match (std::fs::read(&local), &known) {
             (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => None,
             (Err(e), _) => return Err(format!("{}: {e}", local.display())),
-            (Ok(bytes), Some(entry)) if blake3::hash(&bytes).to_hex().as_str() == entry.hash => {
+            (Ok(bytes), Some(entry)) if Blake3Hash::of(&bytes) == *entry.hash => {
                 // Not gone for good: `ferry trash restore` brings it back.
                 trash::put(&self.dir, path, &local, Keep::Move).map_err(|e| format!("{}: {e}", local.display()))?;
                 remove_empty_parents(&self.dir, &local);
-                Some(json!({"event": "deleted", "path": path, "trashed": true}))
+                Some(Change::Deleted { path: path.to_owned(), trashed: true })
             }
             (Ok(_), _) => {
                 self.out.warn(&format!("{path} was deleted in the project but changed here: kept {}", local.display()));
-                Some(json!({"event": "kept", "path": path, "reason": "changed_locally"}))
+                Some(Change::Kept { path: path.to_owned(), reason: "changed_locally" })
             }
         };
         if manifest.files.remove(path).is_some() {
@@ -248,12 +325,12 @@ impl Applier {
         Ok(change)
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<Option<Value>, String> {
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<Change>, String> {
         let src = self.local(from)?;
         let dst = self.local(to)?;
         let manifest = Manifest::load(&self.dir);
         let matches = match (manifest.files.get(from), std::fs::read(&src)) {
-            (Some(entry), Ok(bytes)) => blake3::hash(&bytes).to_hex().as_str() == entry.hash,
+            (Some(entry), Ok(bytes)) => Blake3Hash::of(&bytes) == *entry.hash,
             _ => false,
         };
         if matches && !dst.exists() {
@@ -275,7 +352,7 @@ impl Applier {
                 );
             }
             manifest.save(&self.dir).map_err(|e| e.to_string())?;
-            return Ok(Some(json!({"event": "moved", "from": from, "to": to})));
+            return Ok(Some(Change::Moved { from: from.to_owned(), to: to.to_owned(), pulled: None }));
         }
         // The local copy differs (or is missing): fetch the new path (as a
         // delta against whatever is here), and drop the old one if untouched.
@@ -286,8 +363,8 @@ impl Applier {
             self.out.warn(&format!("{from} was moved to {to} in the project but changed here: kept {}", src.display()));
         }
         let (t, r) = pulled.unwrap_or((0, 0));
-        Ok(Some(json!({"event": "moved", "from": from, "to": to,
-                       "pulled": true, "bytes_transferred": t, "bytes_reused": r})))
+        let pulled = Some(Pulled { pulled: true, bytes_transferred: t, bytes_reused: r });
+        Ok(Some(Change::Moved { from: from.to_owned(), to: to.to_owned(), pulled }))
     }
 }
 
@@ -302,15 +379,61 @@ fn remove_empty_parents(root: &Path, file: &Path) {
     }
 }
 
-fn describe(change: &Value) -> String {
-    let seq = &change["seq"];
-    match change["event"].as_str().unwrap_or_default() {
-        "moved" => format!(
-            "moved {} → {} (seq {seq})",
-            change["from"].as_str().unwrap_or_default(),
-            change["to"].as_str().unwrap_or_default()
-        ),
-        "kept" => format!("kept {}: changed here (seq {seq})", change["path"].as_str().unwrap_or_default()),
-        other => format!("{other} {} (seq {seq})", change["path"].as_str().unwrap_or_default()),
+fn describe(applied: &Applied) -> String {
+    let seq = applied.seq;
+    match &applied.change {
+        Change::Moved { from, to, .. } => format!("moved {from} → {to} (seq {seq})"),
+        Change::Kept { path, .. } => format!("kept {path}: changed here (seq {seq})"),
+        Change::Added(f) => format!("added {} (seq {seq})", f.path),
+        Change::Updated(f) => format!("updated {} (seq {seq})", f.path),
+        Change::Deleted { path, .. } => format!("deleted {path} (seq {seq})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn applied_changes_print_the_lines_sync_has_always_printed() {
+        let line = |change| serde_json::to_value(Applied { seq: 7, change }).unwrap();
+        let fetched = |set_aside| Fetched { path: "/a".into(), bytes_transferred: 3, bytes_reused: 4, set_aside };
+        assert_eq!(
+            line(Change::Added(fetched(None))),
+            json!({"event": "added", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4, "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Updated(fetched(Some(SetAside::ConflictCopy("/a (conflict)".into()))))),
+            json!({"event": "updated", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4,
+                   "conflict_copy": "/a (conflict)", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Updated(fetched(Some(SetAside::Trashed("/a".into()))))),
+            json!({"event": "updated", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4, "trashed": "/a", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Deleted { path: "/a".into(), trashed: true }),
+            json!({"event": "deleted", "path": "/a", "trashed": true, "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Kept { path: "/a".into(), reason: "changed_locally" }),
+            json!({"event": "kept", "path": "/a", "reason": "changed_locally", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Moved { from: "/a".into(), to: "/b".into(), pulled: None }),
+            json!({"event": "moved", "from": "/a", "to": "/b", "seq": 7})
+        );
+        let pulled = Some(Pulled { pulled: true, bytes_transferred: 3, bytes_reused: 4 });
+        assert_eq!(
+            line(Change::Moved { from: "/a".into(), to: "/b".into(), pulled }),
+            json!({"event": "moved", "from": "/a", "to": "/b", "pulled": true, "bytes_transferred": 3,
+                   "bytes_reused": 4, "seq": 7})
+        );
+        let failed = News::Failed { event_type: EventType::FileMoved, seq: 7, error: "gone" };
+        assert_eq!(
+            serde_json::to_value(failed).unwrap(),
+            json!({"event": "failed", "type": "file_moved", "seq": 7, "error": "gone"})
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::json;
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::agent::stop_signal;
@@ -37,7 +37,7 @@ pub async fn transfers(session: &Session, out: Output, project: &str, which: Whi
     // replaying them sets the same values again.
     let head = api.files_page(project, None, 1).await?.head_seq;
     let transfers = list(&api, project, which).await?;
-    out.result(json!({"transfers": transfers}), || listing(&transfers, which));
+    out.result(Listed { transfers: &transfers }, || listing(&transfers, which));
     let open: Vec<&Transfer> = transfers.iter().filter(|t| t.status.is_active()).collect();
     if out.json || open.is_empty() || !std::io::stdout().is_terminal() {
         return Ok(());
@@ -48,6 +48,12 @@ pub async fn transfers(session: &Session, out: Output, project: &str, which: Whi
         result = follow(&api, project, head, &mut bars) => result,
         _ = stop_signal() => Ok(()),
     }
+}
+
+/// `--json`: `{"transfers": [...]}`.
+#[derive(Serialize)]
+struct Listed<'a> {
+    transfers: &'a [Transfer],
 }
 
 /// The transfers asked for, newest first; for the default, pages are read
