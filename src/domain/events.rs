@@ -183,3 +183,60 @@ pub fn decode_position(cursor: &str) -> Result<i64, ValidationError> {
         .parse()
         .map_err(|_| ValidationError::new("invalid_cursor", "the cursor is not one this server gave out"))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::protocol::events::data::{InviteRevoked, ProjectRenamed, TransferState};
+    use crate::protocol::transfers::TransferStatus;
+
+    fn transfer(requester_id: Uuid) -> EventData {
+        let now = Utc::now();
+        EventData::FileTransferProgress(TransferState {
+            transfer_id: Uuid::now_v7(),
+            requester_id,
+            file_path: "/a".into(),
+            status: TransferStatus::InProgress,
+            bytes_transferred: 1,
+            total_bytes: 2,
+            percent: 50.0,
+            speed_mbps: None,
+            eta_seconds: None,
+            attempts: 1,
+            error_message: None,
+            started_at: Some(now),
+            completed_at: None,
+            expires_at: now,
+            last_activity_at: now,
+            last_progress_at: None,
+            window: vec![],
+        })
+    }
+
+    #[test]
+    fn members_see_the_project_but_invites_and_only_their_own_transfers() {
+        let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let renamed = EventData::ProjectRenamed(ProjectRenamed { name: "n".into() });
+        let revoked = EventData::InviteRevoked(InviteRevoked { invite_id: Uuid::now_v7() });
+        for event in [&renamed, &revoked, &transfer(me), &transfer(other)] {
+            assert!(visible(Role::Owner, me, event), "the owner sees {:?}", event.event_type());
+        }
+        assert!(visible(Role::Member, me, &renamed));
+        assert!(!visible(Role::Member, me, &revoked));
+        assert!(visible(Role::Member, me, &transfer(me)));
+        assert!(!visible(Role::Member, me, &transfer(other)));
+    }
+
+    #[test]
+    fn type_filters_parse_known_names_only() {
+        assert_eq!(parse_types(None).unwrap(), None);
+        assert_eq!(parse_types(Some("")).unwrap(), None);
+        assert_eq!(
+            parse_types(Some("file_added, transfer_retried")).unwrap(),
+            Some(vec![EventType::FileAdded, EventType::TransferRetried])
+        );
+        assert_eq!(parse_types(Some("file_added,nope")).unwrap_err().code, "invalid_type");
+    }
+}
