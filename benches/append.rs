@@ -429,5 +429,5 @@ fn load() -> String {
 }
 
 fn chain(error: &(dyn Error + 'static)) -> String {
-    ferry::api::error_chain(error)
+    ferry::telemetry::error_chain(error)
 }

@@ -183,7 +183,7 @@ async fn sweep(
                 tracing::info!(expired = swept.expired, stalled = swept.stalled, "swept transfers");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "transfer sweep failed"),
+            Err(e) => tracing::warn!(error = %crate::telemetry::error_chain(&e), "transfer sweep failed"),
         }
         match crate::domain::relay::expire(&pool, &relay).await {
             Ok(expired) => {
@@ -194,7 +194,7 @@ async fn sweep(
                     tracing::info!(chunks = expired.len(), "removed relay chunks nothing needs");
                 }
             }
-            Err(e) => tracing::warn!(error = %crate::api::error_chain(&e), "relay retention failed"),
+            Err(e) => tracing::warn!(error = %crate::telemetry::error_chain(&e), "relay retention failed"),
         }
     }
 }

@@ -21,6 +21,18 @@ pub fn init() {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
+/// "outer: inner: root" — the whole cause chain on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "ferry_http_requests_total",

@@ -144,7 +144,7 @@ pub fn url_for(url: &str, db: &str) -> String {
 }
 
 pub fn chain(error: &(dyn Error + 'static)) -> String {
-    ferry::api::error_chain(error)
+    ferry::telemetry::error_chain(error)
 }
 
 /// The `q`-quantile (0..=1) of sorted samples, nearest rank.

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{resource, ApiError, AppState, Auth};
-use crate::domain::events::{self, decode_position, parse_limit, parse_types, require_admin, AuditPage, AuditQuery};
+use crate::domain::events::{self, decode_position, parse_limit, parse_types, require_admin, AuditQuery};
 use crate::domain::{DomainError, Rejection};
 use crate::projections;
+use crate::protocol::events::AuditPage;
 use crate::protocol::ErrorBody;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::relay::RelayedBytes;
 use super::{resource, ApiError, AppState, Auth};
 use crate::domain::{self, transfers, DomainError};
-use crate::protocol::files::ChunkRef;
+use crate::protocol::files::{Blake3Hash, ChunkRef};
 use crate::protocol::transfers::{TransferReport, TransferStatus};
 use crate::protocol::ErrorBody;
 use crate::relay::arrivals::Waiter;
@@ -270,7 +270,7 @@ impl Streamer {
             }
             if self.next == self.chunks.len() {
                 if let Some(whole) = self.whole.take() {
-                    if whole.finalize().to_hex().as_str() != self.file_hash {
+                    if Blake3Hash::from(whole.finalize()) != *self.file_hash {
                         return Some(Err(self.abort(Abort::Mismatch).await));
                     }
                     self.verified = true;
@@ -295,7 +295,7 @@ impl Streamer {
             // An empty file has no chunk to verify on the way: its hash is
             // the empty input's.
             let empty = self.chunks.is_empty()
-                && self.whole.take().is_some_and(|h| h.finalize().to_hex().as_str() == self.file_hash);
+                && self.whole.take().is_some_and(|h| Blake3Hash::from(h.finalize()) == *self.file_hash);
             if (self.verified || empty) && self.active {
                 self.complete().await;
             }
@@ -355,7 +355,7 @@ impl Streamer {
                 return Err(Abort::Ended(status.as_str()));
             }
         };
-        if bytes.len() as i64 != chunk.size || blake3::hash(&bytes).to_hex().as_str() != chunk.hash {
+        if bytes.len() as i64 != chunk.size || Blake3Hash::of(&bytes) != *chunk.hash {
             return Err(Abort::Damaged(chunk.hash.clone()));
         }
         Ok(Some(bytes))

@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::domain::{DomainError, Rejection};
 use crate::protocol::{ErrorBody, ErrorDetail};
+use crate::telemetry::error_chain;
 
 /// Seconds a client is asked to wait when a dependency is down.
 const UNAVAILABLE_RETRY_AFTER: u32 = 5;
@@ -118,16 +119,4 @@ impl ResponseError for ApiError {
         };
         response.json(ErrorBody { error: ErrorDetail { code: code.to_owned(), message } })
     }
-}
-
-/// "outer: inner: root" — the whole cause chain on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -3,9 +3,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{idempotency_key, resource, ApiError, AppState, Auth};
-use crate::domain::events::{self, parse_limit, parse_types, EventsPage};
+use crate::domain::events::{self, parse_limit, parse_types};
 use crate::domain::files::{self, FilesQuery};
 use crate::domain::{self, DomainError};
+use crate::protocol::events::EventsPage;
 use crate::protocol::files::{FilesPage, UpdateFilesRequest, UpdateFilesResponse};
 use crate::protocol::ErrorBody;
 

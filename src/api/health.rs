@@ -50,7 +50,7 @@ async fn healthz() -> HttpResponse {
 )]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Err(e) = crate::store::check(&state.pool).await {
-        tracing::warn!(error = %super::error_chain(&e), "readiness check failed");
+        tracing::warn!(error = %crate::telemetry::error_chain(&e), "readiness check failed");
         return Err(ApiError::database_unavailable());
     }
     if !state.realtime.is_listening() {

@@ -18,7 +18,7 @@ mod transfers;
 mod ws;
 
 pub use auth::Auth;
-pub use error::{error_chain, ApiError};
+pub use error::ApiError;
 pub use openapi::document;
 
 use actix_web::body::{EitherBody, MessageBody};

@@ -22,12 +22,13 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 use super::auth::SESSION_COOKIE;
 use super::resource;
 use super::{accounts, admin, content, files, folders, health, membership, projects, relay, transfers, ws};
-use crate::domain::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::accounts as acc;
+use crate::protocol::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::files as fil;
 use crate::protocol::membership as mem;
 use crate::protocol::projects as prj;
 use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::transfers as trf;
 use crate::protocol::{files::Blake3Hash, files::FilePath, validate as val};
 use crate::protocol::{Actor, ErrorBody, ErrorDetail, Event, EventType};
@@ -115,9 +116,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ClientMessage,
         EventMessage,
         trf::DirectAdvert,
-        relay::HashesRequest,
-        relay::MissingResponse,
-        relay::StoredChunk,
+        HashesRequest,
+        MissingResponse,
+        StoredChunk,
         ErrorBody,
         ErrorDetail,
         Actor,
@@ -405,7 +406,11 @@ impl Modify for RealtimeMessages {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let mut server = <ServerMessage as PartialSchema>::schema();
         if let RefOr::T(Schema::OneOf(one_of)) = &mut server {
-            one_of.items.push(Ref::from_schema_name(EventMessage::name()).into());
+            // utoipa reads the untagged `ServerMessage::Event`, the last
+            // variant, as tagged `event`: it is an `EventMessage` as it is.
+            if let Some(event) = one_of.items.last_mut() {
+                *event = Ref::from_schema_name(EventMessage::name()).into();
+            }
             one_of.description = Some(
                 "What the server sends: `subscribed`, every event the caller may see after `after_seq` \
                  in seq order (an `EventMessage`), `caught_up` once the replay reaches the live stream, \

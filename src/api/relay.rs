@@ -1,11 +1,12 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{resource, ApiError, AppState, Auth};
 use crate::domain::{self, relay, transfers, DomainError};
+use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::ErrorBody;
 use crate::relay::{parse_range, RelayError, MAX_CHUNK_BYTES};
 
@@ -20,25 +21,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .post(missing_chunks),
     )
     .service(resource("/projects/{project_id}/chunks/{hash}").put(upload_chunk).get(download_chunk));
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct HashesRequest {
-    /// At most 10,000 (413 `too_many_hashes` above).
-    #[schema(value_type = Vec<crate::protocol::files::Blake3Hash>, max_items = 10_000)]
-    pub hashes: Vec<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct MissingResponse {
-    /// The asked hashes the relay does not hold, in the order asked.
-    pub missing: Vec<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct StoredChunk {
-    pub hash: String,
-    pub size: i64,
 }
 
 /// Which of these chunks the relay lacks (source device).

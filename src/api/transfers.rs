@@ -6,7 +6,8 @@ use super::{created, idempotency_key, optional_json, resource, ApiError, AppStat
 use crate::domain::events::parse_limit;
 use crate::domain::{self, transfers, DomainError};
 use crate::protocol::transfers::{
-    DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage, VerifyRequest,
+    DownloadRequest, DownloadResponse, Transfer, TransferProtocol, TransferReport, TransferStatus, TransfersPage,
+    VerifyRequest,
 };
 use crate::protocol::validate::ValidationError;
 
@@ -62,11 +63,11 @@ async fn request_download(
         Box::pin(async move { transfers::request(tx, cmd, &policy, project_id, body).await })
     })
     .await?;
-    // Endpoints are paths on this server; clients get them whole.
+    // The relay is this server: its endpoint is the project's chunks route.
     let info = req.connection_info();
     for endpoint in &mut answer.transfer_info.endpoints {
-        if endpoint.url.starts_with('/') {
-            endpoint.url = format!("{}://{}{}", info.scheme(), info.host(), endpoint.url);
+        if endpoint.protocol == TransferProtocol::Relay {
+            endpoint.url = format!("{}://{}/api/projects/{project_id}/chunks", info.scheme(), info.host());
         }
     }
     Ok(created(&answer))

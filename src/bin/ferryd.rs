@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> Result<(), String> {
-    let chain = |e: &(dyn std::error::Error + 'static)| ferry::api::error_chain(e);
+    let chain = |e: &(dyn std::error::Error + 'static)| ferry::telemetry::error_chain(e);
     match command {
         Command::Serve(settings) => {
             let server = ferry::server::Server::build(&settings).await.map_err(|e| chain(&e))?;
@@ -172,7 +172,7 @@ async fn print_audit(
     format: AuditFormat,
 ) -> Result<(), String> {
     use std::io::Write;
-    let chain = |e: &(dyn std::error::Error + 'static)| ferry::api::error_chain(e);
+    let chain = |e: &(dyn std::error::Error + 'static)| ferry::telemetry::error_chain(e);
     let client = pool.get().await.map_err(|e| chain(&e))?;
     let mut out = std::io::stdout().lock();
     if let AuditFormat::Table = format {
@@ -196,7 +196,7 @@ async fn print_audit(
                         e.event.created_at.to_rfc3339(),
                         e.project_id,
                         e.event.seq,
-                        e.event.event_type
+                        e.event.data.event_type().as_str()
                     )
                 }
             };

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::api::{Api, Flow};
+use futures_util::StreamExt;
+
+use super::api::{Api, Live};
 use super::cli::{resolve_project, Session};
 use super::config::DeviceIdentity;
 use super::direct::Listener;
@@ -79,18 +81,15 @@ pub async fn share(
     session.config.profile_mut(&server).shared_folders.insert(project_id, dir);
     session.save()?;
     if options.once {
-        out.result(
-            json!({"files": report.files, "changes_applied": report.applied, "hashed": report.hashed, "hashed_bytes": report.hashed_bytes}),
-            || {
-                format!(
-                    "Shared {} files: {} changes applied, {} files ({}) hashed.",
-                    report.files,
-                    report.applied,
-                    report.hashed,
-                    human_bytes(report.hashed_bytes)
-                )
-            },
-        );
+        out.result(Pushed::from(&report), || {
+            format!(
+                "Shared {} files: {} changes applied, {} files ({}) hashed.",
+                report.files,
+                report.applied,
+                report.hashed,
+                human_bytes(report.hashed_bytes)
+            )
+        });
         return Ok(());
     }
     agent.event_synced(&report, true);
@@ -283,6 +282,30 @@ pub struct SyncReport {
     pub unsettled: usize,
 }
 
+/// A push as `--json` tells it.
+#[derive(Serialize)]
+struct Pushed {
+    files: usize,
+    changes_applied: usize,
+    hashed: usize,
+    hashed_bytes: u64,
+}
+
+impl From<&SyncReport> for Pushed {
+    fn from(r: &SyncReport) -> Self {
+        Self { files: r.files, changes_applied: r.applied, hashed: r.hashed, hashed_bytes: r.hashed_bytes }
+    }
+}
+
+/// The agent's `--json` lines as it runs.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    Synced(Pushed),
+    Listening { urls: &'a [String] },
+    Reconnected,
+}
+
 /// State shared by the agent's tasks.
 struct Ctx {
     api: Api,
@@ -380,10 +403,15 @@ impl Agent {
 
     fn event_synced(&self, r: &SyncReport, always: bool) {
         if always || r.applied > 0 || r.hashed > 0 {
-            self.ctx.out.event(
-                json!({"event": "synced", "files": r.files, "changes_applied": r.applied, "hashed": r.hashed, "hashed_bytes": r.hashed_bytes}),
-                || format!("{} files; {} changes pushed; {} files ({}) hashed", r.files, r.applied, r.hashed, human_bytes(r.hashed_bytes)),
-            );
+            self.ctx.out.event(News::Synced(Pushed::from(r)), || {
+                format!(
+                    "{} files; {} changes pushed; {} files ({}) hashed",
+                    r.files,
+                    r.applied,
+                    r.hashed,
+                    human_bytes(r.hashed_bytes)
+                )
+            });
         }
     }
 
@@ -490,7 +518,7 @@ impl Agent {
             return None;
         }
         ctx.source.set_direct(true);
-        ctx.out.event(json!({"event": "listening", "urls": listener.urls}), || {
+        ctx.out.event(News::Listening { urls: &listener.urls }, || {
             format!("Members on reachable networks fetch directly from {}", listener.urls.join(", "))
         });
         Some(listener)
@@ -516,53 +544,31 @@ pub(crate) async fn stop_signal() {
     }
 }
 
-/// Keeps a WebSocket open as the device, reconnecting and resuming after
-/// the last seq seen.
-async fn hold_socket(ctx: Arc<Ctx>, mut after_seq: i64) {
-    let mut backoff = Duration::from_millis(500);
+/// Follows the project live as the device. After a loss, the first
+/// subscription says the agent is back and takes up again every open
+/// transfer of this device (one asked meanwhile, or one whose bytes stopped
+/// with the connection).
+async fn hold_socket(ctx: Arc<Ctx>, after_seq: i64) {
+    let mut live = ctx.api.live(ctx.project, after_seq);
     let mut lost = false;
-    loop {
-        match socket_session(&ctx, &mut after_seq, &mut lost).await {
-            Ok(()) => backoff = Duration::from_millis(500),
-            Err(e) => {
+    while let Some(item) = live.next().await {
+        match item {
+            Live::Subscribed if lost => {
+                lost = false;
+                ctx.out.event(News::Reconnected, || "reconnected to the server".into());
+                tokio::spawn(ctx.source.clone().serve_open());
+            }
+            Live::Subscribed => {}
+            Live::Event(event) => ctx.source.on_event(&event),
+            Live::Lost(None) => {}
+            Live::Lost(Some(e)) => {
                 if !lost {
                     ctx.out.warn(&format!("lost the server ({e}); reconnecting"));
                 }
                 lost = true;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(15));
     }
-}
-
-/// One connection: on the first answer after a loss, says the agent is
-/// back and takes up again every open transfer of this device (one asked
-/// meanwhile, or one whose bytes stopped with the connection).
-async fn socket_session(ctx: &Arc<Ctx>, after_seq: &mut i64, lost: &mut bool) -> Result<(), String> {
-    let from = *after_seq;
-    ctx.api
-        .follow(ctx.project, from, |value| {
-            if *lost && value["type"] == "subscribed" {
-                *lost = false;
-                ctx.out.event(json!({"event": "reconnected"}), || "reconnected to the server".into());
-                tokio::spawn(ctx.source.clone().serve_open());
-            }
-            on_message(ctx, &value, after_seq);
-            Ok(Flow::Continue)
-        })
-        .await
-}
-
-/// Reacts to one server message.
-fn on_message(ctx: &Arc<Ctx>, message: &Value, after_seq: &mut i64) {
-    if let (Some(seq), Some(_)) = (message["seq"].as_i64(), message.get("data")) {
-        *after_seq = (*after_seq).max(seq);
-    }
-    if message["type"] == "error" {
-        ctx.out.warn(&format!("the server said: {}", message["message"].as_str().unwrap_or("an error")));
-    }
-    ctx.source.on_event(message);
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::ClientError;
@@ -18,10 +18,13 @@ use crate::protocol::membership::{
     MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
+use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
     DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
+    VerifyRequest,
 };
-use crate::protocol::ErrorBody;
+use crate::protocol::{EmptyBody, ErrorBody};
 
 /// One server, one token (a user's or a device's). Cheap to clone.
 #[derive(Clone)]
@@ -232,7 +235,7 @@ impl Api {
     }
 
     pub async fn attach_device(&self, project: Uuid, device: Uuid) -> Result<AttachedDevice, ClientError> {
-        self.put(&format!("/api/projects/{project}/devices/{device}"), &json!({})).await
+        self.put(&format!("/api/projects/{project}/devices/{device}"), &EmptyBody {}).await
     }
 
     pub async fn project_devices(&self, project: Uuid) -> Result<ProjectDevicesResponse, ClientError> {
@@ -323,10 +326,9 @@ impl Api {
     }
 
     pub async fn missing_chunks(&self, project: Uuid, hashes: &[String]) -> Result<Vec<String>, ClientError> {
-        let body: Value =
-            self.post(&format!("/api/projects/{project}/chunks/missing"), &json!({"hashes": hashes})).await?;
-        serde_json::from_value(body["missing"].clone())
-            .map_err(|e| ClientError::Http(format!("unexpected answer from the server: {e}")))
+        let body = HashesRequest { hashes: hashes.to_vec() };
+        let answer: MissingResponse = self.post(&format!("/api/projects/{project}/chunks/missing"), &body).await?;
+        Ok(answer.missing)
     }
 
     /// Uploads one chunk's bytes (`zstd`: compressed so); true when the
@@ -362,15 +364,19 @@ impl Api {
     }
 
     pub async fn verify_transfer(&self, project: Uuid, transfer: Uuid, hash: &str) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/verify"), &json!({"hash": hash})).await
+        self.post(
+            &format!("/api/projects/{project}/transfers/{transfer}/verify"),
+            &VerifyRequest { hash: hash.to_owned() },
+        )
+        .await
     }
 
     pub async fn retry_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/retry"), &json!({})).await
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/retry"), &EmptyBody {}).await
     }
 
     pub async fn cancel_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
-        self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &json!({})).await
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &EmptyBody {}).await
     }
 
     /// One chunk's raw bytes from the relay (counted for `transfer`);
@@ -398,15 +404,87 @@ impl Api {
     }
 }
 
-/// What to do after a live message.
-pub enum Flow {
-    Continue,
-    Stop,
+/// What a project's live stream ([`Api::live`]) yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// The server took the subscription: the first time, and again after
+    /// each reconnection.
+    Subscribed,
+    /// An event the caller may see, after every one yielded before.
+    Event(Box<EventMessage>),
+    /// The connection closed (no reason) or failed (the reason, which may be
+    /// the server's `error` message); the stream reconnects with backoff and
+    /// resumes after the last event yielded.
+    Lost(Option<String>),
 }
 
+/// Backoff between reconnections: from the first to the most, doubling
+/// while no connection gets through.
+const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const BACKOFF_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Api {
+    /// A project's events after `after_seq`, live, for as long as the stream
+    /// is held: connects, subscribes, pings (three intervals without a word
+    /// from the server and the connection is taken for dead), reconnects
+    /// with backoff and resumes after the last event yielded, so every event
+    /// comes once and in seq order. Dropping the stream closes its socket.
+    pub fn live(&self, project: Uuid, after_seq: i64) -> impl futures_util::Stream<Item = Live> + Unpin {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = AbortOnDrop(tokio::spawn(self.clone().hold_live(project, after_seq, tx)));
+        futures_util::stream::poll_fn(move |cx| {
+            let _held = &task;
+            rx.poll_recv(cx)
+        })
+    }
+
+    async fn hold_live(self, project: Uuid, mut after_seq: i64, tx: tokio::sync::mpsc::UnboundedSender<Live>) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let mut heard = false;
+            let lost = self.live_session(project, &mut after_seq, &tx, &mut heard).await;
+            if tx.send(Live::Lost(lost.err())).is_err() {
+                return;
+            }
+            if heard {
+                backoff = BACKOFF_FIRST;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MOST);
+        }
+    }
+
+    /// One connection of [`Api::live`]; `heard` is set once the server has
+    /// said anything.
+    async fn live_session(
+        &self,
+        project: Uuid,
+        after_seq: &mut i64,
+        tx: &tokio::sync::mpsc::UnboundedSender<Live>,
+        heard: &mut bool,
+    ) -> Result<(), String> {
+        let from = *after_seq;
+        self.follow(project, from, |message| {
+            *heard = true;
+            let live = match serde_json::from_value::<ServerMessage>(message) {
+                Ok(ServerMessage::Subscribed { .. }) => Live::Subscribed,
+                Ok(ServerMessage::Event(event)) if event.seq > *after_seq => {
+                    *after_seq = event.seq;
+                    Live::Event(event)
+                }
+                // A refused or ended subscription: subscribe again.
+                Ok(ServerMessage::Error { message, .. }) => return Err(format!("the server said: {message}")),
+                _ => return Ok(Flow::Continue),
+            };
+            Ok(if tx.send(live).is_err() { Flow::Stop } else { Flow::Continue })
+        })
+        .await
+    }
+
     /// One WebSocket session following a project from `after_seq`, pinging,
     /// until the socket closes (Ok), fails (Err) or `on_message` stops it.
+    /// Three ping intervals without a word from the server and the
+    /// connection is taken for dead.
     pub async fn follow(
         &self,
         project: Uuid,
@@ -424,8 +502,8 @@ impl Api {
             format!("Bearer {token}").parse().map_err(|_| "a token that is not a header".to_owned())?,
         );
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let subscribe = json!({"type": "subscribe", "project_id": project, "after_seq": after_seq});
-        socket.send(Message::Text(subscribe.to_string().into())).await.map_err(|e| e.to_string())?;
+        let subscribe = ClientMessage::Subscribe { project_id: project, after_seq };
+        socket.send(Message::Text(encode(&subscribe).into())).await.map_err(|e| e.to_string())?;
         let mut ping = tokio::time::interval(self.ping_every);
         let mut heard = tokio::time::Instant::now();
         loop {
@@ -436,8 +514,7 @@ impl Api {
                     if heard.elapsed() > self.ping_every * 3 {
                         return Err(format!("no word from the server for {:.0?}", heard.elapsed()));
                     }
-                    let ping = json!({"type": "ping"}).to_string();
-                    socket.send(Message::Text(ping.into())).await.map_err(|e| e.to_string())?;
+                    socket.send(Message::Text(encode(&ClientMessage::Ping).into())).await.map_err(|e| e.to_string())?;
                 }
                 message = socket.next() => match message.inspect(|_| heard = tokio::time::Instant::now()) {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
@@ -453,4 +530,23 @@ impl Api {
             }
         }
     }
+}
+
+/// What to do after a message of [`Api::follow`].
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Aborts a task when the stream holding it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn encode(message: &ClientMessage) -> String {
+    serde_json::to_string(message).expect("client messages serialize to JSON")
 }

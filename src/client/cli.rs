@@ -4,19 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::agent::{DeleteGuard, DirectOptions, ShareOptions};
 use super::api::Api;
 use super::config::{config_dir, Config};
-use super::output::{human_bytes, table, Output};
+use super::output::{human_bytes, json_line, table, Output};
 use super::transfers::Which;
 use super::ClientError;
 use crate::protocol::accounts::{LoginRequest, SignupRequest};
 use crate::protocol::membership::CreateInviteRequest;
 use crate::protocol::projects::Role;
 use crate::protocol::transfers::TransferStatus;
+use crate::protocol::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Share a project's files from the owner's machine with its members")]
@@ -301,7 +302,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             if out.json {
-                println!("{}", json!({"error": {"code": e.code(), "message": e.to_string()}}));
+                let error = ErrorDetail { code: e.code().to_owned(), message: e.to_string() };
+                println!("{}", json_line(ErrorBody { error }));
             }
             ExitCode::FAILURE
         }
@@ -439,7 +441,7 @@ async fn signup(
 ) -> Result<(), ClientError> {
     let auth = session.anonymous().signup(&SignupRequest { email, password, display_name, session: None }).await?;
     remember_login(session, &auth)?;
-    out.result(json!({"user_id": auth.user.id}), || {
+    out.result(UserId { user_id: auth.user.id }, || {
         format!("Signed up and logged in as {} on {}.", auth.user.email, session.server)
     });
     Ok(())
@@ -448,7 +450,7 @@ async fn signup(
 async fn login(session: &mut Session, out: Output, email: String, password: String) -> Result<(), ClientError> {
     let auth = session.anonymous().login(&LoginRequest { email, password, session: None }).await?;
     remember_login(session, &auth)?;
-    out.result(json!({"user_id": auth.user.id}), || format!("Logged in as {} on {}.", auth.user.email, session.server));
+    out.result(UserId { user_id: auth.user.id }, || format!("Logged in as {} on {}.", auth.user.email, session.server));
     Ok(())
 }
 
@@ -460,19 +462,20 @@ async fn logout(session: &mut Session, out: Output) -> Result<(), ClientError> {
     let server = session.server.clone();
     session.config.profile_mut(&server).token = None;
     session.save()?;
-    out.result(json!({"logged_out": true}), || format!("Logged out of {server}."));
+    out.result(LoggedOut { logged_out: true }, || format!("Logged out of {server}."));
     Ok(())
 }
 
 async fn create_project(session: &Session, out: Output, name: &str) -> Result<(), ClientError> {
     let p = session.user()?.create_project(name).await?;
-    out.result(json!({"id": p.id, "name": p.name}), || format!("Created project {:?} ({}).", p.name, p.id));
+    out.result(CreatedProject { id: p.id, name: &p.name }, || format!("Created project {:?} ({}).", p.name, p.id));
     Ok(())
 }
 
 async fn list_projects(session: &Session, out: Output) -> Result<(), ClientError> {
-    let projects = session.user()?.projects().await?.projects;
-    out.result(json!({"projects": projects}), || {
+    let answer = session.user()?.projects().await?;
+    let projects = &answer.projects;
+    out.result(&answer, || {
         if projects.is_empty() {
             return "No projects yet: `ferry project create NAME` makes one.".into();
         }
@@ -495,10 +498,13 @@ async fn create_invite(
     let project = resolve_project(&api, project).await?;
     let invite = api.create_invite(project, &request).await?;
     let link = format!("{}/join/{}", session.server, invite.token);
-    let answer = json!({
-        "token": invite.token, "link": link, "expires_at": invite.expires_at,
-        "id": invite.id, "max_uses": invite.max_uses,
-    });
+    let answer = InviteLink {
+        token: &invite.token,
+        link: &link,
+        expires_at: invite.expires_at,
+        id: invite.id,
+        max_uses: invite.max_uses,
+    };
     out.result(answer, || {
         format!(
             "Invite created: it lets {} person(s) join until {} UTC.\nSend this link; it is shown only now:\n{link}",
@@ -512,8 +518,9 @@ async fn create_invite(
 async fn list_invites(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
-    let invites = api.invites(project).await?.invites;
-    out.result(json!({"invites": invites}), || {
+    let answer = api.invites(project).await?;
+    let invites = &answer.invites;
+    out.result(&answer, || {
         let rows: Vec<_> = invites
             .iter()
             .map(|i| {
@@ -538,7 +545,7 @@ async fn revoke_invite(session: &Session, out: Output, project: &str, invite_id:
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
     api.revoke_invite(project, invite_id).await?;
-    out.result(json!({"revoked": invite_id}), || format!("Invite {invite_id} revoked."));
+    out.result(Revoked { revoked: invite_id }, || format!("Invite {invite_id} revoked."));
     Ok(())
 }
 
@@ -559,7 +566,7 @@ async fn join(session: &Session, out: Output, invite: &str) -> Result<(), Client
     let api = session.user()?;
     let accepted = api.accept_invite(&invite_token(invite)).await?;
     let project = api.project(accepted.project_id).await?;
-    out.result(json!({"project_id": project.id, "name": project.name}), || {
+    out.result(Joined { project_id: project.id, name: &project.name }, || {
         format!(
             "Joined the project {:?} as a member: `ferry sync {:?} DIR` keeps a folder of its files.",
             project.name, project.name
@@ -571,8 +578,9 @@ async fn join(session: &Session, out: Output, invite: &str) -> Result<(), Client
 async fn list_members(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
-    let members = api.members(project).await?.members;
-    out.result(json!({"members": members}), || {
+    let answer = api.members(project).await?;
+    let members = &answer.members;
+    out.result(&answer, || {
         let rows: Vec<_> = members
             .iter()
             .map(|m| vec![m.user_id.to_string(), m.display_name.clone(), m.role.as_str().into(), minute(m.joined_at)])
@@ -583,9 +591,10 @@ async fn list_members(session: &Session, out: Output, project: &str) -> Result<(
 }
 
 async fn list_devices(session: &Session, out: Output) -> Result<(), ClientError> {
-    let devices = session.user()?.devices().await?.devices;
+    let answer = session.user()?.devices().await?;
+    let devices = &answer.devices;
     let this = session.config.profile(&session.server).and_then(|p| p.device.as_ref()).map(|d| d.id);
-    out.result(json!({"devices": devices}), || {
+    out.result(&answer, || {
         let rows: Vec<_> = devices
             .iter()
             .map(|d| {
@@ -601,8 +610,9 @@ async fn list_devices(session: &Session, out: Output) -> Result<(), ClientError>
 async fn list_project_devices(session: &Session, out: Output, project: &str) -> Result<(), ClientError> {
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
-    let devices = api.project_devices(project).await?.devices;
-    out.result(json!({"devices": devices}), || {
+    let answer = api.project_devices(project).await?;
+    let devices = &answer.devices;
+    out.result(&answer, || {
         let rows: Vec<_> = devices
             .iter()
             .map(|d| {
@@ -622,7 +632,7 @@ async fn list_project_devices(session: &Session, out: Output, project: &str) -> 
 
 fn list_trash(out: Output, dir: &std::path::Path) -> Result<(), ClientError> {
     let files = super::trash::list(dir);
-    out.result(json!({"files": files}), || {
+    out.result(Files { files: &files }, || {
         if files.is_empty() {
             return format!("The trash of {} is empty.", dir.display());
         }
@@ -635,7 +645,7 @@ fn list_trash(out: Output, dir: &std::path::Path) -> Result<(), ClientError> {
 
 fn restore_trashed(out: Output, dir: &std::path::Path, path: &str) -> Result<(), ClientError> {
     let restored = super::trash::restore(dir, path)?;
-    out.result(json!({"restored": restored.path, "trashed_at": restored.trashed_at}), || {
+    out.result(Restored { restored: &restored.path, trashed_at: restored.trashed_at }, || {
         format!("Restored {} (set aside {} UTC).", restored.path, minute(restored.trashed_at))
     });
     Ok(())
@@ -669,7 +679,7 @@ async fn list_files(session: &Session, out: Output, project: &str, prefix: Optio
     let project = resolve_project(&api, project).await?;
     let prefix = prefix.map(|p| if p.starts_with('/') { p } else { format!("/{p}") });
     let files = api.files_under(project, prefix.as_deref()).await?;
-    out.result(json!({"files": files}), || {
+    out.result(Files { files: &files }, || {
         if files.is_empty() {
             return "No files.".into();
         }
@@ -702,6 +712,55 @@ fn remember_login(session: &mut Session, auth: &crate::protocol::accounts::AuthR
     profile.email = Some(auth.user.email.clone());
     session.config.server = Some(server);
     session.save()
+}
+
+/// `--json` results of the commands above that have no wire type of their own.
+#[derive(Serialize)]
+struct UserId {
+    user_id: Uuid,
+}
+
+#[derive(Serialize)]
+struct LoggedOut {
+    logged_out: bool,
+}
+
+#[derive(Serialize)]
+struct CreatedProject<'a> {
+    id: Uuid,
+    name: &'a str,
+}
+
+/// A new invite with its link: the only time its token is shown.
+#[derive(Serialize)]
+struct InviteLink<'a> {
+    token: &'a str,
+    link: &'a str,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    id: Uuid,
+    max_uses: i32,
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: Uuid,
+}
+
+#[derive(Serialize)]
+struct Joined<'a> {
+    project_id: Uuid,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Files<'a, T> {
+    files: &'a [T],
+}
+
+#[derive(Serialize)]
+struct Restored<'a> {
+    restored: &'a str,
+    trashed_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[cfg(test)]

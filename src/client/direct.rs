@@ -16,9 +16,10 @@ use chrono::Utc;
 use rand::RngCore;
 use uuid::Uuid;
 
-use crate::api::{error_chain, ApiError};
 use crate::protocol::files::Blake3Hash;
-use crate::protocol::transfers::{DirectToken, TransferInfo};
+use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
+use crate::protocol::{ErrorBody, ErrorDetail};
+use crate::telemetry::error_chain;
 
 /// How long the member waits to connect to the owner's machine.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -84,7 +85,7 @@ impl Listener {
             App::new()
                 .app_data(state.clone())
                 .route("/chunks/{hash}", web::get().to(serve_chunk))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::not_found("no such route")) }))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(Refused::not_found("no such route")) }))
         })
         .workers(1)
         .disable_signals()
@@ -127,35 +128,78 @@ fn outgoing_ip(server_url: &str, ipv4: bool) -> std::net::IpAddr {
         .unwrap_or(fallback)
 }
 
+/// What the agent's server answers instead of a chunk, in the shape the
+/// API answers errors: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refused {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn not_found(message: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for Refused {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        response.json(ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message.clone() } })
+    }
+}
+
 async fn serve_chunk(
     req: HttpRequest,
     hash: web::Path<String>,
     state: web::Data<State>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refused> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
+        .ok_or_else(|| Refused::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
     let transfer = DirectToken::verify(&state.key, token.trim(), Utc::now())
-        .ok_or_else(|| ApiError::unauthorized("the transfer token is not valid here, or has expired"))?;
+        .ok_or_else(|| Refused::unauthorized("the transfer token is not valid here, or has expired"))?;
     // As the relay answers it: 422 for a malformed hash.
-    let hash = Blake3Hash::parse(&hash).map_err(|e| ApiError::from(crate::domain::DomainError::from(e)))?;
+    let hash =
+        Blake3Hash::parse(&hash).map_err(|e| Refused::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
     let chunks = state.chunks.clone();
     let hash = hash.as_str().to_owned();
-    let answer = state
-        .runtime
-        .spawn(async move { chunks.chunk(transfer, &hash).await })
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let answer = state.runtime.spawn(async move { chunks.chunk(transfer, &hash).await }).await.map_err(|e| {
+        tracing::error!(error = %error_chain(&e), "serving a direct chunk failed");
+        Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
+    })?;
     match answer {
         Ok(bytes) => Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes)),
-        Err(Refusal::NotInTransfer) => Err(ApiError::not_found("no such chunk in this transfer")),
+        Err(Refusal::NotInTransfer) => Err(Refused::not_found("no such chunk in this transfer")),
         Err(Refusal::TransferOver) => {
-            Err(ApiError::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))
+            Err(Refused::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))
         }
-        Err(Refusal::Unavailable(why)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "chunk_unavailable", why)),
+        Err(Refusal::Unavailable(why)) => Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "chunk_unavailable", why)),
     }
 }
 
@@ -173,7 +217,8 @@ pub struct Peer {
 impl Peer {
     /// The direct endpoints of a download answer, if any.
     pub fn for_transfer(info: &TransferInfo) -> Option<Self> {
-        let direct: Vec<_> = info.endpoints.iter().filter(|e| e.protocol == "http" && e.token.is_some()).collect();
+        let direct: Vec<_> =
+            info.endpoints.iter().filter(|e| e.protocol == TransferProtocol::Http && e.token.is_some()).collect();
         let token = direct.first()?.token.clone()?;
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
+use serde::Serialize;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -17,9 +17,9 @@ impl Output {
     }
 
     /// The command's result: `value` with `--json`, else `human`.
-    pub fn result(&self, value: Value, human: impl FnOnce() -> String) {
+    pub fn result(&self, value: impl Serialize, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{value}");
+            println!("{}", json_line(value));
         } else {
             let text = human();
             if !text.is_empty() {
@@ -30,9 +30,9 @@ impl Output {
 
     /// A line of news from a long-running command: a JSON line on stdout
     /// with `--json`, a sentence on stderr otherwise.
-    pub fn event(&self, value: Value, human: impl FnOnce() -> String) {
+    pub fn event(&self, value: impl Serialize, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{value}");
+            println!("{}", json_line(value));
         } else {
             eprintln!("{}", human());
         }
@@ -63,6 +63,12 @@ impl Output {
         bar.set_message(message.to_owned());
         bar
     }
+}
+
+/// One `--json` line: the object's keys in order, as scripts have always
+/// read them.
+pub fn json_line(value: impl Serialize) -> String {
+    serde_json::to_value(value).expect("output serializes to JSON").to_string()
 }
 
 /// A plain table: a header and rows, columns padded to fit.

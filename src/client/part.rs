@@ -18,6 +18,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::protocol::files::Blake3Hash;
+
 /// Suffix of part files; the scanner never takes them for project files.
 pub const PART_SUFFIX: &str = ".ferry-part";
 /// Where the records live, under `DIR/.ferry`.
@@ -93,7 +95,7 @@ impl Part {
                 continue;
             }
             buf.resize(len as usize, 0);
-            if file.read_exact_at(&mut buf, offset).is_ok() && blake3::hash(&buf).to_hex().as_str() == hash {
+            if file.read_exact_at(&mut buf, offset).is_ok() && Blake3Hash::of(&buf) == *hash {
                 done.insert(offset, Pos { offset, size: len, hash: hash.to_owned() });
             }
         }

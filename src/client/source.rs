@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -21,8 +21,10 @@ use super::direct::{Chunks, Refusal};
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files};
 use super::ClientError;
-use crate::protocol::events::data::{TransferRequested, TransferState};
-use crate::protocol::transfers::{Transfer, TransferReport, TransferStatus};
+use crate::protocol::files::Blake3Hash;
+use crate::protocol::realtime::EventMessage;
+use crate::protocol::transfers::{FailureReason, Transfer, TransferReport, TransferStatus};
+use crate::protocol::EventData;
 
 /// Hashes per `chunks/missing` call.
 const MISSING_BATCH: usize = 500;
@@ -122,8 +124,8 @@ impl Serving {
     fn new(files: &Files, dir: &std::path::Path, job: Job, bar: indicatif::ProgressBar) -> Result<Self, String> {
         let entry = match files.get(&job.file_path) {
             Some(e) if e.hash == job.file_hash => e,
-            Some(_) => return Err("file_changed_at_source".into()),
-            None => return Err("file_not_found_at_source".into()),
+            Some(_) => return Err(FailureReason::FileChangedAtSource.to_string()),
+            None => return Err(FailureReason::FileNotFoundAtSource.to_string()),
         };
         let mut table = HashMap::new();
         for c in &entry.chunks {
@@ -194,6 +196,24 @@ struct Served {
     uploaded_bytes: u64,
 }
 
+/// The `--json` lines of a transfer served.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    TransferServed {
+        transfer_id: Uuid,
+        file_path: &'a str,
+        chunks_direct: usize,
+        bytes_direct: u64,
+        chunks_uploaded: usize,
+        bytes_uploaded: u64,
+    },
+    TransferCancelled {
+        transfer_id: Uuid,
+        file_path: &'a str,
+    },
+}
+
 impl Source {
     pub fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, files: Arc<Files>) -> Self {
         Self {
@@ -223,47 +243,43 @@ impl Source {
     }
 
     /// Reacts to a live project event: a transfer to serve, one that ended.
-    pub fn on_event(self: &Arc<Self>, message: &Value) {
-        let data = &message["data"];
-        let end = match message["type"].as_str().unwrap_or_default() {
-            "transfer_requested" => {
-                if let Ok(req) = serde_json::from_value::<TransferRequested>(data.clone()) {
-                    if req.source_device_id == self.device_id && req.state.status.is_active() {
-                        self.take_up(
-                            Job {
-                                id: req.state.transfer_id,
-                                file_path: req.state.file_path,
-                                file_hash: req.file_hash,
-                                total_bytes: req.state.total_bytes,
-                                chunks_needed: Some(req.chunks_needed),
-                            },
-                            false,
-                        );
-                    }
+    pub fn on_event(self: &Arc<Self>, event: &EventMessage) {
+        let (end, state) = match &event.data {
+            EventData::TransferRequested(req) => {
+                if req.source_device_id == self.device_id && req.state.status.is_active() {
+                    self.take_up(
+                        Job {
+                            id: req.state.transfer_id,
+                            file_path: req.state.file_path.clone(),
+                            file_hash: req.file_hash.clone(),
+                            total_bytes: req.state.total_bytes,
+                            chunks_needed: Some(req.chunks_needed.clone()),
+                        },
+                        false,
+                    );
                 }
                 return;
             }
-            "transfer_retried" => {
-                if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-                    let source = self.clone();
-                    tokio::spawn(async move {
-                        if let Ok(t) = source.api.transfer(source.project, state.transfer_id).await {
-                            if t.source_device.id == source.device_id && t.status.is_active() {
-                                source.take_up(t.into(), true);
-                            }
+            EventData::TransferRetried(state) => {
+                let source = self.clone();
+                let transfer_id = state.transfer_id;
+                tokio::spawn(async move {
+                    if let Ok(t) = source.api.transfer(source.project, transfer_id).await {
+                        if t.source_device.id == source.device_id && t.status.is_active() {
+                            source.take_up(t.into(), true);
                         }
-                    });
-                }
+                    }
+                });
                 return;
             }
-            "file_transfer_complete" => End::Completed,
-            "file_transfer_cancelled" | "file_transfer_failed" | "file_transfer_expired" => End::Stopped,
+            EventData::FileTransferComplete(state) => (End::Completed, state),
+            EventData::FileTransferCancelled(state)
+            | EventData::FileTransferFailed(state)
+            | EventData::FileTransferExpired(state) => (End::Stopped, state),
             _ => return,
         };
-        if let Ok(state) = serde_json::from_value::<TransferState>(data.clone()) {
-            if let Some(s) = lock(&self.transfers).active.get(&state.transfer_id) {
-                *lock(&s.end) = Some(end);
-            }
+        if let Some(s) = lock(&self.transfers).active.get(&state.transfer_id) {
+            *lock(&s.end) = Some(end);
         }
     }
 
@@ -343,9 +359,14 @@ impl Source {
     async fn finished(&self, job: &Job, result: Result<Served, Stop>) {
         match result {
             Ok(s) => self.out.event(
-                json!({"event": "transfer_served", "transfer_id": job.id, "file_path": job.file_path,
-                       "chunks_direct": s.direct_chunks, "bytes_direct": s.direct_bytes,
-                       "chunks_uploaded": s.uploaded_chunks, "bytes_uploaded": s.uploaded_bytes}),
+                News::TransferServed {
+                    transfer_id: job.id,
+                    file_path: &job.file_path,
+                    chunks_direct: s.direct_chunks,
+                    bytes_direct: s.direct_bytes,
+                    chunks_uploaded: s.uploaded_chunks,
+                    bytes_uploaded: s.uploaded_bytes,
+                },
                 || {
                     format!(
                         "served {} ({} directly, {} through the relay)",
@@ -355,10 +376,11 @@ impl Source {
                     )
                 },
             ),
-            Err(Stop::Cancelled) => self.out.event(
-                json!({"event": "transfer_cancelled", "transfer_id": job.id, "file_path": job.file_path}),
-                || format!("transfer of {} cancelled", job.file_path),
-            ),
+            Err(Stop::Cancelled) => {
+                self.out.event(News::TransferCancelled { transfer_id: job.id, file_path: &job.file_path }, || {
+                    format!("transfer of {} cancelled", job.file_path)
+                })
+            }
             Err(Stop::Refused(e)) => self.out.warn(&format!("transfer of {} not served: {e}", job.file_path)),
             Err(Stop::Failed(why)) => {
                 self.out.warn(&format!("transfer of {} failed: {why}", job.file_path));
@@ -529,8 +551,8 @@ impl Source {
 /// The chunk at (offset, size) of `abs`, when it still hashes to `hash`.
 fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Result<Vec<u8>, String> {
     let bytes = scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
-    if blake3::hash(&bytes).to_hex().as_str() != hash {
-        return Err("file_changed_at_source".into());
+    if Blake3Hash::of(&bytes) != *hash {
+        return Err(FailureReason::FileChangedAtSource.to_string());
     }
     Ok(bytes)
 }

@@ -32,6 +32,12 @@ struct ProjectStatus {
     open_transfers: usize,
 }
 
+/// `--json`: `{"projects": [...]}`.
+#[derive(Serialize)]
+struct Statuses<'a> {
+    projects: &'a [ProjectStatus],
+}
+
 pub async fn status(session: &Session, out: Output) -> Result<(), ClientError> {
     let api = session.user()?;
     let profile = session.config.profile(&session.server);
@@ -53,7 +59,7 @@ pub async fn status(session: &Session, out: Output) -> Result<(), ClientError> {
             files,
         });
     }
-    out.result(serde_json::json!({"projects": projects}), || listing(&projects));
+    out.result(Statuses { projects: &projects }, || listing(&projects));
     Ok(())
 }
 

@@ -10,18 +10,21 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde::Serialize;
 use uuid::Uuid;
 
-use super::api::{Api, Flow};
+use futures_util::StreamExt;
+
+use super::api::{Api, Live};
 use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, Output};
 use super::pull::{pull_into, Manifest, ManifestEntry};
 use super::scan::STATE_DIR;
 use super::trash::{self, Keep};
 use super::ClientError;
-use crate::protocol::files::FilePath;
+use crate::protocol::files::{Blake3Hash, FilePath};
+use crate::protocol::realtime::EventMessage;
+use crate::protocol::{EventData, EventType};
 
 /// Attempts at applying one event before it is skipped with a warning.
 const APPLY_TRIES: u32 = 3;
@@ -58,8 +61,12 @@ pub async fn sync(
     };
     match initial {
         Ok(s) => out.event(
-            json!({"event": "pulled", "files": s.files, "unchanged": s.unchanged,
-                   "bytes_transferred": s.bytes_transferred, "bytes_reused": s.bytes_reused}),
+            News::Pulled {
+                files: s.files,
+                unchanged: s.unchanged,
+                bytes_transferred: s.bytes_transferred,
+                bytes_reused: s.bytes_reused,
+            },
             || {
                 format!(
                     "Pulled {} file(s) ({} transferred, {} reused); {} already up to date.",
@@ -77,24 +84,25 @@ pub async fn sync(
     set_last_seq(&dir, after_seq);
     out.note(&format!("Keeping {} in sync with the project; Ctrl-C stops.", dir.display()));
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let socket = tokio::spawn(hold_socket(api.clone(), project, after_seq, out, tx));
+    let mut live = api.live(project, after_seq);
     let applier = Applier { api, project, dir, wait, out };
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            message = rx.recv() => match message {
-                Some(event) => {
+            item = live.next() => match item {
+                Some(Live::Event(event)) => {
                     tokio::select! {
                         _ = &mut stop => break,
                         _ = applier.apply(&event) => {}
                     }
                 }
+                Some(Live::Lost(None)) => out.warn("the live connection closed; reconnecting"),
+                Some(Live::Lost(Some(e))) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
+                Some(Live::Subscribed) => {}
                 None => break,
             }
         }
     }
-    socket.abort();
     Ok(())
 }
 
@@ -106,49 +114,77 @@ fn set_last_seq(dir: &Path, seq: i64) {
     }
 }
 
-/// Keeps a WebSocket subscribed to the project, forwarding every event
-/// after `after_seq`; reconnects with backoff and resubscribes after the
-/// last seq received.
-async fn hold_socket(api: Api, project: Uuid, mut after_seq: i64, out: Output, tx: mpsc::UnboundedSender<Value>) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let mut got_any = false;
-        match socket_session(&api, project, &mut after_seq, &tx, &mut got_any).await {
-            Ok(()) => out.warn("the live connection closed; reconnecting"),
-            Err(e) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        if got_any {
-            backoff = Duration::from_millis(250);
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+/// `ferry sync`'s `--json` lines besides the changes it applies.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum News<'a> {
+    /// The first pull.
+    Pulled { files: usize, unchanged: usize, bytes_transferred: u64, bytes_reused: u64 },
+    /// An event that could not be applied.
+    Failed {
+        #[serde(rename = "type")]
+        event_type: EventType,
+        seq: i64,
+        error: &'a str,
+    },
 }
 
-async fn socket_session(
-    api: &Api,
-    project: Uuid,
-    after_seq: &mut i64,
-    tx: &mpsc::UnboundedSender<Value>,
-    got_any: &mut bool,
-) -> Result<(), String> {
-    let from = *after_seq;
-    api.follow(project, from, |value| {
-        *got_any = true;
-        if value["type"] == "error" {
-            return Err(format!("the server said: {}", value["message"].as_str().unwrap_or("an error")));
-        }
-        let Some(seq) = value["seq"].as_i64() else { return Ok(Flow::Continue) };
-        if value.get("data").is_none() || seq <= *after_seq {
-            return Ok(Flow::Continue);
-        }
-        *after_seq = seq;
-        Ok(if tx.send(value).is_err() { Flow::Stop } else { Flow::Continue })
-    })
-    .await
+/// One event applied to DIR, as its `--json` line tells it.
+#[derive(Debug, Serialize)]
+struct Applied {
+    seq: i64,
+    #[serde(flatten)]
+    change: Change,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Change {
+    Added(Fetched),
+    Updated(Fetched),
+    Deleted {
+        path: String,
+        trashed: bool,
+    },
+    /// Deleted in the project, but changed here.
+    Kept {
+        path: String,
+        reason: &'static str,
+    },
+    Moved {
+        from: String,
+        to: String,
+        /// The local copy differed: the new path was pulled.
+        #[serde(flatten)]
+        pulled: Option<Pulled>,
+    },
+}
+
+/// A path pulled for an added or updated file.
+#[derive(Debug, Serialize)]
+struct Fetched {
+    path: String,
+    bytes_transferred: u64,
+    bytes_reused: u64,
+    /// What was here before, when it was not what was last synced.
+    #[serde(flatten)]
+    set_aside: Option<SetAside>,
+}
+
+/// Where the version DIR held went: `{"trashed": path}` or
+/// `{"conflict_copy": path}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum SetAside {
+    Trashed(String),
+    ConflictCopy(String),
+}
+
+#[derive(Debug, Serialize)]
+struct Pulled {
+    pulled: bool,
+    bytes_transferred: u64,
+    bytes_reused: u64,
 }
 
 struct Applier {
@@ -162,18 +198,21 @@ struct Applier {
 impl Applier {
     /// Applies one event to DIR (retrying a failed pull a few times), then
     /// records its seq.
-    async fn apply(&self, event: &Value) {
-        let seq = event["seq"].as_i64().unwrap_or_default();
-        let kind = event["type"].as_str().unwrap_or_default();
-        if matches!(kind, "file_added" | "file_updated" | "file_deleted" | "file_moved") {
+    async fn apply(&self, event: &EventMessage) {
+        let seq = event.seq;
+        let kind = event.data.event_type().as_str();
+        if let EventData::FileAdded(_)
+        | EventData::FileUpdated(_)
+        | EventData::FileDeleted(_)
+        | EventData::FileMoved(_) = &event.data
+        {
             let mut tries = 0;
             loop {
                 tries += 1;
-                match self.apply_file_event(kind, &event["data"]).await {
+                match self.apply_file_event(&event.data).await {
                     Ok(Some(change)) => {
-                        let mut change = change;
-                        change["seq"] = json!(seq);
-                        self.out.event(change.clone(), || describe(&change));
+                        let applied = Applied { seq, change };
+                        self.out.event(&applied, || describe(&applied));
                         break;
                     }
                     Ok(None) => break,
@@ -185,7 +224,8 @@ impl Applier {
                         self.out.warn(&format!(
                             "{kind} (seq {seq}) not applied, skipped: {why} (the next `ferry sync` pulls what is missing)"
                         ));
-                        self.out.event(json!({"event": "failed", "type": kind, "seq": seq, "error": why}), String::new);
+                        let failed = News::Failed { event_type: event.data.event_type(), seq, error: &why };
+                        self.out.event(failed, String::new);
                         break;
                     }
                 }
@@ -196,31 +236,25 @@ impl Applier {
 
     /// Answers the change made (for the `--json` line), or None when
     /// nothing needed doing.
-    async fn apply_file_event(&self, kind: &str, data: &Value) -> Result<Option<Value>, String> {
-        match kind {
-            "file_added" | "file_updated" => {
-                let path = data["path"].as_str().ok_or("an event without a path")?;
-                let aside = self.set_aside(path, data["hash"].as_str().unwrap_or_default())?;
+    async fn apply_file_event(&self, event: &EventData) -> Result<Option<Change>, String> {
+        match event {
+            EventData::FileAdded(state) | EventData::FileUpdated(state) => {
+                let path = state.path.as_str();
+                let aside = self.set_aside(path, &state.hash)?;
                 self.pull_path(path).await.map(|pulled| {
                     pulled.map(|(t, r)| {
-                        let mut change = json!({"event": if kind == "file_added" {"added"} else {"updated"},
-                                                "path": path, "bytes_transferred": t, "bytes_reused": r});
-                        if let Some((key, value)) = aside {
-                            change[key] = json!(value);
+                        let fetched =
+                            Fetched { path: path.to_owned(), bytes_transferred: t, bytes_reused: r, set_aside: aside };
+                        if let EventData::FileAdded(_) = event {
+                            Change::Added(fetched)
+                        } else {
+                            Change::Updated(fetched)
                         }
-                        change
                     })
                 })
             }
-            "file_deleted" => {
-                let path = data["path"].as_str().ok_or("an event without a path")?;
-                self.delete(path)
-            }
-            "file_moved" => {
-                let from = data["from"].as_str().ok_or("a move without `from`")?;
-                let to = data["to"].as_str().ok_or("a move without `to`")?;
-                self.rename(from, to).await
-            }
+            EventData::FileDeleted(state) => self.delete(&state.path),
+            EventData::FileMoved(moved) => self.rename(&moved.from, &moved.to).await,
             _ => Ok(None),
         }
     }
@@ -246,43 +280,43 @@ impl Applier {
     /// what was last synced) is kept beside it as a conflict copy; an
     /// untouched older version goes to the trash. Answers which, for the
     /// change's `--json` line.
-    fn set_aside(&self, path: &str, new_hash: &str) -> Result<Option<(&'static str, String)>, String> {
+    fn set_aside(&self, path: &str, new_hash: &str) -> Result<Option<SetAside>, String> {
         let local = self.local(path)?;
         let here = match std::fs::read(&local) {
-            Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+            Ok(bytes) => Blake3Hash::of(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", local.display())),
         };
-        if here == new_hash {
+        if here == *new_hash {
             return Ok(None);
         }
         let synced = Manifest::load(&self.dir).files.get(path).map(|e| e.hash.clone());
         if synced.as_deref() == Some(here.as_str()) {
             trash::put(&self.dir, path, &local, Keep::Link).map_err(|e| format!("{}: {e}", local.display()))?;
-            return Ok(Some(("trashed", path.to_owned())));
+            return Ok(Some(SetAside::Trashed(path.to_owned())));
         }
         let copy = trash::keep_conflict(&local).map_err(|e| format!("{}: {e}", local.display()))?;
         self.out.warn(&format!("{path} changed in the project and here: your version is kept as {}", copy.display()));
         let name = copy.strip_prefix(&self.dir).unwrap_or(&copy).display().to_string();
-        Ok(Some(("conflict_copy", format!("/{name}"))))
+        Ok(Some(SetAside::ConflictCopy(format!("/{name}"))))
     }
 
-    fn delete(&self, path: &str) -> Result<Option<Value>, String> {
+    fn delete(&self, path: &str) -> Result<Option<Change>, String> {
         let local = self.local(path)?;
         let mut manifest = Manifest::load(&self.dir);
         let known = manifest.files.get(path).cloned();
         let change = match (std::fs::read(&local), &known) {
             (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => None,
             (Err(e), _) => return Err(format!("{}: {e}", local.display())),
-            (Ok(bytes), Some(entry)) if blake3::hash(&bytes).to_hex().as_str() == entry.hash => {
+            (Ok(bytes), Some(entry)) if Blake3Hash::of(&bytes) == *entry.hash => {
                 // Not gone for good: `ferry trash restore` brings it back.
                 trash::put(&self.dir, path, &local, Keep::Move).map_err(|e| format!("{}: {e}", local.display()))?;
                 remove_empty_parents(&self.dir, &local);
-                Some(json!({"event": "deleted", "path": path, "trashed": true}))
+                Some(Change::Deleted { path: path.to_owned(), trashed: true })
             }
             (Ok(_), _) => {
                 self.out.warn(&format!("{path} was deleted in the project but changed here: kept {}", local.display()));
-                Some(json!({"event": "kept", "path": path, "reason": "changed_locally"}))
+                Some(Change::Kept { path: path.to_owned(), reason: "changed_locally" })
             }
         };
         if manifest.files.remove(path).is_some() {
@@ -291,12 +325,12 @@ impl Applier {
         Ok(change)
     }
 
-    async fn rename(&self, from: &str, to: &str) -> Result<Option<Value>, String> {
+    async fn rename(&self, from: &str, to: &str) -> Result<Option<Change>, String> {
         let src = self.local(from)?;
         let dst = self.local(to)?;
         let manifest = Manifest::load(&self.dir);
         let matches = match (manifest.files.get(from), std::fs::read(&src)) {
-            (Some(entry), Ok(bytes)) => blake3::hash(&bytes).to_hex().as_str() == entry.hash,
+            (Some(entry), Ok(bytes)) => Blake3Hash::of(&bytes) == *entry.hash,
             _ => false,
         };
         if matches && !dst.exists() {
@@ -318,7 +352,7 @@ impl Applier {
                 );
             }
             manifest.save(&self.dir).map_err(|e| e.to_string())?;
-            return Ok(Some(json!({"event": "moved", "from": from, "to": to})));
+            return Ok(Some(Change::Moved { from: from.to_owned(), to: to.to_owned(), pulled: None }));
         }
         // The local copy differs (or is missing): fetch the new path (as a
         // delta against whatever is here), and drop the old one if untouched.
@@ -329,8 +363,8 @@ impl Applier {
             self.out.warn(&format!("{from} was moved to {to} in the project but changed here: kept {}", src.display()));
         }
         let (t, r) = pulled.unwrap_or((0, 0));
-        Ok(Some(json!({"event": "moved", "from": from, "to": to,
-                       "pulled": true, "bytes_transferred": t, "bytes_reused": r})))
+        let pulled = Some(Pulled { pulled: true, bytes_transferred: t, bytes_reused: r });
+        Ok(Some(Change::Moved { from: from.to_owned(), to: to.to_owned(), pulled }))
     }
 }
 
@@ -345,15 +379,61 @@ fn remove_empty_parents(root: &Path, file: &Path) {
     }
 }
 
-fn describe(change: &Value) -> String {
-    let seq = &change["seq"];
-    match change["event"].as_str().unwrap_or_default() {
-        "moved" => format!(
-            "moved {} → {} (seq {seq})",
-            change["from"].as_str().unwrap_or_default(),
-            change["to"].as_str().unwrap_or_default()
-        ),
-        "kept" => format!("kept {}: changed here (seq {seq})", change["path"].as_str().unwrap_or_default()),
-        other => format!("{other} {} (seq {seq})", change["path"].as_str().unwrap_or_default()),
+fn describe(applied: &Applied) -> String {
+    let seq = applied.seq;
+    match &applied.change {
+        Change::Moved { from, to, .. } => format!("moved {from} → {to} (seq {seq})"),
+        Change::Kept { path, .. } => format!("kept {path}: changed here (seq {seq})"),
+        Change::Added(f) => format!("added {} (seq {seq})", f.path),
+        Change::Updated(f) => format!("updated {} (seq {seq})", f.path),
+        Change::Deleted { path, .. } => format!("deleted {path} (seq {seq})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn applied_changes_print_the_lines_sync_has_always_printed() {
+        let line = |change| serde_json::to_value(Applied { seq: 7, change }).unwrap();
+        let fetched = |set_aside| Fetched { path: "/a".into(), bytes_transferred: 3, bytes_reused: 4, set_aside };
+        assert_eq!(
+            line(Change::Added(fetched(None))),
+            json!({"event": "added", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4, "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Updated(fetched(Some(SetAside::ConflictCopy("/a (conflict)".into()))))),
+            json!({"event": "updated", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4,
+                   "conflict_copy": "/a (conflict)", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Updated(fetched(Some(SetAside::Trashed("/a".into()))))),
+            json!({"event": "updated", "path": "/a", "bytes_transferred": 3, "bytes_reused": 4, "trashed": "/a", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Deleted { path: "/a".into(), trashed: true }),
+            json!({"event": "deleted", "path": "/a", "trashed": true, "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Kept { path: "/a".into(), reason: "changed_locally" }),
+            json!({"event": "kept", "path": "/a", "reason": "changed_locally", "seq": 7})
+        );
+        assert_eq!(
+            line(Change::Moved { from: "/a".into(), to: "/b".into(), pulled: None }),
+            json!({"event": "moved", "from": "/a", "to": "/b", "seq": 7})
+        );
+        let pulled = Some(Pulled { pulled: true, bytes_transferred: 3, bytes_reused: 4 });
+        assert_eq!(
+            line(Change::Moved { from: "/a".into(), to: "/b".into(), pulled }),
+            json!({"event": "moved", "from": "/a", "to": "/b", "pulled": true, "bytes_transferred": 3,
+                   "bytes_reused": 4, "seq": 7})
+        );
+        let failed = News::Failed { event_type: EventType::FileMoved, seq: 7, error: "gone" };
+        assert_eq!(
+            serde_json::to_value(failed).unwrap(),
+            json!({"event": "failed", "type": "file_moved", "seq": 7, "error": "gone"})
+        );
     }
 }

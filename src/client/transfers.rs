@@ -5,17 +5,18 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 
+use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::agent::stop_signal;
-use super::api::{Api, Flow};
+use super::api::{Api, Live};
 use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, table, Output};
 use super::ClientError;
-use crate::protocol::events::data::TransferState;
 use crate::protocol::transfers::{Transfer, TransferStatus};
+use crate::protocol::EventData;
 
 /// Which transfers `ferry transfers` lists.
 #[derive(Debug, Clone, Copy)]
@@ -36,17 +37,23 @@ pub async fn transfers(session: &Session, out: Output, project: &str, which: Whi
     // replaying them sets the same values again.
     let head = api.files_page(project, None, 1).await?.head_seq;
     let transfers = list(&api, project, which).await?;
-    out.result(json!({"transfers": transfers}), || listing(&transfers, which));
+    out.result(Listed { transfers: &transfers }, || listing(&transfers, which));
     let open: Vec<&Transfer> = transfers.iter().filter(|t| t.status.is_active()).collect();
     if out.json || open.is_empty() || !std::io::stdout().is_terminal() {
         return Ok(());
     }
     out.note(&format!("Following {} open transfer(s); Ctrl-C stops.", open.len()));
-    let mut live = Live::new(&open);
+    let mut bars = Bars::new(&open);
     tokio::select! {
-        result = follow(&api, project, head, &mut live) => result,
+        result = follow(&api, project, head, &mut bars) => result,
         _ = stop_signal() => Ok(()),
     }
+}
+
+/// `--json`: `{"transfers": [...]}`.
+#[derive(Serialize)]
+struct Listed<'a> {
+    transfers: &'a [Transfer],
 }
 
 /// The transfers asked for, newest first; for the default, pages are read
@@ -109,39 +116,29 @@ fn listing(transfers: &[Transfer], which: Which) -> String {
     table(&["id", "file", "status", "asked", "done", "bytes", "speed", "attempts", "error"], &rows)
 }
 
-/// Follows the project's events until no followed transfer is open,
-/// reconnecting when the connection drops.
-async fn follow(api: &Api, project: Uuid, mut after_seq: i64, live: &mut Live) -> Result<(), ClientError> {
-    let mut backoff = std::time::Duration::from_millis(500);
-    loop {
-        let from = after_seq;
-        let result = api
-            .follow(project, from, |message| {
-                if let Some(seq) = message["seq"].as_i64() {
-                    after_seq = after_seq.max(seq);
-                }
-                live.on_event(&message);
-                Ok(if live.open() == 0 { Flow::Stop } else { Flow::Continue })
-            })
-            .await;
-        if live.open() == 0 {
-            return Ok(());
+/// Follows the project's events until no followed transfer is open.
+async fn follow(api: &Api, project: Uuid, after_seq: i64, bars: &mut Bars) -> Result<(), ClientError> {
+    let mut live = api.live(project, after_seq);
+    while bars.open() > 0 {
+        match live.next().await {
+            Some(Live::Event(event)) => bars.on_event(&event.data),
+            Some(Live::Lost(Some(e))) => {
+                bars.multi.suspend(|| eprintln!("warning: the live connection dropped ({e}); reconnecting"))
+            }
+            Some(Live::Lost(None) | Live::Subscribed) => {}
+            None => break,
         }
-        if let Err(e) = result {
-            live.multi.suspend(|| eprintln!("warning: the live connection dropped ({e}); reconnecting"));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(15));
     }
+    Ok(())
 }
 
 /// A bar per followed transfer, while it is open.
-struct Live {
+struct Bars {
     multi: MultiProgress,
     bars: HashMap<Uuid, ProgressBar>,
 }
 
-impl Live {
+impl Bars {
     fn new(open: &[&Transfer]) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
         let style = ProgressStyle::with_template("{msg:40!} [{bar:30}] {bytes}/{total_bytes} {prefix}")
@@ -164,17 +161,17 @@ impl Live {
         self.bars.len()
     }
 
-    fn on_event(&mut self, message: &Value) {
-        if !message["type"].as_str().is_some_and(|t| t.starts_with("file_transfer_") || t == "transfer_retried") {
+    fn on_event(&mut self, event: &EventData) {
+        // A transfer's own events, after the request that started it.
+        let Some(state) = event.transfer_state().filter(|_| !matches!(event, EventData::TransferRequested(_))) else {
             return;
-        }
-        let Ok(state) = serde_json::from_value::<TransferState>(message["data"].clone()) else { return };
+        };
         let Some(bar) = self.bars.get(&state.transfer_id) else { return };
         bar.set_length(state.total_bytes.max(0) as u64);
         bar.set_position(state.bytes_transferred.max(0) as u64);
         bar.set_prefix(status_text(state.status, state.speed_mbps));
         if !state.status.is_active() {
-            let why = state.error_message.map(|m| format!(" ({m})")).unwrap_or_default();
+            let why = state.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default();
             bar.finish_and_clear();
             let _ = self.multi.println(format!("{} {}{why}", state.status.as_str(), state.file_path));
             self.bars.remove(&state.transfer_id);

@@ -2,29 +2,28 @@
 //! see) and the admins' audit across projects.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::projects::access;
 use super::{Caller, DomainError, Rejection};
+use crate::protocol::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::projects::Role;
 use crate::protocol::validate::ValidationError;
-use crate::protocol::{Event, EventType, Log};
+use crate::protocol::{EventData, EventType};
 use crate::store::events::EVENT_COLUMNS;
-use crate::store::{GenericClient, RecordedEvent};
+use crate::store::{GenericClient, RecordedEvent, StoreError};
 
 /// Project events members do not see: invites are the owner's business.
 pub const HIDDEN_FROM_MEMBERS: [EventType; 2] = [EventType::InviteCreated, EventType::InviteRevoked];
 
 /// Whether someone with `role` sees `event`: the owner everything; a member
 /// the project's events but invites, and only their own transfers.
-pub fn visible(role: Role, user_id: Uuid, event_type: &str, data: &serde_json::Value) -> bool {
+pub fn visible(role: Role, user_id: Uuid, event: &EventData) -> bool {
     match role {
         Role::Owner => true,
-        Role::Member => match EventType::parse(event_type) {
-            Some(t) if t.log() == Log::Transfer => data["requester_id"].as_str() == Some(user_id.to_string().as_str()),
-            Some(t) => !HIDDEN_FROM_MEMBERS.contains(&t),
-            None => false,
+        Role::Member => match event.transfer_state() {
+            Some(transfer) => transfer.requester_id == user_id,
+            None => !HIDDEN_FROM_MEMBERS.contains(&event.event_type()),
         },
     }
 }
@@ -34,17 +33,21 @@ const VISIBLE_SQL: &str = "($3 OR (log = 'project' AND type <> ALL($5::text[]))
                               OR (log = 'transfer' AND data->>'requester_id' = $4))";
 
 /// Parses `type=a,b` into known event types.
-pub fn parse_types(value: Option<&str>) -> Result<Option<Vec<String>>, ValidationError> {
+pub fn parse_types(value: Option<&str>) -> Result<Option<Vec<EventType>>, ValidationError> {
     let Some(value) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
     value
         .split(',')
         .map(|name| {
             EventType::parse(name.trim())
-                .map(|t| t.as_str().to_owned())
                 .ok_or_else(|| ValidationError::new("invalid_type", format!("unknown event type {name:?}")))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+/// Event types as the log's `type` column holds them.
+fn type_names(types: &[EventType]) -> Vec<&'static str> {
+    types.iter().map(|t| t.as_str()).collect()
 }
 
 pub fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ValidationError> {
@@ -56,20 +59,6 @@ pub fn parse_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Va
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventsPage {
-    pub events: Vec<Event>,
-    /// The head when this page was read. Fewer events than `limit` means
-    /// everything visible up to `head_seq` has been returned.
-    pub head_seq: i64,
-}
-
-impl From<RecordedEvent> for Event {
-    fn from(e: RecordedEvent) -> Self {
-        Event { seq: e.seq, id: e.id, event_type: e.event_type, data: e.data, actor: e.actor, created_at: e.created_at }
-    }
-}
-
 /// The events of a project after `after_seq` that the caller may see,
 /// both logs merged in seq order.
 pub async fn feed(
@@ -77,7 +66,7 @@ pub async fn feed(
     caller: &Caller,
     project_id: Uuid,
     after_seq: i64,
-    types: Option<&[String]>,
+    types: Option<&[EventType]>,
     limit: i64,
 ) -> Result<EventsPage, DomainError> {
     let role = access(client, project_id, caller, false).await?;
@@ -86,6 +75,7 @@ pub async fn feed(
     let head_seq: i64 =
         client.query_one("SELECT head_seq FROM project_heads WHERE project_id = $1", &[&project_id]).await?.get(0);
     let hidden: Vec<&str> = HIDDEN_FROM_MEMBERS.iter().map(|t| t.as_str()).collect();
+    let types: Option<Vec<&str>> = types.map(type_names);
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM events
@@ -109,7 +99,7 @@ pub async fn feed(
             ],
         )
         .await?;
-    let events = rows.iter().map(|r| RecordedEvent::from_row(r).into()).collect();
+    let events = rows.iter().map(|r| RecordedEvent::from_row(r).into_event()).collect::<Result<_, _>>()?;
     Ok(EventsPage { events, head_seq })
 }
 
@@ -119,27 +109,12 @@ pub struct AuditQuery {
     pub project_id: Option<Uuid>,
     /// A user or a device.
     pub actor_id: Option<Uuid>,
-    pub types: Option<Vec<String>>,
+    pub types: Option<Vec<EventType>>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     /// Continue after this global position.
     pub after_position: Option<i64>,
     pub limit: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditEvent {
-    pub position: i64,
-    pub project_id: Uuid,
-    #[serde(flatten)]
-    pub event: Event,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AuditPage {
-    pub events: Vec<AuditEvent>,
-    /// Opaque; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 pub fn require_admin(caller: &Caller) -> Result<(), DomainError> {
@@ -155,6 +130,7 @@ pub fn require_admin(caller: &Caller) -> Result<(), DomainError> {
 pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditPage, DomainError> {
     let mut conditions = vec!["position > $1".to_owned()];
     let after = q.after_position.unwrap_or(0);
+    let types: Option<Vec<&str>> = q.types.as_deref().map(type_names);
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&after];
     if let Some(p) = &q.project_id {
         params.push(p);
@@ -164,7 +140,7 @@ pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditP
         params.push(a);
         conditions.push(format!("(actor_user_id = ${n} OR actor_device_id = ${n})", n = params.len()));
     }
-    if let Some(t) = &q.types {
+    if let Some(t) = &types {
         params.push(t);
         conditions.push(format!("type = ANY(${})", params.len()));
     }
@@ -190,9 +166,9 @@ pub async fn audit(client: &impl GenericClient, q: &AuditQuery) -> Result<AuditP
         .take(q.limit as usize)
         .map(|r| {
             let e = RecordedEvent::from_row(r);
-            AuditEvent { position: e.position, project_id: e.project_id, event: e.into() }
+            Ok(AuditEvent { position: e.position, project_id: e.project_id, event: e.into_event()? })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     let next_cursor = more.then(|| encode_position(events.last().expect("a full page").position));
     Ok(AuditPage { events, next_cursor })
 }
@@ -206,4 +182,61 @@ pub fn decode_position(cursor: &str) -> Result<i64, ValidationError> {
         .0
         .parse()
         .map_err(|_| ValidationError::new("invalid_cursor", "the cursor is not one this server gave out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::protocol::events::data::{InviteRevoked, ProjectRenamed, TransferState};
+    use crate::protocol::transfers::TransferStatus;
+
+    fn transfer(requester_id: Uuid) -> EventData {
+        let now = Utc::now();
+        EventData::FileTransferProgress(TransferState {
+            transfer_id: Uuid::now_v7(),
+            requester_id,
+            file_path: "/a".into(),
+            status: TransferStatus::InProgress,
+            bytes_transferred: 1,
+            total_bytes: 2,
+            percent: 50.0,
+            speed_mbps: None,
+            eta_seconds: None,
+            attempts: 1,
+            error_message: None,
+            started_at: Some(now),
+            completed_at: None,
+            expires_at: now,
+            last_activity_at: now,
+            last_progress_at: None,
+            window: vec![],
+        })
+    }
+
+    #[test]
+    fn members_see_the_project_but_invites_and_only_their_own_transfers() {
+        let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let renamed = EventData::ProjectRenamed(ProjectRenamed { name: "n".into() });
+        let revoked = EventData::InviteRevoked(InviteRevoked { invite_id: Uuid::now_v7() });
+        for event in [&renamed, &revoked, &transfer(me), &transfer(other)] {
+            assert!(visible(Role::Owner, me, event), "the owner sees {:?}", event.event_type());
+        }
+        assert!(visible(Role::Member, me, &renamed));
+        assert!(!visible(Role::Member, me, &revoked));
+        assert!(visible(Role::Member, me, &transfer(me)));
+        assert!(!visible(Role::Member, me, &transfer(other)));
+    }
+
+    #[test]
+    fn type_filters_parse_known_names_only() {
+        assert_eq!(parse_types(None).unwrap(), None);
+        assert_eq!(parse_types(Some("")).unwrap(), None);
+        assert_eq!(
+            parse_types(Some("file_added, transfer_retried")).unwrap(),
+            Some(vec![EventType::FileAdded, EventType::TransferRetried])
+        );
+        assert_eq!(parse_types(Some("file_added,nope")).unwrap_err().code, "invalid_type");
+    }
 }

@@ -14,8 +14,8 @@ use crate::protocol::files::{
     Blake3Hash, ChunkRef, Cursor, FileChange, FilePath, FilesPage, RemoteFile, UpdateFilesResponse,
 };
 use crate::protocol::validate::ValidationError;
-use crate::protocol::EventType;
-use crate::store::{self, GenericClient, NewEvent};
+use crate::protocol::EventData;
+use crate::store::{self, GenericClient};
 
 /// Most changes in one `files/update` call.
 pub const MAX_CHANGES: usize = 10_000;
@@ -150,12 +150,12 @@ pub async fn update(
                 if previous.is_some_and(|p| !p.deleted && p.state.hash == state.hash && p.state.size == state.size) {
                     continue;
                 }
-                let event_type = match previous {
-                    Some(p) if !p.deleted => EventType::FileUpdated,
-                    _ => EventType::FileAdded,
+                let event = match previous {
+                    Some(p) if !p.deleted => EventData::FileUpdated,
+                    _ => EventData::FileAdded,
                 };
                 state.version = previous.map_or(0, |p| p.state.version) + 1;
-                events.push(NewEvent::new(event_type, &state));
+                events.push(event(state.clone()));
                 known_changed.push(state.path.clone());
                 known.insert(state.path.clone(), Known { state, deleted: false });
             }
@@ -163,7 +163,7 @@ pub async fn update(
                 let Some(previous) = known.get_mut(path.as_str()).filter(|p| !p.deleted) else { continue };
                 previous.state.version += 1;
                 previous.deleted = true;
-                events.push(NewEvent::new(EventType::FileDeleted, &previous.state));
+                events.push(EventData::FileDeleted(previous.state.clone()));
                 known_changed.push(path.into_inner());
             }
             Move(from, to) => {
@@ -176,20 +176,17 @@ pub async fn update(
                 let mut moved = source.state.clone();
                 moved.path = to.as_str().to_owned();
                 moved.version = known.get(to.as_str()).map_or(0, |p| p.state.version) + 1;
-                events.push(NewEvent::new(
-                    EventType::FileMoved,
-                    FileMoved {
-                        from: from.as_str().to_owned(),
-                        to: moved.path.clone(),
-                        from_version,
-                        size: moved.size,
-                        hash: moved.hash.clone(),
-                        mime_type: moved.mime_type.clone(),
-                        modified_at: moved.modified_at,
-                        chunks: moved.chunks.clone(),
-                        version: moved.version,
-                    },
-                ));
+                events.push(EventData::FileMoved(FileMoved {
+                    from: from.as_str().to_owned(),
+                    to: moved.path.clone(),
+                    from_version,
+                    size: moved.size,
+                    hash: moved.hash.clone(),
+                    mime_type: moved.mime_type.clone(),
+                    modified_at: moved.modified_at,
+                    chunks: moved.chunks.clone(),
+                    version: moved.version,
+                }));
                 known_changed.push(from.as_str().to_owned());
                 known_changed.push(moved.path.clone());
                 known.insert(moved.path.clone(), Known { state: moved, deleted: false });

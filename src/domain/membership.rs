@@ -17,8 +17,8 @@ use crate::protocol::membership::{
 };
 use crate::protocol::projects::Role;
 use crate::protocol::validate::ValidationError;
-use crate::protocol::EventType;
-use crate::store::{self, EventMeta, GenericClient, NewEvent};
+use crate::protocol::EventData;
+use crate::store::{self, EventMeta, GenericClient};
 
 const INVITE_PREFIX: &str = "fyi_";
 
@@ -61,7 +61,7 @@ pub async fn create_invite(
     let id = Uuid::now_v7();
     let expires_at = Utc::now() + Duration::seconds(terms.expires_in_seconds);
     let event = InviteCreated { invite_id: id, token_hash: hex::encode(hash), expires_at, max_uses: terms.max_uses };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::InviteCreated, event)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::InviteCreated(event)]).await?;
     Ok(CreatedInvite { id, token, expires_at, max_uses: terms.max_uses })
 }
 
@@ -108,7 +108,7 @@ pub async fn revoke_invite(
         .ok_or_else(|| DomainError::not_found("invite"))?
         .get(0);
     if !revoked {
-        let event = NewEvent::new(EventType::InviteRevoked, InviteRevoked { invite_id });
+        let event = EventData::InviteRevoked(InviteRevoked { invite_id });
         store::append(client, project_id, &cmd.meta, &[event]).await?;
     }
     Ok(())
@@ -207,7 +207,7 @@ pub async fn accept_invite(
         return Err(gone("invite_used_up", "this invite has been used up"));
     }
     let event = MemberJoined { user_id: cmd.caller.user_id, invite_id };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::MemberJoined, event)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::MemberJoined(event)]).await?;
     Ok(AcceptedInvite { project_id, role: Role::Member })
 }
 
@@ -259,7 +259,7 @@ pub async fn remove_member(
         Some(Role::Member) => {}
     }
     let reason = if leaving { RemovalReason::Left } else { RemovalReason::Removed };
-    let mut events = vec![NewEvent::new(EventType::MemberRemoved, MemberRemoved { user_id, reason })];
+    let mut events = vec![EventData::MemberRemoved(MemberRemoved { user_id, reason })];
     let devices = client
         .query(
             "SELECT device_id FROM project_devices WHERE project_id = $1 AND user_id = $2 ORDER BY device_id",
@@ -268,7 +268,7 @@ pub async fn remove_member(
         .await?;
     events.extend(devices.iter().map(|r| {
         let detached = DeviceDetached { device_id: r.get(0), user_id, reason: DetachReason::MemberRemoved };
-        NewEvent::new(EventType::DeviceDetached, detached)
+        EventData::DeviceDetached(detached)
     }));
     events.extend(super::transfers::cancel_open_of(client, project_id, user_id).await?);
     store::append(client, project_id, &cmd.meta, &events).await?;
@@ -301,10 +301,8 @@ pub async fn attach_device(
             "only a device's own user may attach it",
         ));
     }
-    let online: bool = client
-        .query_one(&format!("SELECT {}", crate::realtime::presence::online_sql("$1::uuid")), &[&device_id])
-        .await?
-        .get(0);
+    let online: bool =
+        client.query_one(&format!("SELECT {}", super::presence::online_sql("$1::uuid")), &[&device_id]).await?.get(0);
     let attached = AttachedDevice { device_id, project_id, user_id: device_owner, role, online };
     let current = client
         .query_opt(
@@ -316,7 +314,7 @@ pub async fn attach_device(
         return Ok(attached);
     }
     let event = DeviceAttached { device_id, user_id: device_owner, role };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::DeviceAttached, event)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::DeviceAttached(event)]).await?;
     Ok(attached)
 }
 
@@ -344,7 +342,7 @@ pub async fn detach_device(
         ));
     }
     let event = DeviceDetached { device_id, user_id, reason: DetachReason::Detached };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::DeviceDetached, event)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::DeviceDetached(event)]).await?;
     Ok(())
 }
 
@@ -366,7 +364,7 @@ pub(crate) async fn detach_deleted_device(
         let project_id: Uuid = row.get(0);
         store::lock_stream(client, project_id).await?;
         let event = DeviceDetached { device_id, user_id: row.get(1), reason: DetachReason::DeviceDeleted };
-        store::append(client, project_id, meta, &[NewEvent::new(EventType::DeviceDetached, event)]).await?;
+        store::append(client, project_id, meta, &[EventData::DeviceDetached(event)]).await?;
     }
     Ok(())
 }
@@ -386,7 +384,7 @@ pub async fn list_devices(
                  LEFT JOIN device_presence p ON p.device_id = pd.device_id
                  WHERE pd.project_id = $1
                  ORDER BY pd.role, pd.attached_at, pd.device_id",
-                crate::realtime::presence::online_sql("pd.device_id")
+                super::presence::online_sql("pd.device_id")
             ),
             &[&project_id],
         )

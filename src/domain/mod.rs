@@ -8,6 +8,7 @@ pub mod files;
 pub mod folders;
 pub mod membership;
 pub mod passwords;
+pub mod presence;
 pub mod projects;
 pub mod relay;
 mod secrets;

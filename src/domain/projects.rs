@@ -7,8 +7,8 @@ use super::{Caller, Command, DomainError};
 use crate::protocol::events::data;
 use crate::protocol::projects::{Project, Role};
 use crate::protocol::validate::ProjectName;
-use crate::protocol::EventType;
-use crate::store::{self, GenericClient, NewEvent, Pool};
+use crate::protocol::EventData;
+use crate::store::{self, GenericClient, Pool};
 
 /// The caller's role in a live (not archived) project, or None when the
 /// project is unknown, archived, or the caller is not in it.
@@ -98,10 +98,10 @@ impl LockFor {
 pub async fn create(client: &impl GenericClient, cmd: &Command, name: ProjectName) -> Result<Project, DomainError> {
     let id = Uuid::now_v7();
     store::create_stream(client, id).await?;
-    let event = NewEvent::new(
-        EventType::ProjectCreated,
-        data::ProjectCreated { name: name.as_str().to_owned(), owner_id: cmd.caller.user_id },
-    );
+    let event = EventData::ProjectCreated(data::ProjectCreated {
+        name: name.as_str().to_owned(),
+        owner_id: cmd.caller.user_id,
+    });
     let appended = store::append(client, id, &cmd.meta, &[event]).await?;
     Ok(Project {
         id,
@@ -124,7 +124,7 @@ pub async fn rename(
     // append and the read of the answer go in one round trip: PostgreSQL
     // runs them in order, and a refused check rolls the append back with
     // the transaction (nothing of it is ever committed or seen).
-    let events = [NewEvent::new(EventType::ProjectRenamed, data::ProjectRenamed { name: name.into_inner() })];
+    let events = [EventData::ProjectRenamed(data::ProjectRenamed { name: name.into_inner() })];
     let lock = store::events::lock_statement(client).await?;
     let role = client.prepare_cached(ROLE_OF).await?;
     let append = store::events::append_statement(client, &events).await?;
@@ -145,13 +145,7 @@ pub async fn rename(
 
 pub async fn archive(client: &impl GenericClient, cmd: &Command, project_id: Uuid) -> Result<(), DomainError> {
     lock_for(client, project_id, &cmd.caller, true).await?;
-    store::append(
-        client,
-        project_id,
-        &cmd.meta,
-        &[NewEvent::new(EventType::ProjectArchived, data::ProjectArchived {})],
-    )
-    .await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::ProjectArchived(data::ProjectArchived {})]).await?;
     Ok(())
 }
 

@@ -9,8 +9,18 @@ use super::files::require_source_device;
 use super::projects::access;
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::files::Blake3Hash;
-use crate::relay::Stored;
 use crate::store::{GenericClient, Pool};
+
+/// The channel chunk arrivals are announced on; payload `<project_id>:<hash>`.
+pub const CHUNKS_CHANNEL: &str = "ferry_chunks";
+
+/// What an upload stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub size: i64,
+    /// Size of the zstd variant kept beside it, when it is smaller.
+    pub zstd_size: Option<i64>,
+}
 
 /// Most hashes one `chunks/missing` call asks about.
 pub const MAX_HASHES: usize = 10_000;
@@ -131,7 +141,7 @@ pub async fn record_upload(
     // Sent with the lock, run once it is held. Readers waiting for the
     // chunk on other servers hear of it once the row is committed (their
     // listener routes it to their waiters).
-    let channel = crate::relay::arrivals::CHANNEL;
+    let channel = CHUNKS_CHANNEL;
     let params: [&(dyn ToSql + Sync); 6] =
         [&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &channel];
     let record = tx.query_one(

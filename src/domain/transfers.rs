@@ -9,19 +9,19 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
+use super::presence::online_sql;
 use super::projects::{access, lock_for};
 use super::{Caller, Command, DomainError, Rejection};
 use crate::protocol::events::data::{TransferRequested, TransferState};
 use crate::protocol::files::{Blake3Hash, ChunkRef, Cursor, FilePath};
 use crate::protocol::projects::Role;
 use crate::protocol::transfers::{
-    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, SourceDevice, Transfer,
-    TransferInfo, TransferReport, TransferStatus, TransfersPage,
+    DirectToken, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, FailureReason, RequestMode, SourceDevice,
+    Transfer, TransferInfo, TransferProtocol, TransferReport, TransferStatus, TransfersPage,
 };
 use crate::protocol::validate::ValidationError;
-use crate::protocol::EventType;
-use crate::realtime::presence::online_sql;
-use crate::store::{self, EventMeta, GenericClient, NewEvent, Pool};
+use crate::protocol::EventData;
+use crate::store::{self, EventMeta, GenericClient, Pool};
 
 use TransferStatus::{Cancelled, Completed, Expired, Failed, InProgress, Pending};
 
@@ -141,10 +141,6 @@ fn record_progress(state: &mut TransferState, bytes: i64, now: DateTime<Utc>) {
     state.last_progress_at = Some(now);
 }
 
-fn event(event_type: EventType, state: &TransferState) -> NewEvent {
-    NewEvent::new(event_type, state)
-}
-
 /// Requests a file: picks the source device, works out the chunks needed,
 /// appends `transfer_requested`.
 pub async fn request(
@@ -203,12 +199,10 @@ pub async fn request(
     let expires_at = now + policy.ttl;
     // Direct first when the source's agent advertises itself; the relay always.
     let mut endpoints = direct_endpoints(client, source, id, expires_at).await?;
-    let protocol = if endpoints.is_empty() { "relay" } else { "http" }.to_owned();
-    endpoints.push(Endpoint {
-        protocol: "relay".to_owned(),
-        url: format!("/api/projects/{project_id}/chunks"),
-        token: None,
-    });
+    let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
+    // The relay is the server itself: where it listens is for the HTTP
+    // edge to say.
+    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None });
     let state = TransferState {
         transfer_id: id,
         requester_id: cmd.caller.user_id,
@@ -234,17 +228,17 @@ pub async fn request(
         mime_type: mime_type.clone(),
         source_device_id: source,
         target_device_id: req.target_device_id,
-        protocol: protocol.clone(),
+        protocol,
         request_mode: req.request_mode,
         chunks_needed: chunks_needed.clone(),
     };
-    store::append(client, project_id, &cmd.meta, &[NewEvent::new(EventType::TransferRequested, requested)]).await?;
+    store::append(client, project_id, &cmd.meta, &[EventData::TransferRequested(requested)]).await?;
     Ok(DownloadResponse {
         success: true,
         download_id: id,
         file: DownloadFile { path: path.into_inner(), size, hash, mime_type, chunks },
         transfer_info: TransferInfo {
-            protocol: protocol.clone(),
+            protocol,
             source_device_id: source,
             expires_at: state.expires_at,
             endpoints,
@@ -271,7 +265,10 @@ async fn direct_endpoints(
         return Ok(vec![]);
     };
     let token = DirectToken::mint(&key, transfer_id, expires_at);
-    Ok(urls.into_iter().map(|url| Endpoint { protocol: "http".to_owned(), url, token: Some(token.clone()) }).collect())
+    Ok(urls
+        .into_iter()
+        .map(|url| Endpoint { protocol: TransferProtocol::Http, url, token: Some(token.clone()) })
+        .collect())
 }
 
 /// A target must be one of the caller's devices attached to the project.
@@ -351,10 +348,9 @@ async fn transition(
     client: &impl GenericClient,
     meta: &EventMeta,
     row: Row,
-    events: &[(EventType, TransferState)],
+    events: &[EventData],
 ) -> Result<Transfer, DomainError> {
-    let batch: Vec<NewEvent> = events.iter().map(|(t, s)| event(*t, s)).collect();
-    store::append(client, row.project_id, meta, &batch).await?;
+    store::append(client, row.project_id, meta, events).await?;
     let project_id = row.project_id;
     let id = row.state.transfer_id;
     get_one(client, project_id, id).await
@@ -422,10 +418,10 @@ pub async fn report(
                 state.percent = percent(bytes, state.total_bytes);
             }
             state.status = Failed;
-            let side = if from_source { "failed_at_source" } else { "failed_at_requester" };
-            state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_owned()));
+            let side = if from_source { FailureReason::FailedAtSource } else { FailureReason::FailedAtRequester };
+            state.error_message = Some(report.error_message.unwrap_or_else(|| side.to_string()));
             state.last_activity_at = now;
-            events.push((EventType::FileTransferFailed, state));
+            events.push(EventData::FileTransferFailed(state));
         }
         Some(InProgress) | None => {
             if report.status.is_none() && report.bytes_transferred.is_none() {
@@ -440,7 +436,7 @@ pub async fn report(
                 state.last_activity_at = now;
                 // The start is the window's first sample.
                 state.window = vec![[now.timestamp_millis(), state.bytes_transferred]];
-                events.push((EventType::FileTransferStarted, state.clone()));
+                events.push(EventData::FileTransferStarted(state.clone()));
             }
             if let Some(bytes) = report.bytes_transferred {
                 check_bytes(&state, bytes)?;
@@ -449,7 +445,7 @@ pub async fn report(
                     && state.last_progress_at.is_some_and(|at| now - at < policy.progress_interval);
                 if bytes > state.bytes_transferred && !coalesced {
                     record_progress(&mut state, bytes, now);
-                    events.push((EventType::FileTransferProgress, state));
+                    events.push(EventData::FileTransferProgress(state));
                 }
             }
         }
@@ -508,19 +504,19 @@ pub async fn verify(
     let now = Utc::now();
     let mut state = row.state.clone();
     state.last_activity_at = now;
-    let event_type = if hash.as_str() == row.file_hash {
+    let event = if hash.as_str() == row.file_hash {
         state.status = Completed;
         state.bytes_transferred = state.total_bytes;
         state.percent = 100.0;
         state.eta_seconds = Some(0);
         state.completed_at = Some(now);
-        EventType::FileTransferComplete
+        EventData::FileTransferComplete
     } else {
         state.status = Failed;
-        state.error_message = Some("hash_mismatch".to_owned());
-        EventType::FileTransferFailed
+        state.error_message = Some(FailureReason::HashMismatch.to_string());
+        EventData::FileTransferFailed
     };
-    transition(client, &cmd.meta, row, &[(event_type, state)]).await
+    transition(client, &cmd.meta, row, &[event(state)]).await
 }
 
 /// The requester or the owner cancels a pending or in-progress transfer.
@@ -539,7 +535,7 @@ pub async fn cancel(
     let mut state = row.state.clone();
     state.status = Cancelled;
     state.last_activity_at = Utc::now();
-    transition(client, &cmd.meta, row, &[(EventType::FileTransferCancelled, state)]).await
+    transition(client, &cmd.meta, row, &[EventData::FileTransferCancelled(state)]).await
 }
 
 /// The requester or the owner retries a failed transfer: pending again, one
@@ -578,7 +574,7 @@ pub async fn retry(
     state.last_activity_at = now;
     state.last_progress_at = None;
     state.window.clear();
-    transition(client, &cmd.meta, row, &[(EventType::TransferRetried, state)]).await
+    transition(client, &cmd.meta, row, &[EventData::TransferRetried(state)]).await
 }
 
 /// Events cancelling a removed member's open transfers, for the removal's batch.
@@ -586,7 +582,7 @@ pub(crate) async fn cancel_open_of(
     client: &impl GenericClient,
     project_id: Uuid,
     requester_id: Uuid,
-) -> Result<Vec<NewEvent>, DomainError> {
+) -> Result<Vec<EventData>, DomainError> {
     let rows = client
         .query(
             &format!(
@@ -603,9 +599,9 @@ pub(crate) async fn cancel_open_of(
         .map(|r| {
             let mut state = row_from(r).state;
             state.status = Cancelled;
-            state.error_message = Some("member_removed".to_owned());
+            state.error_message = Some(FailureReason::MemberRemoved.to_string());
             state.last_activity_at = now;
-            event(EventType::FileTransferCancelled, &state)
+            EventData::FileTransferCancelled(state)
         })
         .collect())
 }
@@ -616,7 +612,7 @@ pub(crate) async fn fail_changed(
     client: &impl GenericClient,
     project_id: Uuid,
     current: &[(String, Option<String>)],
-) -> Result<Vec<NewEvent>, DomainError> {
+) -> Result<Vec<EventData>, DomainError> {
     let paths: Vec<&str> = current.iter().map(|(p, _)| p.as_str()).collect();
     let rows = client
         .query(
@@ -639,9 +635,9 @@ pub(crate) async fn fail_changed(
         .map(|row| {
             let mut state = row.state;
             state.status = Failed;
-            state.error_message = Some("file_changed".to_owned());
+            state.error_message = Some(FailureReason::FileChanged.to_string());
             state.last_activity_at = now;
-            event(EventType::FileTransferFailed, &state)
+            EventData::FileTransferFailed(state)
         })
         .collect())
 }
@@ -692,12 +688,12 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
             if state.status == Pending {
                 state.status = Expired;
                 swept.expired += 1;
-                events.push(event(EventType::FileTransferExpired, &state));
+                events.push(EventData::FileTransferExpired(state));
             } else {
                 state.status = Failed;
-                state.error_message = Some("stalled".to_owned());
+                state.error_message = Some(FailureReason::Stalled.to_string());
                 swept.stalled += 1;
-                events.push(event(EventType::FileTransferFailed, &state));
+                events.push(EventData::FileTransferFailed(state));
             }
         }
         if !events.is_empty() {
@@ -732,7 +728,7 @@ fn transfer_from(r: &tokio_postgres::Row) -> Transfer {
         requester_id: r.get(5),
         target_device_id: r.get(6),
         source_device: SourceDevice { id: r.get(7), name: r.get(8), online: r.get(9) },
-        protocol: r.get(10),
+        protocol: TransferProtocol::parse(r.get(10)).unwrap_or(TransferProtocol::Relay),
         bytes_transferred: r.get(11),
         total_bytes: r.get(12),
         percent_complete: r.get(13),
@@ -834,12 +830,12 @@ pub async fn advance_relayed(
         state.status = InProgress;
         state.started_at = Some(now);
         state.window = vec![[now.timestamp_millis(), state.bytes_transferred]];
-        events.push((EventType::FileTransferStarted, state.clone()));
+        events.push(EventData::FileTransferStarted(state.clone()));
     }
     let total = (state.bytes_transferred + bytes).min(state.total_bytes);
     if total > state.bytes_transferred {
         record_progress(&mut state, total, now);
-        events.push((EventType::FileTransferProgress, state));
+        events.push(EventData::FileTransferProgress(state));
     }
     if !events.is_empty() {
         transition(client, &cmd.meta, row, &events).await?;

@@ -12,7 +12,7 @@ pub enum Log {
 }
 
 macro_rules! event_types {
-    ($($variant:ident = $name:literal in $log:ident),+ $(,)?) => {
+    ($($variant:ident($payload:ty) = $name:literal in $log:ident),+ $(,)?) => {
         /// Every event type of both logs, named in the past tense.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
@@ -33,31 +33,99 @@ macro_rules! event_types {
                 match name { $($name => Some(EventType::$variant),)+ _ => None }
             }
         }
+
+        /// An event's payload with its type, one variant per [`EventType`]:
+        /// `{"type": "<event type>", "data": {...}}` on the wire.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        pub enum EventData { $(#[serde(rename = $name)] $variant($payload)),+ }
+
+        impl EventData {
+            pub fn event_type(&self) -> EventType {
+                match self { $(EventData::$variant(_) => EventType::$variant),+ }
+            }
+
+            /// The payload alone, as the log stores it in `data`.
+            pub fn payload(&self) -> Value {
+                match self { $(EventData::$variant(d) => serde_json::to_value(d)),+ }
+                    .expect("event payloads serialize to JSON")
+            }
+
+            /// Reads a payload the log stored as `event_type`.
+            pub fn from_payload(event_type: EventType, payload: Value) -> Result<Self, serde_json::Error> {
+                match event_type { $(EventType::$variant => serde_json::from_value(payload).map(EventData::$variant)),+ }
+            }
+        }
     };
 }
 
 event_types! {
-    ProjectCreated = "project_created" in Project,
-    ProjectRenamed = "project_renamed" in Project,
-    ProjectArchived = "project_archived" in Project,
-    InviteCreated = "invite_created" in Project,
-    InviteRevoked = "invite_revoked" in Project,
-    MemberJoined = "member_joined" in Project,
-    MemberRemoved = "member_removed" in Project,
-    DeviceAttached = "device_attached" in Project,
-    DeviceDetached = "device_detached" in Project,
-    FileAdded = "file_added" in Project,
-    FileUpdated = "file_updated" in Project,
-    FileDeleted = "file_deleted" in Project,
-    FileMoved = "file_moved" in Project,
-    TransferRequested = "transfer_requested" in Transfer,
-    FileTransferStarted = "file_transfer_started" in Transfer,
-    FileTransferProgress = "file_transfer_progress" in Transfer,
-    FileTransferComplete = "file_transfer_complete" in Transfer,
-    FileTransferFailed = "file_transfer_failed" in Transfer,
-    FileTransferCancelled = "file_transfer_cancelled" in Transfer,
-    FileTransferExpired = "file_transfer_expired" in Transfer,
-    TransferRetried = "transfer_retried" in Transfer,
+    ProjectCreated(data::ProjectCreated) = "project_created" in Project,
+    ProjectRenamed(data::ProjectRenamed) = "project_renamed" in Project,
+    ProjectArchived(data::ProjectArchived) = "project_archived" in Project,
+    InviteCreated(data::InviteCreated) = "invite_created" in Project,
+    InviteRevoked(data::InviteRevoked) = "invite_revoked" in Project,
+    MemberJoined(data::MemberJoined) = "member_joined" in Project,
+    MemberRemoved(data::MemberRemoved) = "member_removed" in Project,
+    DeviceAttached(data::DeviceAttached) = "device_attached" in Project,
+    DeviceDetached(data::DeviceDetached) = "device_detached" in Project,
+    FileAdded(data::FileState) = "file_added" in Project,
+    FileUpdated(data::FileState) = "file_updated" in Project,
+    FileDeleted(data::FileState) = "file_deleted" in Project,
+    FileMoved(data::FileMoved) = "file_moved" in Project,
+    TransferRequested(data::TransferRequested) = "transfer_requested" in Transfer,
+    FileTransferStarted(data::TransferState) = "file_transfer_started" in Transfer,
+    FileTransferProgress(data::TransferState) = "file_transfer_progress" in Transfer,
+    FileTransferComplete(data::TransferState) = "file_transfer_complete" in Transfer,
+    FileTransferFailed(data::TransferState) = "file_transfer_failed" in Transfer,
+    FileTransferCancelled(data::TransferState) = "file_transfer_cancelled" in Transfer,
+    FileTransferExpired(data::TransferState) = "file_transfer_expired" in Transfer,
+    TransferRetried(data::TransferState) = "transfer_retried" in Transfer,
+}
+
+impl EventData {
+    /// The transfer's state after this event, for events of the transfer log.
+    pub fn transfer_state(&self) -> Option<&data::TransferState> {
+        use EventData::*;
+        match self {
+            TransferRequested(r) => Some(&r.state),
+            FileTransferStarted(s)
+            | FileTransferProgress(s)
+            | FileTransferComplete(s)
+            | FileTransferFailed(s)
+            | FileTransferCancelled(s)
+            | FileTransferExpired(s)
+            | TransferRetried(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// On the wire an [`EventData`] is two fields of the object that carries it.
+impl utoipa::PartialSchema for EventData {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property("type", utoipa::openapi::Ref::from_schema_name(<EventType as utoipa::ToSchema>::name()))
+            .required("type")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some("The event's payload; its fields depend on `type`.")),
+            )
+            .required("data")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventData {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((
+            <EventType as utoipa::ToSchema>::name().into_owned(),
+            <EventType as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl std::fmt::Display for EventType {
@@ -78,14 +146,36 @@ pub struct Actor {
 pub struct Event {
     pub seq: i64,
     pub id: Uuid,
-    #[serde(rename = "type")]
-    #[schema(value_type = EventType)]
-    pub event_type: String,
-    /// The event's payload; its fields depend on `type`.
-    #[schema(value_type = Object)]
-    pub data: Value,
+    #[serde(flatten)]
+    pub data: EventData,
     pub actor: Actor,
     pub created_at: DateTime<Utc>,
+}
+
+/// A page of a project's event feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// The head when this page was read. Fewer events than `limit` means
+    /// everything visible up to `head_seq` has been returned.
+    pub head_seq: i64,
+}
+
+/// An event as the admins' audit reads it: with its project and global
+/// position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    pub position: i64,
+    pub project_id: Uuid,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Opaque; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Event payloads, one struct per type, so the server writes and the
@@ -95,21 +185,21 @@ pub mod data {
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct ProjectCreated {
         pub name: String,
         pub owner_id: Uuid,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct ProjectRenamed {
         pub name: String,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct ProjectArchived {}
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct InviteCreated {
         pub invite_id: Uuid,
         /// BLAKE3 of the token, hex: the token itself is never stored.
@@ -118,12 +208,12 @@ pub mod data {
         pub max_uses: i32,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct InviteRevoked {
         pub invite_id: Uuid,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct MemberJoined {
         pub user_id: Uuid,
         pub invite_id: Uuid,
@@ -139,13 +229,13 @@ pub mod data {
         Left,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct MemberRemoved {
         pub user_id: Uuid,
         pub reason: RemovalReason,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct DeviceAttached {
         pub device_id: Uuid,
         pub user_id: Uuid,
@@ -230,12 +320,12 @@ pub mod data {
         pub mime_type: String,
         pub source_device_id: Uuid,
         pub target_device_id: Option<Uuid>,
-        pub protocol: String,
+        pub protocol: crate::protocol::transfers::TransferProtocol,
         pub request_mode: crate::protocol::transfers::RequestMode,
         pub chunks_needed: Vec<String>,
     }
 
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     pub struct DeviceDetached {
         pub device_id: Uuid,
         pub user_id: Uuid,
@@ -257,5 +347,33 @@ mod tests {
         assert_eq!(EventType::parse("nope"), None);
         assert_eq!(EventType::FileMoved.log(), Log::Project);
         assert_eq!(EventType::TransferRetried.log(), Log::Transfer);
+    }
+
+    #[test]
+    fn an_event_is_its_type_and_payload_beside_its_fields() {
+        let id = Uuid::now_v7();
+        let owner_id = Uuid::now_v7();
+        let created_at = Utc::now();
+        let event = Event {
+            seq: 1,
+            id,
+            data: EventData::ProjectCreated(data::ProjectCreated { name: "p".into(), owner_id }),
+            actor: Actor { user_id: Some(owner_id), device_id: None },
+            created_at,
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        let payload = serde_json::json!({"name": "p", "owner_id": owner_id});
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "seq": 1, "id": id, "type": "project_created", "data": payload,
+                "actor": {"user_id": owner_id, "device_id": null}, "created_at": created_at,
+            })
+        );
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+        assert_eq!(event.data.event_type(), EventType::ProjectCreated);
+        assert_eq!(event.data.payload(), payload);
+        assert_eq!(EventData::from_payload(EventType::ProjectCreated, payload).unwrap(), event.data);
+        assert!(EventData::from_payload(EventType::ProjectRenamed, serde_json::json!({})).is_err());
     }
 }

@@ -99,6 +99,13 @@ impl Blake3Hash {
     }
 }
 
+/// Compares with a hash held as text (a manifest's, an event's).
+impl PartialEq<str> for Blake3Hash {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 impl From<blake3::Hash> for Blake3Hash {
     fn from(h: blake3::Hash) -> Self {
         Self(h.to_hex().to_string())

@@ -9,9 +9,14 @@ pub mod files;
 pub mod membership;
 pub mod projects;
 pub mod realtime;
+pub mod relay;
 pub mod schema;
 pub mod transfers;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorDetail};
-pub use events::{Actor, Event, EventType, Log};
+
+/// The body of a command whose request says nothing more: `{}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct EmptyBody {}
+pub use events::{Actor, Event, EventData, EventType, Log};

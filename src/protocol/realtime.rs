@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Actor, Event, EventType};
+use super::{Actor, Event, EventData};
 
 /// What a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,8 +21,9 @@ pub enum ClientMessage {
     Ping,
 }
 
-/// What the server sends, but events (see [`event_message`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What the server sends: control messages, tagged by `type`, and events,
+/// whose `type` is the event's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Subscribed {
@@ -44,32 +45,58 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         project_id: Option<Uuid>,
     },
+    /// An event the caller may see; its `type` is the event's.
+    #[serde(untagged)]
+    Event(Box<EventMessage>),
 }
 
-/// An event as pushed: `{"type": "<event type>", "project_id", "seq",
-/// "data", "actor", "created_at"}`.
-pub fn event_message(project_id: Uuid, event: &Event) -> serde_json::Value {
-    serde_json::json!({
-        "type": event.event_type,
-        "project_id": project_id,
-        "seq": event.seq,
-        "data": event.data,
-        "actor": event.actor,
-        "created_at": event.created_at,
-    })
-}
-
-/// The shape of [`event_message`], for the OpenAPI document: an event the
-/// caller may see, pushed in seq order.
+/// An event as pushed: `{"type": "<event type>", "data", "project_id", "seq",
+/// "actor", "created_at"}`, an event the caller may see, in seq order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventMessage {
-    #[serde(rename = "type")]
-    pub event_type: EventType,
+    #[serde(flatten)]
+    pub data: EventData,
     pub project_id: Uuid,
     pub seq: i64,
-    /// The event's payload; its fields depend on `type`.
-    #[schema(value_type = Object)]
-    pub data: serde_json::Value,
     pub actor: Actor,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl EventMessage {
+    pub fn new(project_id: Uuid, event: &Event) -> Self {
+        Self { data: event.data.clone(), project_id, seq: event.seq, actor: event.actor, created_at: event.created_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::events::data;
+    use serde_json::json;
+
+    #[test]
+    fn an_event_message_is_the_event_type_beside_the_event_fields() {
+        let project_id = Uuid::now_v7();
+        let user_id = Uuid::now_v7();
+        let created_at = chrono::Utc::now();
+        let message = ServerMessage::Event(Box::new(EventMessage {
+            data: EventData::ProjectRenamed(data::ProjectRenamed { name: "n".into() }),
+            project_id,
+            seq: 7,
+            actor: Actor { user_id: Some(user_id), device_id: None },
+            created_at,
+        }));
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "type": "project_renamed", "project_id": project_id, "seq": 7, "data": {"name": "n"},
+                "actor": {"user_id": user_id, "device_id": null}, "created_at": created_at,
+            })
+        );
+        assert_eq!(serde_json::from_value::<ServerMessage>(json).unwrap(), message);
+        let pong = serde_json::from_value::<ServerMessage>(json!({"type": "pong"})).unwrap();
+        assert_eq!(pong, ServerMessage::Pong);
+        assert!(serde_json::from_value::<ServerMessage>(json!({"type": "nope"})).is_err());
+    }
 }

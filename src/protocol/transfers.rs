@@ -53,6 +53,80 @@ impl TransferStatus {
     }
 }
 
+/// How bytes reach the requester: `http`, straight from the source device's
+/// agent, or `relay`, through the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferProtocol {
+    Http,
+    Relay,
+}
+
+impl TransferProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferProtocol::Http => "http",
+            TransferProtocol::Relay => "relay",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [TransferProtocol::Http, TransferProtocol::Relay].into_iter().find(|p| p.as_str() == value)
+    }
+}
+
+/// Why the server or a client ended a transfer as `failed`, as its
+/// `error_message` says. A client may also report a reason in its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The received bytes do not hash to the file's hash.
+    HashMismatch,
+    /// No bytes moved for too long.
+    Stalled,
+    /// The file changed at the source while it was being sent.
+    FileChanged,
+    /// The requester left or was removed from the project.
+    MemberRemoved,
+    /// The source device reported a failure without a reason.
+    FailedAtSource,
+    /// The requester reported a failure without a reason.
+    FailedAtRequester,
+    /// The source's agent no longer has the file as requested.
+    FileChangedAtSource,
+    FileNotFoundAtSource,
+    /// Relay chunks did not arrive: the source is offline, or online but
+    /// not sending.
+    SourceOffline,
+    SourceNotSending,
+    /// A relay chunk failed its hash check.
+    RelayChunkDamaged,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::HashMismatch => "hash_mismatch",
+            FailureReason::Stalled => "stalled",
+            FailureReason::FileChanged => "file_changed",
+            FailureReason::MemberRemoved => "member_removed",
+            FailureReason::FailedAtSource => "failed_at_source",
+            FailureReason::FailedAtRequester => "failed_at_requester",
+            FailureReason::FileChangedAtSource => "file_changed_at_source",
+            FailureReason::FileNotFoundAtSource => "file_not_found_at_source",
+            FailureReason::SourceOffline => "source_offline",
+            FailureReason::SourceNotSending => "source_not_sending",
+            FailureReason::RelayChunkDamaged => "relay_chunk_damaged",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestMode {
@@ -96,7 +170,7 @@ pub struct DownloadFile {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
-    pub protocol: String,
+    pub protocol: TransferProtocol,
     pub url: String,
     /// For `http` (direct) endpoints: the transfer's secret, sent by the
     /// requester as `Authorization: Bearer <token>` to the source's agent.
@@ -106,7 +180,7 @@ pub struct Endpoint {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransferInfo {
-    pub protocol: String,
+    pub protocol: TransferProtocol,
     pub source_device_id: Uuid,
     pub expires_at: DateTime<Utc>,
     pub endpoints: Vec<Endpoint>,
@@ -142,7 +216,7 @@ pub struct Transfer {
     pub requester_id: Uuid,
     pub target_device_id: Option<Uuid>,
     pub source_device: SourceDevice,
-    pub protocol: String,
+    pub protocol: TransferProtocol,
     pub bytes_transferred: i64,
     pub total_bytes: i64,
     pub percent_complete: f64,

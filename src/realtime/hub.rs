@@ -11,19 +11,21 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
+use crate::protocol::Event;
 use crate::store::{self, Pool, RecordedEvent};
 
 /// Most events read per round trip.
 const READ_BATCH: i64 = 1000;
 
 /// Consecutive events of one project, `from_seq..=to_seq`, as read from the
-/// log: every event of the range, visible to the socket or not.
+/// log: every event of the range, visible to the socket or not, decoded
+/// once for every socket.
 #[derive(Debug)]
 pub struct Batch {
     pub project_id: Uuid,
     pub from_seq: i64,
     pub to_seq: i64,
-    pub events: Vec<RecordedEvent>,
+    pub events: Vec<Event>,
 }
 
 /// How the hub tells a socket that it dropped batches for it.
@@ -131,13 +133,14 @@ impl Hub {
             let events = match self.pool.get().await {
                 Ok(client) => store::read_after(&client, project_id, from, READ_BATCH).await,
                 Err(e) => Err(e.into()),
-            };
+            }
+            .and_then(|rows| rows.into_iter().map(RecordedEvent::into_event).collect::<Result<Vec<_>, _>>());
             let mut feeds = self.feeds.lock().expect("hub lock");
             let Some(feed) = feeds.get_mut(&project_id) else { return };
             let events = match events {
                 Ok(events) => events,
                 Err(e) => {
-                    tracing::warn!(%project_id, error = %crate::api::error_chain(&e), "hub read failed; retrying");
+                    tracing::warn!(%project_id, error = %crate::telemetry::error_chain(&e), "hub read failed; retrying");
                     feed.reading = false;
                     drop(feeds);
                     let hub = self.clone();

@@ -13,7 +13,8 @@ use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::Hub;
-use crate::relay::arrivals::{ChunkArrivals, CHANNEL as CHUNKS};
+use crate::domain::relay::CHUNKS_CHANNEL as CHUNKS;
+use crate::relay::arrivals::ChunkArrivals;
 
 pub const CHANNEL: &str = "ferry_events";
 

@@ -80,7 +80,7 @@ impl Presence {
                 Ok::<_, StoreError>(())
             };
             if let Err(e) = refreshed.await {
-                tracing::warn!(error = %crate::api::error_chain(&e), "presence refresh failed");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence refresh failed");
             }
         }
     }
@@ -91,9 +91,4 @@ impl Presence {
             let _ = client.execute("DELETE FROM device_connections WHERE server_id = $1", &[&self.server_id]).await;
         }
     }
-}
-
-/// SQL: whether the device named by `column` is online.
-pub fn online_sql(column: &str) -> String {
-    format!("EXISTS (SELECT 1 FROM device_connections c WHERE c.device_id = {column} AND c.expires_at > now())")
 }

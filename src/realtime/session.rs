@@ -24,8 +24,8 @@ use crate::domain::events::{feed, visible};
 use crate::domain::projects::access;
 use crate::domain::{Caller, DomainError};
 use crate::protocol::projects::Role;
-use crate::protocol::realtime::{event_message, ClientMessage, ServerMessage};
-use crate::protocol::{Event, EventType};
+use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::{Event, EventData};
 
 /// Events read per page while replaying from the log.
 const REPLAY_PAGE: i64 = 500;
@@ -64,7 +64,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     };
     if let Some(device) = device {
         if let Err(e) = rt.presence.connect(device).await {
-            tracing::warn!(error = %crate::api::error_chain(&e), "presence not recorded");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence not recorded");
         }
     }
     crate::telemetry::WS_SESSIONS.inc();
@@ -113,7 +113,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     crate::telemetry::WS_SESSIONS.dec();
     if let Some(device) = device {
         if let Err(e) = rt.presence.disconnect(device).await {
-            tracing::warn!(error = %crate::api::error_chain(&e), "presence not cleared");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence not cleared");
         }
     }
     let _ = state.ws.close(reason).await;
@@ -227,12 +227,11 @@ impl SessionState {
     /// Sends one event and advances the cursor; answers false when the event
     /// ended the subscription (the caller left the project).
     async fn deliver(&mut self, project_id: Uuid, event: &Event) -> Result<bool, Closed> {
-        self.send(&event_message(project_id, event)).await?;
+        self.send(&ServerMessage::Event(Box::new(EventMessage::new(project_id, event)))).await?;
         if let Some(s) = self.subscriptions.get_mut(&project_id) {
             s.cursor = s.cursor.max(event.seq);
         }
-        let removed = event.event_type == EventType::MemberRemoved.as_str()
-            && event.data["user_id"].as_str() == Some(self.caller.user_id.to_string().as_str());
+        let removed = matches!(&event.data, EventData::MemberRemoved(m) if m.user_id == self.caller.user_id);
         if removed {
             self.end(project_id, "access_revoked", "you are no longer in this project").await?;
             return Ok(false);
@@ -251,12 +250,12 @@ impl SessionState {
             return self.replay(project_id).await;
         }
         let user = self.caller.user_id;
-        for recorded in &batch.events {
+        for event in &batch.events {
             let Some(sub) = self.subscriptions.get(&project_id) else { return Ok(()) };
-            if recorded.seq <= sub.cursor || !visible(sub.role, user, &recorded.event_type, &recorded.data) {
+            if event.seq <= sub.cursor || !visible(sub.role, user, &event.data) {
                 continue;
             }
-            if !self.deliver(project_id, &recorded.clone().into()).await? {
+            if !self.deliver(project_id, event).await? {
                 return Ok(());
             }
         }
@@ -286,7 +285,7 @@ impl SessionState {
                 }
             }
             DomainError::Store(e) => {
-                tracing::warn!(error = %crate::api::error_chain(&e), "session read failed");
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "session read failed");
                 self.error("internal_error", "something went wrong on our side", Some(project_id)).await
             }
         }

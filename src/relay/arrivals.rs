@@ -18,9 +18,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The channel chunk arrivals are announced on; payload `<project_id>:<hash>`.
-pub const CHANNEL: &str = "ferry_chunks";
-
 /// Longest a waiter sleeps without looking again, in case a notification
 /// was lost. A listener that reconnects wakes everyone anyway.
 pub const SAFETY_NET: Duration = Duration::from_secs(5);

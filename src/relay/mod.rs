@@ -14,6 +14,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use uuid::Uuid;
 
+use crate::domain::relay::Stored;
+use crate::protocol::files::Blake3Hash;
+
 pub mod arrivals;
 pub mod buffers;
 pub use arrivals::ChunkArrivals;
@@ -76,14 +79,6 @@ pub struct Received {
     pub bytes: Bytes,
     /// Its zstd variant, when smaller.
     variant: Option<Vec<u8>>,
-}
-
-/// What an upload stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub size: i64,
-    /// Size of the zstd variant kept beside it, when it is smaller.
-    pub zstd_size: Option<i64>,
 }
 
 impl ChunkStore {
@@ -217,9 +212,9 @@ impl ChunkStore {
         }
         taken?;
 
-        let actual = hasher.finalize().to_hex().to_string();
-        if actual != hash {
-            return Err(RelayError::HashMismatch { actual });
+        let actual = Blake3Hash::from(hasher.finalize());
+        if actual != *hash {
+            return Err(RelayError::HashMismatch { actual: actual.as_str().to_owned() });
         }
         let bytes = raw.freeze();
         let variant = if zstd_encoded { Some(packed) } else { zstd_variant(&bytes) };

@@ -1,5 +1,6 @@
 //! Appending to and reading from the two logs.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -7,10 +8,29 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{GenericClient, StoreError};
-use crate::protocol::{Actor, EventType, Log};
+use crate::protocol::{Actor, Event, EventData, EventType, Log};
 use tokio_postgres::Statement;
 
-/// An event about to be appended.
+/// What [`append`] appends: an [`EventData`], as commands do, or a
+/// [`NewEvent`].
+pub trait Appendable {
+    fn event_type(&self) -> EventType;
+    /// The payload, stored in `data`.
+    fn payload(&self) -> Cow<'_, Value>;
+}
+
+impl Appendable for EventData {
+    fn event_type(&self) -> EventType {
+        EventData::event_type(self)
+    }
+
+    fn payload(&self) -> Cow<'_, Value> {
+        Cow::Owned(EventData::payload(self))
+    }
+}
+
+/// An event with an untyped payload, for tests and benchmarks that write
+/// the log directly; commands append [`EventData`].
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: EventType,
@@ -21,6 +41,16 @@ impl NewEvent {
     pub fn new(event_type: EventType, data: impl serde::Serialize) -> Self {
         let data = serde_json::to_value(data).expect("event payloads serialize to JSON");
         Self { event_type, data }
+    }
+}
+
+impl Appendable for NewEvent {
+    fn event_type(&self) -> EventType {
+        self.event_type
+    }
+
+    fn payload(&self) -> Cow<'_, Value> {
+        Cow::Borrowed(&self.data)
     }
 }
 
@@ -39,7 +69,8 @@ pub struct Appended {
     pub created_at: DateTime<Utc>,
 }
 
-/// An event as stored.
+/// An event as stored: its type and payload as the log holds them; see
+/// [`RecordedEvent::into_event`] for the typed event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
     pub project_id: Uuid,
@@ -116,7 +147,7 @@ pub async fn append(
     client: &impl GenericClient,
     project_id: Uuid,
     meta: &EventMeta,
-    events: &[NewEvent],
+    events: &[impl Appendable],
 ) -> Result<Appended, StoreError> {
     let stmt = append_statement(client, events).await?;
     append_with(client, &stmt, project_id, meta, events).await
@@ -125,9 +156,12 @@ pub async fn append(
 /// The statement [`append`] runs for `events` (which logs they go to),
 /// prepared once per connection; see [`lock_statement`] for why a pipeline
 /// prepares first.
-pub async fn append_statement(client: &impl GenericClient, events: &[NewEvent]) -> Result<Statement, StoreError> {
-    let project = events.iter().any(|e| e.event_type.log() == Log::Project);
-    let transfer = events.iter().any(|e| e.event_type.log() == Log::Transfer);
+pub async fn append_statement(
+    client: &impl GenericClient,
+    events: &[impl Appendable],
+) -> Result<Statement, StoreError> {
+    let project = events.iter().any(|e| e.event_type().log() == Log::Project);
+    let transfer = events.iter().any(|e| e.event_type().log() == Log::Transfer);
     let sql = match (project, transfer) {
         (true, false) => &*APPEND_PROJECT,
         (false, true) => &*APPEND_TRANSFER,
@@ -143,15 +177,16 @@ pub async fn append_with(
     stmt: &Statement,
     project_id: Uuid,
     meta: &EventMeta,
-    events: &[NewEvent],
+    events: &[impl Appendable],
 ) -> Result<Appended, StoreError> {
     if events.is_empty() {
         return Err(StoreError::Invalid("append of an empty batch".into()));
     }
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-    let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type.log() == Log::Transfer).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type().as_str()).collect();
+    let payloads: Vec<Cow<'_, Value>> = events.iter().map(|e| e.payload()).collect();
+    let data: Vec<&Value> = payloads.iter().map(|p| p.as_ref()).collect();
+    let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type().log() == Log::Transfer).collect();
     let row = client
         .query_opt(
             stmt,
@@ -188,6 +223,16 @@ impl RecordedEvent {
             created_at: row.get(7),
             position: row.get(8),
         }
+    }
+
+    /// The event with its typed payload. The log only holds what commands
+    /// appended as [`EventData`], so a failure here is a damaged log.
+    pub fn into_event(self) -> Result<Event, StoreError> {
+        let (seq, project_id) = (self.seq, self.project_id);
+        let damaged = |why: String| StoreError::Invalid(format!("event {seq} of project {project_id}: {why}"));
+        let event_type = EventType::parse(&self.event_type).ok_or_else(|| damaged("unknown type".into()))?;
+        let data = EventData::from_payload(event_type, self.data).map_err(|e| damaged(e.to_string()))?;
+        Ok(Event { seq: self.seq, id: self.id, data, actor: self.actor, created_at: self.created_at })
     }
 }
 

@@ -7,7 +7,9 @@ pub mod idempotency;
 pub mod migrate;
 
 pub use deadpool_postgres::{GenericClient, Pool, Transaction};
-pub use events::{append, create_stream, lock_stream, read_after, Appended, EventMeta, NewEvent, RecordedEvent};
+pub use events::{
+    append, create_stream, lock_stream, read_after, Appendable, Appended, EventMeta, NewEvent, RecordedEvent,
+};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -13,11 +13,12 @@ use maud::Markup;
 use percent_encoding::percent_decode_str;
 use uuid::Uuid;
 
-use crate::api::{error_chain, ApiError, AppState, Auth};
+use crate::api::{ApiError, AppState, Auth};
 use crate::domain::{accounts, membership, projects, Caller, DomainError};
 use crate::protocol::accounts::User;
 use crate::protocol::files::FilePath;
 use crate::protocol::projects::{Project, Role};
+use crate::telemetry::error_chain;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/").route(read().to(index)))

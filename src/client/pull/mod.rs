@@ -10,24 +10,32 @@
 //! files are not hashed again), `parts/` (what each unfinished part holds:
 //! a killed pull resumes from it) and `manifest.json`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
 use indicatif::ProgressBar;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::time::Instant;
+use serde::Serialize;
 use uuid::Uuid;
 
+mod assemble;
+mod fetch;
+mod local;
+mod manifest;
+
+pub use manifest::{Manifest, ManifestEntry};
+
+use self::assemble::attempt;
+use self::fetch::Stop;
+use self::local::LocalChunks;
 use super::api::Api;
 use super::cli::{resolve_project, Session};
 use super::direct::Peer;
 use super::output::{human_bytes, Output};
-use super::part::{Part, Pos, Writer, PARTS_DIR};
+use super::part::{Part, Pos, PARTS_DIR};
 use super::scan::{self, Files, Index, STATE_DIR};
 use super::ClientError;
 use crate::protocol::files::{ChunkRef, FilePath, RemoteFile};
@@ -35,24 +43,10 @@ use crate::protocol::transfers::{
     DownloadRequest, DownloadResponse, RequestMode, Transfer, TransferReport, TransferStatus,
 };
 
-const MANIFEST_FILE: &str = "manifest.json";
 /// Left behind by pulls before parts: removed when found.
 const OLD_CHUNKS_DIR: &str = "chunks";
 /// Files pulled at once.
 const FILES_AT_ONCE: usize = 3;
-/// Chunks of one file in flight at once (fetched, or read from a local
-/// copy), ahead of the one being written: enough to keep the network busy,
-/// few enough that memory stays flat (at most this many chunks of ≤ 4 MiB).
-const CHUNKS_AT_ONCE: usize = 8;
-/// Verified chunks queued for the writer.
-const WRITE_QUEUE: usize = 4;
-/// Least time between two `--json` progress lines of a file.
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// A chunk whose bytes do not hash to its name is fetched again this often.
-const BAD_CHUNK_TRIES: u32 = 3;
-/// How often the transfer's state is looked at while its chunks are awaited.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-
 /// What `ferry pull` was asked.
 #[derive(Debug, Clone)]
 pub struct PullRequest {
@@ -63,57 +57,13 @@ pub struct PullRequest {
     pub wait: Duration,
 }
 
-/// `DIR/.ferry/manifest.json`: what was pulled, by project path.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Manifest {
-    #[serde(default)]
-    pub version: u32,
-    #[serde(default)]
-    pub files: BTreeMap<String, ManifestEntry>,
-    /// `ferry sync`: the seq of the last project event applied to DIR.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seq: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestEntry {
-    pub project_id: Uuid,
-    pub path: String,
-    pub local_path: PathBuf,
-    pub hash: String,
-    pub size: u64,
-    pub synced_at: DateTime<Utc>,
-}
-
-impl Manifest {
-    pub fn path(dir: &Path) -> PathBuf {
-        dir.join(STATE_DIR).join(MANIFEST_FILE)
-    }
-
-    pub fn load(dir: &Path) -> Self {
-        std::fs::read(Self::path(dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-    }
-
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let path = Self::path(dir);
-        let tmp = dir.join(STATE_DIR).join(format!("{MANIFEST_FILE}.{}.tmp", Uuid::new_v4().simple()));
-        let bytes =
-            serde_json::to_vec_pretty(&Manifest { version: 1, files: self.files.clone(), last_seq: self.last_seq })
-                .map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, path)
-    }
-}
-
 struct Ctx {
     api: Api,
     project: Uuid,
     dir: PathBuf,
     out: Output,
-    /// Chunk hash → a local file holding it, at (offset, size).
-    local: HashMap<String, (PathBuf, u64, u64)>,
-    /// Every chunk hash DIR's files hold.
-    have: Vec<String>,
+    /// The chunks DIR's files hold.
+    local: LocalChunks,
     wait: Duration,
     bar: ProgressBar,
     /// `--json` progress lines.
@@ -165,10 +115,7 @@ pub async fn pull(session: &Session, out: Output, req: PullRequest) -> Result<()
         _ = super::agent::stop_signal() => return Err(interrupted(&api, project, &req.to, &open).await),
     };
     let s = pulled?;
-    out.result(
-        json!({"files": s.files, "unchanged": s.unchanged, "bytes_transferred": s.bytes_transferred,
-               "bytes_direct": s.bytes_direct, "bytes_reused": s.bytes_reused}),
-        || {
+    out.result(&s, || {
             format!(
                 "Pulled {} file(s) into {} ({} transferred, {} of it directly from the owner's machine; {} reused from local copies); {} already up to date.",
                 s.files,
@@ -217,8 +164,10 @@ async fn interrupted(api: &Api, project: Uuid, to: &Path, open: &OpenTransfers) 
 }
 
 /// What one pull did.
-#[derive(Debug, Clone)]
+/// With `--json`, the `pull`'s result (without `dir`).
+#[derive(Debug, Clone, Serialize)]
 pub struct PullSummary {
+    #[serde(skip)]
     pub dir: PathBuf,
     pub files: usize,
     pub unchanged: usize,
@@ -284,18 +233,7 @@ async fn pull_files(
     for w in &scanned.warnings {
         out.warn(w);
     }
-    let mut local = HashMap::new();
-    for (path, entry) in &scanned.files {
-        let abs = dir.join(path.trim_start_matches('/'));
-        for c in &entry.chunks {
-            local.entry(c.hash.clone()).or_insert((abs.clone(), c.offset, c.size));
-        }
-        if entry.size > 0 {
-            local.entry(entry.hash.clone()).or_insert((abs.clone(), 0, entry.size));
-        }
-    }
-    let mut have: Vec<String> = local.keys().cloned().collect();
-    have.sort();
+    let local = LocalChunks::of(&dir, &scanned.files);
 
     let mut manifest = Manifest::load(&dir);
     let mut todo = Vec::new();
@@ -326,7 +264,6 @@ async fn pull_files(
         dir: dir.clone(),
         out,
         local,
-        have,
         wait,
         bar,
         progress: reporting.progress && out.json,
@@ -396,48 +333,6 @@ async fn pull_files(
         bytes_direct: direct,
         bytes_reused: reused,
     })
-}
-
-/// Why fetching stopped short.
-enum Stop {
-    /// The transfer failed: worth a retry through the API.
-    Failed(String),
-    /// The owner's machine stopped answering directly: the relay's turn.
-    Fallback(String),
-    /// Not worth retrying.
-    Fatal(String),
-}
-
-/// Where a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    Direct,
-    Relay,
-}
-
-/// What to do for one position of the file, in order.
-enum Step {
-    /// Already in the part at this offset (resumed) or at another (the same
-    /// bytes earlier in the file).
-    InPart(Pos, u64),
-    /// Copied from a file DIR holds, at (path, offset).
-    Local(Pos, PathBuf, u64),
-    Fetch(Pos),
-}
-
-/// A step done, for the writer.
-enum Item {
-    Arrived(Pos, bytes::Bytes, Option<Via>),
-    InPart(Pos, u64),
-}
-
-/// What one attempt's writer did.
-#[derive(Default)]
-struct Written {
-    /// Positions newly written (now in the part).
-    positions: Vec<Pos>,
-    transferred: u64,
-    direct: u64,
 }
 
 async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
@@ -586,7 +481,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
 
 /// Asks for the file as a delta against DIR's chunks and those `done`.
 async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Result<DownloadResponse, String> {
-    let mut have: HashSet<String> = ctx.have.iter().cloned().collect();
+    let mut have: HashSet<String> = ctx.local.hashes().iter().cloned().collect();
     have.extend(done.values().map(|p| p.hash.clone()));
     let mut have: Vec<String> = have.into_iter().collect();
     have.sort();
@@ -608,189 +503,6 @@ async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Resu
         .map_err(|e| e.to_string())
 }
 
-/// One pass over the file's positions in order: what is in the part stays,
-/// what DIR holds is copied, the rest is fetched (several at once) and
-/// written as it verifies, in order, by a writer on a blocking thread. The
-/// whole file's BLAKE3 when every byte is in.
-#[allow(clippy::too_many_arguments)]
-async fn attempt(
-    ctx: &Ctx,
-    file: &RemoteFile,
-    part: &Arc<Part>,
-    positions: &[Pos],
-    done: &HashMap<u64, Pos>,
-    needed: &HashSet<String>,
-    transfer: Uuid,
-    peer: Option<Arc<Peer>>,
-    size: u64,
-) -> (Written, Result<String, Stop>) {
-    // Where each chunk's bytes will already be in the part when the writer
-    // reaches a later position holding the same chunk.
-    let mut placed: HashMap<&str, u64> = done.values().map(|p| (p.hash.as_str(), p.offset)).collect();
-    let mut steps = Vec::with_capacity(positions.len());
-    for p in positions {
-        let step = if done.contains_key(&p.offset) {
-            Step::InPart(p.clone(), p.offset)
-        } else if let Some(from) = placed.get(p.hash.as_str()) {
-            Step::InPart(p.clone(), *from)
-        } else if needed.contains(&p.hash) {
-            Step::Fetch(p.clone())
-        } else if let Some((path, offset, _)) = ctx.local.get(&p.hash) {
-            Step::Local(p.clone(), path.clone(), *offset)
-        } else {
-            // The server thinks it is here and it is not: fetch it anyway.
-            Step::Fetch(p.clone())
-        };
-        placed.entry(p.hash.as_str()).or_insert(p.offset);
-        steps.push(step);
-    }
-
-    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(WRITE_QUEUE);
-    let writer = {
-        let (part, bar, path) = (part.clone(), ctx.bar.clone(), file.path.clone());
-        let events = ctx.progress.then_some(ctx.out);
-        tokio::task::spawn_blocking(move || write_part(&part, size, rx, &bar, events, &path))
-    };
-
-    let mut stop = None;
-    {
-        let peer = peer.as_deref();
-        let mut items = futures_util::stream::iter(steps)
-            .map(|step| async move {
-                Ok::<_, Stop>(match step {
-                    Step::InPart(pos, from) => Item::InPart(pos, from),
-                    Step::Local(pos, path, offset) => match read_local(&path, offset, &pos).await {
-                        Some(bytes) => Item::Arrived(pos, bytes, None),
-                        // Changed since it was scanned: the relay may still have it.
-                        None => {
-                            let (bytes, via) = fetch_chunk(ctx, transfer, peer, &pos.hash, false).await?;
-                            Item::Arrived(pos, bytes, Some(via))
-                        }
-                    },
-                    Step::Fetch(pos) => {
-                        let (bytes, via) = fetch_chunk(ctx, transfer, peer, &pos.hash, true).await?;
-                        Item::Arrived(pos, bytes, Some(via))
-                    }
-                })
-            })
-            .buffered(CHUNKS_AT_ONCE);
-        while let Some(item) = items.next().await {
-            match item {
-                // The writer stopped (it says why below).
-                Ok(item) => {
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
-                }
-                Err(s) => {
-                    stop = Some(s);
-                    break;
-                }
-            }
-        }
-    }
-    drop(tx);
-    let (written, result) = match writer.await {
-        Ok(v) => v,
-        Err(e) => (Written::default(), Err(std::io::Error::other(e.to_string()))),
-    };
-    let outcome = match (stop, result) {
-        (_, Err(e)) => Err(Stop::Fatal(format!("{}: {e}", part.path.display()))),
-        (Some(s), _) => Err(s),
-        (None, Ok(Some(hash))) => Ok(hash),
-        (None, Ok(None)) => Err(Stop::Fatal("the file's chunks ended short of its size".into())),
-    };
-    (written, outcome)
-}
-
-/// The writer: takes the items in order, writes and records them, hashes
-/// the whole file; fsyncs once when every byte is in.
-fn write_part(
-    part: &Part,
-    size: u64,
-    mut rx: tokio::sync::mpsc::Receiver<Item>,
-    bar: &ProgressBar,
-    events: Option<Output>,
-    path: &str,
-) -> (Written, std::io::Result<Option<String>>) {
-    let mut written = Written::default();
-    let mut w = match Writer::open(part, size) {
-        Ok(w) => w,
-        Err(e) => return (written, Err(e)),
-    };
-    let mut bytes_in = 0u64;
-    // The first chunk is reported at once: progress shows from the start.
-    let mut reported = None::<std::time::Instant>;
-    let mut reported_bytes = 0;
-    while let Some(item) = rx.blocking_recv() {
-        let (pos, r) = match item {
-            Item::Arrived(pos, bytes, via) => {
-                let r = w.put(&pos, &bytes);
-                if r.is_ok() {
-                    if let Some(via) = via {
-                        written.transferred += pos.size;
-                        if via == Via::Direct {
-                            written.direct += pos.size;
-                        }
-                    }
-                    written.positions.push(pos.clone());
-                }
-                (pos, r)
-            }
-            Item::InPart(pos, from) => {
-                let r = w.copy_from_part(&pos, from);
-                if r.is_ok() && from != pos.offset {
-                    written.positions.push(pos.clone());
-                }
-                (pos, r)
-            }
-        };
-        if let Err(e) = r {
-            return (written, Err(e));
-        }
-        bytes_in += pos.size;
-        bar.inc(pos.size);
-        if let Some(out) = events.filter(|_| reported.map_or(true, |at| at.elapsed() >= PROGRESS_EVERY)) {
-            reported = Some(std::time::Instant::now());
-            reported_bytes = bytes_in;
-            out.event(
-                json!({"event": "progress", "file_path": path, "bytes": bytes_in, "total_bytes": size}),
-                String::new,
-            );
-        }
-    }
-    if !w.complete() {
-        return (written, Ok(None));
-    }
-    if let Some(out) = events.filter(|_| reported_bytes != size) {
-        out.event(json!({"event": "progress", "file_path": path, "bytes": size, "total_bytes": size}), String::new);
-    }
-    let hash = w.finish().map(Some);
-    (written, hash)
-}
-
-/// A chunk from a file DIR holds, when it still holds it.
-async fn read_local(path: &Path, offset: u64, pos: &Pos) -> Option<bytes::Bytes> {
-    let (path, size, hash) = (path.to_path_buf(), pos.size, pos.hash.clone());
-    tokio::task::spawn_blocking(move || {
-        let bytes = scan::read_at(&path, offset, size).ok()?;
-        (blake3::hash(&bytes).to_hex().as_str() == hash).then(|| bytes::Bytes::from(bytes))
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-/// Whether `bytes` hash to `hash`, worked out on a blocking thread (the
-/// network tasks keep running).
-async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
-    let hash = hash.to_owned();
-    tokio::task::spawn_blocking(move || (blake3::hash(&bytes).to_hex().as_str() == hash).then_some(bytes))
-        .await
-        .ok()
-        .flatten()
-}
-
 /// Records that this attempt failed on the member's side (the source may
 /// have failed it already), then asks for another.
 async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer, ClientError> {
@@ -804,124 +516,6 @@ async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer
         Err(e) => return Err(e),
     }
     ctx.api.retry_transfer(ctx.project, transfer).await
-}
-
-/// One chunk, verified: directly from the owner's machine while that works
-/// (its first failure ends the attempt: [`Stop::Fallback`]), else from the
-/// relay — waiting there, when `wait`, for the source to put it there: the
-/// server holds the request until it lands (`?wait=`), so nothing is asked
-/// again and again.
-async fn fetch_chunk(
-    ctx: &Ctx,
-    transfer: Uuid,
-    peer: Option<&Peer>,
-    hash: &str,
-    wait: bool,
-) -> Result<(bytes::Bytes, Via), Stop> {
-    let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
-    let mut bad = 0;
-    let mut delay = Duration::from_millis(20);
-    let mut next_status = Instant::now() + STATUS_EVERY;
-    loop {
-        let asked = Instant::now();
-        let fetched = match peer {
-            Some(peer) => match peer.fetch(hash).await {
-                Ok(bytes) => Some((bytes, Via::Direct)),
-                Err(why) => return Err(Stop::Fallback(why)),
-            },
-            None => {
-                let wait = wait.then(|| relay_wait(deadline));
-                match ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait).await {
-                    Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
-                    Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
-                    // A network hiccup: wait and try again, within the deadline.
-                    Err(_) => None,
-                }
-            }
-        };
-        if let Some((bytes, via)) = fetched {
-            if let Some(bytes) = verified(bytes, hash).await {
-                return Ok((bytes, via));
-            }
-            bad += 1;
-            if bad >= BAD_CHUNK_TRIES {
-                return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
-            }
-            continue;
-        }
-        if !wait {
-            return Err(Stop::Failed(format!("chunk {hash} is neither here nor on the relay")));
-        }
-        if Instant::now() >= deadline {
-            if let Some(offline) = lock(&ctx.offline).clone() {
-                return Err(Stop::Fatal(format!(
-                    "waited {}s (--wait) for {offline}; the same command resumes once it is back",
-                    ctx.wait.as_secs()
-                )));
-            }
-            return Err(Stop::Fatal(format!(
-                "the source did not provide chunk {hash} within {:?} (is the owner's `ferry share` running?)",
-                ctx.wait
-            )));
-        }
-        if Instant::now() >= next_status {
-            next_status = Instant::now() + STATUS_EVERY;
-            if let Ok(t) = ctx.api.transfer(ctx.project, transfer).await {
-                say_whether_offline(ctx, &t.source_device).await;
-                let why = || t.error_message.clone().unwrap_or_else(|| t.status.as_str().to_owned());
-                match t.status {
-                    TransferStatus::Failed => return Err(Stop::Failed(why())),
-                    TransferStatus::Cancelled | TransferStatus::Expired => {
-                        return Err(Stop::Fatal(format!("the transfer was {}", why())))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // The server waited for the chunk to land (`?wait=`): ask again at
-        // once. A miss that came back fast (a network error, an older
-        // server without `wait`) backs off instead of spinning.
-        if asked.elapsed() < RELAY_WAIT / 2 {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
-        }
-    }
-}
-
-/// Says once that the owner's computer is offline, and since when, and
-/// again once it is back; a wait then says what it waited for.
-async fn say_whether_offline(ctx: &Ctx, source: &crate::protocol::transfers::SourceDevice) {
-    let said = lock(&ctx.offline).is_some();
-    if source.online {
-        if said {
-            *lock(&ctx.offline) = None;
-            ctx.bar.suspend(|| ctx.out.note(&format!("{} is back online", source.name)));
-        }
-        return;
-    }
-    if said {
-        return;
-    }
-    let seen = match ctx.api.project_devices(ctx.project).await {
-        Ok(d) => d.devices.into_iter().find(|d| d.device_id == source.id).and_then(|d| d.last_seen_at),
-        Err(_) => None,
-    };
-    let since = seen
-        .map(|t| format!(", offline since {}", t.format("%Y-%m-%d %H:%M UTC")))
-        .unwrap_or_else(|| ", offline".into());
-    let what = format!("the owner's computer “{}”{since}", source.name);
-    ctx.bar.suspend(|| ctx.out.note(&format!("waiting for {what} (up to {}s, --wait)", ctx.wait.as_secs())));
-    *lock(&ctx.offline) = Some(what);
-}
-
-/// Longest one relay request waits on the server for a chunk to land: short
-/// enough to look at the transfer's state (failed, cancelled) between.
-const RELAY_WAIT: Duration = Duration::from_secs(5);
-
-/// The server-side wait for the next relay request: whole seconds, within
-/// the pull's own deadline.
-fn relay_wait(deadline: Instant) -> Duration {
-    RELAY_WAIT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]

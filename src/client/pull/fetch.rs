@@ -1,0 +1,160 @@
+//! Fetching one chunk, verified: directly from the owner's machine while
+//! that works, else from the relay, waiting there for the source.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::super::direct::Peer;
+use super::super::ClientError;
+use super::{lock, Ctx};
+use crate::protocol::files::Blake3Hash;
+use crate::protocol::transfers::TransferStatus;
+
+/// A chunk whose bytes do not hash to its name is fetched again this often.
+const BAD_CHUNK_TRIES: u32 = 3;
+/// How often the transfer's state is looked at while its chunks are awaited.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Why fetching stopped short.
+pub(super) enum Stop {
+    /// The transfer failed: worth a retry through the API.
+    Failed(String),
+    /// The owner's machine stopped answering directly: the relay's turn.
+    Fallback(String),
+    /// Not worth retrying.
+    Fatal(String),
+}
+
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Direct,
+    Relay,
+}
+
+/// Whether `bytes` hash to `hash`, worked out on a blocking thread (the
+/// network tasks keep running).
+async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
+    let hash = hash.to_owned();
+    tokio::task::spawn_blocking(move || (Blake3Hash::of(&bytes) == *hash).then_some(bytes)).await.ok().flatten()
+}
+
+/// One chunk, verified: directly from the owner's machine while that works
+/// (its first failure ends the attempt: [`Stop::Fallback`]), else from the
+/// relay — waiting there, when `wait`, for the source to put it there: the
+/// server holds the request until it lands (`?wait=`), so nothing is asked
+/// again and again.
+pub(super) async fn fetch_chunk(
+    ctx: &Ctx,
+    transfer: Uuid,
+    peer: Option<&Peer>,
+    hash: &str,
+    wait: bool,
+) -> Result<(bytes::Bytes, Via), Stop> {
+    let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
+    let mut bad = 0;
+    let mut delay = Duration::from_millis(20);
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    loop {
+        let asked = Instant::now();
+        let fetched = match peer {
+            Some(peer) => match peer.fetch(hash).await {
+                Ok(bytes) => Some((bytes, Via::Direct)),
+                Err(why) => return Err(Stop::Fallback(why)),
+            },
+            None => {
+                let wait = wait.then(|| relay_wait(deadline));
+                match ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait).await {
+                    Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
+                    Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
+                    // A network hiccup: wait and try again, within the deadline.
+                    Err(_) => None,
+                }
+            }
+        };
+        if let Some((bytes, via)) = fetched {
+            if let Some(bytes) = verified(bytes, hash).await {
+                return Ok((bytes, via));
+            }
+            bad += 1;
+            if bad >= BAD_CHUNK_TRIES {
+                return Err(Stop::Failed(format!("chunk {hash} failed verification {bad} times")));
+            }
+            continue;
+        }
+        if !wait {
+            return Err(Stop::Failed(format!("chunk {hash} is neither here nor on the relay")));
+        }
+        if Instant::now() >= deadline {
+            if let Some(offline) = lock(&ctx.offline).clone() {
+                return Err(Stop::Fatal(format!(
+                    "waited {}s (--wait) for {offline}; the same command resumes once it is back",
+                    ctx.wait.as_secs()
+                )));
+            }
+            return Err(Stop::Fatal(format!(
+                "the source did not provide chunk {hash} within {:?} (is the owner's `ferry share` running?)",
+                ctx.wait
+            )));
+        }
+        if Instant::now() >= next_status {
+            next_status = Instant::now() + STATUS_EVERY;
+            if let Ok(t) = ctx.api.transfer(ctx.project, transfer).await {
+                say_whether_offline(ctx, &t.source_device).await;
+                let why = || t.error_message.clone().unwrap_or_else(|| t.status.as_str().to_owned());
+                match t.status {
+                    TransferStatus::Failed => return Err(Stop::Failed(why())),
+                    TransferStatus::Cancelled | TransferStatus::Expired => {
+                        return Err(Stop::Fatal(format!("the transfer was {}", why())))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // The server waited for the chunk to land (`?wait=`): ask again at
+        // once. A miss that came back fast (a network error, an older
+        // server without `wait`) backs off instead of spinning.
+        if asked.elapsed() < RELAY_WAIT / 2 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Says once that the owner's computer is offline, and since when, and
+/// again once it is back; a wait then says what it waited for.
+pub(super) async fn say_whether_offline(ctx: &Ctx, source: &crate::protocol::transfers::SourceDevice) {
+    let said = lock(&ctx.offline).is_some();
+    if source.online {
+        if said {
+            *lock(&ctx.offline) = None;
+            ctx.bar.suspend(|| ctx.out.note(&format!("{} is back online", source.name)));
+        }
+        return;
+    }
+    if said {
+        return;
+    }
+    let seen = match ctx.api.project_devices(ctx.project).await {
+        Ok(d) => d.devices.into_iter().find(|d| d.device_id == source.id).and_then(|d| d.last_seen_at),
+        Err(_) => None,
+    };
+    let since = seen
+        .map(|t| format!(", offline since {}", t.format("%Y-%m-%d %H:%M UTC")))
+        .unwrap_or_else(|| ", offline".into());
+    let what = format!("the owner's computer “{}”{since}", source.name);
+    ctx.bar.suspend(|| ctx.out.note(&format!("waiting for {what} (up to {}s, --wait)", ctx.wait.as_secs())));
+    *lock(&ctx.offline) = Some(what);
+}
+
+/// Longest one relay request waits on the server for a chunk to land: short
+/// enough to look at the transfer's state (failed, cancelled) between.
+const RELAY_WAIT: Duration = Duration::from_secs(5);
+
+/// The server-side wait for the next relay request: whole seconds, within
+/// the pull's own deadline.
+fn relay_wait(deadline: Instant) -> Duration {
+    RELAY_WAIT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(1))
+}
