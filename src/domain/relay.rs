@@ -2,7 +2,6 @@
 //! quota, and retention. The bytes themselves are `relay::ChunkStore`'s.
 
 use chrono::Duration;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::files::require_source_device;
@@ -117,7 +116,8 @@ pub async fn plan_upload(
 
 /// After the bytes are stored: records the chunk, unless that would pass
 /// the quota (then the caller removes the bytes). Uploads to one project
-/// are serialised here, so racing uploads cannot both slip under it.
+/// take turns in `relay_record_chunk` (migration V0008), so racing uploads
+/// cannot both slip under it; one statement, committed at once.
 pub async fn record_upload(
     pool: &Pool,
     policy: &RelayPolicy,
@@ -125,47 +125,17 @@ pub async fn record_upload(
     hash: &str,
     stored: Stored,
 ) -> Result<(), DomainError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    // The relay is a cache the source device can always fill again (it asks
-    // `chunks/missing` first): a row lost to a crash in the instant after
-    // commit costs one re-upload. Not waiting for the WAL flush here keeps
-    // the serialised section below short; with it, one disk flush per chunk
-    // set the pace of every relayed transfer.
-    let key = project_id.to_string();
-    let key: [&(dyn ToSql + Sync); 1] = [&key];
-    let lock = tx.execute(
-        "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-        &key,
-    );
-    // Sent with the lock, run once it is held. Readers waiting for the
-    // chunk on other servers hear of it once the row is committed (their
-    // listener routes it to their waiters).
-    let channel = CHUNKS_CHANNEL;
-    let params: [&(dyn ToSql + Sync); 6] =
-        [&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &channel];
-    let record = tx.query_one(
-        "WITH present AS (
-             SELECT EXISTS (SELECT 1 FROM relay_chunks WHERE project_id = $1 AND hash = $2) AS present
-         ), usage AS (
-             SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint AS used
-             FROM relay_chunks WHERE project_id = $1
-         ), added AS (
-             INSERT INTO relay_chunks (project_id, hash, size, zstd_size)
-             SELECT $1, $2, $3::bigint, $4::bigint FROM present, usage
-             WHERE NOT present AND used + $3::bigint + coalesce($4::bigint, 0) <= $5::bigint
-             RETURNING hash
-         ), told AS (
-             SELECT pg_notify($6, $1::text || ':' || hash) FROM added
-         )
-         SELECT (SELECT present FROM present) OR (SELECT count(*) FROM told) > 0",
-        &params,
-    );
-    let (_, row) = futures_util::try_join!(lock, record)?;
-    if !row.get::<_, bool>(0) {
+    let client = pool.get().await?;
+    let recorded: bool = client
+        .query_one(
+            "SELECT relay_record_chunk($1, $2, $3, $4, $5, $6)",
+            &[&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &CHUNKS_CHANNEL],
+        )
+        .await?
+        .get(0);
+    if !recorded {
         return Err(quota_exceeded(policy));
     }
-    tx.commit().await?;
     Ok(())
 }
 
