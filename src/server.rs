@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use crate::api::{self, AppState};
 use crate::config::{Database, ServeSettings};
 use crate::domain::relay::RelayPolicy;
-use crate::domain::transfers::TransferPolicy;
+use crate::domain::transfers::{RelayedBytes, TransferPolicy};
 use crate::realtime::Realtime;
 use crate::relay::ChunkStore;
 use crate::store::StoreError;
@@ -77,7 +77,7 @@ impl Server {
             chunks: chunks.clone(),
             relay,
             accounts: settings.accounts.accounts(),
-            relayed: Default::default(),
+            relayed: RelayedBytes::new(database.pool.clone(), transfers.progress_interval),
             arrivals,
             content_wait: settings.relay.content_wait(),
         });

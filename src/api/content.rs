@@ -16,7 +16,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::relay::RelayedBytes;
 use super::{resource, ApiError, AppState, Auth};
 use crate::domain::{self, transfers, DomainError};
 use crate::protocol::files::{Blake3Hash, ChunkRef};
@@ -279,13 +278,7 @@ impl Streamer {
             let from = (self.range.start.max(start) - start) as usize;
             let to = (self.range.end.min(end) - start) as usize;
             if self.active {
-                RelayedBytes::add(
-                    &self.state,
-                    self.caller.clone(),
-                    self.project_id,
-                    self.transfer_id,
-                    (to - from) as i64,
-                );
+                self.state.relayed.add(self.caller.clone(), self.project_id, self.transfer_id, (to - from) as i64);
             }
             self.sending = bytes.slice(from..to);
             return crate::relay::next_piece(&mut self.sending).map(Ok);

@@ -42,7 +42,7 @@ pub struct AppState {
     pub relay: crate::domain::relay::RelayPolicy,
     pub accounts: crate::domain::accounts::Accounts,
     /// Relayed bytes not yet counted as transfer progress.
-    pub relayed: relay::RelayedBytes,
+    pub relayed: crate::domain::transfers::RelayedBytes,
     /// Readers waiting for relay chunks, woken as they land.
     pub arrivals: std::sync::Arc<crate::relay::ChunkArrivals>,
     /// How long a browser download waits for the next chunk.

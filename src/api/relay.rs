@@ -5,7 +5,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{resource, ApiError, AppState, Auth};
-use crate::domain::{self, relay, transfers, DomainError};
+use crate::domain::{self, relay, DomainError};
 use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::ErrorBody;
 use crate::relay::{parse_range, RelayError, MAX_CHUNK_BYTES};
@@ -279,50 +279,6 @@ async fn download_chunk(
     Ok(response.streaming(stream))
 }
 
-/// Bytes relayed for transfers, gathered for at most the progress interval
-/// so a transfer gets at most about one progress event a second from here.
-#[derive(Default)]
-pub struct RelayedBytes {
-    pending: std::sync::Mutex<std::collections::HashMap<Uuid, Pending>>,
-}
-
-struct Pending {
-    project_id: Uuid,
-    caller: domain::Caller,
-    bytes: i64,
-}
-
-impl RelayedBytes {
-    pub(super) fn add(
-        state: &web::Data<AppState>,
-        caller: domain::Caller,
-        project_id: Uuid,
-        transfer_id: Uuid,
-        bytes: i64,
-    ) {
-        let mut pending = state.relayed.pending.lock().expect("relayed lock");
-        if let Some(p) = pending.get_mut(&transfer_id) {
-            p.bytes += bytes;
-            return;
-        }
-        pending.insert(transfer_id, Pending { project_id, caller, bytes });
-        actix_web::rt::spawn(Self::flush(state.clone(), transfer_id));
-    }
-
-    async fn flush(state: web::Data<AppState>, transfer_id: Uuid) {
-        let interval = state.transfers.progress_interval.to_std().unwrap_or_default();
-        tokio::time::sleep(interval).await;
-        let Some(p) = state.relayed.pending.lock().expect("relayed lock").remove(&transfer_id) else { return };
-        let counted = domain::execute(&state.pool, p.caller, None, move |tx, cmd| {
-            Box::pin(async move { transfers::advance_relayed(tx, cmd, p.project_id, transfer_id, p.bytes).await })
-        })
-        .await;
-        if let Err(e) = counted {
-            tracing::warn!(%transfer_id, error = %e, "relayed bytes not counted");
-        }
-    }
-}
-
 /// Passes the bytes through; once all were sent for a transfer, counts them
 /// as its progress.
 fn count_progress(
@@ -336,7 +292,7 @@ fn count_progress(
     let body = stream.map(|piece| piece.map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string())));
     let done = futures_util::stream::once(async move {
         if let Some(transfer_id) = transfer_id {
-            RelayedBytes::add(&state, caller, project_id, transfer_id, bytes);
+            state.relayed.add(caller, project_id, transfer_id, bytes);
         }
     })
     .filter_map(|()| async { None });
