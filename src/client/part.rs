@@ -172,6 +172,14 @@ impl Writer {
         Ok(())
     }
 
+    /// A verified chunk that arrived after an earlier one could not be
+    /// fetched: written at its offset and recorded, not hashed (this pass
+    /// cannot complete; the next reads it back in order).
+    pub fn keep(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
+        self.part.write_all_at(bytes, pos.offset)?;
+        self.record_done(pos)
+    }
+
     /// A chunk already in the part at `from` (this position itself when
     /// resumed; an earlier one holding the same bytes otherwise).
     pub fn copy_from_part(&mut self, pos: &Pos, from: u64) -> std::io::Result<()> {
@@ -247,6 +255,34 @@ mod tests {
         assert!(w.complete());
         assert_eq!(w.finish().unwrap(), file_hash);
         assert_eq!(std::fs::read(&part.path).unwrap(), whole);
+        part.remove();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn chunks_kept_past_a_gap_are_resumed_and_hashed_in_order_on_the_next_pass() {
+        let dir = std::env::temp_dir().join(format!("ferry-part-{}", uuid::Uuid::new_v4().simple()));
+        let part = Part::for_target(&dir.join("b.bin"), "/b.bin", &dir.join(".ferry"));
+        let (a, b, c) = (vec![4u8; 80], vec![5u8; 60], vec![6u8; 40]);
+        let whole: Vec<u8> = [a.clone(), b.clone(), c.clone()].concat();
+        let file_hash = blake3::hash(&whole).to_hex().to_string();
+        part.start(&file_hash, 180, "/b.bin").unwrap();
+
+        // The first chunk could not be fetched; the two after it arrived.
+        let mut w = Writer::open(&part, 180).unwrap();
+        w.keep(&pos(80, &b), &b).unwrap();
+        w.keep(&pos(140, &c), &c).unwrap();
+        assert!(!w.complete(), "a pass with a gap never completes");
+        drop(w);
+        let done = part.resumable(&file_hash, 180);
+        assert_eq!(done.keys().copied().collect::<std::collections::BTreeSet<_>>(), [80, 140].into());
+
+        let mut w = Writer::open(&part, 180).unwrap();
+        w.put(&pos(0, &a), &a).unwrap();
+        w.copy_from_part(&pos(80, &b), 80).unwrap();
+        w.copy_from_part(&pos(140, &c), 140).unwrap();
+        assert!(w.complete());
+        assert_eq!(w.finish().unwrap(), file_hash);
         part.remove();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::client_pull::write;
 use crate::client_resume::owner_and_member;
-use crate::client_share::{noise, Running, TempDir};
+use crate::client_share::{describe, last_json, noise, Running, TempDir};
 use crate::helpers::TestApp;
 
 /// Chunk answers passed before the link is cut.
@@ -91,11 +91,13 @@ async fn a_pull_cut_off_from_the_owners_machine_midway_gets_only_the_rest_throug
 
     let dst = TempDir::new("fallback-dst");
     let to = dst.path().to_str().unwrap();
-    let pulled = member.json(&["pull", &project, "/big.bin", "--to", to]).await;
+    let output = member.run(&["pull", &project, "/big.bin", "--to", to, "--json"]).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let pulled = last_json(&output);
     assert!(std::fs::read(dst.path().join("big.bin")).unwrap() == big, "the file arrived whole");
     let direct = pulled["bytes_direct"].as_u64().unwrap();
     assert_eq!(pulled["bytes_transferred"].as_u64(), Some(big.len() as u64), "{pulled}");
-    assert!(direct > 0 && direct <= cut.passed_bytes.load(Ordering::SeqCst), "{pulled}");
+    assert!(direct > 0 && direct <= cut.passed_bytes.load(Ordering::SeqCst), "{}", describe(&output));
     assert!(cut.refused.load(Ordering::SeqCst) > 0, "the link was cut");
 
     // The first transfer was called off; the second one's uploads are

@@ -53,6 +53,9 @@ enum Step {
 enum Item {
     Arrived(Pos, bytes::Bytes, Option<Via>),
     InPart(Pos, u64),
+    /// Arrived after an earlier position could not be fetched: kept in the
+    /// part for the next pass.
+    Kept(Pos, bytes::Bytes, Option<Via>),
 }
 
 /// What one attempt's writer did.
@@ -131,17 +134,26 @@ pub(super) async fn attempt(
             })
             .buffered(CHUNKS_AT_ONCE);
         while let Some(item) = items.next().await {
-            match item {
-                // The writer stopped (it says why below).
-                Ok(item) => {
-                    if tx.send(item).await.is_err() {
-                        break;
-                    }
+            let item = match (item, &stop) {
+                (Ok(item), None) => item,
+                // The owner's machine failed one chunk directly: the chunks
+                // already under way may still arrive, and are kept (the
+                // relay is then asked for only the rest). What was in the
+                // part already stays there for the next pass.
+                (Ok(Item::Arrived(pos, bytes, via)), Some(_)) => Item::Kept(pos, bytes, via),
+                (Ok(_), Some(_)) => continue,
+                (Err(Stop::Fallback(why)), _) => {
+                    stop.get_or_insert(Stop::Fallback(why));
+                    continue;
                 }
-                Err(s) => {
+                (Err(s), _) => {
                     stop = Some(s);
                     break;
                 }
+            };
+            // The writer stopped (it says why below).
+            if tx.send(item).await.is_err() {
+                break;
             }
         }
     }
@@ -179,9 +191,10 @@ fn write_part(
     let mut reported = None::<std::time::Instant>;
     let mut reported_bytes = 0;
     while let Some(item) = rx.blocking_recv() {
+        let kept = matches!(item, Item::Kept(..));
         let (pos, r) = match item {
-            Item::Arrived(pos, bytes, via) => {
-                let r = w.put(&pos, &bytes);
+            Item::Arrived(pos, bytes, via) | Item::Kept(pos, bytes, via) => {
+                let r = if kept { w.keep(&pos, &bytes) } else { w.put(&pos, &bytes) };
                 if r.is_ok() {
                     if let Some(via) = via {
                         written.transferred += pos.size;
