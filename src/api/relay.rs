@@ -262,7 +262,10 @@ async fn download_chunk(
 
     let bytes = match found {
         Found::Stored(_) => state.chunks.read(project_id, &hash, zstd, range.clone()).await.map_err(relay_error)?,
-        Found::Handed(bytes) => range.as_ref().map_or(bytes.clone(), |r| bytes.slice(r.start as usize..r.end as usize)),
+        Found::Handed(bytes) => match &range {
+            Some(r) => bytes.slice(r.start as usize..r.end as usize),
+            None => bytes,
+        },
     };
     let stream = crate::relay::pieces(bytes);
     let served = range.as_ref().map_or(size, |r| r.end - r.start);

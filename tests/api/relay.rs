@@ -322,3 +322,36 @@ async fn an_upload_cut_off_midway_leaves_no_chunk() {
     // And the whole upload still works afterwards.
     assert_eq!(r.put(&app, &r.device, &name, bytes, false).await.0, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn racing_uploads_cannot_together_pass_the_quota() {
+    let app = TestApp::spawn_with(|s| s.relay.relay_quota_bytes = 55_000).await;
+    let r = Relay::new(&app).await;
+    // Forty uploads of 10 KB at once: each alone fits; only five together do.
+    let chunks: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|seed| {
+            let chunk = noise(10_000, 100 + seed);
+            (hash(&chunk), chunk)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        chunks.iter().map(|(name, chunk)| r.put(&app, &r.device, name, chunk.clone(), false)),
+    )
+    .await;
+    let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
+    let refused = answers
+        .iter()
+        .filter(|(status, body)| {
+            *status == StatusCode::INSUFFICIENT_STORAGE && body["error"]["code"] == "quota_exceeded"
+        })
+        .count();
+    assert_eq!((created, refused), (5, 35), "uploads created and refused for the quota");
+    let client = app.pool.get().await.unwrap();
+    let used: i64 = client
+        .query_one("SELECT coalesce(sum(size), 0)::bigint FROM relay_chunks WHERE project_id = $1", &[&r.project])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(used, 50_000);
+    assert_eq!(stored_chunks(&app, r.project).len(), 5, "the refused uploads left no bytes");
+}
