@@ -234,7 +234,7 @@ pub(crate) async fn require_source_device(
     }
 }
 
-fn not_a_source() -> DomainError {
+pub(crate) fn not_a_source() -> DomainError {
     DomainError::rejected(
         Rejection::Forbidden,
         "source_device_required",

@@ -29,7 +29,12 @@ const ROLE_OF: &str = "SELECT m.role FROM project_members m JOIN projects p ON p
 
 /// [`access`] decided from the row of [`ROLE_OF`].
 fn role_allowed(row: Option<tokio_postgres::Row>, owner_only: bool) -> Result<Role, DomainError> {
-    match row.and_then(|r| Role::parse(r.get(0))) {
+    allowed(row.as_ref().map(|r| r.get(0)), owner_only)
+}
+
+/// [`access`] decided from the caller's role, as the projection spells it.
+pub(crate) fn allowed(role: Option<&str>, owner_only: bool) -> Result<Role, DomainError> {
+    match role.and_then(Role::parse) {
         Some(Role::Member) if owner_only => Err(DomainError::owner_only()),
         Some(role) => Ok(role),
         None => Err(DomainError::not_found("project")),

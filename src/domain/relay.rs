@@ -4,8 +4,8 @@
 use chrono::Duration;
 use uuid::Uuid;
 
-use super::files::require_source_device;
-use super::projects::access;
+use super::files::{not_a_source, require_source_device};
+use super::projects::{access, allowed};
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::files::Blake3Hash;
 use crate::store::{GenericClient, Pool};
@@ -91,28 +91,38 @@ pub async fn plan_upload(
     declared_size: Option<i64>,
 ) -> Result<Option<i64>, DomainError> {
     let hash = parse_hash(hash)?;
-    access(client, project_id, caller, false).await?;
-    require_source_device(client, project_id, caller).await?;
-    // The use of a chunk held already, and the project's usage otherwise.
-    let row = client
-        .query_one(
-            "WITH known AS (
-                 UPDATE relay_chunks SET last_used_at = now() WHERE project_id = $1 AND hash = $2 RETURNING size
-             )
-             SELECT (SELECT size FROM known),
-                    (SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint
-                     FROM relay_chunks WHERE project_id = $1)",
-            &[&project_id, &hash],
-        )
-        .await?;
-    if let Some(size) = row.get::<_, Option<i64>>(0) {
+    let stmt = client.prepare_cached(PLAN_UPLOAD).await?;
+    let row = client.query_one(&stmt, &[&project_id, &hash, &caller.user_id, &caller.device_id]).await?;
+    allowed(row.get(0), false)?;
+    if !row.get::<_, bool>(1) {
+        return Err(not_a_source());
+    }
+    if let Some(size) = row.get::<_, Option<i64>>(2) {
         return Ok(Some(size));
     }
-    if row.get::<_, i64>(1) + declared_size.unwrap_or(0) > policy.quota_bytes {
+    if row.get::<_, i64>(3) + declared_size.unwrap_or(0) > policy.quota_bytes {
         return Err(quota_exceeded(policy));
     }
     Ok(None)
 }
+
+/// [`plan_upload`] in one round trip: the caller's role, whether it came
+/// with a source device's token, the use of the chunk when the relay holds
+/// it (recorded only for an allowed caller), and the project's usage.
+const PLAN_UPLOAD: &str = "
+    WITH role AS (
+        SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
+        WHERE m.project_id = $1 AND m.user_id = $3 AND p.archived_at IS NULL
+    ), source AS (
+        SELECT EXISTS (SELECT 1 FROM project_devices
+                       WHERE project_id = $1 AND device_id = $4 AND role = 'source') AS ok
+    ), known AS (
+        UPDATE relay_chunks SET last_used_at = now()
+        WHERE project_id = $1 AND hash = $2 AND EXISTS (SELECT 1 FROM role) AND (SELECT ok FROM source)
+        RETURNING size
+    )
+    SELECT (SELECT role FROM role), (SELECT ok FROM source), (SELECT size FROM known),
+           (SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint FROM relay_chunks WHERE project_id = $1)";
 
 /// After the bytes are stored: records the chunk, unless that would pass
 /// the quota (then the caller removes the bytes). Uploads to one project
@@ -126,11 +136,9 @@ pub async fn record_upload(
     stored: Stored,
 ) -> Result<(), DomainError> {
     let client = pool.get().await?;
+    let stmt = client.prepare_cached("SELECT relay_record_chunk($1, $2, $3, $4, $5, $6)").await?;
     let recorded: bool = client
-        .query_one(
-            "SELECT relay_record_chunk($1, $2, $3, $4, $5, $6)",
-            &[&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &CHUNKS_CHANNEL],
-        )
+        .query_one(&stmt, &[&project_id, &hash, &stored.size, &stored.zstd_size, &policy.quota_bytes, &CHUNKS_CHANNEL])
         .await?
         .get(0);
     if !recorded {
