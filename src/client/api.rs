@@ -261,23 +261,18 @@ impl Api {
 
     /// Every live file, all pages; and the head seq of the first page.
     pub async fn all_files(&self, project: Uuid) -> Result<(Vec<RemoteFile>, i64), ClientError> {
-        let mut files = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut head = None;
-        loop {
-            let page = self.files_page(project, cursor.as_deref(), 1000).await?;
-            head.get_or_insert(page.head_seq);
-            files.extend(page.files);
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok((files, head.unwrap_or_default())),
-            }
-        }
+        self.files_under(project, None).await
     }
 
-    /// Every live file under `prefix` (all when None), all pages.
-    pub async fn files_under(&self, project: Uuid, prefix: Option<&str>) -> Result<Vec<RemoteFile>, ClientError> {
+    /// Every live file under `prefix` (all when None), all pages; and the
+    /// project's head when the listing began: events after it are news.
+    pub async fn files_under(
+        &self,
+        project: Uuid,
+        prefix: Option<&str>,
+    ) -> Result<(Vec<RemoteFile>, i64), ClientError> {
         let mut files = Vec::new();
+        let mut head = None;
         let mut cursor: Option<String> = None;
         loop {
             let mut query = vec![("limit", "1000".to_owned())];
@@ -291,9 +286,10 @@ impl Api {
                 .send(self.request(Method::GET, &format!("/api/projects/{project}/files-paginated")).query(&query))
                 .await?;
             files.extend(page.files);
+            let head = *head.get_or_insert(page.head_seq);
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
-                None => return Ok(files),
+                None => return Ok((files, head)),
             }
         }
     }
@@ -539,7 +535,7 @@ pub enum Flow {
 }
 
 /// Aborts a task when the stream holding it is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

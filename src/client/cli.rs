@@ -678,7 +678,7 @@ async fn list_files(session: &Session, out: Output, project: &str, prefix: Optio
     let api = session.user()?;
     let project = resolve_project(&api, project).await?;
     let prefix = prefix.map(|p| if p.starts_with('/') { p } else { format!("/{p}") });
-    let files = api.files_under(project, prefix.as_deref()).await?;
+    let (files, _) = api.files_under(project, prefix.as_deref()).await?;
     out.result(Files { files: &files }, || {
         if files.is_empty() {
             return "No files.".into();

@@ -39,10 +39,6 @@ impl Default for RelayPolicy {
     }
 }
 
-fn parse_hash(hash: &str) -> Result<String, DomainError> {
-    Ok(Blake3Hash::parse(hash)?.as_str().to_owned())
-}
-
 fn quota_exceeded(policy: &RelayPolicy) -> DomainError {
     DomainError::rejected(
         Rejection::InsufficientStorage,
@@ -65,7 +61,9 @@ pub async fn missing(
             format!("at most {MAX_HASHES} hashes per call"),
         ));
     }
-    let hashes = hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+    for hash in hashes {
+        Blake3Hash::parse(hash)?;
+    }
     access(client, project_id, caller, false).await?;
     require_source_device(client, project_id, caller).await?;
     let rows = client
@@ -90,9 +88,9 @@ pub async fn plan_upload(
     hash: &str,
     declared_size: Option<i64>,
 ) -> Result<Option<i64>, DomainError> {
-    let hash = parse_hash(hash)?;
+    let hash = Blake3Hash::parse(hash)?;
     let stmt = client.prepare_cached(PLAN_UPLOAD).await?;
-    let row = client.query_one(&stmt, &[&project_id, &hash, &caller.user_id, &caller.device_id]).await?;
+    let row = client.query_one(&stmt, &[&project_id, &hash.as_str(), &caller.user_id, &caller.device_id]).await?;
     allowed(row.get(0), false)?;
     if !row.get::<_, bool>(1) {
         return Err(not_a_source());
@@ -161,7 +159,7 @@ pub async fn plan_download(
     project_id: Uuid,
     hash: &str,
 ) -> Result<ChunkInfo, DomainError> {
-    let hash = parse_hash(hash)?;
+    let hash = Blake3Hash::parse(hash)?;
     access(client, project_id, caller, false).await?;
     // The use is recorded at most once a minute per chunk (retention counts
     // in hours): most downloads write nothing, so commit no WAL.
@@ -180,7 +178,7 @@ pub async fn plan_download(
                    AND EXISTS (SELECT 1 FROM chunk WHERE last_used_at < now() - interval '1 minute')
              )
              SELECT size, zstd_size FROM chunk",
-            &[&project_id, &hash],
+            &[&project_id, &hash.as_str()],
         )
         .await?
         .ok_or_else(|| {
@@ -198,7 +196,7 @@ pub async fn expected(
     project_id: Uuid,
     hash: &str,
 ) -> Result<bool, DomainError> {
-    let hash = parse_hash(hash)?;
+    let hash = Blake3Hash::parse(hash)?;
     access(client, project_id, caller, false).await?;
     Ok(client
         .query_one(
@@ -206,7 +204,7 @@ pub async fn expected(
                  OR EXISTS (SELECT 1 FROM file_transfers t
                             WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
                               AND t.chunks_needed ? $2)",
-            &[&project_id, &hash],
+            &[&project_id, &hash.as_str()],
         )
         .await?
         .get(0))

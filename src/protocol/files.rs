@@ -106,6 +106,13 @@ impl PartialEq<str> for Blake3Hash {
     }
 }
 
+/// So a set of hashes can be asked about a hash held as text.
+impl std::borrow::Borrow<str> for Blake3Hash {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<blake3::Hash> for Blake3Hash {
     fn from(h: blake3::Hash) -> Self {
         Self(h.to_hex().to_string())

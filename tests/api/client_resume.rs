@@ -208,3 +208,52 @@ async fn a_failing_transfer_is_retried_then_given_up_with_its_reason() {
     assert_eq!(retried, 2, "two retries through the API, up to the maximum of three attempts");
     assert!(!target.path().join("doc.txt").exists(), "nothing half-written");
 }
+
+/// A pull waiting for the owner's device learns from the project's events
+/// that its transfer was cancelled (here by the owner), and stops saying so
+/// instead of waiting out `--wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_whose_transfer_is_cancelled_stops_and_says_so() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Cancelled").await;
+    let tree = TempDir::new("cancelled-src");
+    write(tree.path(), "doc.txt", b"a file nobody will send");
+    {
+        let mut agent = Running::share(&owner, &project, tree.path());
+        agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    }
+    let target = TempDir::new("cancelled-dst");
+    let mut pull = member
+        .command(&["pull", &project, "--to", target.path().to_str().unwrap(), "--wait", "600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry pull starts");
+
+    let transfers = format!("/api/projects/{project}/transfers");
+    let open = loop {
+        let (_, page) = app.get(&transfers, &owner.token()).await;
+        if let Some(t) = page["transfers"].as_array().unwrap().iter().find(|t| t["status"] == "pending") {
+            break t["id"].as_str().unwrap().to_owned();
+        }
+        assert!(pull.try_wait().unwrap().is_none(), "pull ended before asking");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, body) = app.post(&format!("{transfers}/{open}/cancel"), &owner.token(), serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Far less than --wait: the pull heard it, it did not time out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = pull.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the pull did not notice its transfer was cancelled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = pull.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success(), "a cancelled pull fails: {stderr}");
+    assert!(stderr.contains("the transfer was cancelled"), "it says why: {stderr}");
+    assert!(!target.path().join("doc.txt").exists(), "nothing half-written");
+}

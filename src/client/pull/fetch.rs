@@ -8,14 +8,16 @@ use uuid::Uuid;
 
 use super::super::direct::Peer;
 use super::super::ClientError;
+use super::tracked::Ended;
 use super::{lock, Ctx};
 use crate::protocol::files::Blake3Hash;
-use crate::protocol::transfers::TransferStatus;
 
 /// A chunk whose bytes do not hash to its name is fetched again this often.
 const BAD_CHUNK_TRIES: u32 = 3;
-/// How often the transfer's state is looked at while its chunks are awaited.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often, while a chunk is awaited, the owner's device is looked at:
+/// whether it is online is not an event. How the transfer ends is (see
+/// [`super::tracked`]).
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why fetching stopped short.
 pub(super) enum Stop {
@@ -56,7 +58,7 @@ pub(super) async fn fetch_chunk(
     let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
     let mut bad = 0;
     let mut delay = Duration::from_millis(20);
-    let mut next_status = Instant::now() + STATUS_EVERY;
+    let mut next_presence = Instant::now() + PRESENCE_EVERY;
     loop {
         let asked = Instant::now();
         let fetched = match peer {
@@ -99,18 +101,15 @@ pub(super) async fn fetch_chunk(
                 ctx.wait
             )));
         }
-        if Instant::now() >= next_status {
-            next_status = Instant::now() + STATUS_EVERY;
-            if let Ok(t) = ctx.api.transfer(ctx.project, transfer).await {
-                say_whether_offline(ctx, &t.source_device).await;
-                let why = || t.error_message.clone().unwrap_or_else(|| t.status.as_str().to_owned());
-                match t.status {
-                    TransferStatus::Failed => return Err(Stop::Failed(why())),
-                    TransferStatus::Cancelled | TransferStatus::Expired => {
-                        return Err(Stop::Fatal(format!("the transfer was {}", why())))
-                    }
-                    _ => {}
-                }
+        match ctx.tracked.ended(transfer) {
+            Some(Ended::Failed(why)) => return Err(Stop::Failed(why)),
+            Some(Ended::Over(why)) => return Err(Stop::Fatal(why)),
+            None => {}
+        }
+        if Instant::now() >= next_presence {
+            next_presence = Instant::now() + PRESENCE_EVERY;
+            if let Some(source) = ctx.tracked.source(transfer) {
+                say_whether_offline(ctx, source).await;
             }
         }
         // The server waited for the chunk to land (`?wait=`): ask again at
@@ -125,26 +124,25 @@ pub(super) async fn fetch_chunk(
 
 /// Says once that the owner's computer is offline, and since when, and
 /// again once it is back; a wait then says what it waited for.
-pub(super) async fn say_whether_offline(ctx: &Ctx, source: &crate::protocol::transfers::SourceDevice) {
+async fn say_whether_offline(ctx: &Ctx, source: Uuid) {
+    let Ok(devices) = ctx.api.project_devices(ctx.project).await else { return };
+    let Some(device) = devices.devices.into_iter().find(|d| d.device_id == source) else { return };
     let said = lock(&ctx.offline).is_some();
-    if source.online {
+    if device.online {
         if said {
             *lock(&ctx.offline) = None;
-            ctx.bar.suspend(|| ctx.out.note(&format!("{} is back online", source.name)));
+            ctx.bar.suspend(|| ctx.out.note(&format!("{} is back online", device.name)));
         }
         return;
     }
     if said {
         return;
     }
-    let seen = match ctx.api.project_devices(ctx.project).await {
-        Ok(d) => d.devices.into_iter().find(|d| d.device_id == source.id).and_then(|d| d.last_seen_at),
-        Err(_) => None,
-    };
-    let since = seen
+    let since = device
+        .last_seen_at
         .map(|t| format!(", offline since {}", t.format("%Y-%m-%d %H:%M UTC")))
         .unwrap_or_else(|| ", offline".into());
-    let what = format!("the owner's computer “{}”{since}", source.name);
+    let what = format!("the owner's computer “{}”{since}", device.name);
     ctx.bar.suspend(|| ctx.out.note(&format!("waiting for {what} (up to {}s, --wait)", ctx.wait.as_secs())));
     *lock(&ctx.offline) = Some(what);
 }

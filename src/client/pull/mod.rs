@@ -25,12 +25,14 @@ mod assemble;
 mod fetch;
 mod local;
 mod manifest;
+mod tracked;
 
 pub use manifest::{Manifest, ManifestEntry};
 
 use self::assemble::attempt;
 use self::fetch::Stop;
 use self::local::LocalChunks;
+use self::tracked::Tracked;
 use super::api::Api;
 use super::cli::{resolve_project, Session};
 use super::direct::Peer;
@@ -75,6 +77,8 @@ struct Ctx {
     offline: Mutex<Option<String>>,
     /// This pull's transfers still open, for Ctrl-C to cancel.
     open: OpenTransfers,
+    /// How this pull's transfers ended, as the project's events tell.
+    tracked: Tracked,
 }
 
 #[derive(Debug, Default)]
@@ -216,8 +220,8 @@ async fn pull_files(
         [one] => Some(one.trim_end_matches('/')).filter(|p| !p.is_empty()),
         _ => None,
     };
-    let remote: Vec<RemoteFile> =
-        api.files_under(project, prefix).await?.into_iter().filter(|f| !f.deleted && wanted(&paths, &f.path)).collect();
+    let (listed, head) = api.files_under(project, prefix).await?;
+    let remote: Vec<RemoteFile> = listed.into_iter().filter(|f| !f.deleted && wanted(&paths, &f.path)).collect();
     if remote.is_empty() && !paths.is_empty() {
         return Err(ClientError::Usage(format!("nothing in the project matches {}", paths.join(", "))));
     }
@@ -259,6 +263,7 @@ async fn pull_files(
     bar.set_length(total);
 
     let ctx = Arc::new(Ctx {
+        tracked: Tracked::new(&api, project, head),
         api,
         project,
         dir: dir.clone(),
@@ -410,6 +415,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
             }
             Err(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why).await {
                 Ok(t) => {
+                    ctx.tracked.retried(transfer, t.attempts);
                     ctx.out.note(&format!("{}: transfer failed ({why}); retrying (attempt {})", file.path, t.attempts))
                 }
                 Err(e) => return Err(format!("{why} (no retry: {e})")),
@@ -499,6 +505,7 @@ async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Resu
         .await
         .inspect(|res| {
             lock(&ctx.open).insert(res.download_id);
+            ctx.tracked.asked(res.download_id, res.transfer_info.source_device_id);
         })
         .map_err(|e| e.to_string())
 }

@@ -35,11 +35,7 @@ pub async fn request(
 ) -> Result<DownloadResponse, DomainError> {
     let path = FilePath::parse(&req.file_path)?;
     let expected_hash = req.file_hash.as_deref().map(Blake3Hash::parse).transpose()?;
-    let have: HashSet<String> = req
-        .have_chunks
-        .iter()
-        .map(|h| Blake3Hash::parse(h).map(|h| h.as_str().to_owned()))
-        .collect::<Result<_, _>>()?;
+    let have: HashSet<Blake3Hash> = req.have_chunks.iter().map(|h| Blake3Hash::parse(h)).collect::<Result<_, _>>()?;
 
     lock_for(client, project_id, &cmd.caller, false).await?;
     let file = client
@@ -67,7 +63,7 @@ pub async fn request(
         .iter()
         .map(|c| c.hash.clone())
         .filter(|h| seen.insert(h.clone()))
-        .filter(|h| req.request_mode == RequestMode::Full || !have.contains(h))
+        .filter(|h| req.request_mode == RequestMode::Full || !have.contains(h.as_str()))
         .collect();
 
     let now = Utc::now();

@@ -1,0 +1,116 @@
+//! This pull's transfers as the project's live stream tells them: how each
+//! attempt ended (failed, cancelled, expired), so a fetch waiting for a
+//! chunk looks here instead of asking the server again and again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures_util::StreamExt;
+use uuid::Uuid;
+
+use super::super::api::{AbortOnDrop, Api, Live};
+use super::lock;
+use crate::protocol::transfers::TransferStatus;
+
+/// How an attempt of a transfer ended, as its event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Worth a retry through the API: the reason.
+    Failed(String),
+    /// Cancelled or expired: nothing more will come.
+    Over(String),
+}
+
+/// The latest state the stream told of a transfer.
+#[derive(Debug, Clone)]
+struct Told {
+    attempts: i32,
+    ended: Option<Ended>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    told: HashMap<Uuid, Told>,
+    asked: HashMap<Uuid, Asked>,
+}
+
+/// A transfer this pull asked for.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// The owner's device that is to send it.
+    source: Uuid,
+    /// The attempt this pull is on: an end told of an earlier one (its
+    /// event may come after the retry) is past.
+    attempt: i32,
+}
+
+pub(super) struct Tracked {
+    api: Api,
+    project: Uuid,
+    after_seq: i64,
+    known: Arc<Mutex<Known>>,
+    /// Started the first time a fetch waits: a pull that never waits opens
+    /// no socket.
+    follow: OnceLock<AbortOnDrop>,
+}
+
+impl Tracked {
+    /// Will follow the project's events after `after_seq`: a head read
+    /// before any of this pull's transfers was asked for, so none of their
+    /// events is missed, whenever following starts.
+    pub(super) fn new(api: &Api, project: Uuid, after_seq: i64) -> Self {
+        Self { api: api.clone(), project, after_seq, known: Arc::default(), follow: OnceLock::new() }
+    }
+
+    fn follow(&self) {
+        self.follow.get_or_init(|| {
+            let mut live = self.api.live(self.project, self.after_seq);
+            let known = self.known.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                while let Some(item) = live.next().await {
+                    let Live::Event(event) = item else { continue };
+                    let Some(state) = event.data.transfer_state() else { continue };
+                    let why = || state.error_message.clone().unwrap_or_else(|| state.status.as_str().to_owned());
+                    let ended = match state.status {
+                        TransferStatus::Failed => Some(Ended::Failed(why())),
+                        TransferStatus::Cancelled | TransferStatus::Expired => {
+                            Some(Ended::Over(format!("the transfer was {}", why())))
+                        }
+                        _ => None,
+                    };
+                    lock(&known).told.insert(state.transfer_id, Told { attempts: state.attempts, ended });
+                }
+            }))
+        });
+    }
+
+    /// This pull asked for `transfer`, to be sent by the device `source`.
+    pub(super) fn asked(&self, transfer: Uuid, source: Uuid) {
+        lock(&self.known).asked.insert(transfer, Asked { source, attempt: 1 });
+    }
+
+    /// This pull is on `attempt` of `transfer` now, after a retry.
+    pub(super) fn retried(&self, transfer: Uuid, attempt: i32) {
+        if let Some(asked) = lock(&self.known).asked.get_mut(&transfer) {
+            asked.attempt = attempt;
+        }
+    }
+
+    /// The device that is to send `transfer`.
+    pub(super) fn source(&self, transfer: Uuid) -> Option<Uuid> {
+        lock(&self.known).asked.get(&transfer).map(|a| a.source)
+    }
+
+    /// How the attempt this pull is on ended, if it did (as far as the
+    /// stream has told: it starts following on the first call).
+    pub(super) fn ended(&self, transfer: Uuid) -> Option<Ended> {
+        self.follow();
+        let known = lock(&self.known);
+        let told = known.told.get(&transfer)?;
+        let current = known.asked.get(&transfer).map_or(1, |a| a.attempt);
+        if told.attempts < current {
+            return None;
+        }
+        told.ended.clone()
+    }
+}
