@@ -146,7 +146,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let first_url = app.url(&format!("/api/projects/{project}/files-paginated?limit={LIMIT}"));
     let deep_url = format!("{first_url}&cursor={cursor}");
 
-    let raw = common::admin_client(&url).await?;
+    let raw = common::connect(&url).await?;
     let keyset = raw.prepare(KEYSET).await?;
     let no_upper: Option<String> = None;
 

@@ -65,7 +65,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let app = common::App::start(&url).await?;
     let owner = app.signup("owner").await?;
     let project = app.create_project(&owner, "Fan-out").await?;
-    let raw = common::admin_client(&url).await?;
+    let raw = common::connect(&url).await?;
     raw.batch_execute(RAW_TABLES).await?;
     raw.execute("INSERT INTO bench_heads (project_id) VALUES ($1)", &[&project]).await?;
     println!(
@@ -190,7 +190,7 @@ async fn head_of(pool: &Pool, project: Uuid) -> Result<i64, BoxError> {
 async fn fanout_ferry(
     app: &common::App,
     pool: &Pool,
-    owner: &common::User,
+    owner: &common::support::User,
     project: Uuid,
     sockets: usize,
     rate: f64,

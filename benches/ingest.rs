@@ -90,7 +90,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let project = app.create_project(&owner, "Ingest").await?;
     let (_, device) = app.source_device(&owner, project).await?;
 
-    let raw = common::admin_client(&url).await?;
+    let raw = common::connect(&url).await?;
     raw.batch_execute(RAW_TABLE).await?;
     let raw_insert = raw.prepare(RAW_INSERT).await?;
 

@@ -246,7 +246,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
 
     let quota = (3 * size).max(10 * 1024 * MIB).to_string();
     let app = App::start_with(&url, &["--relay-store", path_str(&relay)?, "--relay-quota-bytes", &quota]).await?;
-    let db = common::admin_client(&url).await?;
+    let db = common::connect(&url).await?;
     let pg: String = db.query_one("SHOW server_version", &[]).await?.get(0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

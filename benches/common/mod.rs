@@ -1,13 +1,18 @@
-//! Shared by the benchmarks (`mod common;` in each): a fresh database of
-//! their own, the real server in-process, the HTTP calls that set a scene
-//! up, environment knobs and figures.
+//! Shared by the benchmarks (`mod common;` in each): on top of the test
+//! support they share with the integration tests (a scratch database, the
+//! real server in process, the calls that set a scene up), environment
+//! knobs, generated files and figures.
 //!
 //! Not a bench itself: cargo only discovers `benches/*.rs` and
-//! `benches/*/main.rs`.
+//! `benches/*/main.rs`. Each bench uses part of it.
 
 #![allow(dead_code)]
 
 pub mod cli;
+#[path = "../../tests/support/mod.rs"]
+pub mod support;
+
+pub use support::{connect, BoxError, Calls};
 
 use std::error::Error;
 use std::future::Future;
@@ -21,16 +26,9 @@ use std::time::Duration;
 use ferry::config::ServeSettings;
 use ferry::store::Pool;
 use futures_util::FutureExt;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-pub type BoxError = Box<dyn Error + Send + Sync>;
-
-/// The server the benches create their database on.
-pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
 
 /// A positive number from the environment, or `default`.
 pub fn env_num<T>(name: &str, default: T) -> Result<T, BoxError>
@@ -67,32 +65,26 @@ pub fn load() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// Creates `ferry_bench_<random>` on the server, runs `bench` with its URL
-/// (catching a panic, so the database is still dropped), drops it WITH
-/// (FORCE).
+/// Creates `ferry_bench_<random>` (see [`support::admin_url`] for where),
+/// runs `bench` with its URL (catching a panic, so the database is still
+/// dropped), drops it WITH (FORCE).
 /// `bench` answers whether its checks passed.
 pub async fn with_database<F, Fut>(bench: F) -> ExitCode
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<bool, BoxError>>,
 {
-    let admin_url = admin_url();
-    let db_name = format!("ferry_bench_{}", Uuid::new_v4().simple());
-    let admin = match admin_client(&admin_url).await {
-        Ok(c) => c,
+    let (db_name, url) = match support::scratch_database("ferry_bench").await {
+        Ok(created) => created,
         Err(e) => {
-            eprintln!("cannot connect to {}: {e}", ferry::config::redact_url(&admin_url));
+            eprintln!("cannot create the bench's database: {}", chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await {
-        eprintln!("cannot create database {db_name}: {e}");
-        return ExitCode::FAILURE;
-    }
 
-    let result = AssertUnwindSafe(bench(url_for(&admin_url, &db_name))).catch_unwind().await;
+    let result = AssertUnwindSafe(bench(url)).catch_unwind().await;
 
-    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
+    if let Err(e) = support::drop_database(&db_name).await {
         eprintln!("could not drop database {db_name}: {e}");
     }
     match result {
@@ -121,28 +113,6 @@ pub async fn server_version(pool: &Pool) -> Result<String, BoxError> {
     Ok(pool.get().await?.query_one("SHOW server_version", &[]).await?.get(0))
 }
 
-pub async fn admin_client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-/// `url` with its database replaced by `db` (query parameters kept).
-pub fn url_for(url: &str, db: &str) -> String {
-    let (path, query) = match url.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (url, None),
-    };
-    let base = match path.split_once("://") {
-        Some((_, rest)) if rest.contains('/') => path.rsplit_once('/').map(|(b, _)| b).unwrap_or(path),
-        _ => path,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 pub fn chain(error: &(dyn Error + 'static)) -> String {
     ferry::telemetry::error_chain(error)
 }
@@ -160,21 +130,21 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The real server, in-process on 127.0.0.1:0, as `ferryd serve` runs it.
+/// The real server, in-process on 127.0.0.1:0, as `ferryd serve` runs it;
+/// its calls through `Deref`.
 pub struct App {
-    pub address: String,
-    pub http: reqwest::Client,
     pub workers: usize,
     pub pool_size: usize,
-    handle: actix_web::dev::ServerHandle,
-    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    calls: Calls,
+    serving: support::Serving,
 }
 
-/// A signed-up user and their token.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub id: Uuid,
-    pub token: String,
+impl std::ops::Deref for App {
+    type Target = Calls;
+
+    fn deref(&self) -> &Calls {
+        &self.calls
+    }
 }
 
 impl App {
@@ -199,110 +169,16 @@ impl App {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = settings.workers.unwrap_or(cores);
         let pool_size = settings.database.pool_size;
-        let server = ferry::server::Server::build(&settings).await?;
-        let address = format!("http://{}", server.address());
-        let handle = server.handle();
-        let served = tokio::spawn(server.run());
+        let serving = support::Serving::start(&settings).await?;
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-        Ok(Self { address, http, workers, pool_size, handle, served })
+        let calls = Calls { address: serving.address.clone(), http };
+        Ok(Self { workers, pool_size, calls, serving })
     }
 
     /// Stops the server gracefully and waits for it (its pool closes).
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.served.await;
+        self.serving.stop().await;
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.address, path)
-    }
-
-    /// Sends a request; answers the status and the JSON body (Null when empty).
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), BoxError> {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        let bytes = res.bytes().await?;
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
-        Ok((status, value))
-    }
-
-    /// [`App::call`] that must answer `expected`.
-    pub async fn expect(
-        &self,
-        expected: StatusCode,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<Value, BoxError> {
-        let (status, value) = self.call(method.clone(), path, token, body).await?;
-        if status != expected {
-            return Err(format!("{method} {path}: expected {expected}, got {status}: {value}").into());
-        }
-        Ok(value)
-    }
-
-    pub async fn signup(&self, name: &str) -> Result<User, BoxError> {
-        let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
-        let body = json!({"email": email, "password": "correct horse battery"});
-        let v = self.expect(StatusCode::CREATED, Method::POST, "/api/auth/signup", None, Some(&body)).await?;
-        Ok(User { id: field(&v["user"]["id"])?.parse()?, token: field(&v["token"])?.to_owned() })
-    }
-
-    pub async fn create_project(&self, owner: &User, name: &str) -> Result<Uuid, BoxError> {
-        let v = self
-            .expect(
-                StatusCode::CREATED,
-                Method::POST,
-                "/api/projects",
-                Some(&owner.token),
-                Some(&json!({"name": name})),
-            )
-            .await?;
-        Ok(field(&v["id"])?.parse()?)
-    }
-
-    /// Registers a device of the owner and attaches it to the project as a
-    /// source; answers its id and token.
-    pub async fn source_device(&self, owner: &User, project: Uuid) -> Result<(Uuid, String), BoxError> {
-        let body = json!({"name": "studio", "platform": "linux"});
-        let v = self.expect(StatusCode::CREATED, Method::POST, "/api/devices", Some(&owner.token), Some(&body)).await?;
-        let device: Uuid = field(&v["device"]["id"])?.parse()?;
-        let token = field(&v["device_token"])?.to_owned();
-        let path = format!("/api/projects/{project}/devices/{device}");
-        let v = self.expect(StatusCode::OK, Method::PUT, &path, Some(&owner.token), Some(&json!({}))).await?;
-        if v["role"] != "source" {
-            return Err(format!("device attached as {}, not source", v["role"]).into());
-        }
-        Ok((device, token))
-    }
-
-    /// `user` joins the owner's project through an invite.
-    pub async fn join(&self, owner: &User, project: Uuid, user: &User) -> Result<(), BoxError> {
-        let path = format!("/api/projects/{project}/invites");
-        let invite =
-            self.expect(StatusCode::CREATED, Method::POST, &path, Some(&owner.token), Some(&json!({}))).await?;
-        let body = json!({"token": field(&invite["token"])?});
-        self.expect(StatusCode::OK, Method::POST, "/api/invites/accept", Some(&user.token), Some(&body)).await?;
-        Ok(())
-    }
-}
-
-fn field(v: &Value) -> Result<&str, BoxError> {
-    v.as_str().ok_or_else(|| format!("expected a string, got {v}").into())
 }
 
 /// BLAKE3 of `seed`, hex: a well-formed file or chunk hash.
@@ -451,7 +327,7 @@ pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
 /// The server processes of the connections to `url`'s database (the pool's
 /// backends, while they are connected).
 pub async fn backend_pids(url: &str) -> Result<Vec<u32>, BoxError> {
-    let client = admin_client(url).await?;
+    let client = connect(url).await?;
     let rows = client
         .query("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()", &[])
         .await?;

@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{start_server, TestApp};
-use crate::membership::join;
 use crate::relay::{hash, noise, Relay};
 
 const NAME: &str = "my \"quoted\" résumé 文件.bin";
@@ -288,7 +287,7 @@ async fn only_the_requester_gets_the_bytes() {
     three_chunks(&app, &r).await;
     let transfer = request(&app, &r).await;
     let other = app.signup("other").await;
-    join(&app, &r.owner, r.project, &other).await;
+    app.join(&r.owner, r.project, &other).await;
     let stranger = app.signup("stranger").await;
 
     let path = content_path(&r, transfer);

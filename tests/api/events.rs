@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser};
-use crate::membership::join;
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
@@ -29,8 +28,8 @@ async fn history(app: &TestApp) -> (TestUser, TestUser, Uuid) {
     let ana = app.signup("ana").await;
     let bob = app.signup("bob").await;
     let project = app.create_project(&owner, "Feed").await;
-    join(app, &owner, project, &ana).await;
-    join(app, &owner, project, &bob).await;
+    app.join(&owner, project, &ana).await;
+    app.join(&owner, project, &bob).await;
     let device = app.source_device(&owner, project).await;
     let file = json!([{"op": "upsert", "path": "/f.txt", "size": 1, "hash": blake3::hash(b"f").to_hex().to_string()}]);
     assert_eq!(app.push(&device, project, file).await.0, StatusCode::OK);

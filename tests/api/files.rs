@@ -3,7 +3,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser};
-use crate::membership::join;
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
@@ -149,7 +148,7 @@ async fn only_a_source_device_of_the_project_pushes() {
     let app = TestApp::spawn().await;
     let (owner, project, device) = setup(&app).await;
     let member = app.signup("member").await;
-    join(&app, &owner, project, &member).await;
+    app.join(&owner, project, &member).await;
     let (member_device, member_device_token) = app.register_device(&member, "laptop").await;
     app.call(Method::PUT, &format!("/api/projects/{project}/devices/{member_device}"), Some(&member.token), None).await;
     let (_, unattached) = app.register_device(&owner, "spare").await;
@@ -177,7 +176,7 @@ async fn pages_follow_the_path_order_with_prefix_cursor_and_limit() {
     let app = TestApp::spawn().await;
     let (owner, project, device) = setup(&app).await;
     let member = app.signup("member").await;
-    join(&app, &owner, project, &member).await;
+    app.join(&owner, project, &member).await;
     let mut names: Vec<String> = (0..25).map(|i| format!("/docs/{i:02}.txt")).collect();
     names.extend(["/a", "/docs", "/docsX/z", "/é/1", "/z/last"].map(String::from));
     let batch: Vec<Value> = names.iter().map(|p| upsert(p, 1, p)).collect();

@@ -75,7 +75,7 @@ async fn a_folder_lists_its_subfolders_and_files_paged_in_byte_order() {
 
     // The top: byte order, `a.txt` < `a/` < `a0`, capitals first; the
     // folder whose only file was deleted is gone.
-    join(&app, &owner, &member, project).await;
+    app.join(&owner, project, &member).await;
     let (status, top) = folder(&app, &member, project, "").await;
     assert_eq!(status, StatusCode::OK, "{top}");
     assert_eq!(names(&top), ["B.txt", "a.txt", "a/", "a0", "big/", "Ünï cødé/"], "{top}");
@@ -103,13 +103,6 @@ async fn a_folder_lists_its_subfolders_and_files_paged_in_byte_order() {
     // A folder with nothing live in it is an empty page, not an error.
     assert!(walk(&app, &member, project, "/gone/", 10).await.is_empty());
     assert!(walk(&app, &member, project, "/nowhere/", 10).await.is_empty());
-}
-
-/// The member joins the project by an invite.
-async fn join(app: &TestApp, owner: &TestUser, member: &TestUser, project: Uuid) {
-    let (_, token) = crate::web::invite(app, owner, project, json!({})).await;
-    let (status, body) = app.post("/api/invites/accept", &member.token, json!({"token": token})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

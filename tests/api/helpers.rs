@@ -1,116 +1,32 @@
 //! `TestApp`: the real server on a random port, on its own database cloned
 //! from a migrated template, with typed calls for the tests.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ferry::config::{
     AccountSettings, DatabaseSettings, RealtimeSettings, RelaySettings, ServeSettings, TransferSettings,
 };
-use ferry::store::embedded::EmbeddedPostgres;
 use ferry::store::Pool;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-/// The PostgreSQL server the tests use: `FERRY_TEST_DATABASE_URL`, else
-/// the local default, else a private cluster started under `target/`.
-async fn admin_url() -> &'static str {
-    static URL: OnceCell<String> = OnceCell::const_new();
-    static EMBEDDED: OnceLock<EmbeddedPostgres> = OnceLock::new();
-    URL.get_or_init(|| async {
-        if let Ok(url) = std::env::var("FERRY_TEST_DATABASE_URL") {
-            return url;
-        }
-        let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
-        if tokio_postgres::connect(&local, tokio_postgres::NoTls).await.is_ok() {
-            return local;
-        }
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-test-pg");
-        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
-            .await
-            .expect("embedded start task")
-            .expect("no PostgreSQL answers on 127.0.0.1:5432 and a private cluster could not start");
-        EMBEDDED.get_or_init(|| pg).database_url()
-    })
-    .await
-}
+use crate::support::{self, Calls, Serving};
 
-/// `url` with its database replaced by `db`.
-fn url_for(admin: &str, db: &str) -> String {
-    let (base, _) = admin.rsplit_once('/').expect("database URLs name a database");
-    format!("{base}/{db}")
-}
+/// A signed-up user and their token.
+pub type TestUser = support::User;
 
-async fn admin_client() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(admin_url().await, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test PostgreSQL");
-    tokio::spawn(connection);
-    client
-}
-
-/// A template database holding the current migrations and projections,
-/// named by their hash so a changed schema gets a new template.
-async fn template() -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut hasher = blake3::Hasher::new();
-    let mut migrations: Vec<_> =
-        std::fs::read_dir(root.join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
-    migrations.sort();
-    for file in migrations {
-        hasher.update(file.file_name().unwrap().as_encoded_bytes());
-        hasher.update(&std::fs::read(&file).unwrap());
-    }
-    for projection in ferry::projections::ALL {
-        hasher.update(projection.name.as_bytes());
-        hasher.update(projection.version().as_bytes());
-    }
-    let name = format!("ferry_tpl_{}", &hasher.finalize().to_hex()[..12]);
-    let admin = admin_client().await;
-    if database_exists(&admin, &name).await {
-        return name;
-    }
-    admin.execute("SELECT pg_advisory_lock(7070)", &[]).await.unwrap();
-    if !database_exists(&admin, &name).await {
-        let building = format!("{name}_build");
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {building}")).await.unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {building}")).await.unwrap();
-        let pool = ferry::store::connect(&url_for(admin_url().await, &building), 2).unwrap();
-        ferry::store::migrate::run(&pool).await.unwrap();
-        ferry::projections::ensure_up_to_date(&pool).await.unwrap();
-        pool.close();
-        // Renaming last makes the template appear only when complete.
-        admin.batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}")).await.unwrap();
-    }
-    admin.execute("SELECT pg_advisory_unlock(7070)", &[]).await.unwrap();
-    name
-}
-
-async fn database_exists(admin: &tokio_postgres::Client, name: &str) -> bool {
-    admin.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.unwrap().is_some()
-}
-
-/// A fresh database cloned from the template.
+/// A fresh database cloned from the template: its name and URL.
 pub async fn fresh_database() -> (String, String) {
-    let template = template().await;
-    let name = format!("ferry_test_{}", Uuid::new_v4().simple());
-    admin_client()
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-        .await
-        .expect("create the test database");
-    let url = url_for(admin_url().await, &name);
-    (name, url)
+    support::scratch_database("ferry_test").await.expect("create the test database")
 }
 
-/// Drops a test database, closing whatever is still connected to it.
+/// Drops a test database (from a thread of its own: called from `Drop`).
 fn drop_database(name: String) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let _ = admin_client().await.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            let _ = support::drop_database(&name).await;
         });
     })
     .join();
@@ -123,20 +39,9 @@ pub fn relay_dir(db_name: &str) -> std::path::PathBuf {
 
 /// Starts a server with `settings`; answers its base URL and handle.
 pub async fn start_server(settings: &ServeSettings) -> (String, actix_web::dev::ServerHandle) {
-    let server = ferry::server::Server::build(settings).await.expect("server starts");
-    let (address, handle, _) = serve(server);
-    (address, handle)
+    let serving = Serving::start(settings).await.expect("server starts");
+    (serving.address, serving.handle)
 }
-
-/// Runs a built server; answers its base URL, its handle and the task that
-/// ends once it has stopped and let go of its listener and database.
-fn serve(server: ferry::server::Server) -> (String, actix_web::dev::ServerHandle, Serving) {
-    let address = format!("http://{}", server.address());
-    let handle = server.handle();
-    (address, handle, tokio::spawn(server.run()))
-}
-
-type Serving = tokio::task::JoinHandle<std::io::Result<()>>;
 
 pub struct TestApp {
     pub address: String,
@@ -147,16 +52,7 @@ pub struct TestApp {
     /// The settings the server runs with, to start siblings on the same database.
     pub settings: ServeSettings,
     db_name: String,
-    handle: actix_web::dev::ServerHandle,
     serving: Serving,
-}
-
-/// A signed-up user and their token.
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    pub id: Uuid,
-    pub email: String,
-    pub token: String,
 }
 
 impl TestApp {
@@ -187,16 +83,14 @@ impl TestApp {
             workers: Some(2),
         };
         adjust(&mut settings);
-        let server = ferry::server::Server::build(&settings).await.expect("server starts");
-        let (address, handle, serving) = serve(server);
+        let serving = Serving::start(&settings).await.expect("server starts");
         Self {
-            address,
+            address: serving.address.clone(),
             pool: ferry::store::connect(&database_url, 8).unwrap(),
             database_url,
             http: reqwest::Client::new(),
             settings,
             db_name,
-            handle,
             serving,
         }
     }
@@ -209,27 +103,26 @@ impl TestApp {
         // Not graceful: a graceful stop would keep open WebSockets for the
         // whole shutdown timeout; a forced one drops each worker's runtime,
         // closing its connections.
-        self.handle.stop(false).await;
+        self.serving.handle.stop(false).await;
         // The old server ends by stopping its event listener and pool.
-        let stopped = tokio::time::timeout(Duration::from_secs(10), &mut self.serving).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), &mut self.serving.task).await;
         assert!(stopped.is_ok(), "the old server had not finished stopping after 10s");
 
         let mut settings = self.settings.clone();
         settings.bind = self.address.trim_start_matches("http://").to_owned();
         // The listener is closed by now, but allow the port a moment.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let server = loop {
-            match ferry::server::Server::build(&settings).await {
-                Ok(server) => break server,
+        let serving = loop {
+            match Serving::start(&settings).await {
+                Ok(serving) => break serving,
                 Err(ferry::server::StartError::Bind { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("the server restarts on {}: {e}", settings.bind),
             }
         };
-        let (address, handle, serving) = serve(server);
-        assert_eq!(address, self.address, "the restarted server listens where the old one did");
-        (self.handle, self.serving) = (handle, serving);
+        assert_eq!(serving.address, self.address, "the restarted server listens where the old one did");
+        self.serving = serving;
     }
 
     /// The folder the relay keeps this server's chunks in.
@@ -241,6 +134,11 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// Calls to this server.
+    pub fn calls(&self) -> Calls {
+        Calls { address: self.address.clone(), http: self.http.clone() }
+    }
+
     /// Sends a request; answers the status and the JSON body (Null when empty).
     pub async fn call(
         &self,
@@ -249,23 +147,7 @@ impl TestApp {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let res = req.send().await.expect("request sent");
-        let status = res.status();
-        let bytes = res.bytes().await.expect("body read");
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| panic!("{status}: not JSON: {}", String::from_utf8_lossy(&bytes)))
-        };
-        (status, value)
+        self.calls().call(method, path, token, body).await.unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
@@ -281,46 +163,32 @@ impl TestApp {
     }
 
     pub async fn signup(&self, name: &str) -> TestUser {
-        self.signup_as(name, None).await
+        self.calls().signup(name).await.unwrap_or_else(|e| panic!("signup: {e}"))
     }
 
     /// Signs up `name-<random>@example.org`, with a display name if given.
     pub async fn signup_as(&self, name: &str, display_name: Option<&str>) -> TestUser {
-        let email = format!("{name}-{}@example.org", Uuid::new_v4().simple());
-        let mut body = json!({"email": email, "password": "correct horse battery"});
-        if let Some(display_name) = display_name {
-            body["display_name"] = json!(display_name);
-        }
-        let (status, body) = self.call(Method::POST, "/api/auth/signup", None, Some(&body)).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        TestUser {
-            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
-            email,
-            token: body["token"].as_str().unwrap().to_owned(),
-        }
+        self.calls().signup_as(name, display_name).await.unwrap_or_else(|e| panic!("signup: {e}"))
     }
 
     pub async fn create_project(&self, owner: &TestUser, name: &str) -> Uuid {
-        let (status, body) = self.post("/api/projects", &owner.token, json!({"name": name})).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_str().unwrap().parse().unwrap()
+        self.calls().create_project(owner, name).await.unwrap_or_else(|e| panic!("create a project: {e}"))
     }
 
     /// Registers a device of `user`; answers its id and token.
     pub async fn register_device(&self, user: &TestUser, name: &str) -> (Uuid, String) {
-        let (status, body) = self.post("/api/devices", &user.token, json!({"name": name, "platform": "linux"})).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        (body["device"]["id"].as_str().unwrap().parse().unwrap(), body["device_token"].as_str().unwrap().to_owned())
+        self.calls().register_device(user, name).await.unwrap_or_else(|e| panic!("register a device: {e}"))
     }
 
     /// Registers a device of the owner and attaches it to the project as a
     /// source; answers its token.
     pub async fn source_device(&self, owner: &TestUser, project: Uuid) -> String {
-        let (device, token) = self.register_device(owner, "studio").await;
-        let path = format!("/api/projects/{project}/devices/{device}");
-        let (status, body) = self.call(Method::PUT, &path, Some(&owner.token), None).await;
-        assert_eq!((status, body["role"].as_str()), (StatusCode::OK, Some("source")), "{body}");
-        token
+        self.calls().source_device(owner, project).await.unwrap_or_else(|e| panic!("a source device: {e}")).1
+    }
+
+    /// `user` joins the owner's project through an invite.
+    pub async fn join(&self, owner: &TestUser, project: Uuid, user: &TestUser) {
+        self.calls().join(owner, project, user).await.unwrap_or_else(|e| panic!("join: {e}"))
     }
 
     /// Pushes a batch of file changes with a source device's token.
@@ -357,7 +225,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.pool.close();
-        drop(self.handle.stop(false));
+        drop(self.serving.handle.stop(false));
         let _ = std::fs::remove_dir_all(relay_dir(&self.db_name));
         drop_database(std::mem::take(&mut self.db_name));
     }

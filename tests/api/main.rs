@@ -29,6 +29,10 @@ mod relay;
 mod relay_s3;
 mod sessions;
 mod store;
+// Shared with the benches, which use other parts of it.
+#[allow(dead_code)]
+#[path = "../support/mod.rs"]
+mod support;
 mod transfers;
 mod web;
 mod web_browser;

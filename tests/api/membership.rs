@@ -21,13 +21,6 @@ async fn accept(app: &TestApp, user: &TestUser, token: &str) -> (StatusCode, Val
     app.post("/api/invites/accept", &user.token, json!({"token": token})).await
 }
 
-/// Owner, a project, and `user` joined through an invite.
-pub async fn join(app: &TestApp, owner: &TestUser, project: Uuid, user: &TestUser) {
-    let invite = invite(app, owner, project, json!({})).await;
-    let (status, body) = accept(app, user, invite["token"].as_str().unwrap()).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 /// An invite whose time ran out, recorded as the command would have: the
 /// API's shortest expiry is a minute, too long for a test to wait.
 pub(crate) async fn expired_invite(app: &TestApp, owner: &TestUser, project: Uuid) -> String {
@@ -181,8 +174,8 @@ async fn members_are_removed_or_leave_and_lose_access_at_once() {
     let ana = app.signup("ana").await;
     let bob = app.signup("bob").await;
     let project = app.create_project(&owner, "Team").await;
-    join(&app, &owner, project, &ana).await;
-    join(&app, &owner, project, &bob).await;
+    app.join(&owner, project, &ana).await;
+    app.join(&owner, project, &bob).await;
     let (ana_device, ana_device_token) = app.register_device(&ana, "ana-laptop").await;
     let (status, _) = app
         .call(Method::PUT, &format!("/api/projects/{project}/devices/{ana_device}"), Some(&ana.token), Some(&json!({})))
@@ -232,7 +225,7 @@ async fn members_are_removed_or_leave_and_lose_access_at_once() {
     assert_eq!(members["members"].as_array().unwrap().len(), 1);
 
     // Removed, Ana can come back with a new invite.
-    join(&app, &owner, project, &ana).await;
+    app.join(&owner, project, &ana).await;
     assert_eq!(app.get(&format!("/api/projects/{project}"), &ana.token).await.1["role"], "member");
 }
 
@@ -242,7 +235,7 @@ async fn devices_are_attached_as_sources_and_targets_by_their_own_users() {
     let owner = app.signup("owner").await;
     let ana = app.signup("ana").await;
     let project = app.create_project(&owner, "Devices").await;
-    join(&app, &owner, project, &ana).await;
+    app.join(&owner, project, &ana).await;
     let (studio, studio_token) = app.register_device(&owner, "studio").await;
     let (laptop, _) = app.register_device(&ana, "laptop").await;
     let app = &app;

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser};
-use crate::membership::join;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -72,8 +71,8 @@ impl World {
 
     async fn fixture(&self, app: &TestApp) -> Fixture {
         let project = app.create_project(&self.owner, "Matrix").await;
-        join(app, &self.owner, project, &self.member).await;
-        join(app, &self.owner, project, &self.other_member).await;
+        app.join(&self.owner, project, &self.member).await;
+        app.join(&self.owner, project, &self.other_member).await;
         let attach = format!("/api/projects/{project}/devices/{}", self.owners_device.0);
         assert_eq!(app.call(Method::PUT, &attach, Some(&self.owner.token), None).await.0, StatusCode::OK);
         let (_, invite) = app.post(&format!("/api/projects/{project}/invites"), &self.owner.token, json!({})).await;

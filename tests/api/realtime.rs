@@ -8,7 +8,6 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use crate::helpers::{start_server, TestApp, TestUser};
-use crate::membership::join;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -181,8 +180,8 @@ async fn each_caller_hears_what_they_may_see() {
     let other = app.signup("other").await;
     let stranger = app.signup("stranger").await;
     let project = app.create_project(&owner, "Visibility").await;
-    join(&app, &owner, project, &member).await;
-    join(&app, &owner, project, &other).await;
+    app.join(&owner, project, &member).await;
+    app.join(&owner, project, &other).await;
     let device = app.source_device(&owner, project).await;
     let file = json!([{"op": "upsert", "path": "/f", "size": 1, "hash": blake3::hash(b"f").to_hex().to_string()}]);
     app.push(&device, project, file).await;
@@ -357,7 +356,7 @@ async fn connected_devices_are_online_and_serve_first() {
     let owner = app.signup("owner").await;
     let member = app.signup("member").await;
     let project = app.create_project(&owner, "Presence").await;
-    join(&app, &owner, project, &member).await;
+    app.join(&owner, project, &member).await;
     let older = app.source_device(&owner, project).await;
     let _newer = app.source_device(&owner, project).await;
     let file = json!([{"op": "upsert", "path": "/f", "size": 1, "hash": blake3::hash(b"f").to_hex().to_string()}]);

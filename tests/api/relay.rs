@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestUser};
-use crate::membership::join;
 
 pub(crate) fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
@@ -40,7 +39,7 @@ impl Relay {
         let owner = app.signup("owner").await;
         let member = app.signup("member").await;
         let project = app.create_project(&owner, "Relay").await;
-        join(app, &owner, project, &member).await;
+        app.join(&owner, project, &member).await;
         let device = app.source_device(&owner, project).await;
         Self { owner, member, project, device }
     }

@@ -22,7 +22,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
-use crate::membership::join;
 use crate::relay::{hash, noise, text};
 
 const BUCKET: &str = "ferry-test";
@@ -133,7 +132,7 @@ async fn the_relay_keeps_chunks_in_s3() {
     let owner = app.signup("owner").await;
     let member = app.signup("member").await;
     let project = app.create_project(&owner, "Relay in S3").await;
-    join(&app, &owner, project, &member).await;
+    app.join(&owner, project, &member).await;
     let device = app.source_device(&owner, project).await;
     let chunk_url = |name: &str| app.url(&format!("/api/projects/{project}/chunks/{name}"));
     let put = |name: String, body: Vec<u8>| {

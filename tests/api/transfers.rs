@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{start_server, TestApp, TestUser};
-use crate::membership::join;
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
@@ -31,7 +30,7 @@ impl Scene {
         let owner = app.signup("owner").await;
         let member = app.signup("member").await;
         let project = app.create_project(&owner, "Transfers").await;
-        join(app, &owner, project, &member).await;
+        app.join(&owner, project, &member).await;
         let device = app.source_device(&owner, project).await;
         let chunks: Vec<Value> = (0..3).map(|i| json!({"hash": hash(&format!("c{i}")), "size": 1024 * 1024})).collect();
         let file = json!([{"op": "upsert", "path": "/big.bin", "size": SIZE, "hash": hash("big"), "chunks": chunks}]);
@@ -301,7 +300,7 @@ async fn listing_shows_the_owner_everything_and_members_their_own() {
     let app = TestApp::spawn().await;
     let s = Scene::new(&app).await;
     let other = app.signup("other").await;
-    join(&app, &s.owner, s.project, &other).await;
+    app.join(&s.owner, s.project, &other).await;
     let mine: Vec<Uuid> = futures_util::future::join_all((0..3).map(|_| s.transfer(&app))).await;
     let (_, theirs) = s.request(&app, &other, json!({"file_path": "/big.bin"})).await;
     let theirs: Uuid = theirs["download_id"].as_str().unwrap().parse().unwrap();
@@ -354,7 +353,7 @@ async fn removed_members_and_changed_files_close_open_transfers() {
     let t = s.get(&app, &s.owner, removed).await;
     assert_eq!((t["status"].as_str(), t["error_message"].as_str()), (Some("cancelled"), Some("member_removed")));
 
-    join(&app, &s.owner, s.project, &s.member).await;
+    app.join(&s.owner, s.project, &s.member).await;
     let changed = s.transfer(&app).await;
     let untouched = {
         app.push(&s.device, s.project, json!([{"op": "upsert", "path": "/other.txt", "size": 1, "hash": hash("o")}]))
