@@ -27,7 +27,7 @@ use crate::protocol::events::{AuditEvent, AuditPage, EventsPage};
 use crate::protocol::files as fil;
 use crate::protocol::membership as mem;
 use crate::protocol::projects as prj;
-use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::transfers as trf;
 use crate::protocol::{files::Blake3Hash, files::FilePath, validate as val};
@@ -115,6 +115,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         val::Platform,
         ClientMessage,
         EventMessage,
+        DevicePresence,
         trf::DirectAdvert,
         HashesRequest,
         MissingResponse,
@@ -414,7 +415,8 @@ impl Modify for RealtimeMessages {
             one_of.description = Some(
                 "What the server sends: `subscribed`, every event the caller may see after `after_seq` \
                  in seq order (an `EventMessage`), `caught_up` once the replay reaches the live stream, \
-                 then live events; `unsubscribed`, `pong`, `error`."
+                 then live events; `presence` when a device of the project comes online or goes \
+                 offline (not an event: not replayed); `unsubscribed`, `pong`, `error`."
                     .to_owned(),
             );
         }

@@ -558,7 +558,7 @@ async fn hold_socket(ctx: Arc<Ctx>, after_seq: i64) {
                 ctx.out.event(News::Reconnected, || "reconnected to the server".into());
                 tokio::spawn(ctx.source.clone().serve_open());
             }
-            Live::Subscribed => {}
+            Live::Subscribed | Live::Presence(_) => {}
             Live::Event(event) => ctx.source.on_event(&event),
             Live::Lost(None) => {}
             Live::Lost(Some(e)) => {

@@ -18,7 +18,7 @@ use crate::protocol::membership::{
     MembersResponse, ProjectDevicesResponse,
 };
 use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse};
-use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
     DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
@@ -408,6 +408,9 @@ pub enum Live {
     Subscribed,
     /// An event the caller may see, after every one yielded before.
     Event(Box<EventMessage>),
+    /// A device of the project came online or went offline (not replayed:
+    /// after `Subscribed` again, what changed meanwhile is not told).
+    Presence(DevicePresence),
     /// The connection closed (no reason) or failed (the reason, which may be
     /// the server's `error` message); the stream reconnects with backoff and
     /// resumes after the last event yielded.
@@ -464,6 +467,7 @@ impl Api {
             *heard = true;
             let live = match serde_json::from_value::<ServerMessage>(message) {
                 Ok(ServerMessage::Subscribed { .. }) => Live::Subscribed,
+                Ok(ServerMessage::Presence(presence)) => Live::Presence(presence),
                 Ok(ServerMessage::Event(event)) if event.seq > *after_seq => {
                     *after_seq = event.seq;
                     Live::Event(event)

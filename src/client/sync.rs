@@ -98,7 +98,7 @@ pub async fn sync(
                 }
                 Some(Live::Lost(None)) => out.warn("the live connection closed; reconnecting"),
                 Some(Live::Lost(Some(e))) => out.warn(&format!("the live connection dropped ({e}); reconnecting")),
-                Some(Live::Subscribed) => {}
+                Some(Live::Subscribed | Live::Presence(_)) => {}
                 None => break,
             }
         }

@@ -125,7 +125,7 @@ async fn follow(api: &Api, project: Uuid, after_seq: i64, bars: &mut Bars) -> Re
             Some(Live::Lost(Some(e))) => {
                 bars.multi.suspend(|| eprintln!("warning: the live connection dropped ({e}); reconnecting"))
             }
-            Some(Live::Lost(None) | Live::Subscribed) => {}
+            Some(Live::Lost(None) | Live::Subscribed | Live::Presence(_)) => {}
             None => break,
         }
     }

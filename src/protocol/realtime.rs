@@ -45,9 +45,22 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         project_id: Option<Uuid>,
     },
+    /// A device of the project came online or went offline. Not an event:
+    /// it is not in the log and not replayed, so a client that reconnects
+    /// reads the project's devices again.
+    Presence(DevicePresence),
     /// An event the caller may see; its `type` is the event's.
     #[serde(untagged)]
     Event(Box<EventMessage>),
+}
+
+/// `{"type": "presence", "project_id", "device_id", "online", "last_seen_at"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DevicePresence {
+    pub project_id: Uuid,
+    pub device_id: Uuid,
+    pub online: bool,
+    pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An event as pushed: `{"type": "<event type>", "data", "project_id", "seq",

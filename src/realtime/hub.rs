@@ -1,7 +1,8 @@
 //! The hub: per project, the seq this server has read up to and the sockets
 //! subscribed. A wake-up reads the new rows once and hands every socket the
 //! same batch; a socket whose queue is full is told it lagged instead, and
-//! catches up from the log itself.
+//! catches up from the log itself. A device's presence changing is read
+//! once too, and handed to the sockets following its projects.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
+use crate::domain::presence;
+use crate::protocol::realtime::DevicePresence;
 use crate::protocol::Event;
 use crate::store::{self, Pool, RecordedEvent};
 
@@ -26,6 +29,15 @@ pub struct Batch {
     pub from_seq: i64,
     pub to_seq: i64,
     pub events: Vec<Event>,
+}
+
+/// What the hub hands a socket.
+#[derive(Debug, Clone)]
+pub enum Push {
+    Events(Arc<Batch>),
+    /// Not in the log: a socket whose queue is full misses it (and reads
+    /// the devices again when it reconnects).
+    Presence(Arc<DevicePresence>),
 }
 
 /// How the hub tells a socket that it dropped batches for it.
@@ -48,7 +60,7 @@ impl Lag {
 }
 
 struct Subscriber {
-    outbox: mpsc::Sender<Arc<Batch>>,
+    outbox: mpsc::Sender<Push>,
     lag: Arc<Lag>,
 }
 
@@ -78,7 +90,7 @@ impl Hub {
 
     /// Adds a socket to a project's feed. `head` is a head the caller read
     /// before: a new feed starts there (the socket replays the rest itself).
-    pub fn subscribe(&self, project_id: Uuid, socket: u64, head: i64, outbox: mpsc::Sender<Arc<Batch>>, lag: Arc<Lag>) {
+    pub fn subscribe(&self, project_id: Uuid, socket: u64, head: i64, outbox: mpsc::Sender<Push>, lag: Arc<Lag>) {
         let mut feeds = self.feeds.lock().expect("hub lock");
         let feed = feeds.entry(project_id).or_insert_with(|| Feed {
             last_seq: head,
@@ -123,6 +135,37 @@ impl Hub {
         }
     }
 
+    /// A device's presence may have changed: reads it in the projects
+    /// followed here, and hands it to their sockets.
+    pub fn presence(self: &Arc<Self>, device_id: Uuid) {
+        let projects: Vec<Uuid> = self.feeds.lock().expect("hub lock").keys().copied().collect();
+        if projects.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let read = async {
+                let client = hub.pool.get().await?;
+                presence::in_projects(&client, device_id, &projects).await
+            };
+            let states = match read.await {
+                Ok(states) => states,
+                Err(e) => {
+                    tracing::warn!(%device_id, error = %crate::telemetry::error_chain(&e), "presence not read");
+                    return;
+                }
+            };
+            let feeds = hub.feeds.lock().expect("hub lock");
+            for state in states {
+                let Some(feed) = feeds.get(&state.project_id) else { continue };
+                let note = Arc::new(state);
+                for subscriber in feed.subscribers.values() {
+                    let _ = subscriber.outbox.try_send(Push::Presence(note.clone()));
+                }
+            }
+        });
+    }
+
     /// Reads the project's new events, once for every socket, and hands
     /// them out, until the log has no more.
     async fn read(self: Arc<Self>, project_id: Uuid) {
@@ -157,7 +200,7 @@ impl Hub {
                 feed.last_seq = batch.to_seq;
                 crate::telemetry::WS_BATCHES.inc();
                 for subscriber in feed.subscribers.values() {
-                    if subscriber.outbox.try_send(batch.clone()).is_err() {
+                    if subscriber.outbox.try_send(Push::Events(batch.clone())).is_err() {
                         crate::telemetry::WS_LAGGED.inc();
                         subscriber.lag.mark(project_id);
                     }

@@ -2,7 +2,8 @@
 //! `poll_message`. It reconnects on its own and then wakes every feed, so
 //! whatever was committed while it was down is caught up from the log.
 //! It also hears relay chunks land (`ferry_chunks`) and wakes the readers
-//! waiting for them; after a reconnect it wakes them all to look again.
+//! waiting for them (after a reconnect it wakes them all to look again),
+//! and devices' presence change (`ferry_presence`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
+use super::presence::CHANNEL as PRESENCE;
 use super::Hub;
 use crate::domain::relay::CHUNKS_CHANNEL as CHUNKS;
 use crate::relay::arrivals::ChunkArrivals;
@@ -40,7 +42,7 @@ pub async fn listen(
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(n)) => {
-                                if notes.send((n.channel() == CHUNKS, n.payload().to_owned())).is_err() {
+                                if notes.send((n.channel().to_owned(), n.payload().to_owned())).is_err() {
                                     return;
                                 }
                             }
@@ -52,21 +54,24 @@ pub async fn listen(
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CHUNKS}")).await {
+                match client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CHUNKS}; LISTEN {PRESENCE}")).await {
                     Ok(()) => {
                         tracing::info!("listening for events");
                         listening.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(100);
                         hub.wake_all();
                         arrivals.wake_all();
-                        while let Some((chunk, payload)) = received.recv().await {
-                            if chunk {
-                                arrivals.wake_from_payload(&payload);
-                                continue;
-                            }
-                            match serde_json::from_str::<Payload>(&payload) {
-                                Ok(p) => hub.wake(p.project_id, Some(p.head_seq)),
-                                Err(e) => tracing::warn!(%payload, error = %e, "unreadable notification"),
+                        while let Some((channel, payload)) = received.recv().await {
+                            match channel.as_str() {
+                                CHUNKS => arrivals.wake_from_payload(&payload),
+                                PRESENCE => match payload.parse::<Uuid>() {
+                                    Ok(device_id) => hub.presence(device_id),
+                                    Err(e) => tracing::warn!(%payload, error = %e, "unreadable presence notification"),
+                                },
+                                _ => match serde_json::from_str::<Payload>(&payload) {
+                                    Ok(p) => hub.wake(p.project_id, Some(p.head_seq)),
+                                    Err(e) => tracing::warn!(%payload, error = %e, "unreadable notification"),
+                                },
                             }
                         }
                         listening.store(false, Ordering::Relaxed);

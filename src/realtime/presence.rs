@@ -1,12 +1,17 @@
 //! Which devices are online: every server counts the sockets it holds per
 //! device in `device_connections` and keeps extending their expiry while it
-//! runs; a device is online while any unexpired row exists.
+//! runs; a device is online while any unexpired row exists. Each change is
+//! announced on [`CHANNEL`] (payload: the device's id), so every server
+//! tells the sockets following the device's projects.
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::store::{Pool, StoreError};
+
+/// The channel presence changes are announced on.
+pub const CHANNEL: &str = "ferry_presence";
 
 /// A server's rows expire this long after their last refresh.
 const TTL_SECONDS: f64 = 60.0;
@@ -38,7 +43,7 @@ impl Presence {
                 &[&self.server_id, &device_id, &TTL_SECONDS],
             )
             .await?;
-        Ok(())
+        self.announce(&[device_id]).await
     }
 
     pub async fn disconnect(&self, device_id: Uuid) -> Result<(), StoreError> {
@@ -57,7 +62,36 @@ impl Presence {
                 &[&self.server_id, &device_id],
             )
             .await?;
+        self.announce(&[device_id]).await
+    }
+
+    /// Tells every server that these devices' presence may have changed
+    /// (after the change committed, so what they read is the new state).
+    async fn announce(&self, devices: &[Uuid]) -> Result<(), StoreError> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.pool
+            .get()
+            .await?
+            .execute("SELECT pg_notify($1, d::text) FROM unnest($2::uuid[]) AS d", &[&CHANNEL, &devices])
+            .await?;
         Ok(())
+    }
+
+    /// Removes the rows that expired (a server that stopped without saying
+    /// so) and announces their devices; each row is removed by one server.
+    async fn expire(&self) -> Result<(), StoreError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query("DELETE FROM device_connections WHERE expires_at < now() RETURNING device_id", &[])
+            .await?;
+        let mut devices: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+        devices.sort();
+        devices.dedup();
+        self.announce(&devices).await
     }
 
     /// Extends this server's rows, forever.
@@ -77,7 +111,7 @@ impl Presence {
                         &[&self.server_id, &TTL_SECONDS],
                     )
                     .await?;
-                Ok::<_, StoreError>(())
+                self.expire().await
             };
             if let Err(e) = refreshed.await {
                 tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence refresh failed");
@@ -87,8 +121,17 @@ impl Presence {
 
     /// On shutdown: this server holds no sockets any more.
     pub async fn forget_server(&self) {
-        if let Ok(client) = self.pool.get().await {
-            let _ = client.execute("DELETE FROM device_connections WHERE server_id = $1", &[&self.server_id]).await;
+        let forgotten = async {
+            let rows = self
+                .pool
+                .get()
+                .await?
+                .query("DELETE FROM device_connections WHERE server_id = $1 RETURNING device_id", &[&self.server_id])
+                .await?;
+            self.announce(&rows.iter().map(|r| r.get(0)).collect::<Vec<Uuid>>()).await
+        };
+        if let Err(e) = forgotten.await {
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "presence not cleared on shutdown");
         }
     }
 }

@@ -18,13 +18,13 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::frames::{too_big, MAX_FRAME};
-use super::hub::{Batch, Lag};
+use super::hub::{Batch, Lag, Push};
 use super::Realtime;
 use crate::domain::events::{feed, visible};
 use crate::domain::projects::access;
 use crate::domain::{Caller, DomainError};
 use crate::protocol::projects::Role;
-use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
+use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::{Event, EventData};
 
 /// Events read per page while replaying from the log.
@@ -44,7 +44,7 @@ struct SessionState {
     caller: Caller,
     ws: Session,
     socket: u64,
-    outbox: mpsc::Sender<Arc<Batch>>,
+    outbox: mpsc::Sender<Push>,
     lag: Arc<Lag>,
     subscriptions: HashMap<Uuid, Subscription>,
 }
@@ -91,7 +91,10 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
                     Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Closed),
                 }
             }
-            Some(batch) = inbox.recv() => state.on_batch(&batch).await,
+            Some(push) = inbox.recv() => match push {
+                Push::Events(batch) => state.on_batch(&batch).await,
+                Push::Presence(note) => state.on_presence(&note).await,
+            },
             _ = lag.notify.notified() => state.on_lag().await,
             _ = pings.tick() => {
                 if heard.elapsed() > interval * 3 {
@@ -263,6 +266,13 @@ impl SessionState {
             s.cursor = s.cursor.max(batch.to_seq);
         }
         Ok(())
+    }
+
+    async fn on_presence(&mut self, note: &DevicePresence) -> Result<(), Closed> {
+        if !self.subscriptions.contains_key(&note.project_id) {
+            return Ok(());
+        }
+        self.send(&ServerMessage::Presence(note.clone())).await
     }
 
     async fn on_lag(&mut self) -> Result<(), Closed> {

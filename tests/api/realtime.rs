@@ -567,3 +567,52 @@ async fn a_frame_declaring_a_huge_length_is_refused_at_its_header() {
     tcp.flush().await.unwrap();
     assert_eq!(ws.close_code().await, Some(1009));
 }
+
+/// A device's socket opening and closing is told, as `presence`, to every
+/// socket following one of its projects, through whichever server; a
+/// socket following another project hears nothing of it.
+#[tokio::test]
+async fn a_device_coming_and_going_is_told_to_the_sockets_of_its_projects() {
+    let app = TestApp::spawn().await;
+    let (other_server, handle) = start_server(&app.settings).await;
+    let owner = app.signup("owner").await;
+    let member = app.signup("member").await;
+    let project = app.create_project(&owner, "Presence told").await;
+    let elsewhere = app.create_project(&owner, "Elsewhere").await;
+    app.join(&owner, project, &member).await;
+    let device = app.source_device(&owner, project).await;
+    let device_id = app.get("/api/me", &device).await.1["device"]["id"].as_str().unwrap().to_owned();
+
+    let mut watcher = Ws::connect(&other_server, &member.token).await;
+    watcher.subscribe(project, 0).await;
+    watcher.subscribed().await;
+    let mut bystander = Ws::connect(&app.address, &owner.token).await;
+    bystander.subscribe(elsewhere, 0).await;
+    bystander.subscribed().await;
+
+    let is_presence = |online: bool| {
+        let device_id = device_id.clone();
+        move |m: &Value| m["type"] == "presence" && m["device_id"] == device_id.as_str() && m["online"] == online
+    };
+    // The device connects through one server; the member hears it through the other.
+    let agent = Ws::connect(&app.address, &device).await;
+    let online = watcher.until(is_presence(true)).await.pop().unwrap();
+    assert_eq!(online["project_id"], project.to_string(), "{online}");
+    assert!(online["last_seen_at"].is_string(), "{online}");
+    assert!(online.get("seq").is_none(), "not an event of the log: {online}");
+
+    drop(agent);
+    let offline = watcher.until(is_presence(false)).await.pop().unwrap();
+    assert!(offline["last_seen_at"].is_string(), "{offline}");
+    let devices = app.get(&format!("/api/projects/{project}/devices"), &member.token).await.1;
+    let listed = devices["devices"].as_array().unwrap().iter().find(|d| d["device_id"] == device_id.as_str()).cloned();
+    assert_eq!(listed.unwrap()["online"], false, "{devices}");
+
+    // The project the device is not in was told nothing.
+    let mut heard = Vec::new();
+    while let Some(message) = bystander.next_within(Duration::from_millis(500)).await {
+        heard.push(message);
+    }
+    assert!(heard.iter().all(|m| m["type"] != "presence"), "{heard:#?}");
+    handle.stop(false).await;
+}

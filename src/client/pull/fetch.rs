@@ -11,13 +11,10 @@ use super::super::ClientError;
 use super::tracked::Ended;
 use super::{lock, Ctx};
 use crate::protocol::files::Blake3Hash;
+use crate::protocol::membership::ProjectDevice;
 
 /// A chunk whose bytes do not hash to its name is fetched again this often.
 const BAD_CHUNK_TRIES: u32 = 3;
-/// How often, while a chunk is awaited, the owner's device is looked at:
-/// whether it is online is not an event. How the transfer ends is (see
-/// [`super::tracked`]).
-const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why fetching stopped short.
 pub(super) enum Stop {
@@ -58,7 +55,6 @@ pub(super) async fn fetch_chunk(
     let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
     let mut bad = 0;
     let mut delay = Duration::from_millis(20);
-    let mut next_presence = Instant::now() + PRESENCE_EVERY;
     loop {
         let asked = Instant::now();
         let fetched = match peer {
@@ -106,11 +102,8 @@ pub(super) async fn fetch_chunk(
             Some(Ended::Over(why)) => return Err(Stop::Fatal(why)),
             None => {}
         }
-        if Instant::now() >= next_presence {
-            next_presence = Instant::now() + PRESENCE_EVERY;
-            if let Some(source) = ctx.tracked.source(transfer) {
-                say_whether_offline(ctx, source).await;
-            }
+        if let Some(source) = ctx.tracked.source(transfer) {
+            say_whether_offline(ctx, &source);
         }
         // The server waited for the chunk to land (`?wait=`): ask again at
         // once. A miss that came back fast (a network error, an older
@@ -124,9 +117,7 @@ pub(super) async fn fetch_chunk(
 
 /// Says once that the owner's computer is offline, and since when, and
 /// again once it is back; a wait then says what it waited for.
-async fn say_whether_offline(ctx: &Ctx, source: Uuid) {
-    let Ok(devices) = ctx.api.project_devices(ctx.project).await else { return };
-    let Some(device) = devices.devices.into_iter().find(|d| d.device_id == source) else { return };
+fn say_whether_offline(ctx: &Ctx, device: &ProjectDevice) {
     let said = lock(&ctx.offline).is_some();
     if device.online {
         if said {

@@ -1,6 +1,7 @@
 //! This pull's transfers as the project's live stream tells them: how each
-//! attempt ended (failed, cancelled, expired), so a fetch waiting for a
-//! chunk looks here instead of asking the server again and again.
+//! attempt ended (failed, cancelled, expired), and whether the devices that
+//! send them are online, so a fetch waiting for a chunk looks here instead
+//! of asking the server again and again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,6 +11,8 @@ use uuid::Uuid;
 
 use super::super::api::{AbortOnDrop, Api, Live};
 use super::lock;
+use crate::protocol::events::data::TransferState;
+use crate::protocol::membership::ProjectDevice;
 use crate::protocol::transfers::TransferStatus;
 
 /// How an attempt of a transfer ended, as its event says.
@@ -32,6 +35,9 @@ struct Told {
 struct Known {
     told: HashMap<Uuid, Told>,
     asked: HashMap<Uuid, Asked>,
+    /// The project's devices: read whole at each (re)subscription, then
+    /// kept by the presence the stream tells.
+    devices: HashMap<Uuid, ProjectDevice>,
 }
 
 /// A transfer this pull asked for.
@@ -49,36 +55,46 @@ pub(super) struct Tracked {
     project: Uuid,
     after_seq: i64,
     known: Arc<Mutex<Known>>,
-    /// Started the first time a fetch waits: a pull that never waits opens
-    /// no socket.
+    /// Started when the first transfer is asked for: a pull with nothing
+    /// to fetch opens no socket.
     follow: OnceLock<AbortOnDrop>,
 }
 
 impl Tracked {
     /// Will follow the project's events after `after_seq`: a head read
     /// before any of this pull's transfers was asked for, so none of their
-    /// events is missed, whenever following starts.
+    /// events is missed.
     pub(super) fn new(api: &Api, project: Uuid, after_seq: i64) -> Self {
         Self { api: api.clone(), project, after_seq, known: Arc::default(), follow: OnceLock::new() }
     }
 
     fn follow(&self) {
         self.follow.get_or_init(|| {
-            let mut live = self.api.live(self.project, self.after_seq);
+            let (api, project) = (self.api.clone(), self.project);
+            let mut live = api.live(project, self.after_seq);
             let known = self.known.clone();
             AbortOnDrop(tokio::spawn(async move {
                 while let Some(item) = live.next().await {
-                    let Live::Event(event) = item else { continue };
-                    let Some(state) = event.data.transfer_state() else { continue };
-                    let why = || state.error_message.clone().unwrap_or_else(|| state.status.as_str().to_owned());
-                    let ended = match state.status {
-                        TransferStatus::Failed => Some(Ended::Failed(why())),
-                        TransferStatus::Cancelled | TransferStatus::Expired => {
-                            Some(Ended::Over(format!("the transfer was {}", why())))
+                    match item {
+                        // Presence is not replayed: what changed while the
+                        // stream was away is read whole.
+                        Live::Subscribed => {
+                            if let Ok(read) = api.project_devices(project).await {
+                                lock(&known).devices = read.devices.into_iter().map(|d| (d.device_id, d)).collect();
+                            }
                         }
-                        _ => None,
-                    };
-                    lock(&known).told.insert(state.transfer_id, Told { attempts: state.attempts, ended });
+                        Live::Presence(p) => {
+                            if let Some(device) = lock(&known).devices.get_mut(&p.device_id) {
+                                (device.online, device.last_seen_at) = (p.online, p.last_seen_at);
+                            }
+                        }
+                        Live::Event(event) => {
+                            if let Some(state) = event.data.transfer_state() {
+                                lock(&known).told.insert(state.transfer_id, told(state));
+                            }
+                        }
+                        Live::Lost(_) => {}
+                    }
                 }
             }))
         });
@@ -87,6 +103,7 @@ impl Tracked {
     /// This pull asked for `transfer`, to be sent by the device `source`.
     pub(super) fn asked(&self, transfer: Uuid, source: Uuid) {
         lock(&self.known).asked.insert(transfer, Asked { source, attempt: 1 });
+        self.follow();
     }
 
     /// This pull is on `attempt` of `transfer` now, after a retry.
@@ -96,15 +113,17 @@ impl Tracked {
         }
     }
 
-    /// The device that is to send `transfer`.
-    pub(super) fn source(&self, transfer: Uuid) -> Option<Uuid> {
-        lock(&self.known).asked.get(&transfer).map(|a| a.source)
+    /// The device that is to send `transfer`, as last told (once the
+    /// stream has said).
+    pub(super) fn source(&self, transfer: Uuid) -> Option<ProjectDevice> {
+        let known = lock(&self.known);
+        let source = known.asked.get(&transfer)?.source;
+        known.devices.get(&source).cloned()
     }
 
     /// How the attempt this pull is on ended, if it did (as far as the
-    /// stream has told: it starts following on the first call).
+    /// stream has told).
     pub(super) fn ended(&self, transfer: Uuid) -> Option<Ended> {
-        self.follow();
         let known = lock(&self.known);
         let told = known.told.get(&transfer)?;
         let current = known.asked.get(&transfer).map_or(1, |a| a.attempt);
@@ -113,4 +132,15 @@ impl Tracked {
         }
         told.ended.clone()
     }
+}
+
+/// What a transfer event tells of the attempt it is about.
+fn told(state: &TransferState) -> Told {
+    let why = || state.error_message.clone().unwrap_or_else(|| state.status.as_str().to_owned());
+    let ended = match state.status {
+        TransferStatus::Failed => Some(Ended::Failed(why())),
+        TransferStatus::Cancelled | TransferStatus::Expired => Some(Ended::Over(format!("the transfer was {}", why()))),
+        _ => None,
+    };
+    Told { attempts: state.attempts, ended }
 }

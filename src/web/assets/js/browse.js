@@ -43,7 +43,10 @@ class Browser {
     const head = await this.page();
     if (head === undefined) return;
     await this.transfers.load();
-    this.live = new Live(projectId, head, (event) => this.onEvent(event), document.getElementById('live'));
+    this.live = new Live(projectId, head, (event) => this.onEvent(event), document.getElementById('live'), {
+      onPresence: (presence) => this.transfers.onPresence(presence),
+      onResubscribed: () => this.transfers.refreshWaiting(),
+    });
   }
 
   /** The next page of entries; answers the head it was read at. */

@@ -9,11 +9,18 @@ const PING_EVERY = 20_000;
 const SILENCE_LIMIT = 50_000;
 
 class Live {
-  /** `onEvent(event)` gets each event; `status` says when the page is not live. */
-  constructor(project, afterSeq, onEvent, status) {
+  /** `onEvent(event)` gets each event; `status` says when the page is not
+   * live. A device coming online or going offline is not an event (not in
+   * the log, not replayed): `onPresence(presence)` gets each change, and
+   * `onResubscribed()` is called after a reconnection, to read again what
+   * may have changed meanwhile. */
+  constructor(project, afterSeq, onEvent, status, { onPresence, onResubscribed } = {}) {
     this.project = project;
     this.seq = afterSeq;
     this.onEvent = onEvent;
+    this.onPresence = onPresence;
+    this.onResubscribed = onResubscribed;
+    this.subscriptions = 0;
     this.status = status;
     this.backoff = 1000;
     this.stopped = false;
@@ -57,6 +64,12 @@ class Live {
   receive(frame) {
     switch (frame.type) {
       case 'subscribed':
+        this.subscriptions += 1;
+        if (this.subscriptions > 1) this.onResubscribed?.();
+        return;
+      case 'presence':
+        this.onPresence?.(frame);
+        return;
       case 'pong':
         return;
       case 'caught_up':

@@ -20,9 +20,16 @@ class Settings {
     if (!project) return;
     await Promise.all([this.loadInvites(), this.loadMembers(), this.loadDevices()]);
     await this.transfers.load();
-    this.live = new Live(projectId, project.head_seq, (event) => this.onEvent(event), document.getElementById('live'));
-    // Whether a device is online is not an event: it is read again now and then.
-    setInterval(() => this.loadDevices(), 15_000);
+    this.live = new Live(projectId, project.head_seq, (event) => this.onEvent(event), document.getElementById('live'), {
+      onPresence: (presence) => {
+        this.loadDevices();
+        this.transfers.onPresence(presence);
+      },
+      onResubscribed: () => {
+        this.loadDevices();
+        this.transfers.refreshWaiting();
+      },
+    });
   }
 
   onEvent(event) {

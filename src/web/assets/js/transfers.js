@@ -88,9 +88,6 @@ class Transfers {
     this.names = names ?? new Map();
     this.empty = empty;
     this.rows = new Map();
-    // Whether the owner's computer is online is not an event: while a
-    // transfer waits for it, its state is read again now and then.
-    setInterval(() => this.refreshWaiting(), 5000);
   }
 
   async load() {
@@ -123,6 +120,18 @@ class Transfers {
     if (t) this.show(fromTransfer(t));
   }
 
+  /** The owner's computer came online or went offline: the transfers
+   * waiting for it say so. */
+  onPresence(presence) {
+    for (const { transfer } of this.rows.values()) {
+      const source = transfer.source;
+      if (source?.id !== presence.device_id || source.online === presence.online) continue;
+      this.show({ ...transfer, source: { ...source, online: presence.online } });
+    }
+  }
+
+  /** Reads the waiting transfers again (after a reconnection: whether the
+   * owner's computer is online is not replayed). */
   async refreshWaiting() {
     for (const { transfer } of this.rows.values()) {
       if (transfer.status === 'pending') await this.fetch(transfer.id);
