@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::rate::{read_limited, Limiter, Limits};
 use super::ClientError;
 use crate::protocol::accounts::{
     AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
@@ -35,6 +36,8 @@ pub struct Api {
     /// How often a followed WebSocket is pinged; three times this without
     /// a word from the server and the connection is taken for dead.
     ping_every: std::time::Duration,
+    /// The bandwidth limits chunk bytes keep to, shared by every clone.
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Api {
@@ -58,7 +61,18 @@ impl Api {
             http,
             token,
             ping_every: std::time::Duration::from_secs(20),
+            limits: Limits::default(),
         }
+    }
+
+    /// Chunk bytes sent and received through this client (and its
+    /// clones) keep to `limits`.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The same server with another token.
@@ -342,7 +356,8 @@ impl Api {
         if zstd {
             req = req.header(reqwest::header::CONTENT_ENCODING, "zstd");
         }
-        let req = req.body(bytes);
+        let req =
+            req.header(reqwest::header::CONTENT_LENGTH, bytes.len()).body(limited_body(bytes, &self.limits.upload));
         let res = self.send_raw(req).await?;
         Ok(res.status() == StatusCode::CREATED)
     }
@@ -393,12 +408,34 @@ impl Api {
             req = req.query(&[("wait", wait.to_string())]);
         }
         match self.send_raw(req).await {
-            Ok(res) => Ok(Some(res.bytes().await.map_err(|e| self.transport(e))?)),
+            Ok(res) => Ok(Some(read_limited(res, &self.limits.download).await.map_err(|e| self.transport(e))?)),
             Err(ClientError::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 }
+
+/// A request body of `bytes` that keeps to `limiter`, sent piece by piece
+/// when it is limited.
+fn limited_body(bytes: bytes::Bytes, limiter: &Limiter) -> reqwest::Body {
+    if limiter.rate().is_none() {
+        return bytes.into();
+    }
+    let limiter = limiter.clone();
+    let pieces =
+        (0..bytes.len()).step_by(LIMITED_PIECE).map(move |at| bytes.slice(at..(at + LIMITED_PIECE).min(bytes.len())));
+    use futures_util::StreamExt;
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).then(move |piece| {
+        let limiter = limiter.clone();
+        async move {
+            limiter.take(piece.len()).await;
+            Ok::<_, std::convert::Infallible>(piece)
+        }
+    }))
+}
+
+/// The piece a limited body is sent in.
+const LIMITED_PIECE: usize = 64 * 1024;
 
 /// What a project's live stream ([`Api::live`]) yields.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,6 +11,7 @@ use super::agent::{DeleteGuard, DirectOptions, ShareOptions};
 use super::api::Api;
 use super::config::{config_dir, Config};
 use super::output::{human_bytes, json_line, table, Output};
+use super::rate::{describe, Limits, LimitsFile, Rate};
 use super::transfers::Which;
 use super::ClientError;
 use crate::protocol::accounts::{LoginRequest, SignupRequest};
@@ -133,6 +134,10 @@ pub enum Command {
         /// chunk (say, while it is offline); then the pull stops, saying why.
         #[arg(long, default_value_t = 300)]
         wait: u64,
+        /// Most bytes a second to download, over all files at once (e.g.
+        /// 5MiB/s, 40Mbit/s); `ferry limit` changes it while it runs.
+        #[arg(long, value_name = "RATE")]
+        max_download: Option<Rate>,
     },
     /// Member: pull everything into DIR, then follow the project live and
     /// keep DIR current (adds, edits, deletes, moves) until stopped.
@@ -151,6 +156,21 @@ pub enum Command {
         /// Days the files the owner deleted or replaced stay in DIR/.ferry/trash.
         #[arg(long, env = "FERRY_TRASH_DAYS", default_value_t = 30)]
         trash_days: u32,
+        /// Most bytes a second to download (e.g. 5MiB/s, 40Mbit/s); `ferry
+        /// limit` changes it while it runs.
+        #[arg(long, value_name = "RATE")]
+        max_download: Option<Rate>,
+    },
+    /// Change the bandwidth limits of this machine's running `ferry share`,
+    /// `pull` and `sync` (and the default of those started later without
+    /// their own flag); without options, show them.
+    Limit {
+        /// Most bytes a second to upload (e.g. 5MiB/s, 40Mbit/s), or `off`.
+        #[arg(long, value_name = "RATE|off")]
+        max_upload: Option<Setting>,
+        /// Most bytes a second to download, or `off`.
+        #[arg(long, value_name = "RATE|off")]
+        max_download: Option<Setting>,
     },
     /// Member: what `sync` set aside in DIR's trash, and bringing it back.
     #[command(subcommand)]
@@ -170,6 +190,33 @@ pub enum Command {
         #[arg(long, value_parser = parse_status, value_name = "STATUS")]
         status: Option<TransferStatus>,
     },
+}
+
+/// A limit as `ferry limit` takes it: a rate, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Off,
+    To(Rate),
+}
+
+impl std::str::FromStr for Setting {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "off" | "none" | "unlimited" => Ok(Setting::Off),
+            rate => rate.parse().map(Setting::To),
+        }
+    }
+}
+
+impl Setting {
+    fn bytes_per_second(self) -> Option<u64> {
+        match self {
+            Setting::Off => None,
+            Setting::To(rate) => Some(rate.bytes_per_second()),
+        }
+    }
 }
 
 fn parse_status(value: &str) -> Result<TransferStatus, String> {
@@ -315,6 +362,8 @@ pub struct Session {
     pub dir: PathBuf,
     pub config: Config,
     pub server: String,
+    /// The bandwidth limits of this process's transfers.
+    pub limits: Limits,
 }
 
 impl Session {
@@ -322,7 +371,7 @@ impl Session {
         let dir = config_dir()?;
         let config = Config::load(&dir)?;
         let server = config.resolve_server(server)?;
-        Ok(Self { dir, config, server })
+        Ok(Self { dir, config, server, limits: Limits::default() })
     }
 
     pub fn anonymous(&self) -> Api {
@@ -333,13 +382,21 @@ impl Session {
     pub fn user(&self) -> Result<Api, ClientError> {
         let token = self.config.profile(&self.server).and_then(|p| p.token.clone());
         match token {
-            Some(token) => Ok(Api::new(&self.server, Some(token))),
+            Some(token) => Ok(Api::new(&self.server, Some(token)).with_limits(self.limits.clone())),
             None => Err(ClientError::NotLoggedIn(self.server.clone())),
         }
     }
 
     pub fn save(&self) -> Result<(), ClientError> {
         self.config.save(&self.dir)
+    }
+
+    /// Limits this process's transfers (each flag given, else what `ferry
+    /// limit` set), and follows `ferry limit` while it runs.
+    fn limit(&mut self, out: Output, upload: Option<Rate>, download: Option<Rate>) -> Result<(), ClientError> {
+        self.limits = Limits::start(&self.dir, upload, download).map_err(ClientError::Other)?;
+        tokio::spawn(self.limits.clone().follow(self.dir.clone(), move |said| out.note(&said)));
+        Ok(())
     }
 }
 
@@ -403,11 +460,13 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             super::agent::share(&mut session, out, &project, &dir, options).await
         }
         Command::Ls { project, prefix } => list_files(&session, out, &project, prefix).await,
-        Command::Pull { project, paths, to, wait } => {
+        Command::Pull { project, paths, to, wait, max_download } => {
+            session.limit(out, None, max_download)?;
             let wait = std::time::Duration::from_secs(wait);
             super::pull::pull(&session, out, super::pull::PullRequest { project, paths, to, wait }).await
         }
-        Command::Sync { project, dir, to, wait, trash_days } => {
+        Command::Sync { project, dir, to, wait, trash_days, max_download } => {
+            session.limit(out, None, max_download)?;
             let dir = dir.or(to).ok_or_else(|| ClientError::Usage("sync needs the folder to keep current".into()))?;
             remember_synced(&mut session, &project, &dir).await?;
             let wait = std::time::Duration::from_secs(wait);
@@ -416,6 +475,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         Command::Trash(TrashCommand::List { dir }) => list_trash(out, &dir),
         Command::Trash(TrashCommand::Restore { dir, path }) => restore_trashed(out, &dir, &path),
         Command::Status => super::status::status(&session, out).await,
+        Command::Limit { max_upload, max_download } => limit(&session, out, max_upload, max_download),
         Command::Transfers { project, all, status } => {
             let which = match (all, status) {
                 (_, Some(status)) => Which::Status(status),
@@ -425,6 +485,28 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             super::transfers::transfers(&session, out, &project, which).await
         }
     }
+}
+
+/// `ferry limit`: changes the limits (in the config folder, where running
+/// processes pick them up) and says which are in force.
+fn limit(
+    session: &Session,
+    out: Output,
+    upload: Option<Setting>,
+    download: Option<Setting>,
+) -> Result<(), ClientError> {
+    let mut file = LimitsFile::load(&session.dir).map_err(ClientError::Other)?;
+    if upload.is_some() || download.is_some() {
+        if let Some(upload) = upload {
+            file.max_upload = upload.bytes_per_second();
+        }
+        if let Some(download) = download {
+            file.max_download = download.bytes_per_second();
+        }
+        file.save(&session.dir).map_err(|e| ClientError::io(&LimitsFile::path(&session.dir), e))?;
+    }
+    out.result(&file, || format!("Limits: {}.", describe(&file)));
+    Ok(())
 }
 
 /// A time as people read it in a table: to the minute, in UTC.

@@ -16,6 +16,7 @@ use chrono::Utc;
 use rand::RngCore;
 use uuid::Uuid;
 
+use super::rate::{read_limited, Limiter};
 use crate::protocol::files::Blake3Hash;
 use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
 use crate::protocol::{ErrorBody, ErrorDetail};
@@ -212,11 +213,14 @@ pub struct Peer {
     token: String,
     given_up: AtomicBool,
     announced: AtomicBool,
+    /// The download limit its bytes keep to.
+    limiter: Limiter,
 }
 
 impl Peer {
-    /// The direct endpoints of a download answer, if any.
-    pub fn for_transfer(info: &TransferInfo) -> Option<Self> {
+    /// The direct endpoints of a download answer, if any; its bytes keep
+    /// to `limiter`.
+    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter) -> Option<Self> {
         let direct: Vec<_> =
             info.endpoints.iter().filter(|e| e.protocol == TransferProtocol::Http && e.token.is_some()).collect();
         let token = direct.first()?.token.clone()?;
@@ -232,6 +236,7 @@ impl Peer {
             token,
             given_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
+            limiter: limiter.clone(),
         })
     }
 
@@ -273,7 +278,7 @@ impl Peer {
         if !res.status().is_success() {
             return Err(format!("answered {}", res.status()));
         }
-        res.bytes().await.map_err(|e| error_chain(&e))
+        read_limited(res, &self.limiter).await.map_err(|e| error_chain(&e))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod direct;
 pub mod output;
 pub mod part;
 pub mod pull;
+pub mod rate;
 pub mod scan;
 pub mod source;
 pub mod status;

@@ -7,6 +7,7 @@ mod client_accounts;
 mod client_direct;
 mod client_fallback;
 mod client_follow;
+mod client_limits;
 mod client_pull;
 mod client_resume;
 mod client_share;

@@ -374,7 +374,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         return Err(format!("the server's chunk list adds up to {offset} bytes, the file has {size}"));
     }
 
-    let mut peer = Peer::for_transfer(&res.transfer_info).map(Arc::new);
+    let mut peer = Peer::for_transfer(&res.transfer_info, &ctx.api.limits().download).map(Arc::new);
     // Bytes of this transfer fetched directly (a fallback then re-asks for
     // only what is still lacking).
     let mut direct_now = 0u64;
