@@ -28,6 +28,8 @@ CREATE TABLE file_transfers (
     last_activity_at  timestamptz NOT NULL,
     last_progress_at  timestamptz,
     "window"          jsonb NOT NULL,
+    -- Which way the bytes went (TransferRoute); '{}' for events before it.
+    route             jsonb NOT NULL,
     updated_seq       bigint NOT NULL
 );
 CREATE INDEX file_transfers_project_idx ON file_transfers (project_id, id);
@@ -43,7 +45,7 @@ INSERT INTO file_transfers
     (id, project_id, file_path, file_hash, mime_type, requester_id, target_device_id, source_device_id,
      protocol, request_mode, chunks_needed, requested_at, status, bytes_transferred, total_bytes, percent,
      speed_mbps, eta_seconds, attempts, error_message, started_at, completed_at, expires_at,
-     last_activity_at, last_progress_at, "window", updated_seq)
+     last_activity_at, last_progress_at, "window", route, updated_seq)
 SELECT (data->>'transfer_id')::uuid, project_id, data->>'file_path', data->>'file_hash', data->>'mime_type',
        (data->>'requester_id')::uuid, (data->>'target_device_id')::uuid, (data->>'source_device_id')::uuid,
        data->>'protocol', data->>'request_mode', data->'chunks_needed', created_at, data->>'status',
@@ -51,7 +53,7 @@ SELECT (data->>'transfer_id')::uuid, project_id, data->>'file_path', data->>'fil
        (data->>'speed_mbps')::double precision, (data->>'eta_seconds')::bigint, (data->>'attempts')::integer,
        data->>'error_message', (data->>'started_at')::timestamptz, (data->>'completed_at')::timestamptz,
        (data->>'expires_at')::timestamptz, (data->>'last_activity_at')::timestamptz,
-       (data->>'last_progress_at')::timestamptz, data->'window', seq
+       (data->>'last_progress_at')::timestamptz, data->'window', coalesce(data->'route', '{}'), seq
 FROM new_events
 WHERE type = 'transfer_requested'
 ON CONFLICT (id) DO NOTHING;
@@ -70,6 +72,7 @@ UPDATE file_transfers t SET
     last_activity_at = (l.data->>'last_activity_at')::timestamptz,
     last_progress_at = (l.data->>'last_progress_at')::timestamptz,
     "window" = l.data->'window',
+    route = coalesce(l.data->'route', '{}'),
     updated_seq = l.seq
 FROM (SELECT DISTINCT ON ((data->>'transfer_id')::uuid) (data->>'transfer_id')::uuid AS id, data, seq
       FROM new_events

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{resource, ApiError, AppState, Auth};
 use crate::domain::{self, transfers, DomainError};
 use crate::protocol::files::{Blake3Hash, ChunkRef};
-use crate::protocol::transfers::{TransferReport, TransferStatus};
+use crate::protocol::transfers::{TransferReport, TransferRoute, TransferStatus, VerifyRequest};
 use crate::protocol::ErrorBody;
 use crate::relay::arrivals::Waiter;
 use crate::relay::parse_range;
@@ -392,8 +392,8 @@ impl Streamer {
                 let failed = actix_web::rt::spawn(async move {
                     let report = TransferReport {
                         status: Some(TransferStatus::Failed),
-                        bytes_transferred: None,
                         error_message: Some(reason.to_owned()),
+                        ..Default::default()
                     };
                     let policy = state.transfers;
                     domain::execute(&state.pool, caller, None, move |tx, cmd| {
@@ -416,9 +416,13 @@ impl Streamer {
     async fn complete(&self) {
         let (state, caller, hash) = (self.state.clone(), self.caller.clone(), self.file_hash.clone());
         let (project_id, transfer_id) = (self.project_id, self.transfer_id);
+        // A browser's download comes through the relay, every byte of it.
+        let size = self.chunks.iter().map(|c| c.size).sum();
+        let route = TransferRoute { bytes_relay: size, ..Default::default() };
         let completed = actix_web::rt::spawn(async move {
             domain::execute(&state.pool, caller, None, move |tx, cmd| {
-                Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, &hash).await })
+                let verified = VerifyRequest { hash, route: Some(route) };
+                Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, verified).await })
             })
             .await
         });

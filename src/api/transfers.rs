@@ -215,9 +215,9 @@ async fn verify_transfer(
     body: web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req, &*body)?;
-    let ((project_id, transfer_id), hash) = (path.into_inner(), body.into_inner().hash);
+    let ((project_id, transfer_id), verified) = (path.into_inner(), body.into_inner());
     let transfer = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
-        Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, &hash).await })
+        Box::pin(async move { transfers::verify(tx, cmd, project_id, transfer_id, verified).await })
     })
     .await?;
     Ok(HttpResponse::Ok().json(transfer))

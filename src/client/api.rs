@@ -22,8 +22,8 @@ use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse}
 use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
-    DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
-    VerifyRequest,
+    DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferRoute, TransferStatus,
+    TransfersPage, VerifyRequest,
 };
 use crate::protocol::{EmptyBody, ErrorBody};
 
@@ -374,10 +374,17 @@ impl Api {
         self.get(&format!("/api/projects/{project}/transfers/{transfer}")).await
     }
 
-    pub async fn verify_transfer(&self, project: Uuid, transfer: Uuid, hash: &str) -> Result<Transfer, ClientError> {
+    /// Says what the requester received (and how its direct leg went).
+    pub async fn verify_transfer(
+        &self,
+        project: Uuid,
+        transfer: Uuid,
+        hash: &str,
+        route: Option<TransferRoute>,
+    ) -> Result<Transfer, ClientError> {
         self.post(
             &format!("/api/projects/{project}/transfers/{transfer}/verify"),
-            &VerifyRequest { hash: hash.to_owned() },
+            &VerifyRequest { hash: hash.to_owned(), route },
         )
         .await
     }

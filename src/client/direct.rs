@@ -215,6 +215,8 @@ pub struct Peer {
     announced: AtomicBool,
     /// The download limit its bytes keep to.
     limiter: Limiter,
+    /// The URL that answered last.
+    reached: std::sync::Mutex<Option<String>>,
 }
 
 impl Peer {
@@ -237,7 +239,13 @@ impl Peer {
             given_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             limiter: limiter.clone(),
+            reached: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The URL chunks last came from, if any did.
+    pub fn reached(&self) -> Option<String> {
+        self.reached.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn given_up(&self) -> bool {
@@ -259,7 +267,10 @@ impl Peer {
                 break;
             }
             match self.fetch_from(url, hash).await {
-                Ok(bytes) => return Ok(bytes),
+                Ok(bytes) => {
+                    *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
+                    return Ok(bytes);
+                }
                 Err(e) => why = format!("{url}: {e}"),
             }
         }

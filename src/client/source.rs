@@ -386,8 +386,8 @@ impl Source {
                 self.out.warn(&format!("transfer of {} failed: {why}", job.file_path));
                 let report = TransferReport {
                     status: Some(TransferStatus::Failed),
-                    bytes_transferred: None,
                     error_message: Some(why),
+                    ..Default::default()
                 };
                 let _ = self.api.report_transfer(self.project, job.id, &report).await;
             }

@@ -15,7 +15,7 @@ use super::api::{Api, Live};
 use super::cli::{resolve_project, Session};
 use super::output::{human_bytes, table, Output};
 use super::ClientError;
-use crate::protocol::transfers::{Transfer, TransferStatus};
+use crate::protocol::transfers::{Transfer, TransferRoute, TransferStatus};
 use crate::protocol::EventData;
 
 /// Which transfers `ferry transfers` lists.
@@ -108,12 +108,30 @@ fn listing(transfers: &[Transfer], which: Which) -> String {
                     human_bytes(t.total_bytes.max(0) as u64)
                 ),
                 speed(t.speed_mbps).unwrap_or_default(),
+                route(&t.route),
                 t.attempts.to_string(),
                 t.error_message.clone().unwrap_or_default(),
             ]
         })
         .collect::<Vec<_>>();
-    table(&["id", "file", "status", "asked", "done", "bytes", "speed", "attempts", "error"], &rows)
+    table(&["id", "file", "status", "asked", "done", "bytes", "speed", "route", "attempts", "error"], &rows)
+}
+
+/// Which way a transfer's bytes went, in the bars' units: `direct 3.0 MiB
+/// (https://10.0.0.2:7071)`, `relay 1.0 MiB`, and why direct was given up.
+fn route(route: &TransferRoute) -> String {
+    let mut parts = Vec::new();
+    if route.bytes_direct > 0 || route.direct_endpoint.is_some() {
+        let from = route.direct_endpoint.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+        parts.push(format!("direct {}{from}", human_bytes(route.bytes_direct.max(0) as u64)));
+    }
+    if route.bytes_relay > 0 {
+        parts.push(format!("relay {}", human_bytes(route.bytes_relay as u64)));
+    }
+    if let Some(why) = &route.direct_abandoned {
+        parts.push(format!("direct given up: {why}"));
+    }
+    parts.join(", ")
 }
 
 /// Follows the project's events until no followed transfer is open.

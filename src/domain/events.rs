@@ -212,6 +212,7 @@ mod tests {
             last_activity_at: now,
             last_progress_at: None,
             window: vec![],
+            route: Default::default(),
         })
     }
 

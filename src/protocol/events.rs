@@ -308,6 +308,9 @@ pub mod data {
         /// Recent progress samples, `[unix millis, bytes]`: the moving window
         /// speed and ETA are computed over.
         pub window: Vec<[i64; 2]>,
+        /// Which way the bytes went (absent in events recorded before it).
+        #[serde(default)]
+        pub route: crate::protocol::transfers::TransferRoute,
     }
 
     /// `transfer_requested`: what is moved, from where to where, and the

@@ -228,6 +228,30 @@ pub struct Transfer {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
+    pub route: TransferRoute,
+}
+
+/// Which way a transfer's bytes went in its attempt under way (or its
+/// last), as its requester reports it with its verification or a failure:
+/// through the relay, directly from the owner's machine (and from where),
+/// and why a direct attempt was given up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TransferRoute {
+    /// At most the file's size, as `bytes_direct`.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub bytes_relay: i64,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub bytes_direct: i64,
+    /// The owner's address the requester fetched from directly.
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub direct_endpoint: Option<String>,
+    /// Why the requester stopped fetching directly and used the relay.
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    pub direct_abandoned: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -251,12 +275,19 @@ pub struct TransferReport {
     #[serde(default)]
     #[schema(max_length = 1000, pattern = r"^[^\x00]*$")]
     pub error_message: Option<String>,
+    /// The requester's, with the failure it reports: how far the direct
+    /// leg got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<TransferRoute>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyRequest {
     #[schema(value_type = crate::protocol::files::Blake3Hash)]
     pub hash: String,
+    /// How the direct leg went, when the requester tried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<TransferRoute>,
 }
 
 /// `PUT /api/devices/:deviceId/direct`: the agent of a source device

@@ -13,6 +13,14 @@ use crate::client_resume::owner_and_member;
 use crate::client_share::{noise, Running, TempDir};
 use crate::helpers::TestApp;
 
+/// The route of the newest transfer of `path`, as the project's owner reads it.
+pub(crate) async fn route_of(app: &TestApp, owner: &crate::client_share::Person, project: &str, path: &str) -> Value {
+    let (status, page) = app.get(&format!("/api/projects/{project}/transfers"), &owner.token()).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let newest = page["transfers"].as_array().unwrap().iter().find(|t| t["file_path"] == path).cloned();
+    newest.unwrap_or_else(|| panic!("no transfer of {path}: {page}"))["route"].clone()
+}
+
 /// Files under `dir`, at any depth (none when it does not exist).
 fn files_in(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -54,6 +62,13 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
         "{served}"
     );
     assert_eq!(files_in(&app.relay_dir()), 0, "nothing was put on the relay");
+    let route = route_of(&app, &owner, &project, "/media/big.bin").await;
+    assert_eq!(
+        (route["bytes_direct"].as_u64(), route["bytes_relay"].as_u64()),
+        (Some(big.len() as u64), Some(0)),
+        "{route}"
+    );
+    assert_eq!(route["direct_endpoint"], listening["urls"][0], "where it came from: {route}");
 
     // Unreachable: the agent advertises an address nobody answers at, and
     // the member's pull goes through the relay instead.
@@ -78,6 +93,13 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
         "{served}"
     );
     assert!(files_in(&app.relay_dir()) > 0, "the relay holds the chunks");
+    let route = route_of(&app, &owner, &project, "/media/big.bin").await;
+    assert_eq!(
+        (route["bytes_direct"].as_u64(), route["bytes_relay"].as_u64()),
+        (Some(0), Some(big.len() as u64)),
+        "{route}"
+    );
+    assert!(route["direct_abandoned"].as_str().is_some_and(|why| why.contains("192.0.2.1")), "and why: {route}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,12 @@ async fn a_pull_cut_off_from_the_owners_machine_midway_gets_only_the_rest_throug
     assert!(direct > 0 && direct <= cut.passed_bytes.load(Ordering::SeqCst), "{}", describe(&output));
     assert!(cut.refused.load(Ordering::SeqCst) > 0, "the link was cut");
 
+    // The route of the transfer that finished: the rest through the relay,
+    // and why direct was given up.
+    let route = crate::client_direct::route_of(&app, &owner, &project, "/big.bin").await;
+    assert_eq!(route["bytes_relay"].as_u64(), Some(big.len() as u64 - direct), "{route}");
+    assert!(route["direct_abandoned"].is_string(), "{route}");
+
     // The first transfer was called off; the second one's uploads are
     // exactly what the member lacked.
     agent.wait_for("the first transfer ended", |v| v["event"] == "transfer_cancelled").await;

@@ -472,3 +472,43 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     assert_eq!(body["transfer_info"]["protocol"], "relay");
     assert_eq!(body["transfer_info"]["endpoints"].as_array().unwrap().len(), 1);
 }
+
+/// The route a transfer's bytes took: the requester says how its direct
+/// leg went (with its verification, or a failure it reports), checked and
+/// refused whole when wrong; the source device may not say it.
+#[tokio::test]
+async fn the_requester_records_the_route_and_bad_routes_change_nothing() {
+    let app = TestApp::spawn().await;
+    let s = Scene::new(&app).await;
+    let id = s.transfer(&app).await;
+    assert_eq!(
+        s.get(&app, &s.member, id).await["route"],
+        json!({"bytes_relay": 0, "bytes_direct": 0, "direct_endpoint": null, "direct_abandoned": null})
+    );
+
+    let before = transfer_events(&app, s.project, id).await;
+    for (route, why) in [
+        (json!({"bytes_direct": SIZE + 1}), "past the size"),
+        (json!({"bytes_direct": -1}), "negative"),
+        (json!({"bytes_direct": 0, "direct_abandoned": "x".repeat(1001)}), "a reason too long"),
+        (json!({"bytes_direct": 0, "direct_endpoint": "h".repeat(2049)}), "an endpoint too long"),
+    ] {
+        let (status, body) = s.act(&app, &s.member, id, "verify", json!({"hash": hash("big"), "route": route})).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_route"), "{why}: {body}");
+    }
+    let from_source = json!({"bytes_transferred": 10, "route": {"bytes_direct": 10}});
+    let (status, body) = s.patch(&app, &s.device, id, from_source).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "route_from_requester"), "{body}");
+    assert_eq!(transfer_events(&app, s.project, id).await, before, "refusals append nothing");
+
+    let route = json!({"bytes_direct": SIZE, "direct_endpoint": "https://10.0.0.2:7071", "direct_abandoned": null});
+    let (status, done) = s.act(&app, &s.member, id, "verify", json!({"hash": hash("big"), "route": route})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(
+        done["route"],
+        json!({"bytes_relay": 0, "bytes_direct": SIZE, "direct_endpoint": "https://10.0.0.2:7071", "direct_abandoned": null})
+    );
+    let completed = app.log(s.project).await.into_iter().last().unwrap();
+    assert_eq!((completed.event_type.as_str(), &completed.data["route"]), ("file_transfer_complete", &done["route"]));
+    assert_eq!(s.get(&app, &s.owner, id).await["route"], done["route"], "the projection holds it");
+}

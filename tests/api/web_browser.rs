@@ -201,7 +201,7 @@ async fn browser_a_member_browses_sees_new_files_live_and_downloads_the_exact_fi
         })
         .await;
     browser.screenshots("downloading").await;
-    browser.wait_for_text("Done: 30 MB, verified.").await;
+    browser.wait_for_text("Done: 30 MB, verified, through Ferry.").await;
     let saved = browser.downloaded("beach “sunset”.bin", Duration::from_secs(120)).await;
     assert_eq!(
         blake3::hash(&saved),
@@ -247,7 +247,7 @@ async fn browser_a_download_that_failed_while_the_owner_was_offline_is_retried_f
     // By keyboard alone, as some people use it.
     browser.tab_to("button", "Retry").await;
     browser.press(Key::Enter).await;
-    browser.wait_for_text("Done: 3 MB, verified.").await;
+    browser.wait_for_text("Done: 3 MB, verified, through Ferry.").await;
     let saved = browser.downloaded("report.pdf", Duration::from_secs(60)).await;
     assert_eq!(blake3::hash(&saved), blake3::hash(&report), "the saved file is not the owner's");
     let (status, transfers) = app.get(&format!("/api/projects/{project}/transfers"), &member.token).await;

@@ -42,7 +42,7 @@ use super::scan::{self, Files, Index, STATE_DIR};
 use super::ClientError;
 use crate::protocol::files::{ChunkRef, FilePath, RemoteFile};
 use crate::protocol::transfers::{
-    DownloadRequest, DownloadResponse, RequestMode, Transfer, TransferReport, TransferStatus,
+    DownloadRequest, DownloadResponse, RequestMode, Transfer, TransferReport, TransferRoute, TransferStatus,
 };
 
 /// Left behind by pulls before parts: removed when found.
@@ -375,9 +375,9 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
     }
 
     let mut peer = Peer::for_transfer(&res.transfer_info, &ctx.api.limits().download).map(Arc::new);
-    // Bytes of this transfer fetched directly (a fallback then re-asks for
-    // only what is still lacking).
-    let mut direct_now = 0u64;
+    // Which way this transfer's bytes came (a fallback after some came
+    // directly re-asks, in a new transfer, for only what is still lacking).
+    let mut leg = Leg::default();
     let (mut transferred, mut direct) = (0u64, 0u64);
     let hash = loop {
         let transfer = res.download_id;
@@ -386,7 +386,11 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
             attempt(ctx, file, &part, &positions, &done, &needed, transfer, peer.clone(), size).await;
         transferred += written.transferred;
         direct += written.direct;
-        direct_now += written.direct;
+        leg.bytes_direct += written.direct;
+        leg.bytes_relay += written.transferred - written.direct;
+        if let Some(url) = peer.as_ref().and_then(|p| p.reached()) {
+            leg.endpoint = Some(url);
+        }
         for p in written.positions {
             done.insert(p.offset, p);
         }
@@ -405,17 +409,20 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
                     ))
                 });
                 peer = None;
-                if direct_now > 0 {
+                if leg.bytes_direct > 0 {
                     // Part of it came directly: a new request, saying what
                     // is here now, so only the rest goes on the relay.
                     let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
                     res = request(ctx, file, &done).await?;
-                    direct_now = 0;
+                    leg = Leg::default();
                 }
+                leg.abandoned = Some(why);
             }
-            Err(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why).await {
+            Err(Stop::Failed(why)) => match fail_and_retry(ctx, transfer, &why, leg.route()).await {
                 Ok(t) => {
                     ctx.tracked.retried(transfer, t.attempts);
+                    // The server's record of the route starts afresh too.
+                    (leg.bytes_relay, leg.bytes_direct, leg.endpoint) = (0, 0, None);
                     ctx.out.note(&format!("{}: transfer failed ({why}); retrying (attempt {})", file.path, t.attempts))
                 }
                 Err(e) => return Err(format!("{why} (no retry: {e})")),
@@ -428,7 +435,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         // Every chunk checked, the whole does not: start afresh next time.
         part.remove();
         // The server records the mismatch (the transfer fails).
-        let _ = ctx.api.verify_transfer(ctx.project, transfer, &hash).await;
+        let _ = ctx.api.verify_transfer(ctx.project, transfer, &hash, leg.route()).await;
         return Err(format!("the written file does not match (BLAKE3 {hash}; expected {})", file.hash));
     }
     if let Some(modified) = file.modified_at {
@@ -456,7 +463,7 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
 
     let t = ctx
         .api
-        .verify_transfer(ctx.project, transfer, &hash)
+        .verify_transfer(ctx.project, transfer, &hash, leg.route())
         .await
         .map_err(|e| format!("written, but the server did not take the verification: {e}"))?;
     if t.status != TransferStatus::Completed {
@@ -483,6 +490,27 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
     }
     lock(&ctx.open).remove(&transfer);
     Ok(Pulled { transferred, direct, reused: size.saturating_sub(transferred) })
+}
+
+/// Which way a transfer's bytes came, as this pull saw it, for the
+/// server's record of the transfer's route.
+#[derive(Debug, Default)]
+struct Leg {
+    bytes_relay: u64,
+    bytes_direct: u64,
+    endpoint: Option<String>,
+    abandoned: Option<String>,
+}
+
+impl Leg {
+    fn route(&self) -> Option<TransferRoute> {
+        Some(TransferRoute {
+            bytes_relay: self.bytes_relay as i64,
+            bytes_direct: self.bytes_direct as i64,
+            direct_endpoint: self.endpoint.clone(),
+            direct_abandoned: self.abandoned.clone(),
+        })
+    }
 }
 
 /// Asks for the file as a delta against DIR's chunks and those `done`.
@@ -512,11 +540,17 @@ async fn request(ctx: &Ctx, file: &RemoteFile, done: &HashMap<u64, Pos>) -> Resu
 
 /// Records that this attempt failed on the member's side (the source may
 /// have failed it already), then asks for another.
-async fn fail_and_retry(ctx: &Ctx, transfer: Uuid, why: &str) -> Result<Transfer, ClientError> {
+async fn fail_and_retry(
+    ctx: &Ctx,
+    transfer: Uuid,
+    why: &str,
+    route: Option<TransferRoute>,
+) -> Result<Transfer, ClientError> {
     let failed = TransferReport {
         status: Some(TransferStatus::Failed),
-        bytes_transferred: None,
         error_message: Some(why.to_owned()),
+        route,
+        ..Default::default()
     };
     match ctx.api.report_transfer(ctx.project, transfer, &failed).await {
         Ok(_) | Err(ClientError::Api { status: 409, .. }) => {}

@@ -16,7 +16,7 @@ use crate::protocol::events::data::TransferRequested;
 use crate::protocol::files::{Blake3Hash, FilePath};
 use crate::protocol::transfers::{
     DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, Transfer, TransferInfo, TransferProtocol,
-    TransferReport, TransferStatus,
+    TransferReport, TransferStatus, VerifyRequest,
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventData;
@@ -195,15 +195,7 @@ pub async fn report(
             "only the transfer's source device reports its progress (its requester may only report a failure)",
         ));
     }
-    let events = machine::report(
-        &row.state(),
-        report.status,
-        report.bytes_transferred,
-        report.error_message,
-        from_source,
-        Utc::now(),
-        policy.progress_interval,
-    )?;
+    let events = machine::report(&row.state(), report, from_source, Utc::now(), policy.progress_interval)?;
     if events.is_empty() {
         // Nothing new, or a progress report inside the coalescing interval:
         // the transfer as last recorded (under the lock, as just read).
@@ -212,20 +204,21 @@ pub async fn report(
     transition(client, &cmd.meta, &row, &events).await
 }
 
-/// The requester reports the BLAKE3 of what it received.
+/// The requester reports the BLAKE3 of what it received, and how its
+/// direct leg went.
 pub async fn verify(
     client: &impl GenericClient,
     cmd: &Command,
     project_id: Uuid,
     transfer_id: Uuid,
-    hash: &str,
+    req: VerifyRequest,
 ) -> Result<Transfer, DomainError> {
-    let hash = Blake3Hash::parse(hash)?;
+    let hash = Blake3Hash::parse(&req.hash)?;
     let row = load_locked(client, cmd, project_id, transfer_id).await?;
     if row.requester_id() != cmd.caller.user_id {
         return Err(rejected(Rejection::Forbidden, "requester_only", "only the requester verifies a transfer"));
     }
-    let event = machine::verify(&row.state(), hash.as_str() == row.file_hash(), Utc::now())?;
+    let event = machine::verify(&row.state(), hash.as_str() == row.file_hash(), req.route, Utc::now())?;
     transition(client, &cmd.meta, &row, &[event]).await
 }
 

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{rejected, TransferPolicy};
 use crate::domain::{DomainError, Rejection};
 use crate::protocol::events::data::TransferState;
-use crate::protocol::transfers::{FailureReason, TransferStatus};
+use crate::protocol::transfers::{FailureReason, TransferReport, TransferRoute, TransferStatus};
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventData;
 
@@ -138,6 +138,7 @@ pub(crate) fn requested(
         last_activity_at: now,
         last_progress_at: None,
         window: vec![],
+        route: TransferRoute::default(),
     }
 }
 
@@ -154,16 +155,21 @@ pub(crate) fn coalesces(state: &TransferState, bytes: i64, now: DateTime<Utc>, i
 /// the coalescing interval.
 pub(crate) fn report(
     state: &TransferState,
-    status: Option<TransferStatus>,
-    bytes: Option<i64>,
-    error_message: Option<String>,
+    report: TransferReport,
     from_source: bool,
     now: DateTime<Utc>,
     progress_interval: Duration,
 ) -> Result<Vec<EventData>, DomainError> {
+    let TransferReport { status, bytes_transferred: bytes, error_message, route } = report;
     let from = state.status;
     let mut state = state.clone();
     let mut events = Vec::new();
+    if let Some(route) = route {
+        if from_source {
+            return Err(ValidationError::new("route_from_requester", "the route is the requester's to report").into());
+        }
+        take_route(&mut state, route)?;
+    }
     match status {
         Some(Failed) => {
             if !from.is_active() {
@@ -214,6 +220,26 @@ pub(crate) fn report(
     Ok(events)
 }
 
+/// The requester's account of the direct leg, checked.
+fn take_route(state: &mut TransferState, route: TransferRoute) -> Result<(), ValidationError> {
+    let size = 0..=state.total_bytes;
+    if !size.contains(&route.bytes_direct) || !size.contains(&route.bytes_relay) {
+        return Err(ValidationError::new(
+            "invalid_route",
+            "bytes_direct and bytes_relay are each 0 to the file's size",
+        ));
+    }
+    let too_long = |text: &Option<String>, most: usize| text.as_ref().is_some_and(|t| t.chars().count() > most);
+    if too_long(&route.direct_endpoint, 2048) || too_long(&route.direct_abandoned, 1000) {
+        return Err(ValidationError::new(
+            "invalid_route",
+            "direct_endpoint is at most 2048 characters, direct_abandoned at most 1000",
+        ));
+    }
+    state.route = route;
+    Ok(())
+}
+
 /// Bytes the relay served to the requester: started if pending, never past
 /// the total; nothing for a transfer that is over.
 pub(crate) fn advance(state: &TransferState, bytes: i64, now: DateTime<Utc>) -> Vec<EventData> {
@@ -234,14 +260,22 @@ pub(crate) fn advance(state: &TransferState, bytes: i64, now: DateTime<Utc>) -> 
     events
 }
 
-/// The requester's hash of what it received: completed when it is the
-/// file's, failed when not.
-pub(crate) fn verify(state: &TransferState, matches: bool, now: DateTime<Utc>) -> Result<EventData, DomainError> {
+/// The requester's hash of what it received (and how its direct leg
+/// went): completed when it is the file's, failed when not.
+pub(crate) fn verify(
+    state: &TransferState,
+    matches: bool,
+    route: Option<TransferRoute>,
+    now: DateTime<Utc>,
+) -> Result<EventData, DomainError> {
     let from = state.status;
     if !from.is_active() {
         return Err(illegal(from, "completed"));
     }
     let mut state = state.clone();
+    if let Some(route) = route {
+        take_route(&mut state, route)?;
+    }
     state.last_activity_at = now;
     Ok(if matches {
         state.status = Completed;
@@ -299,6 +333,7 @@ pub(crate) fn retry(
     state.last_activity_at = now;
     state.last_progress_at = None;
     state.window.clear();
+    state.route = TransferRoute::default();
     Ok(EventData::TransferRetried(state))
 }
 
@@ -354,6 +389,43 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).expect("a time")
+    }
+
+    fn rep(status: Option<TransferStatus>, bytes: Option<i64>) -> TransferReport {
+        TransferReport { status, bytes_transferred: bytes, ..Default::default() }
+    }
+
+    #[test]
+    fn the_requester_reports_the_route_checked_and_a_retry_starts_it_afresh() {
+        let s = last(&advance(&new(100), 30, t0()));
+        let relayed = TransferRoute {
+            bytes_relay: 100,
+            direct_abandoned: Some("connection refused".into()),
+            ..Default::default()
+        };
+        let from_source = TransferReport { route: Some(relayed.clone()), ..rep(None, Some(90)) };
+        assert_eq!(code(report(&s, from_source, true, t0(), interval()).unwrap_err()), "route_from_requester");
+        for past in [
+            TransferRoute { bytes_relay: 101, ..Default::default() },
+            TransferRoute { bytes_direct: -1, ..Default::default() },
+            TransferRoute { direct_abandoned: Some("x".repeat(1001)), ..Default::default() },
+        ] {
+            assert_eq!(code(verify(&s, true, Some(past), t0()).unwrap_err()), "invalid_route");
+        }
+        let done = state_of(&verify(&s, true, Some(relayed.clone()), t0()).expect("a verdict")).clone();
+        assert_eq!(done.route, relayed);
+
+        // A failed attempt's route is reported with it; a retry starts afresh.
+        let failing = TransferRoute {
+            bytes_direct: 40,
+            direct_endpoint: Some("https://10.0.0.2:7071".into()),
+            ..Default::default()
+        };
+        let failure = TransferReport { route: Some(failing.clone()), ..rep(Some(Failed), None) };
+        let failed = last(&report(&s, failure, false, t0(), interval()).expect("the requester's failure"));
+        assert_eq!(failed.route, failing);
+        let again = state_of(&retry(&failed, &TransferPolicy::default(), t0()).expect("a retry")).clone();
+        assert_eq!(again.route, TransferRoute::default());
     }
 
     fn new(size: i64) -> TransferState {
@@ -423,7 +495,7 @@ mod tests {
     fn a_report_starts_a_pending_transfer_once_and_marks_activity() {
         let s = new(100);
         let now = t0() + Duration::seconds(5);
-        let events = report(&s, None, Some(10), None, true, now, interval()).expect("a start");
+        let events = report(&s, rep(None, Some(10)), true, now, interval()).expect("a start");
         assert!(matches!(events[0], EventData::FileTransferStarted(_)));
         assert!(matches!(events[1], EventData::FileTransferProgress(_)));
         let started = state_of(&events[0]);
@@ -433,10 +505,10 @@ mod tests {
         // Inside the interval, progress short of the end is coalesced away...
         let soon = now + Duration::milliseconds(500);
         assert!(coalesces(&s, 20, soon, interval()));
-        assert!(report(&s, None, Some(20), None, true, soon, interval()).expect("coalesced").is_empty());
+        assert!(report(&s, rep(None, Some(20)), true, soon, interval()).expect("coalesced").is_empty());
         // ...but the last bytes are not.
         assert!(!coalesces(&s, 100, soon, interval()));
-        let done = report(&s, None, Some(100), None, true, soon, interval()).expect("the end");
+        let done = report(&s, rep(None, Some(100)), true, soon, interval()).expect("the end");
         assert_eq!(last(&done).percent, 100.0);
     }
 
@@ -455,22 +527,19 @@ mod tests {
     #[test]
     fn refusals_name_their_reason() {
         let s = new(100);
-        assert_eq!(code(report(&s, None, None, None, true, t0(), interval()).unwrap_err()), "empty_report");
-        assert_eq!(
-            code(report(&s, Some(Completed), None, None, true, t0(), interval()).unwrap_err()),
-            "invalid_status"
-        );
-        assert_eq!(code(report(&s, None, Some(101), None, true, t0(), interval()).unwrap_err()), "bytes_past_total");
-        let s = last(&report(&s, None, Some(50), None, true, t0(), interval()).expect("progress"));
-        assert_eq!(code(report(&s, None, Some(49), None, true, t0(), interval()).unwrap_err()), "bytes_backwards");
+        assert_eq!(code(report(&s, rep(None, None), true, t0(), interval()).unwrap_err()), "empty_report");
+        assert_eq!(code(report(&s, rep(Some(Completed), None), true, t0(), interval()).unwrap_err()), "invalid_status");
+        assert_eq!(code(report(&s, rep(None, Some(101)), true, t0(), interval()).unwrap_err()), "bytes_past_total");
+        let s = last(&report(&s, rep(None, Some(50)), true, t0(), interval()).expect("progress"));
+        assert_eq!(code(report(&s, rep(None, Some(49)), true, t0(), interval()).unwrap_err()), "bytes_backwards");
         assert_eq!(code(retry(&s, &TransferPolicy::default(), t0()).unwrap_err()), "transfer_in_progress");
-        let failed = state_of(&verify(&s, false, t0()).expect("a verdict")).clone();
+        let failed = state_of(&verify(&s, false, None, t0()).expect("a verdict")).clone();
         assert_eq!(failed.error_message.as_deref(), Some(FailureReason::HashMismatch.to_string().as_str()));
         let policy = TransferPolicy { max_attempts: 1, ..Default::default() };
         assert_eq!(code(retry(&failed, &policy, t0()).unwrap_err()), "retry_limit_reached");
         let again = state_of(&retry(&failed, &TransferPolicy::default(), t0()).expect("a retry")).clone();
         assert_eq!((again.status, again.attempts, again.bytes_transferred), (Pending, 2, 0));
-        let done = state_of(&verify(&again, true, t0()).expect("a verdict")).clone();
+        let done = state_of(&verify(&again, true, None, t0()).expect("a verdict")).clone();
         assert_eq!(code(cancel(&done, t0()).unwrap_err()), "transfer_completed");
     }
 
@@ -527,10 +596,10 @@ mod tests {
             for m in moves {
                 let outcome: Result<Vec<EventData>, DomainError> = match m {
                     Move::Report { status, bytes, from_source } => {
-                        report(&state, status, bytes, None, from_source, now, policy.progress_interval)
+                        report(&state, rep(status, bytes), from_source, now, policy.progress_interval)
                     }
                     Move::Relayed(bytes) => Ok(advance(&state, bytes, now)),
-                    Move::Verify(matches) => verify(&state, matches, now).map(|e| vec![e]),
+                    Move::Verify(matches) => verify(&state, matches, None, now).map(|e| vec![e]),
                     Move::Cancel => cancel(&state, now).map(|e| vec![e]),
                     Move::Retry => retry(&state, &policy, now).map(|e| vec![e]),
                     Move::Sweep => Ok(sweep(&state, now).into_iter().collect()),

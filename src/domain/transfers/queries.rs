@@ -26,7 +26,7 @@ pub(super) static SELECT: LazyLock<String> = LazyLock::new(|| {
             t.target_device_id, t.source_device_id, d.name, {}, t.protocol,
             t.bytes_transferred, t.total_bytes, t.percent, t.speed_mbps, t.eta_seconds, t.attempts,
             t.error_message, t.requested_at, t.started_at, t.completed_at, t.expires_at,
-            t.last_activity_at, t.last_progress_at, t.\"window\"
+            t.last_activity_at, t.last_progress_at, t.\"window\", t.route
         FROM file_transfers t
         JOIN devices d ON d.id = t.source_device_id",
         online_sql("t.source_device_id")
@@ -66,6 +66,7 @@ impl From<&tokio_postgres::Row> for TransferRow {
                 started_at: r.get(19),
                 completed_at: r.get(20),
                 expires_at: r.get(21),
+                route: serde_json::from_value(r.get(25)).unwrap_or_default(),
             },
             last_activity_at: r.get(22),
             last_progress_at: r.get(23),
@@ -112,6 +113,7 @@ impl TransferRow {
             last_activity_at: self.last_activity_at,
             last_progress_at: self.last_progress_at,
             window: self.window.clone(),
+            route: t.route.clone(),
         }
     }
 }

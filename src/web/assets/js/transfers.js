@@ -33,6 +33,15 @@ function save(id) {
   link.remove();
 }
 
+/** Which way the bytes came, for a finished transfer. */
+function via(route) {
+  if (!route) return '';
+  if (route.bytes_direct > 0 && route.bytes_relay > 0) return ', partly straight from the owner’s computer, the rest through Ferry';
+  if (route.bytes_direct > 0) return ', straight from the owner’s computer';
+  if (route.bytes_relay > 0) return ', through Ferry';
+  return '';
+}
+
 /** One transfer's state in words. */
 function describe(t) {
   const source = t.source ? `the owner’s computer “${t.source.name}”` : 'the owner’s computer';
@@ -48,7 +57,7 @@ function describe(t) {
       return `Downloading: ${parts.join(' · ')}`;
     }
     case 'completed':
-      return `Done: ${bytes(t.total)}, verified.`;
+      return `Done: ${bytes(t.total)}, verified${via(t.route)}.`;
     case 'failed':
       return `Failed: ${REASONS[t.error] ?? t.error ?? 'it did not arrive whole'}. Choose Retry to ask again.`;
     case 'cancelled':
@@ -66,7 +75,7 @@ function fromTransfer(t) {
     id: t.id, path: t.file_path, status: t.status, requester: t.requester_id,
     bytes: t.bytes_transferred, total: t.total_bytes, percent: t.percent_complete,
     speed: t.speed_mbps ? (t.speed_mbps * 1e6) / 8 : null, eta: t.eta_seconds, error: t.error_message,
-    source: t.source_device,
+    source: t.source_device, route: t.route,
   };
 }
 
@@ -75,6 +84,7 @@ function fromState(d, known) {
     ...known, id: d.transfer_id, path: d.file_path, status: d.status, requester: d.requester_id,
     bytes: d.bytes_transferred, total: d.total_bytes, percent: d.percent,
     speed: d.speed_mbps ? (d.speed_mbps * 1e6) / 8 : null, eta: d.eta_seconds, error: d.error_message,
+    route: d.route ?? known?.route,
   };
 }
 
