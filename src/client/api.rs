@@ -21,8 +21,8 @@ use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse}
 use crate::protocol::realtime::{ClientMessage, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
-    DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus, TransfersPage,
-    VerifyRequest,
+    DirectAdvert, DirectWithdrawal, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferStatus,
+    TransfersPage, VerifyRequest,
 };
 use crate::protocol::{EmptyBody, ErrorBody};
 
@@ -196,8 +196,10 @@ impl Api {
         self.put::<_, serde::de::IgnoredAny>(&format!("/api/devices/{device}/direct"), advert).await.map(|_| ())
     }
 
-    pub async fn withdraw_direct(&self, device: Uuid) -> Result<(), ClientError> {
-        self.delete(&format!("/api/devices/{device}/direct")).await
+    /// The agent no longer offers direct transfers for `which` project.
+    pub async fn withdraw_direct(&self, device: Uuid, which: &DirectWithdrawal) -> Result<(), ClientError> {
+        let request = self.request(Method::DELETE, &format!("/api/devices/{device}/direct")).query(which);
+        self.send_raw(request).await.map(drop)
     }
 
     // Projects, invites, members, device assignment.

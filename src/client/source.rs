@@ -52,6 +52,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// This device as the source of a project's transfers.
 pub struct Source {
     api: Api,
+    /// The project as the command line named it, for people.
+    name: String,
     project: Uuid,
     device_id: Uuid,
     dir: PathBuf,
@@ -215,9 +217,18 @@ enum News<'a> {
 }
 
 impl Source {
-    pub fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, files: Arc<Files>) -> Self {
+    pub fn new(
+        api: Api,
+        name: String,
+        project: Uuid,
+        device_id: Uuid,
+        dir: PathBuf,
+        out: Output,
+        files: Arc<Files>,
+    ) -> Self {
         Self {
             api,
+            name,
             project,
             device_id,
             dir,
@@ -226,6 +237,14 @@ impl Source {
             direct: AtomicBool::new(false),
             transfers: Mutex::default(),
         }
+    }
+
+    pub fn project(&self) -> Uuid {
+        self.project
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// DIR as just scanned.
@@ -530,21 +549,21 @@ impl Source {
             .map_err(|e| e.to_string())?
     }
 
-    /// The transfer a member asks for directly. One not (or no longer)
-    /// served here is looked up on the server: its request, or its retry,
-    /// may not have reached this agent over the WebSocket yet.
-    async fn serving(self: &Arc<Self>, transfer: Uuid) -> Result<Arc<Serving>, Refusal> {
-        let current = lock(&self.transfers).active.get(&transfer).cloned();
-        if let Some(s) = current.filter(|s| s.ended().is_none()) {
-            return Ok(s);
-        }
-        let t = self.api.transfer(self.project, transfer).await.map_err(|_| Refusal::TransferOver)?;
+    /// The transfer, while it is being served here.
+    fn active(&self, transfer: Uuid) -> Option<Arc<Serving>> {
+        lock(&self.transfers).active.get(&transfer).cloned().filter(|s| s.ended().is_none())
+    }
+
+    /// A transfer a member asks for directly that is not (or no longer)
+    /// served here, looked up on the server: its request, or its retry, may
+    /// not have reached this agent over the WebSocket yet. None when it is
+    /// not an open transfer of this project and device.
+    async fn take_up_asked(self: &Arc<Self>, transfer: Uuid) -> Option<Arc<Serving>> {
+        let t = self.api.transfer(self.project, transfer).await.ok()?;
         if t.source_device.id != self.device_id || !t.status.is_active() {
-            return Err(Refusal::TransferOver);
+            return None;
         }
-        self.take_up(t.into(), true)
-            .or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
-            .ok_or(Refusal::TransferOver)
+        self.take_up(t.into(), true).or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
     }
 }
 
@@ -570,14 +589,30 @@ fn compressed(bytes: &[u8]) -> Option<Vec<u8>> {
     worth(bytes.len(), packed.len()).then_some(packed)
 }
 
-/// The direct listener's view of the agent.
-pub struct DirectChunks(pub Arc<Source>);
+/// The direct listener's view of the agent: the sources of every project
+/// the process serves (one listener, one key, for all of them).
+pub struct DirectChunks(pub Vec<Arc<Source>>);
+
+impl DirectChunks {
+    /// The project source serving `transfer`, and its serving: one being
+    /// served here, else one a project's server knows as open.
+    async fn serving(&self, transfer: Uuid) -> Result<(&Arc<Source>, Arc<Serving>), Refusal> {
+        if let Some(found) = self.0.iter().find_map(|source| source.active(transfer).map(|s| (source, s))) {
+            return Ok(found);
+        }
+        for source in &self.0 {
+            if let Some(s) = source.take_up_asked(transfer).await {
+                return Ok((source, s));
+            }
+        }
+        Err(Refusal::TransferOver)
+    }
+}
 
 #[async_trait::async_trait]
 impl Chunks for DirectChunks {
     async fn chunk(&self, transfer: Uuid, hash: &str) -> Result<Bytes, Refusal> {
-        let source = &self.0;
-        let s = source.serving(transfer).await?;
+        let (source, s) = self.serving(transfer).await?;
         if s.ended().is_some() {
             return Err(Refusal::TransferOver);
         }

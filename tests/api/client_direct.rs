@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::client_pull::{hash, write};
 use crate::client_resume::owner_and_member;
-use crate::client_share::{noise, Running, TempDir};
+use crate::client_share::{describe, noise, Person, Running, TempDir};
 use crate::helpers::TestApp;
 
 /// Files under `dir`, at any depth (none when it does not exist).
@@ -170,4 +170,88 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     tokio::time::sleep(wait).await;
     let (status, body) = get(asked, Some(token.into())).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+}
+
+/// An owner with two projects, each with a member, each with a folder of
+/// files: (owner, [(project, member, folder, its one file's bytes)]).
+async fn two_projects(app: &TestApp) -> (Person, Vec<(String, Person, TempDir, Vec<u8>)>) {
+    let (owner, first_member, first) = owner_and_member(app, "First").await;
+    let second_member = Person::new(app, "member-two");
+    second_member.signup("member-two").await;
+    let second = owner.json(&["project", "create", "Second"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &second]).await["token"].as_str().unwrap().to_owned();
+    second_member.json(&["join", &invite]).await;
+    let mut projects = Vec::new();
+    for (i, (project, member)) in [(first, first_member), (second, second_member)].into_iter().enumerate() {
+        let tree = TempDir::new(&format!("several-src-{i}"));
+        let bytes = noise(2 * 1024 * 1024 + i, 40 + i as u64);
+        write(tree.path(), &format!("project-{i}.bin"), &bytes);
+        projects.push((project, member, tree, bytes));
+    }
+    (owner, projects)
+}
+
+/// Each member pulls its project; every byte comes from the owner's
+/// machine, none through the relay.
+async fn each_member_pulls_directly(app: &TestApp, projects: &[(String, Person, TempDir, Vec<u8>)]) {
+    for (i, (project, member, _, bytes)) in projects.iter().enumerate() {
+        let to = TempDir::new(&format!("several-dst-{i}"));
+        let pulled = member.json(&["pull", project, "--to", to.path().to_str().unwrap()]).await;
+        let total = bytes.len() as u64;
+        assert_eq!(
+            (pulled["files"].as_u64(), pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+            (Some(1), Some(total), Some(total)),
+            "project {i}: {pulled}"
+        );
+        assert!(std::fs::read(to.path().join(format!("project-{i}.bin"))).unwrap() == *bytes);
+    }
+    assert_eq!(files_in(&app.relay_dir()), 0, "nothing was put on the relay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_share_process_serves_several_projects_directly() {
+    let app = TestApp::spawn().await;
+    let (owner, projects) = two_projects(&app).await;
+    let mut args = vec!["share"];
+    for (project, _, tree, _) in &projects {
+        args.extend([project.as_str(), tree.path().to_str().unwrap()]);
+    }
+    args.push("--json");
+    let mut agent = Running::start(&owner, &args);
+    // Each project pushed, then the one listener advertised for each.
+    for (project, ..) in &projects {
+        agent.wait_for("its first push", |v| v["event"] == "synced" && v["project_id"] == *project).await;
+    }
+    for (project, ..) in &projects {
+        agent.wait_for("listening", |v| v["event"] == "listening" && v["project_id"] == *project).await;
+    }
+    each_member_pulls_directly(&app, &projects).await;
+
+    // `--once` pushes each pair and says so per project.
+    drop(agent);
+    write(projects[1].2.path(), "added.txt", b"one more");
+    args.insert(args.len() - 1, "--once");
+    let output = owner.run(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let pushed: Vec<_> = lines.iter().map(|v| (v["project_id"].as_str(), v["changes_applied"].as_u64())).collect();
+    assert_eq!(pushed, [(Some(projects[0].0.as_str()), Some(0)), (Some(projects[1].0.as_str()), Some(1))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_share_processes_of_one_machine_each_serve_their_project_directly() {
+    let app = TestApp::spawn().await;
+    let (owner, projects) = two_projects(&app).await;
+    // The same owner and device (one config), one process per project: the
+    // second to start must not take the first one's direct transfers.
+    let mut agents = Vec::new();
+    for (project, _, tree, _) in &projects {
+        let mut agent = Running::share(&owner, project, tree.path());
+        agent.wait_for("listening", |v| v["event"] == "listening" && v["project_id"] == *project).await;
+        agents.push(agent);
+    }
+    each_member_pulls_directly(&app, &projects).await;
 }
