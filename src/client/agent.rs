@@ -77,7 +77,9 @@ pub async fn share(
             return Err(ClientError::Usage(format!("{project:?} is named twice: share each project from one folder")));
         }
         check_folder(session, project, project_id, &dir, options.move_folder)?;
-        checked.push((project.clone(), project_id, dir));
+        // Its name, as people read it in what the agent prints.
+        let name = user.project(project_id).await?.name;
+        checked.push((name, project_id, dir));
     }
     let device = ensure_device(session, &user).await?;
     let api = user.with_token(&device.token);
@@ -416,7 +418,7 @@ enum News<'a> {
 /// State shared by the agent's tasks.
 struct Ctx {
     api: Api,
-    /// The project as the command line named it, for people.
+    /// The project's name, for people.
     name: String,
     project: Uuid,
     dir: PathBuf,

@@ -52,7 +52,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// This device as the source of a project's transfers.
 pub struct Source {
     api: Api,
-    /// The project as the command line named it, for people.
+    /// The project's name, for people.
     name: String,
     project: Uuid,
     device_id: Uuid,
@@ -63,6 +63,8 @@ pub struct Source {
     /// Whether members may fetch directly (the listener runs and is advertised).
     direct: AtomicBool,
     transfers: Mutex<Transfers>,
+    /// The project's people by user id, as last listed: who a file went to.
+    people: Mutex<HashMap<Uuid, String>>,
 }
 
 #[derive(Default)]
@@ -80,6 +82,8 @@ struct Job {
     file_path: String,
     file_hash: String,
     total_bytes: i64,
+    /// The member who asked (None: not known).
+    requester: Option<Uuid>,
     /// None: every chunk of the file.
     chunks_needed: Option<Vec<String>>,
 }
@@ -91,6 +95,7 @@ impl From<Transfer> for Job {
             file_path: t.file_path,
             file_hash: t.file_hash,
             total_bytes: t.total_bytes,
+            requester: Some(t.requester_id),
             chunks_needed: None,
         }
     }
@@ -198,6 +203,21 @@ struct Served {
     uploaded_bytes: u64,
 }
 
+impl Served {
+    /// How much went, and which way: "5.0 MiB, direct".
+    fn how(&self) -> String {
+        let total = human_bytes(self.direct_bytes + self.uploaded_bytes);
+        match (self.direct_bytes, self.uploaded_bytes) {
+            (0, 0) => "nothing new: the relay or the member had every chunk".into(),
+            (_, 0) => format!("{total}, direct"),
+            (0, _) => format!("{total}, through the relay"),
+            (direct, relayed) => {
+                format!("{total}: {} direct, {} through the relay", human_bytes(direct), human_bytes(relayed))
+            }
+        }
+    }
+}
+
 /// The `--json` lines of a transfer served.
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -236,6 +256,7 @@ impl Source {
             files: Mutex::new(files),
             direct: AtomicBool::new(false),
             transfers: Mutex::default(),
+            people: Mutex::default(),
         }
     }
 
@@ -272,6 +293,7 @@ impl Source {
                             file_path: req.state.file_path.clone(),
                             file_hash: req.file_hash.clone(),
                             total_bytes: req.state.total_bytes,
+                            requester: event.actor.user_id,
                             chunks_needed: Some(req.chunks_needed.clone()),
                         },
                         false,
@@ -377,24 +399,20 @@ impl Source {
 
     async fn finished(&self, job: &Job, result: Result<Served, Stop>) {
         match result {
-            Ok(s) => self.out.event(
-                News::TransferServed {
-                    transfer_id: job.id,
-                    file_path: &job.file_path,
-                    chunks_direct: s.direct_chunks,
-                    bytes_direct: s.direct_bytes,
-                    chunks_uploaded: s.uploaded_chunks,
-                    bytes_uploaded: s.uploaded_bytes,
-                },
-                || {
-                    format!(
-                        "served {} ({} directly, {} through the relay)",
-                        job.file_path,
-                        human_bytes(s.direct_bytes),
-                        human_bytes(s.uploaded_bytes)
-                    )
-                },
-            ),
+            Ok(s) => {
+                let to = self.person(job.requester).await;
+                self.out.event(
+                    News::TransferServed {
+                        transfer_id: job.id,
+                        file_path: &job.file_path,
+                        chunks_direct: s.direct_chunks,
+                        bytes_direct: s.direct_bytes,
+                        chunks_uploaded: s.uploaded_chunks,
+                        bytes_uploaded: s.uploaded_bytes,
+                    },
+                    || format!("sent {} of {} to {to} ({})", job.file_path, self.name, s.how()),
+                )
+            }
             Err(Stop::Cancelled) => {
                 self.out.event(News::TransferCancelled { transfer_id: job.id, file_path: &job.file_path }, || {
                     format!("transfer of {} cancelled", job.file_path)
@@ -411,6 +429,24 @@ impl Source {
                 let _ = self.api.report_transfer(self.project, job.id, &report).await;
             }
         }
+    }
+
+    /// The display name of `user` in the project (listed again when it is
+    /// not known yet, e.g. a member who just joined); "a member" when it
+    /// cannot be had.
+    async fn person(&self, user: Option<Uuid>) -> String {
+        let Some(user) = user else { return "a member".into() };
+        if let Some(name) = lock(&self.people).get(&user) {
+            return name.clone();
+        }
+        if let Ok(listed) = self.api.members(self.project).await {
+            let mut people = lock(&self.people);
+            people.extend(listed.members.into_iter().map(|m| (m.user_id, m.display_name)));
+            if let Some(name) = people.get(&user) {
+                return name.clone();
+            }
+        }
+        "a member".into()
     }
 
     /// Serves one transfer: directly while the member fetches so, else

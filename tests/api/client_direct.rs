@@ -255,3 +255,50 @@ async fn two_share_processes_of_one_machine_each_serve_their_project_directly() 
     }
     each_member_pulls_directly(&app, &projects).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_prints_one_line_per_file_it_sends() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Lines").await;
+    let tree = TempDir::new("lines-src");
+    let src = tree.path();
+    write(src, "media/big.bin", &noise(5 * 1024 * 1024, 7));
+    write(src, "notes.txt", b"plain notes");
+
+    // For people (no --json): the agent's sentences on stderr.
+    let mut agent = Running::start(&owner, &["share", &project, src.to_str().unwrap()]);
+    let listening = |lines: &[String]| lines.iter().any(|l| l.starts_with("Members of Lines"));
+    while !listening(&agent.stderr()) {
+        assert!(agent.child.try_wait().unwrap().is_none(), "the agent exited:\n{}", agent.stderr().join("\n"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let to = TempDir::new("lines-dst");
+    member.json(&["pull", &project, "--to", to.path().to_str().unwrap()]).await;
+
+    let (_, members) = app.get(&format!("/api/projects/{project}/members"), &owner.token()).await;
+    let who = members["members"].as_array().unwrap().iter().find(|m| m["role"] == "member").unwrap()["display_name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let naming =
+        |lines: &[String], path: &str| -> Vec<String> { lines.iter().filter(|l| l.contains(path)).cloned().collect() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ["/media/big.bin", "/notes.txt"].iter().any(|p| naming(&agent.stderr(), p).is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "not reported:\n{}", agent.stderr().join("\n"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Stopped, so that nothing more can come.
+    drop(agent.child.kill());
+    agent.child.wait().unwrap();
+    let lines = agent.stderr();
+    assert_eq!(
+        naming(&lines, "/media/big.bin"),
+        [format!("sent /media/big.bin of Lines to {who} (5.00 MiB, direct)")],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        naming(&lines, "/notes.txt"),
+        [format!("sent /notes.txt of Lines to {who} (11 B, direct)")],
+        "{lines:#?}"
+    );
+}
