@@ -296,7 +296,7 @@ impl Applier {
             return false;
         };
         let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
-        meta.len() != synced.size || modified.is_none_or(|m| m >= synced.synced_at)
+        meta.len() != synced.size || modified.map_or(true, |m| m >= synced.synced_at)
     }
 
     /// Answers the change made (for the `--json` line), or None when
