@@ -9,6 +9,7 @@ use crate::protocol::accounts::{
     AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse, Session,
     SessionResponse, SignedIn, SignupRequest,
 };
+use crate::protocol::transfers::{DirectAdvert, DirectWithdrawal};
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
 use crate::protocol::ErrorBody;
 
@@ -265,12 +266,14 @@ async fn delete_device(
     tag = "devices",
     security(("bearer" = [])),
     params(("device_id" = Uuid, Path, description = "One of the caller's devices")),
-    request_body = crate::protocol::transfers::DirectAdvert,
+    request_body = DirectAdvert,
     responses(
-        (status = 204, description = "Advertised: new transfers served by this device offer these URLs first"),
+        (status = 204, description = "Advertised: new transfers of the project (or, without `project_id`, of every project without an entry of its own) served by this device offer these URLs first"),
         (status = 400, description = "Malformed id or body", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
-        (status = 404, description = "Not one of the caller's devices", body = ErrorBody),
+        (status = 403, description = "`owner_only`: the caller is a member of the project, not its owner", body = ErrorBody),
+        (status = 404, description = "Not one of the caller's devices, or a project the caller is not in", body = ErrorBody),
+        (status = 409, description = "`not_a_source_device`: the device is not a source of the project", body = ErrorBody),
         (status = 422, description = "Bad URLs or key", body = ErrorBody),
     )
 )]
@@ -279,24 +282,26 @@ async fn advertise_direct(
     state: web::Data<AppState>,
     auth: Auth,
     path: web::Path<Uuid>,
-    body: web::Json<crate::protocol::transfers::DirectAdvert>,
+    body: web::Json<DirectAdvert>,
 ) -> Result<HttpResponse, ApiError> {
-    accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), Some(body.into_inner())).await?;
+    accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), body.into_inner()).await?;
     Ok(no_content())
 }
 
-/// The device stops offering direct transfers.
+/// The device stops offering direct transfers (for one project, or its
+/// per-device entry).
 #[utoipa::path(
     delete,
     path = "/api/devices/{device_id}/direct",
     tag = "devices",
     security(("bearer" = [])),
-    params(("device_id" = Uuid, Path, description = "One of the caller's devices")),
+    params(("device_id" = Uuid, Path, description = "One of the caller's devices"), DirectWithdrawal),
     responses(
-        (status = 204, description = "Withdrawn"),
+        (status = 204, description = "Withdrawn: the project's entry, or without `project_id` the per-device one; other entries stay"),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "No or invalid token", body = ErrorBody),
-        (status = 404, description = "Not one of the caller's devices", body = ErrorBody),
+        (status = 403, description = "`owner_only`: the caller is a member of the project, not its owner", body = ErrorBody),
+        (status = 404, description = "Not one of the caller's devices, or a project the caller is not in", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id, device_id = %path), err(level = "debug"))]
@@ -304,7 +309,8 @@ async fn withdraw_direct(
     state: web::Data<AppState>,
     auth: Auth,
     path: web::Path<Uuid>,
+    query: web::Query<DirectWithdrawal>,
 ) -> Result<HttpResponse, ApiError> {
-    accounts::advertise_direct(&state.pool, &auth.0, path.into_inner(), None).await?;
+    accounts::withdraw_direct(&state.pool, &auth.0, path.into_inner(), query.into_inner().project_id).await?;
     Ok(no_content())
 }

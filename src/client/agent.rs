@@ -27,7 +27,7 @@ use super::source::{DirectChunks, Source};
 use super::ClientError;
 use crate::protocol::accounts::RegisterDeviceRequest;
 use crate::protocol::files::{ChunkRef, FileChange};
-use crate::protocol::transfers::DirectAdvert;
+use crate::protocol::transfers::{DirectAdvert, DirectWithdrawal};
 
 /// Changes per `files/update` call (the server takes up to 10,000).
 const BATCH_CHANGES: usize = 1000;
@@ -56,44 +56,156 @@ pub struct ShareOptions {
     pub move_folder: bool,
 }
 
-/// `ferry share PROJECT DIR [--once]`.
+/// `ferry share PROJECT DIR [PROJECT DIR]... [--once]`: one agent process
+/// for every pair, with one direct listener for all of them.
 pub async fn share(
     session: &mut Session,
     out: Output,
-    project: &str,
-    dir: &Path,
+    shares: &[(String, PathBuf)],
     options: ShareOptions,
 ) -> Result<(), ClientError> {
-    let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
-    if !dir.is_dir() {
-        return Err(ClientError::Usage(format!("{} is not a folder", dir.display())));
-    }
     let user = session.user()?;
-    let project_id = resolve_project(&user, project).await?;
-    check_folder(session, project, project_id, &dir, options.move_folder)?;
+    // Every pair checked before anything is scanned or pushed.
+    let mut checked: Vec<(String, Uuid, PathBuf)> = Vec::new();
+    for (project, dir) in shares {
+        let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
+        if !dir.is_dir() {
+            return Err(ClientError::Usage(format!("{} is not a folder", dir.display())));
+        }
+        let project_id = resolve_project(&user, project).await?;
+        if checked.iter().any(|(_, id, _)| *id == project_id) {
+            return Err(ClientError::Usage(format!("{project:?} is named twice: share each project from one folder")));
+        }
+        check_folder(session, project, project_id, &dir, options.move_folder)?;
+        // Its name, as people read it in what the agent prints.
+        let name = user.project(project_id).await?.name;
+        checked.push((name, project_id, dir));
+    }
     let device = ensure_device(session, &user).await?;
-    user.attach_device(project_id, device.id).await?;
     let api = user.with_token(&device.token);
-    let mut agent = Agent::new(api, project_id, device.id, dir.clone(), out, options.guard);
-    let report = agent.sync().await?;
-    // Pushed from this folder: from now on, the project's folder here.
-    let server = session.server.clone();
-    session.config.profile_mut(&server).shared_folders.insert(project_id, dir);
-    session.save()?;
+    let mut agents = Vec::new();
+    for (name, project_id, dir) in checked {
+        user.attach_device(project_id, device.id).await?;
+        let mut agent = Agent::new(api.clone(), name, project_id, device.id, dir.clone(), out, options.guard);
+        let report = agent.sync().await?;
+        // Pushed from this folder: from now on, the project's folder here.
+        let server = session.server.clone();
+        session.config.profile_mut(&server).shared_folders.insert(project_id, dir);
+        session.save()?;
+        if options.once {
+            out.result(Pushed::new(project_id, &report), || {
+                format!(
+                    "Shared {} files of {}: {} changes applied, {} files ({}) hashed.",
+                    report.files,
+                    agent.ctx.name,
+                    report.applied,
+                    report.hashed,
+                    human_bytes(report.hashed_bytes)
+                )
+            });
+        } else {
+            agent.event_synced(&report, true);
+        }
+        agents.push(agent);
+    }
     if options.once {
-        out.result(Pushed::from(&report), || {
-            format!(
-                "Shared {} files: {} changes applied, {} files ({}) hashed.",
-                report.files,
-                report.applied,
-                report.hashed,
-                human_bytes(report.hashed_bytes)
-            )
-        });
         return Ok(());
     }
-    agent.event_synced(&report, true);
-    agent.run(options.direct).await
+    serve(agents, options.direct, &api, device.id, out).await
+}
+
+/// Runs the agents until stopped: each watches its folder and serves its
+/// project's transfers; one listener serves the direct transfers of all,
+/// advertised for each project with the one key it checks tokens with.
+async fn serve(
+    agents: Vec<Agent>,
+    direct: Option<DirectOptions>,
+    api: &Api,
+    device_id: Uuid,
+    out: Output,
+) -> Result<(), ClientError> {
+    // Every folder watched before any agent runs: one that cannot be is an
+    // error at the start, not a project silently left unserved.
+    let mut watched = Vec::new();
+    for agent in agents {
+        let watch = agent.watch()?;
+        watched.push((agent, watch));
+    }
+    let sources: Vec<Arc<Source>> = watched.iter().map(|(a, _)| a.ctx.source.clone()).collect();
+    let listener = match &direct {
+        Some(options) => listen(options, api, device_id, &sources, out).await,
+        None => None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running: Vec<_> =
+        watched.into_iter().map(|(agent, watch)| tokio::spawn(agent.run(watch, stopped.clone()))).collect();
+    stop_signal().await;
+    let _ = stop.send(true);
+    for task in running {
+        if let Err(e) = task.await {
+            out.warn(&format!("an agent stopped abnormally: {e}"));
+        }
+    }
+    if let Some(listener) = listener {
+        for source in &sources {
+            source.set_direct(false);
+            let which = DirectWithdrawal { project_id: Some(source.project()) };
+            if let Err(e) = api.withdraw_direct(device_id, &which).await {
+                out.warn(&format!("cannot withdraw the direct endpoints: {e}"));
+            }
+        }
+        listener.stop().await;
+    }
+    Ok(())
+}
+
+/// Starts the direct listener and advertises it for each project; a
+/// project the server refuses it for is served through the relay only, and
+/// without a listener at all (it cannot listen, or no project takes it)
+/// every transfer goes through the relay.
+async fn listen(
+    options: &DirectOptions,
+    api: &Api,
+    device_id: Uuid,
+    sources: &[Arc<Source>],
+    out: Output,
+) -> Option<Listener> {
+    let chunks = Arc::new(DirectChunks(sources.to_vec()));
+    let listener =
+        match Listener::start(options.listen, &options.advertise, api.base(), chunks, api.limits().upload.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                out.warn(&format!(
+                    "cannot listen on {} for direct transfers ({e}); using the relay only",
+                    options.listen
+                ));
+                return None;
+            }
+        };
+    let mut advertised = false;
+    for source in sources {
+        let project_id = source.project();
+        let advert =
+            DirectAdvert { urls: listener.urls.clone(), key: listener.key_hex(), project_id: Some(project_id) };
+        if let Err(e) = api.advertise_direct(device_id, &advert).await {
+            out.warn(&format!("cannot advertise direct transfers for {} ({e}); using the relay only", source.name()));
+            continue;
+        }
+        source.set_direct(true);
+        advertised = true;
+        out.event(News::Listening { project_id, urls: &listener.urls }, || {
+            format!(
+                "Members of {} on reachable networks fetch directly from {}",
+                source.name(),
+                listener.urls.join(", ")
+            )
+        });
+    }
+    if !advertised {
+        listener.stop().await;
+        return None;
+    }
+    Some(listener)
 }
 
 /// Refuses to share a project from another folder than the one it was
@@ -285,15 +397,16 @@ pub struct SyncReport {
 /// A push as `--json` tells it.
 #[derive(Serialize)]
 struct Pushed {
+    project_id: Uuid,
     files: usize,
     changes_applied: usize,
     hashed: usize,
     hashed_bytes: u64,
 }
 
-impl From<&SyncReport> for Pushed {
-    fn from(r: &SyncReport) -> Self {
-        Self { files: r.files, changes_applied: r.applied, hashed: r.hashed, hashed_bytes: r.hashed_bytes }
+impl Pushed {
+    fn new(project_id: Uuid, r: &SyncReport) -> Self {
+        Self { project_id, files: r.files, changes_applied: r.applied, hashed: r.hashed, hashed_bytes: r.hashed_bytes }
     }
 }
 
@@ -302,15 +415,16 @@ impl From<&SyncReport> for Pushed {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum News<'a> {
     Synced(Pushed),
-    Listening { urls: &'a [String] },
-    Reconnected,
+    Listening { project_id: Uuid, urls: &'a [String] },
+    Reconnected { project_id: Uuid },
 }
 
 /// State shared by the agent's tasks.
 struct Ctx {
     api: Api,
+    /// The project's name, for people.
+    name: String,
     project: Uuid,
-    device_id: Uuid,
     dir: PathBuf,
     out: Output,
     source: Arc<Source>,
@@ -327,10 +441,19 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, guard: DeleteGuard) -> Self {
+    fn new(
+        api: Api,
+        name: String,
+        project: Uuid,
+        device_id: Uuid,
+        dir: PathBuf,
+        out: Output,
+        guard: DeleteGuard,
+    ) -> Self {
         let index = Index::load(&dir);
-        let source = Source::new(api.clone(), project, device_id, dir.clone(), out, Arc::new(index.files));
-        let ctx = Ctx { api, project, device_id, dir, out, source: Arc::new(source) };
+        let source =
+            Source::new(api.clone(), name.clone(), project, device_id, dir.clone(), out, Arc::new(index.files));
+        let ctx = Ctx { api, name, project, dir, out, source: Arc::new(source) };
         Self { ctx: Arc::new(ctx), remote: None, head_seq: 0, guard, warned: HashSet::new() }
     }
 
@@ -403,9 +526,10 @@ impl Agent {
 
     fn event_synced(&self, r: &SyncReport, always: bool) {
         if always || r.applied > 0 || r.hashed > 0 {
-            self.ctx.out.event(News::Synced(Pushed::from(r)), || {
+            self.ctx.out.event(News::Synced(Pushed::new(self.ctx.project, r)), || {
                 format!(
-                    "{} files; {} changes pushed; {} files ({}) hashed",
+                    "{}: {} files; {} changes pushed; {} files ({}) hashed",
+                    self.ctx.name,
                     r.files,
                     r.applied,
                     r.hashed,
@@ -415,9 +539,10 @@ impl Agent {
         }
     }
 
-    /// Watches DIR and serves transfers until stopped.
-    async fn run(mut self, direct: Option<DirectOptions>) -> Result<(), ClientError> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    /// Watches DIR: a wake-up on the channel for every change in it (but
+    /// for Ferry's own state files), until the watcher is dropped.
+    fn watch(&self) -> Result<Watch, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let dir = self.ctx.dir.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
@@ -432,21 +557,24 @@ impl Agent {
         .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
         notify::Watcher::watch(&mut watcher, &self.ctx.dir, notify::RecursiveMode::Recursive)
             .map_err(|e| ClientError::Other(format!("cannot watch {}: {e}", self.ctx.dir.display())))?;
+        Ok(Watch { _watcher: watcher, changes: rx })
+    }
 
-        let listener = match &direct {
-            Some(options) => self.listen(options).await,
-            None => None,
-        };
+    /// Pushes DIR's changes and serves the project's transfers until
+    /// `stop` turns true.
+    async fn run(mut self, mut watch: Watch, mut stop: tokio::sync::watch::Receiver<bool>) {
         let socket = tokio::spawn(hold_socket(self.ctx.clone(), self.head_seq));
         let pending = tokio::spawn(self.ctx.source.clone().serve_open());
-        self.ctx.out.note(&format!("Watching {} and serving transfers; Ctrl-C stops.", self.ctx.dir.display()));
+        self.ctx.out.note(&format!(
+            "Watching {} for {} and serving transfers; Ctrl-C stops.",
+            self.ctx.dir.display(),
+            self.ctx.name
+        ));
 
         // One more look once the watch is on: whatever changed between the
         // first scan and now is caught (unchanged files are not re-hashed).
         let mut due: Option<Instant> = Some(Instant::now() + QUIET);
         let mut first_event: Option<Instant> = None;
-        let stop = stop_signal();
-        tokio::pin!(stop);
         loop {
             let wake = due.map(|d| first_event.map_or(d, |f| d.min(f + MAX_DELAY)));
             let sleep = async {
@@ -456,8 +584,8 @@ impl Agent {
                 }
             };
             tokio::select! {
-                _ = &mut stop => break,
-                Some(()) = rx.recv() => {
+                _ = stop.changed() => break,
+                Some(()) = watch.changes.recv() => {
                     due = Some(Instant::now() + QUIET);
                     first_event.get_or_insert_with(Instant::now);
                 }
@@ -476,7 +604,7 @@ impl Agent {
                             self.ctx.out.warn(&e.to_string());
                         }
                         Err(e) => {
-                            self.ctx.out.warn(&format!("pushing changes failed, trying again soon: {e}"));
+                            self.ctx.out.warn(&format!("pushing changes of {} failed, trying again soon: {e}", self.ctx.name));
                             due = Some(Instant::now() + Duration::from_secs(5));
                         }
                     }
@@ -485,44 +613,13 @@ impl Agent {
         }
         socket.abort();
         pending.abort();
-        drop(watcher);
-        if let Some(listener) = listener {
-            self.ctx.source.set_direct(false);
-            if let Err(e) = self.ctx.api.withdraw_direct(self.ctx.device_id).await {
-                self.ctx.out.warn(&format!("cannot withdraw the direct endpoints: {e}"));
-            }
-            listener.stop().await;
-        }
-        Ok(())
     }
+}
 
-    /// Starts the direct listener and advertises it; without it (it cannot
-    /// listen, or the server refuses) transfers go through the relay.
-    async fn listen(&self, options: &DirectOptions) -> Option<Listener> {
-        let ctx = &self.ctx;
-        let chunks = Arc::new(DirectChunks(ctx.source.clone()));
-        let listener = match Listener::start(options.listen, &options.advertise, ctx.api.base(), chunks) {
-            Ok(l) => l,
-            Err(e) => {
-                ctx.out.warn(&format!(
-                    "cannot listen on {} for direct transfers ({e}); using the relay only",
-                    options.listen
-                ));
-                return None;
-            }
-        };
-        let advert = DirectAdvert { urls: listener.urls.clone(), key: listener.key_hex() };
-        if let Err(e) = ctx.api.advertise_direct(ctx.device_id, &advert).await {
-            ctx.out.warn(&format!("cannot advertise direct transfers ({e}); using the relay only"));
-            listener.stop().await;
-            return None;
-        }
-        ctx.source.set_direct(true);
-        ctx.out.event(News::Listening { urls: &listener.urls }, || {
-            format!("Members on reachable networks fetch directly from {}", listener.urls.join(", "))
-        });
-        Some(listener)
-    }
+/// A folder being watched: the watcher, and the wake-ups it sends.
+struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
@@ -555,7 +652,9 @@ async fn hold_socket(ctx: Arc<Ctx>, after_seq: i64) {
         match item {
             Live::Subscribed if lost => {
                 lost = false;
-                ctx.out.event(News::Reconnected, || "reconnected to the server".into());
+                ctx.out.event(News::Reconnected { project_id: ctx.project }, || {
+                    format!("reconnected to the server ({})", ctx.name)
+                });
                 tokio::spawn(ctx.source.clone().serve_open());
             }
             Live::Subscribed | Live::Presence(_) => {}

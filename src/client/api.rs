@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::rate::{read_limited, Limiter, Limits};
+use super::rate::{limited_pieces, read_limited, Limiter, Limits};
 use super::ClientError;
 use crate::protocol::accounts::{
     AuthResponse, DevicesResponse, LoginRequest, MeResponse, RegisterDeviceRequest, RegisterDeviceResponse,
@@ -22,8 +22,8 @@ use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse}
 use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
-    DirectAdvert, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferRoute, TransferStatus,
-    TransfersPage, VerifyRequest,
+    DirectAdvert, DirectWithdrawal, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferRoute,
+    TransferStatus, TransfersPage, VerifyRequest,
 };
 use crate::protocol::{EmptyBody, ErrorBody};
 
@@ -210,8 +210,10 @@ impl Api {
         self.put::<_, serde::de::IgnoredAny>(&format!("/api/devices/{device}/direct"), advert).await.map(|_| ())
     }
 
-    pub async fn withdraw_direct(&self, device: Uuid) -> Result<(), ClientError> {
-        self.delete(&format!("/api/devices/{device}/direct")).await
+    /// The agent no longer offers direct transfers for `which` project.
+    pub async fn withdraw_direct(&self, device: Uuid, which: &DirectWithdrawal) -> Result<(), ClientError> {
+        let request = self.request(Method::DELETE, &format!("/api/devices/{device}/direct")).query(which);
+        self.send_raw(request).await.map(drop)
     }
 
     // Projects, invites, members, device assignment.
@@ -428,21 +430,8 @@ fn limited_body(bytes: bytes::Bytes, limiter: &Limiter) -> reqwest::Body {
     if limiter.rate().is_none() {
         return bytes.into();
     }
-    let limiter = limiter.clone();
-    let pieces =
-        (0..bytes.len()).step_by(LIMITED_PIECE).map(move |at| bytes.slice(at..(at + LIMITED_PIECE).min(bytes.len())));
-    use futures_util::StreamExt;
-    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).then(move |piece| {
-        let limiter = limiter.clone();
-        async move {
-            limiter.take(piece.len()).await;
-            Ok::<_, std::convert::Infallible>(piece)
-        }
-    }))
+    reqwest::Body::wrap_stream(limited_pieces(bytes, limiter.clone()))
 }
-
-/// The piece a limited body is sent in.
-const LIMITED_PIECE: usize = 64 * 1024;
 
 /// What a project's live stream ([`Api::live`]) yields.
 #[derive(Debug, Clone, PartialEq)]

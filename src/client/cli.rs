@@ -81,13 +81,13 @@ pub enum Command {
         /// The project: its name or id.
         project: Option<String>,
     },
-    /// Owner: share DIR as PROJECT from this machine, then watch it and
-    /// serve transfer requests until stopped.
+    /// Owner: share DIR as PROJECT from this machine (several pairs in one
+    /// process), then watch each and serve transfer requests until stopped.
     Share {
-        /// The project: its name or id.
-        project: String,
-        /// The folder whose files the project shares.
-        dir: PathBuf,
+        /// The project (its name or id), then the folder whose files it
+        /// shares; more PROJECT DIR pairs may follow.
+        #[arg(value_name = "PROJECT DIR", num_args = 2.., required = true)]
+        pairs: Vec<String>,
         /// Scan, push the changes and exit.
         #[arg(long)]
         once: bool,
@@ -112,6 +112,11 @@ pub enum Command {
         /// shared from before on this machine.
         #[arg(long)]
         move_folder: bool,
+        /// Most bytes a second to send, over all transfers at once, direct
+        /// and relayed (e.g. 5MiB/s, 40Mbit/s); `ferry limit` changes it
+        /// while it runs.
+        #[arg(long, value_name = "RATE")]
+        max_upload: Option<Rate>,
     },
     /// List the project's files (all, or those under PREFIX).
     Ls {
@@ -437,8 +442,7 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
         Command::Devices { project: None } => list_devices(&session, out).await,
         Command::Devices { project: Some(project) } => list_project_devices(&session, out, &project).await,
         Command::Share {
-            project,
-            dir,
+            pairs,
             once,
             listen,
             advertise,
@@ -446,18 +450,29 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             allow_deletes,
             max_delete_share,
             move_folder,
+            max_upload,
         } => {
+            session.limit(out, max_upload, None)?;
             if !(0.0..=1.0).contains(&max_delete_share) {
                 return Err(ClientError::Usage("--max-delete-share is a fraction from 0 to 1, e.g. 0.5".into()));
             }
-            refuse_members(&session, &project).await?;
+            if pairs.len() % 2 != 0 {
+                return Err(ClientError::Usage(
+                    "give PROJECT DIR pairs: each project is followed by its folder".into(),
+                ));
+            }
+            let shares: Vec<(String, PathBuf)> =
+                pairs.chunks(2).map(|pair| (pair[0].clone(), PathBuf::from(&pair[1]))).collect();
+            for (project, _) in &shares {
+                refuse_members(&session, project).await?;
+            }
             let options = ShareOptions {
                 once,
                 direct: (!no_direct).then_some(DirectOptions { listen, advertise }),
                 guard: DeleteGuard { allow: allow_deletes, share: max_delete_share },
                 move_folder,
             };
-            super::agent::share(&mut session, out, &project, &dir, options).await
+            super::agent::share(&mut session, out, &shares, options).await
         }
         Command::Ls { project, prefix } => list_files(&session, out, &project, prefix).await,
         Command::Pull { project, paths, to, wait, max_download } => {

@@ -16,7 +16,7 @@ use chrono::Utc;
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::rate::{read_limited, Limiter};
+use super::rate::{limited_pieces, read_limited, Limiter};
 use crate::protocol::files::Blake3Hash;
 use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
 use crate::protocol::{ErrorBody, ErrorDetail};
@@ -51,6 +51,8 @@ struct State {
     /// The agent's runtime: the listener's worker runs on its own, and the
     /// agent's work (API calls, file reads) belongs on the agent's.
     runtime: tokio::runtime::Handle,
+    /// The upload limit chunks are sent within.
+    limiter: Limiter,
 }
 
 /// The agent's listener: where it can be reached and the key its tokens
@@ -64,12 +66,14 @@ pub struct Listener {
 impl Listener {
     /// Listens on `listen`; advertises `advertise`, or else the address this
     /// machine reaches `server_url` from (the machine's LAN or overlay
-    /// address when the listener is on every interface).
+    /// address when the listener is on every interface). Chunks go out
+    /// within `limiter`.
     pub fn start(
         listen: SocketAddr,
         advertise: &[String],
         server_url: &str,
         chunks: Arc<dyn Chunks>,
+        limiter: Limiter,
     ) -> std::io::Result<Self> {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
@@ -81,7 +85,7 @@ impl Listener {
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };
-        let state = web::Data::new(State { key, chunks, runtime: tokio::runtime::Handle::current() });
+        let state = web::Data::new(State { key, chunks, runtime: tokio::runtime::Handle::current(), limiter });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -195,7 +199,13 @@ async fn serve_chunk(
         Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
     })?;
     match answer {
-        Ok(bytes) => Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes)),
+        Ok(bytes) if state.limiter.rate().is_none() => {
+            Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
+        }
+        Ok(bytes) => Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .no_chunking(bytes.len() as u64)
+            .streaming(limited_pieces(bytes, state.limiter.clone()))),
         Err(Refusal::NotInTransfer) => Err(Refused::not_found("no such chunk in this transfer")),
         Err(Refusal::TransferOver) => {
             Err(Refused::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))

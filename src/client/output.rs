@@ -2,8 +2,9 @@
 //! with `--json`, one JSON object as the last line of stdout and no bars.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy)]
@@ -34,19 +35,19 @@ impl Output {
         if self.json {
             println!("{}", json_line(value));
         } else {
-            eprintln!("{}", human());
+            say(&human());
         }
     }
 
     /// A remark for people (on stderr, never in the way of `--json`).
     pub fn note(&self, text: &str) {
         if !self.json {
-            eprintln!("{text}");
+            say(text);
         }
     }
 
     pub fn warn(&self, text: &str) {
-        eprintln!("warning: {text}");
+        say(&format!("warning: {text}"));
     }
 
     /// A byte progress bar on stderr, for people at a terminal only.
@@ -54,7 +55,7 @@ impl Output {
         if self.json || !std::io::stderr().is_terminal() {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let bar = bars().add(ProgressBar::new(0));
         bar.set_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -63,6 +64,19 @@ impl Output {
         bar.set_message(message.to_owned());
         bar
     }
+}
+
+/// Every bar of the process, drawn together below the lines printed
+/// meanwhile: transfers served at once do not draw over each other, and a
+/// finished bar leaves nothing behind but the line that reports it.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// A line on stderr, above whatever bars are running.
+fn say(line: &str) {
+    bars().suspend(|| eprintln!("{line}"));
 }
 
 /// One `--json` line: the object's keys in order, as scripts have always

@@ -137,6 +137,26 @@ pub async fn read_limited(mut res: reqwest::Response, limiter: &Limiter) -> Resu
     Ok(body.freeze())
 }
 
+/// `bytes` as pieces that keep to `limiter` (sent as the consumer asks for
+/// them): a limited request or response body.
+pub fn limited_pieces(
+    bytes: bytes::Bytes,
+    limiter: Limiter,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+    use futures_util::StreamExt;
+    let pieces = (0..bytes.len()).step_by(PIECE).map(move |at| bytes.slice(at..(at + PIECE).min(bytes.len())));
+    futures_util::stream::iter(pieces).then(move |piece| {
+        let limiter = limiter.clone();
+        async move {
+            limiter.take(piece.len()).await;
+            Ok(piece)
+        }
+    })
+}
+
+/// The piece a limited body is sent in.
+const PIECE: usize = 64 * 1024;
+
 /// `<config folder>/limits.json`: the limits `ferry limit` set last.
 pub const LIMITS_FILE: &str = "limits.json";
 

@@ -52,6 +52,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// This device as the source of a project's transfers.
 pub struct Source {
     api: Api,
+    /// The project's name, for people.
+    name: String,
     project: Uuid,
     device_id: Uuid,
     dir: PathBuf,
@@ -61,6 +63,8 @@ pub struct Source {
     /// Whether members may fetch directly (the listener runs and is advertised).
     direct: AtomicBool,
     transfers: Mutex<Transfers>,
+    /// The project's people by user id, as last listed: who a file went to.
+    people: Mutex<HashMap<Uuid, String>>,
 }
 
 #[derive(Default)]
@@ -78,6 +82,8 @@ struct Job {
     file_path: String,
     file_hash: String,
     total_bytes: i64,
+    /// The member who asked (None: not known).
+    requester: Option<Uuid>,
     /// None: every chunk of the file.
     chunks_needed: Option<Vec<String>>,
 }
@@ -89,6 +95,7 @@ impl From<Transfer> for Job {
             file_path: t.file_path,
             file_hash: t.file_hash,
             total_bytes: t.total_bytes,
+            requester: Some(t.requester_id),
             chunks_needed: None,
         }
     }
@@ -196,6 +203,21 @@ struct Served {
     uploaded_bytes: u64,
 }
 
+impl Served {
+    /// How much went, and which way: "5.0 MiB, direct".
+    fn how(&self) -> String {
+        let total = human_bytes(self.direct_bytes + self.uploaded_bytes);
+        match (self.direct_bytes, self.uploaded_bytes) {
+            (0, 0) => "nothing new: the relay or the member had every chunk".into(),
+            (_, 0) => format!("{total}, direct"),
+            (0, _) => format!("{total}, through the relay"),
+            (direct, relayed) => {
+                format!("{total}: {} direct, {} through the relay", human_bytes(direct), human_bytes(relayed))
+            }
+        }
+    }
+}
+
 /// The `--json` lines of a transfer served.
 #[derive(Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -215,9 +237,18 @@ enum News<'a> {
 }
 
 impl Source {
-    pub fn new(api: Api, project: Uuid, device_id: Uuid, dir: PathBuf, out: Output, files: Arc<Files>) -> Self {
+    pub fn new(
+        api: Api,
+        name: String,
+        project: Uuid,
+        device_id: Uuid,
+        dir: PathBuf,
+        out: Output,
+        files: Arc<Files>,
+    ) -> Self {
         Self {
             api,
+            name,
             project,
             device_id,
             dir,
@@ -225,7 +256,16 @@ impl Source {
             files: Mutex::new(files),
             direct: AtomicBool::new(false),
             transfers: Mutex::default(),
+            people: Mutex::default(),
         }
+    }
+
+    pub fn project(&self) -> Uuid {
+        self.project
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// DIR as just scanned.
@@ -253,6 +293,7 @@ impl Source {
                             file_path: req.state.file_path.clone(),
                             file_hash: req.file_hash.clone(),
                             total_bytes: req.state.total_bytes,
+                            requester: event.actor.user_id,
                             chunks_needed: Some(req.chunks_needed.clone()),
                         },
                         false,
@@ -358,24 +399,20 @@ impl Source {
 
     async fn finished(&self, job: &Job, result: Result<Served, Stop>) {
         match result {
-            Ok(s) => self.out.event(
-                News::TransferServed {
-                    transfer_id: job.id,
-                    file_path: &job.file_path,
-                    chunks_direct: s.direct_chunks,
-                    bytes_direct: s.direct_bytes,
-                    chunks_uploaded: s.uploaded_chunks,
-                    bytes_uploaded: s.uploaded_bytes,
-                },
-                || {
-                    format!(
-                        "served {} ({} directly, {} through the relay)",
-                        job.file_path,
-                        human_bytes(s.direct_bytes),
-                        human_bytes(s.uploaded_bytes)
-                    )
-                },
-            ),
+            Ok(s) => {
+                let to = self.person(job.requester).await;
+                self.out.event(
+                    News::TransferServed {
+                        transfer_id: job.id,
+                        file_path: &job.file_path,
+                        chunks_direct: s.direct_chunks,
+                        bytes_direct: s.direct_bytes,
+                        chunks_uploaded: s.uploaded_chunks,
+                        bytes_uploaded: s.uploaded_bytes,
+                    },
+                    || format!("sent {} of {} to {to} ({})", job.file_path, self.name, s.how()),
+                )
+            }
             Err(Stop::Cancelled) => {
                 self.out.event(News::TransferCancelled { transfer_id: job.id, file_path: &job.file_path }, || {
                     format!("transfer of {} cancelled", job.file_path)
@@ -392,6 +429,24 @@ impl Source {
                 let _ = self.api.report_transfer(self.project, job.id, &report).await;
             }
         }
+    }
+
+    /// The display name of `user` in the project (listed again when it is
+    /// not known yet, e.g. a member who just joined); "a member" when it
+    /// cannot be had.
+    async fn person(&self, user: Option<Uuid>) -> String {
+        let Some(user) = user else { return "a member".into() };
+        if let Some(name) = lock(&self.people).get(&user) {
+            return name.clone();
+        }
+        if let Ok(listed) = self.api.members(self.project).await {
+            let mut people = lock(&self.people);
+            people.extend(listed.members.into_iter().map(|m| (m.user_id, m.display_name)));
+            if let Some(name) = people.get(&user) {
+                return name.clone();
+            }
+        }
+        "a member".into()
     }
 
     /// Serves one transfer: directly while the member fetches so, else
@@ -530,21 +585,21 @@ impl Source {
             .map_err(|e| e.to_string())?
     }
 
-    /// The transfer a member asks for directly. One not (or no longer)
-    /// served here is looked up on the server: its request, or its retry,
-    /// may not have reached this agent over the WebSocket yet.
-    async fn serving(self: &Arc<Self>, transfer: Uuid) -> Result<Arc<Serving>, Refusal> {
-        let current = lock(&self.transfers).active.get(&transfer).cloned();
-        if let Some(s) = current.filter(|s| s.ended().is_none()) {
-            return Ok(s);
-        }
-        let t = self.api.transfer(self.project, transfer).await.map_err(|_| Refusal::TransferOver)?;
+    /// The transfer, while it is being served here.
+    fn active(&self, transfer: Uuid) -> Option<Arc<Serving>> {
+        lock(&self.transfers).active.get(&transfer).cloned().filter(|s| s.ended().is_none())
+    }
+
+    /// A transfer a member asks for directly that is not (or no longer)
+    /// served here, looked up on the server: its request, or its retry, may
+    /// not have reached this agent over the WebSocket yet. None when it is
+    /// not an open transfer of this project and device.
+    async fn take_up_asked(self: &Arc<Self>, transfer: Uuid) -> Option<Arc<Serving>> {
+        let t = self.api.transfer(self.project, transfer).await.ok()?;
         if t.source_device.id != self.device_id || !t.status.is_active() {
-            return Err(Refusal::TransferOver);
+            return None;
         }
-        self.take_up(t.into(), true)
-            .or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
-            .ok_or(Refusal::TransferOver)
+        self.take_up(t.into(), true).or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
     }
 }
 
@@ -570,14 +625,30 @@ fn compressed(bytes: &[u8]) -> Option<Vec<u8>> {
     worth(bytes.len(), packed.len()).then_some(packed)
 }
 
-/// The direct listener's view of the agent.
-pub struct DirectChunks(pub Arc<Source>);
+/// The direct listener's view of the agent: the sources of every project
+/// the process serves (one listener, one key, for all of them).
+pub struct DirectChunks(pub Vec<Arc<Source>>);
+
+impl DirectChunks {
+    /// The project source serving `transfer`, and its serving: one being
+    /// served here, else one a project's server knows as open.
+    async fn serving(&self, transfer: Uuid) -> Result<(&Arc<Source>, Arc<Serving>), Refusal> {
+        if let Some(found) = self.0.iter().find_map(|source| source.active(transfer).map(|s| (source, s))) {
+            return Ok(found);
+        }
+        for source in &self.0 {
+            if let Some(s) = source.take_up_asked(transfer).await {
+                return Ok((source, s));
+            }
+        }
+        Err(Refusal::TransferOver)
+    }
+}
 
 #[async_trait::async_trait]
 impl Chunks for DirectChunks {
     async fn chunk(&self, transfer: Uuid, hash: &str) -> Result<Bytes, Refusal> {
-        let source = &self.0;
-        let s = source.serving(transfer).await?;
+        let (source, s) = self.serving(transfer).await?;
         if s.ended().is_some() {
             return Err(Refusal::TransferOver);
         }

@@ -55,9 +55,14 @@ pub async fn sync(
     // (replaying deletes and moves the pull cannot see).
     let head = api.project(project).await?.head_seq;
     let after_seq = Manifest::load(&dir).last_seq.unwrap_or(head);
+    let applier = Applier { api, project, dir, wait, out };
+    // What the member edited while sync was stopped is set aside before the
+    // pull brings the owner's versions in, as a running sync would have.
+    applier.keep_edits_made_while_stopped().await?;
+    let (api, dir) = (&applier.api, &applier.dir);
     let initial = tokio::select! {
         _ = &mut stop => return Ok(()),
-        r = pull_into(&api, project, &dir, &[], wait, out) => r,
+        r = pull_into(api, project, dir, &[], wait, out) => r,
     };
     match initial {
         Ok(s) => out.event(
@@ -81,11 +86,10 @@ pub async fn sync(
         // Partial: what failed is pulled again by later events or the next sync.
         Err(e) => out.warn(&format!("the first pull was incomplete: {e}")),
     }
-    set_last_seq(&dir, after_seq);
+    set_last_seq(dir, after_seq);
     out.note(&format!("Keeping {} in sync with the project; Ctrl-C stops.", dir.display()));
 
     let mut live = api.live(project, after_seq);
-    let applier = Applier { api, project, dir, wait, out };
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -120,6 +124,13 @@ fn set_last_seq(dir: &Path, seq: i64) {
 enum News<'a> {
     /// The first pull.
     Pulled { files: usize, unchanged: usize, bytes_transferred: u64, bytes_reused: u64 },
+    /// Before the first pull: the version here of a file the owner changed,
+    /// or the member edited, while sync was stopped, set aside.
+    SetAside {
+        path: &'a str,
+        #[serde(flatten)]
+        set_aside: SetAside,
+    },
     /// An event that could not be applied.
     Failed {
         #[serde(rename = "type")]
@@ -232,6 +243,60 @@ impl Applier {
             }
             set_last_seq(&self.dir, seq);
         }
+    }
+
+    /// Catches up with what happened while sync was stopped, before the
+    /// pull writes the owner's versions: every file here whose project
+    /// version differs from what was last synced (the owner changed it), or
+    /// that looks changed since it was synced (its size, or an mtime not
+    /// older than the sync; the member edited it), goes through
+    /// [`Self::set_aside`] as a live update would: the member's own edit is
+    /// kept as a conflict copy, an untouched older version goes to the trash.
+    async fn keep_edits_made_while_stopped(&self) -> Result<(), ClientError> {
+        let manifest = Manifest::load(&self.dir);
+        if manifest.files.is_empty() {
+            return Ok(());
+        }
+        let (remote, _) = self.api.files_under(self.project, None).await?;
+        for file in remote.iter().filter(|f| !f.deleted) {
+            let Some(synced) = manifest.files.get(&file.path) else { continue };
+            let owner_changed = synced.hash != file.hash;
+            if !owner_changed && !self.looks_edited(&file.path, synced) {
+                continue;
+            }
+            match self.set_aside(&file.path, &file.hash) {
+                Ok(Some(set_aside)) => {
+                    let said = match &set_aside {
+                        SetAside::ConflictCopy(copy) => {
+                            format!("{} set aside before the pull: kept as {copy}", file.path)
+                        }
+                        SetAside::Trashed(_) => {
+                            format!("{} set aside before the pull: the older version is in the trash", file.path)
+                        }
+                    };
+                    self.out.event(News::SetAside { path: &file.path, set_aside }, || said);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    return Err(ClientError::Other(format!(
+                        "{why}: nothing was pulled, so that no edit made here is overwritten"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file here may have been edited since it was synced:
+    /// another size, or modified at or after the sync (a pulled file keeps
+    /// the owner's older modification time). Only a hint; [`Self::set_aside`]
+    /// compares hashes.
+    fn looks_edited(&self, path: &str, synced: &ManifestEntry) -> bool {
+        let Ok(meta) = self.local(path).and_then(|p| std::fs::metadata(p).map_err(|e| e.to_string())) else {
+            return false;
+        };
+        let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+        meta.len() != synced.size || modified.map_or(true, |m| m >= synced.synced_at)
     }
 
     /// Answers the change made (for the `--json` line), or None when

@@ -228,43 +228,99 @@ pub async fn delete_device(pool: &Pool, caller: &Caller, device_id: Uuid) -> Res
     Ok(())
 }
 
-/// A source device's agent advertises (or, with `None`, withdraws) where it
-/// can be reached directly and the key it checks transfer tokens with.
+/// A source device's agent advertises where it can be reached directly and
+/// the key it checks transfer tokens with: for one project of which the
+/// device is a source, or (without a project) for every project that has no
+/// entry of its own.
 pub async fn advertise_direct(
     pool: &Pool,
     caller: &Caller,
     device_id: Uuid,
-    advert: Option<crate::protocol::transfers::DirectAdvert>,
+    advert: crate::protocol::transfers::DirectAdvert,
 ) -> Result<(), DomainError> {
     let invalid = |code, message: &str| DomainError::rejected(Rejection::Invalid, code, message);
-    let (urls, key) = match advert {
-        None => (None, None),
-        Some(a) => {
-            if a.urls.is_empty() || a.urls.len() > 8 || !a.urls.iter().all(|u| is_direct_url(u)) {
-                return Err(invalid(
-                    "invalid_urls",
-                    "give 1 to 8 http:// or https:// URLs with a host, no user or password, no spaces",
-                ));
-            }
-            if crate::protocol::transfers::DirectToken::key(&a.key).is_none() {
-                return Err(invalid("invalid_key", "the key is 64 hex characters (32 bytes)"));
-            }
-            (Some(serde_json::json!(a.urls)), Some(a.key))
-        }
+    if advert.urls.is_empty() || advert.urls.len() > 8 || !advert.urls.iter().all(|u| is_direct_url(u)) {
+        return Err(invalid(
+            "invalid_urls",
+            "give 1 to 8 http:// or https:// URLs with a host, no user or password, no spaces",
+        ));
+    }
+    if crate::protocol::transfers::DirectToken::key(&advert.key).is_none() {
+        return Err(invalid("invalid_key", "the key is 64 hex characters (32 bytes)"));
+    }
+    let urls = serde_json::json!(advert.urls);
+    let client = pool.get().await?;
+    own_device(&client, caller, device_id).await?;
+    let Some(project_id) = advert.project_id else {
+        client
+            .execute(
+                "UPDATE devices SET direct_urls = $2, direct_key = $3 WHERE id = $1",
+                &[&device_id, &urls, &advert.key],
+            )
+            .await?;
+        return Ok(());
     };
-    let updated = pool
-        .get()
-        .await?
+    super::projects::access(&client, project_id, caller, true).await?;
+    // The source check and the write in one statement: a device detached
+    // meanwhile gets no entry.
+    let written = client
         .execute(
-            "UPDATE devices SET direct_urls = $3, direct_key = $4
-             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
-            &[&device_id, &caller.user_id, &urls, &key],
+            "INSERT INTO device_direct_endpoints (device_id, project_id, urls, key)
+             SELECT $1, $2, $3, $4 FROM project_devices
+             WHERE project_id = $2 AND device_id = $1 AND role = 'source'
+             ON CONFLICT (device_id, project_id)
+             DO UPDATE SET urls = EXCLUDED.urls, key = EXCLUDED.key, updated_at = now()",
+            &[&device_id, &project_id, &urls, &advert.key],
         )
         .await?;
-    if updated == 0 {
-        return Err(DomainError::not_found("device"));
+    if written == 0 {
+        return Err(DomainError::conflict(
+            "not_a_source_device",
+            "the device is not a source of this project: attach it (PUT /api/projects/:id/devices/:deviceId) first",
+        ));
     }
     Ok(())
+}
+
+/// The agent stops offering direct transfers: for one project, or (without
+/// a project) the per-device entry. Other projects' entries stay.
+pub async fn withdraw_direct(
+    pool: &Pool,
+    caller: &Caller,
+    device_id: Uuid,
+    project_id: Option<Uuid>,
+) -> Result<(), DomainError> {
+    let client = pool.get().await?;
+    own_device(&client, caller, device_id).await?;
+    match project_id {
+        None => {
+            client
+                .execute("UPDATE devices SET direct_urls = NULL, direct_key = NULL WHERE id = $1", &[&device_id])
+                .await?;
+        }
+        Some(project_id) => {
+            super::projects::access(&client, project_id, caller, true).await?;
+            client
+                .execute(
+                    "DELETE FROM device_direct_endpoints WHERE device_id = $1 AND project_id = $2",
+                    &[&device_id, &project_id],
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// 404 unless `device_id` is one of the caller's live devices.
+async fn own_device(client: &impl GenericClient, caller: &Caller, device_id: Uuid) -> Result<(), DomainError> {
+    client
+        .query_opt(
+            "SELECT 1 FROM devices WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+            &[&device_id, &caller.user_id],
+        )
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| DomainError::not_found("device"))
 }
 
 /// A URL members' clients may be pointed at: http or https, to a host,

@@ -301,6 +301,22 @@ pub struct DirectAdvert {
     /// 64 hex characters (32 bytes).
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub key: String,
+    /// The project these endpoints serve (the device must be one of its
+    /// sources): each project keeps its own entry, so agents of one machine
+    /// never replace each other's. Without it, the older per-device entry,
+    /// used for a project that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<Uuid>,
+}
+
+/// `DELETE /api/devices/:deviceId/direct?project_id=`: which entry to
+/// withdraw, the project's or (without it) the per-device one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DirectWithdrawal {
+    /// The project whose entry goes; the others stay.
+    #[serde(default)]
+    pub project_id: Option<Uuid>,
 }
 
 /// A short-lived secret for one transfer, given to the requester in the

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::client_pull::{hash, write};
 use crate::client_resume::owner_and_member;
-use crate::client_share::{noise, Running, TempDir};
+use crate::client_share::{describe, noise, Person, Running, TempDir};
 use crate::helpers::TestApp;
 
 /// The route of the newest transfer of `path`, as the project's owner reads it.
@@ -192,4 +192,298 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     tokio::time::sleep(wait).await;
     let (status, body) = get(asked, Some(token.into())).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+}
+
+/// An owner with two projects, each with a member, each with a folder of
+/// files: (owner, [(project, member, folder, its one file's bytes)]).
+async fn two_projects(app: &TestApp) -> (Person, Vec<(String, Person, TempDir, Vec<u8>)>) {
+    let (owner, first_member, first) = owner_and_member(app, "First").await;
+    let second_member = Person::new(app, "member-two");
+    second_member.signup("member-two").await;
+    let second = owner.json(&["project", "create", "Second"]).await["id"].as_str().unwrap().to_owned();
+    let invite = owner.json(&["invite", "create", &second]).await["token"].as_str().unwrap().to_owned();
+    second_member.json(&["join", &invite]).await;
+    let mut projects = Vec::new();
+    for (i, (project, member)) in [(first, first_member), (second, second_member)].into_iter().enumerate() {
+        let tree = TempDir::new(&format!("several-src-{i}"));
+        let bytes = noise(2 * 1024 * 1024 + i, 40 + i as u64);
+        write(tree.path(), &format!("project-{i}.bin"), &bytes);
+        projects.push((project, member, tree, bytes));
+    }
+    (owner, projects)
+}
+
+/// Each member pulls its project; every byte comes from the owner's
+/// machine, none through the relay.
+async fn each_member_pulls_directly(app: &TestApp, projects: &[(String, Person, TempDir, Vec<u8>)]) {
+    for (i, (project, member, _, bytes)) in projects.iter().enumerate() {
+        let to = TempDir::new(&format!("several-dst-{i}"));
+        let pulled = member.json(&["pull", project, "--to", to.path().to_str().unwrap()]).await;
+        let total = bytes.len() as u64;
+        assert_eq!(
+            (pulled["files"].as_u64(), pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+            (Some(1), Some(total), Some(total)),
+            "project {i}: {pulled}"
+        );
+        assert!(std::fs::read(to.path().join(format!("project-{i}.bin"))).unwrap() == *bytes);
+    }
+    assert_eq!(files_in(&app.relay_dir()), 0, "nothing was put on the relay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_share_process_serves_several_projects_directly() {
+    let app = TestApp::spawn().await;
+    let (owner, projects) = two_projects(&app).await;
+    let mut args = vec!["share"];
+    for (project, _, tree, _) in &projects {
+        args.extend([project.as_str(), tree.path().to_str().unwrap()]);
+    }
+    args.push("--json");
+    let mut agent = Running::start(&owner, &args);
+    // Each project pushed, then the one listener advertised for each.
+    for (project, ..) in &projects {
+        agent.wait_for("its first push", |v| v["event"] == "synced" && v["project_id"] == *project).await;
+    }
+    for (project, ..) in &projects {
+        agent.wait_for("listening", |v| v["event"] == "listening" && v["project_id"] == *project).await;
+    }
+    each_member_pulls_directly(&app, &projects).await;
+
+    // `--once` pushes each pair and says so per project.
+    drop(agent);
+    write(projects[1].2.path(), "added.txt", b"one more");
+    args.insert(args.len() - 1, "--once");
+    let output = owner.run(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let pushed: Vec<_> = lines.iter().map(|v| (v["project_id"].as_str(), v["changes_applied"].as_u64())).collect();
+    assert_eq!(pushed, [(Some(projects[0].0.as_str()), Some(0)), (Some(projects[1].0.as_str()), Some(1))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_share_processes_of_one_machine_each_serve_their_project_directly() {
+    let app = TestApp::spawn().await;
+    let (owner, projects) = two_projects(&app).await;
+    // The same owner and device (one config), one process per project: the
+    // second to start must not take the first one's direct transfers.
+    let mut agents = Vec::new();
+    for (project, _, tree, _) in &projects {
+        let mut agent = Running::share(&owner, project, tree.path());
+        agent.wait_for("listening", |v| v["event"] == "listening" && v["project_id"] == *project).await;
+        agents.push(agent);
+    }
+    each_member_pulls_directly(&app, &projects).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_prints_one_line_per_file_it_sends() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Lines").await;
+    let tree = TempDir::new("lines-src");
+    let src = tree.path();
+    write(src, "media/big.bin", &noise(5 * 1024 * 1024, 7));
+    write(src, "notes.txt", b"plain notes");
+
+    // For people (no --json): the agent's sentences on stderr.
+    let mut agent = Running::start(&owner, &["share", &project, src.to_str().unwrap()]);
+    let listening = |lines: &[String]| lines.iter().any(|l| l.starts_with("Members of Lines"));
+    while !listening(&agent.stderr()) {
+        assert!(agent.child.try_wait().unwrap().is_none(), "the agent exited:\n{}", agent.stderr().join("\n"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let to = TempDir::new("lines-dst");
+    member.json(&["pull", &project, "--to", to.path().to_str().unwrap()]).await;
+
+    let who = member_name(&app, &owner, &project).await;
+    let naming =
+        |lines: &[String], path: &str| -> Vec<String> { lines.iter().filter(|l| l.contains(path)).cloned().collect() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ["/media/big.bin", "/notes.txt"].iter().any(|p| naming(&agent.stderr(), p).is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "not reported:\n{}", agent.stderr().join("\n"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Stopped, so that nothing more can come.
+    drop(agent.child.kill());
+    agent.child.wait().unwrap();
+    let lines = agent.stderr();
+    assert_eq!(
+        naming(&lines, "/media/big.bin"),
+        [format!("sent /media/big.bin of Lines to {who} (5.00 MiB, direct)")],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        naming(&lines, "/notes.txt"),
+        [format!("sent /notes.txt of Lines to {who} (11 B, direct)")],
+        "{lines:#?}"
+    );
+}
+
+/// What an 80-column terminal (what `script` gives without a terminal of
+/// its own) shows once `printed` has been written to it: its lines, after
+/// wrapping, carriage returns, cursor moves and erasures (the escape codes a
+/// progress bar draws and clears itself with), trailing blanks trimmed.
+fn screen(printed: &str) -> Vec<String> {
+    const WIDTH: usize = 80;
+    let mut rows: Vec<Vec<char>> = vec![vec![]];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = printed.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                row += 1;
+                if rows.len() <= row {
+                    rows.push(vec![]);
+                }
+            }
+            '\r' => col = 0,
+            '\u{8}' => col = col.saturating_sub(1),
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut params = String::new();
+                let command = loop {
+                    match chars.next() {
+                        Some(p) if p.is_ascii_digit() || p == ';' || p == '?' => params.push(p),
+                        other => break other,
+                    }
+                };
+                let n = params.trim_start_matches('?').parse::<usize>().unwrap_or(0);
+                match command {
+                    Some('A') => row = row.saturating_sub(n.max(1)),
+                    Some('B') => row += n.max(1),
+                    Some('C') => col += n.max(1),
+                    Some('D') => col = col.saturating_sub(n.max(1)),
+                    Some('G') => col = n.saturating_sub(1),
+                    Some('K') if n == 2 => rows[row].clear(),
+                    Some('K') => rows[row].truncate(col),
+                    Some('J') => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+                while rows.len() <= row {
+                    rows.push(vec![]);
+                }
+            }
+            c if c.is_control() => {}
+            c => {
+                if col >= WIDTH {
+                    row += 1;
+                    col = 0;
+                    if rows.len() <= row {
+                        rows.push(vec![]);
+                    }
+                }
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    rows.into_iter().map(|r| r.into_iter().collect::<String>().trim_end().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_terminal_a_file_sent_is_one_line_even_while_another_ones_bar_runs() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Screen").await;
+    let tree = TempDir::new("screen-src");
+    let src = tree.path();
+    let big = noise(5 * 1024 * 1024, 9);
+    write(src, "big.bin", &big);
+    write(src, "notes.txt", b"plain notes");
+    owner.json(&["share", &project, src.to_str().unwrap(), "--once"]).await;
+
+    // `script` gives `ferry share` a terminal.
+    let ferry = owner.command(&["share", &project, src.to_str().unwrap()]);
+    let line = format!("{} share {project} {}", ferry.get_program().to_str().unwrap(), src.display());
+    let mut terminal = std::process::Command::new("script");
+    terminal
+        .args(["-qfec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    for (key, value) in ferry.get_envs() {
+        match value {
+            Some(v) => terminal.env(key, v),
+            None => terminal.env_remove(key),
+        };
+    }
+    let mut child = terminal.spawn().expect("script runs");
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = printed.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &'static str| {
+        let printed = printed.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !printed.lock().unwrap().contains(what) {
+                assert!(std::time::Instant::now() < deadline, "never printed {what:?}:\n{}", printed.lock().unwrap());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for("serving transfers").await;
+
+    // The big file asked for and one chunk fetched: its bar is on screen
+    // (and stays, the rest going to the relay, until the transfer ends).
+    let (status, download) = app
+        .post(&format!("/api/projects/{project}/files/download"), &member.token(), json!({"file_path": "/big.bin"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{download}");
+    let endpoint = &download["transfer_info"]["endpoints"][0];
+    let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
+    let first = download["transfer_info"]["chunks_needed"][0].as_str().unwrap();
+    let res = app.http.get(format!("{url}/chunks/{first}")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    wait_for("sending /big.bin").await;
+
+    // Meanwhile a small file is pulled and sent: its line is printed while
+    // the big file's bar runs.
+    let to = TempDir::new("screen-dst");
+    member.json(&["pull", &project, "/notes.txt", "--to", to.path().to_str().unwrap()]).await;
+    wait_for("sent /notes.txt").await;
+    let transfer = download["download_id"].as_str().unwrap();
+    let cancel = format!("/api/projects/{project}/transfers/{transfer}/cancel");
+    assert_eq!(app.post(&cancel, &member.token(), json!({})).await.0, StatusCode::OK);
+    wait_for("transfer of /big.bin cancelled").await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let shown = screen(&printed.lock().unwrap());
+    let who = member_name(&app, &owner, &project).await;
+    // Long lines wrap at the terminal's width: the start of each is enough.
+    let naming = |what: &str| -> Vec<&String> { shown.iter().filter(|l| l.contains(what)).collect() };
+    let sent = naming("/notes.txt");
+    assert!(
+        sent.len() == 1 && sent[0].starts_with(&format!("sent /notes.txt of Screen to {}", &who[..20])),
+        "one line for the file sent: {shown:#?}"
+    );
+    assert_eq!(naming("/big.bin"), ["transfer of /big.bin cancelled"], "{shown:#?}");
+    assert!(!shown.iter().any(|l| l.contains("eta ") || l.contains("[=")), "no bar left behind: {shown:#?}");
+}
+
+/// The display name of the project's one member.
+async fn member_name(app: &TestApp, owner: &Person, project: &str) -> String {
+    let (_, members) = app.get(&format!("/api/projects/{project}/members"), &owner.token()).await;
+    let member = members["members"].as_array().unwrap().iter().find(|m| m["role"] == "member").cloned();
+    member.and_then(|m| m["display_name"].as_str().map(str::to_owned)).expect("a member")
 }

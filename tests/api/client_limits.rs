@@ -79,3 +79,30 @@ async fn ferry_limit_changes_the_limit_of_a_running_pull() {
     assert!(took < 24.0, "the lifted limit was not followed: {took:.1} s");
     assert_eq!(hash(&std::fs::read(target.path().join("big.bin")).unwrap()), want);
 }
+
+/// `share --max-upload` holds for what the agent sends, directly and
+/// through the relay alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_to_its_upload_limit_directly_and_through_the_relay() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Upload limit").await;
+    let tree = TempDir::new("upload-limit-src");
+    let big = noise(3 * MIB, 12);
+    write(tree.path(), "big.bin", &big);
+
+    for (options, how) in
+        [(&["--max-upload", "1MiB/s"][..], "direct"), (&["--max-upload", "1MiB/s", "--no-direct"][..], "relay")]
+    {
+        let mut agent = Running::share_with(&owner, &project, tree.path(), options);
+        agent.wait_for("its first push", |v| v["event"] == "synced").await;
+        let target = TempDir::new("upload-limit-dst");
+        let started = Instant::now();
+        let pulled = member.json(&["pull", &project, "--to", target.path().to_str().unwrap()]).await;
+        let took = started.elapsed().as_secs_f64();
+        let direct = if how == "direct" { 3 * MIB as u64 } else { 0 };
+        assert_eq!(pulled["bytes_direct"].as_u64(), Some(direct), "{how}: {pulled}");
+        assert_eq!(hash(&std::fs::read(target.path().join("big.bin")).unwrap()), hash(&big));
+        // 3 MiB at 1 MiB/s, less a quarter second's burst.
+        assert!(took >= 2.5, "{how}: 3 MiB were sent in {took:.2} s through a 1 MiB/s limit");
+    }
+}

@@ -258,3 +258,57 @@ async fn sync_keeps_the_members_own_edits_and_what_the_owner_deletes_or_replaces
     assert!(!again.status.success(), "restored twice");
     drop(sync);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sync_keeps_the_edits_made_here_while_it_was_stopped() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Stopped").await;
+    let tree = TempDir::new("stopped-src");
+    let src = tree.path();
+    write(src, "both.txt", b"first version");
+    write(src, "member.txt", b"the owner's only version");
+    write(src, "owner.txt", b"the owner's first version");
+    write(src, "untouched.txt", b"nobody changes this");
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    let target = TempDir::new("stopped-dst");
+    let dst = target.path();
+    let mut sync = Running::sync(&member, &project, dst);
+    sync.wait_for("its first pull", |v| v["event"] == "pulled").await;
+    drop(sync);
+
+    // While sync is stopped: both change one file, the member edits another,
+    // the owner a third.
+    write(src, "both.txt", b"the owner's second version");
+    write(src, "owner.txt", b"the owner's second version");
+    let mut pushed = 0;
+    while pushed < 2 {
+        let synced = agent.wait_for("the owner's changes pushed", |v| v["event"] == "synced").await;
+        pushed += synced["changes_applied"].as_u64().unwrap();
+    }
+    write(dst, "both.txt", b"the member's edit, made while sync was stopped");
+    write(dst, "member.txt", b"the member's own edit");
+
+    let mut sync = Running::sync(&member, &project, dst);
+    sync.wait_for("its first pull", |v| v["event"] == "pulled").await;
+    let set_aside = sync.events();
+    let copy_of = |path: &str| {
+        let line = set_aside.iter().find(|v| v["event"] == "set_aside" && v["path"] == path);
+        let copy = line.and_then(|v| v["conflict_copy"].as_str()).unwrap_or_else(|| panic!("{path}: {set_aside:?}"));
+        copy.trim_start_matches('/').to_owned()
+    };
+
+    // The owner's versions are in place; the member's edits beside them.
+    let both = copy_of("/both.txt");
+    assert!(both.starts_with("both.ferry-conflict-") && both.ends_with(".txt"), "{both}");
+    assert_eq!(read(dst, &both).as_deref(), Some(&b"the member's edit, made while sync was stopped"[..]));
+    assert_eq!(read(dst, "both.txt").as_deref(), Some(&b"the owner's second version"[..]));
+    assert_eq!(read(dst, &copy_of("/member.txt")).as_deref(), Some(&b"the member's own edit"[..]));
+    assert_eq!(read(dst, "member.txt").as_deref(), Some(&b"the owner's only version"[..]));
+    // What only the owner changed is replaced, the older version trashed.
+    assert_eq!(read(dst, "owner.txt").as_deref(), Some(&b"the owner's second version"[..]));
+    let trashed = set_aside.iter().find(|v| v["event"] == "set_aside" && v["path"] == "/owner.txt");
+    assert_eq!(trashed.map(|v| v["trashed"].clone()), Some("/owner.txt".into()), "{set_aside:?}");
+    assert!(!set_aside.iter().any(|v| v["path"] == "/untouched.txt"), "{set_aside:?}");
+    assert_eq!(read(dst, "untouched.txt").as_deref(), Some(&b"nobody changes this"[..]));
+}

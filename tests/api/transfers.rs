@@ -512,3 +512,118 @@ async fn the_requester_records_the_route_and_bad_routes_change_nothing() {
     assert_eq!((completed.event_type.as_str(), &completed.data["route"]), ("file_transfer_complete", &done["route"]));
     assert_eq!(s.get(&app, &s.owner, id).await["route"], done["route"], "the projection holds it");
 }
+
+#[tokio::test]
+async fn each_project_keeps_its_own_direct_entry_so_agents_of_one_machine_never_replace_each_other() {
+    let app = TestApp::spawn().await;
+    let s = Scene::new(&app).await;
+    let me = app.get("/api/me", &s.device).await.1;
+    let device = me["device"]["id"].as_str().unwrap().to_owned();
+    let direct = format!("/api/devices/{device}/direct");
+    // A second project served by the same device.
+    let second = app.create_project(&s.owner, "Second").await;
+    let attach = format!("/api/projects/{second}/devices/{device}");
+    assert_eq!(app.call(Method::PUT, &attach, Some(&s.owner.token), None).await.0, StatusCode::OK);
+    let file = json!([{"op": "upsert", "path": "/b.txt", "size": 1, "hash": hash("b")}]);
+    assert_eq!(app.push(&s.device, second, file).await.0, StatusCode::OK);
+
+    let advert = |url: &str, key: &str, project: Option<Uuid>| match project {
+        Some(p) => json!({"urls": [url], "key": key.repeat(32), "project_id": p}),
+        None => json!({"urls": [url], "key": key.repeat(32)}),
+    };
+    let offered = |project: Uuid, path: &'static str| {
+        let app = &app;
+        let token = s.owner.token.clone();
+        async move {
+            let url = format!("/api/projects/{project}/files/download");
+            let (status, body) = app.post(&url, &token, json!({"file_path": path})).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let first = &body["transfer_info"]["endpoints"][0];
+            (first["protocol"] == "http").then(|| first["url"].as_str().unwrap().to_owned())
+        }
+    };
+
+    // Who may set a project's entry: the owner, for a source device of it.
+    let stranger = app.signup("stranger").await;
+    let (stranger_device, stranger_token) = app.register_device(&stranger, "other").await;
+    let (member_device, member_token) = app.register_device(&s.member, "laptop").await;
+    let unattached = app.create_project(&s.owner, "Unattached").await;
+    for (path, token, body, status, code_expected) in [
+        (
+            direct.clone(),
+            &stranger_token,
+            advert("http://192.0.2.9:1", "11", Some(s.project)),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/devices/{stranger_device}/direct"),
+            &stranger_token,
+            advert("http://192.0.2.9:1", "11", Some(s.project)),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/api/devices/{member_device}/direct"),
+            &member_token,
+            advert("http://192.0.2.9:1", "11", Some(s.project)),
+            StatusCode::FORBIDDEN,
+            "owner_only",
+        ),
+        (
+            direct.clone(),
+            &s.device,
+            advert("http://192.0.2.9:1", "11", Some(unattached)),
+            StatusCode::CONFLICT,
+            "not_a_source_device",
+        ),
+        (
+            direct.clone(),
+            &s.device,
+            json!({"urls": ["http://192.0.2.9:1"], "key": "11".repeat(32), "project_id": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ] {
+        let (got, answer) = app.call(Method::PUT, &path, Some(token), Some(&body)).await;
+        assert_eq!((got, code(&answer)), (status, code_expected), "{path} {body}: {answer}");
+    }
+
+    // The older per-device entry serves a project without its own; a
+    // project's entry wins for that project and leaves the other alone.
+    for body in [
+        advert("http://192.0.2.1:1", "aa", None),
+        advert("http://192.0.2.2:2", "bb", Some(s.project)),
+        advert("http://192.0.2.3:3", "cc", Some(second)),
+    ] {
+        assert_eq!(app.call(Method::PUT, &direct, Some(&s.device), Some(&body)).await.0, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(offered(s.project, "/big.bin").await.as_deref(), Some("http://192.0.2.2:2"));
+    assert_eq!(offered(second, "/b.txt").await.as_deref(), Some("http://192.0.2.3:3"));
+    let (status, body) = s.request(&app, &s.member, json!({"file_path": "/big.bin"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let token = body["transfer_info"]["endpoints"][0]["token"].as_str().unwrap();
+    let key = ferry::protocol::transfers::DirectToken::key(&"bb".repeat(32)).unwrap();
+    assert!(
+        ferry::protocol::transfers::DirectToken::verify(&key, token, chrono::Utc::now()).is_some(),
+        "minted with the project's key"
+    );
+
+    // Withdrawing: who may, and only the entry named.
+    let withdraw = |project: &str| format!("{direct}?project_id={project}");
+    for (path, token, status) in [
+        (withdraw(&s.project.to_string()), &stranger_token, StatusCode::NOT_FOUND),
+        (format!("/api/devices/{member_device}/direct?project_id={}", s.project), &member_token, StatusCode::FORBIDDEN),
+        (withdraw("nope"), &s.device, StatusCode::BAD_REQUEST),
+    ] {
+        let (got, answer) = app.delete(&path, token).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert!(answer["error"]["code"].is_string(), "{answer}");
+    }
+    assert_eq!(app.delete(&withdraw(&s.project.to_string()), &s.device).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(offered(s.project, "/big.bin").await.as_deref(), Some("http://192.0.2.1:1"), "back to the device's");
+    assert_eq!(offered(second, "/b.txt").await.as_deref(), Some("http://192.0.2.3:3"), "the other project's stays");
+    assert_eq!(app.delete(&direct, &s.device).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(offered(s.project, "/big.bin").await, None, "relay only");
+    assert_eq!(offered(second, "/b.txt").await.as_deref(), Some("http://192.0.2.3:3"));
+}

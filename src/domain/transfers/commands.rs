@@ -70,7 +70,7 @@ pub async fn request(
     let id = Uuid::now_v7();
     let expires_at = now + policy.ttl;
     // Direct first when the source's agent advertises itself; the relay always.
-    let mut endpoints = direct_endpoints(client, source, id, expires_at).await?;
+    let mut endpoints = direct_endpoints(client, source, project_id, id, expires_at).await?;
     let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
     // The relay is the server itself: where it listens is for the HTTP
     // edge to say.

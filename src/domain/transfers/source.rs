@@ -32,18 +32,30 @@ pub(super) async fn choose_source(client: &impl GenericClient, project_id: Uuid)
         })
 }
 
-/// The source device's advertised direct endpoints, each with a token for
-/// this transfer that its agent can check with its key.
+/// The source device's advertised direct endpoints for the project (its
+/// agent's entry for this project, else the device's older per-device
+/// entry), each with a token for this transfer that the agent can check
+/// with its key.
 pub(super) async fn direct_endpoints(
     client: &impl GenericClient,
     source: Uuid,
+    project_id: Uuid,
     transfer_id: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<Endpoint>, DomainError> {
-    let row = client.query_opt("SELECT direct_urls, direct_key FROM devices WHERE id = $1", &[&source]).await?;
-    let Some((Some(urls), Some(key))) =
-        row.map(|r| (r.get::<_, Option<serde_json::Value>>(0), r.get::<_, Option<String>>(1)))
-    else {
+    let row = client
+        .query_opt(
+            "SELECT urls, key FROM (
+                 SELECT urls, key, 0 AS rank FROM device_direct_endpoints
+                 WHERE device_id = $1 AND project_id = $2
+                 UNION ALL
+                 SELECT direct_urls, direct_key, 1 FROM devices
+                 WHERE id = $1 AND direct_urls IS NOT NULL AND direct_key IS NOT NULL
+             ) entries ORDER BY rank LIMIT 1",
+            &[&source, &project_id],
+        )
+        .await?;
+    let Some((urls, key)) = row.map(|r| (r.get::<_, serde_json::Value>(0), r.get::<_, String>(1))) else {
         return Ok(vec![]);
     };
     let (Ok(urls), Some(key)) = (serde_json::from_value::<Vec<String>>(urls), DirectToken::key(&key)) else {
