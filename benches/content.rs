@@ -99,13 +99,13 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw1 = raw_copy(&source, size).await?;
     println!("  raw copy, run 1 (before): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 
-    let mut agent = Agent::start(&owner, &project, &src, &["--no-direct"], root.0.join("agent.log"))?;
+    let mut agent = Agent::start(&owner, &project, &src, &["--no-direct"])?;
     agent.wait_for("its first push", |v| v["event"] == "synced").await?;
 
     settle().await;
     let rss_before = server.status("VmRSS")?;
     let hwm_before = server.status("VmHWM")?;
-    let cpu = Cpu::of(server.pid, agent.pid().ok_or("the agent ended")?, &url).await?;
+    let cpu = Cpu::of(server.pid, agent.pid(), &url).await?;
     let cpu_before = cpu.now();
     let started = Instant::now();
     let requested = post(

@@ -145,10 +145,10 @@ async fn measured_pull(
     member: &Person,
     project: &str,
     to: &Path,
-    agent: Option<u32>,
+    agent: u32,
     size: u64,
 ) -> Result<(Value, Duration, Peaks), BoxError> {
-    let agent = agent.map(|p| p.to_string()).ok_or("the agent is not running")?;
+    let agent = agent.to_string();
     reset_peak("self");
     reset_peak(&agent);
     let server_base = proc_status("self", "VmRSS").unwrap_or(0);
@@ -285,8 +285,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         settle().await;
         let started = Instant::now();
         let extra: &[&str] = if mode == Mode::Relayed { &["--no-direct"] } else { &[] };
-        let log = root.0.join(format!("agent-{}.log", mode.name()));
-        let mut agent = Agent::start(&owner, &project, &src, extra, log)?;
+        let mut agent = Agent::start(&owner, &project, &src, extra)?;
         let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await?;
         let scanned = started.elapsed();
         if mode == Mode::Direct {

@@ -1,21 +1,21 @@
 //! The `ferry` binary as a person runs it, for the benches that drive the
-//! real client: one person's config folder, and an agent in the background.
+//! real client (on the test support's [`cli`](super::support::cli)): one
+//! person's config folder, and an agent in the background.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 use uuid::Uuid;
 
+use super::support::cli::{self, Background};
+use super::support::PASSWORD;
 use super::BoxError;
 
 /// Longest run of one `ferry` command (a pull of a large file included).
 const COMMAND_WITHIN: Duration = Duration::from_secs(1800);
 /// Longest wait for the agent to say something, or to be seen online.
 const AGENT_WITHIN: Duration = Duration::from_secs(600);
-const PASSWORD: &str = "correct horse battery";
 
 pub fn path_str(path: &Path) -> Result<&str, BoxError> {
     path.to_str().ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
@@ -36,14 +36,8 @@ impl Person {
     }
 
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(args)
-            .env("FERRY_CONFIG_DIR", &self.config)
-            .env("FERRY_SERVER", &self.server)
-            .env_remove("FERRY_PASSWORD")
-            .env_remove("FERRY_LISTEN")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = tokio::process::Command::from(cli::ferry(&self.config, &self.server, args));
+        cmd.kill_on_drop(true);
         cmd
     }
 
@@ -51,22 +45,11 @@ impl Person {
     pub async fn json(&self, args: &[&str]) -> Result<Value, BoxError> {
         let mut all = args.to_vec();
         all.push("--json");
-        let output = match tokio::time::timeout(COMMAND_WITHIN, self.command(&all).output()).await {
-            Ok(output) => output?,
-            Err(_) => return Err(format!("`ferry {}` still running after {COMMAND_WITHIN:?}", all.join(" ")).into()),
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok());
-        match last {
-            Some(v) if output.status.success() => Ok(v),
-            _ => Err(format!(
-                "`ferry {}` failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-                all.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into()),
+        let output = cli::run(cli::ferry(&self.config, &self.server, &all), COMMAND_WITHIN).await?;
+        if !output.status.success() {
+            return Err(format!("`ferry {}` failed:\n{}", all.join(" "), cli::describe(&output)).into());
         }
+        Ok(cli::last_json(&output)?)
     }
 
     pub async fn signup(&self) -> Result<(), BoxError> {
@@ -103,37 +86,20 @@ impl Person {
     }
 }
 
-/// `ferry share` running in the background,
-/// its stdout lines collected, its stderr in a log file; killed when dropped.
-pub struct Agent {
-    child: tokio::process::Child,
-    /// Each stdout line with when it came.
-    lines: tokio::sync::mpsc::UnboundedReceiver<(Instant, String)>,
-    log: PathBuf,
-}
+/// `ferry share` running in the background; killed when dropped.
+pub struct Agent(Background);
 
 impl Agent {
-    /// `ferry share PROJECT DIR --json EXTRA...`, its stderr in `log`.
-    pub fn start(owner: &Person, project: &str, dir: &Path, extra: &[&str], log: PathBuf) -> Result<Self, BoxError> {
+    /// `ferry share PROJECT DIR --json EXTRA...`.
+    pub fn start(owner: &Person, project: &str, dir: &Path, extra: &[&str]) -> Result<Self, BoxError> {
         let mut args = vec!["share", project, path_str(dir)?, "--json"];
         args.extend_from_slice(extra);
-        let mut child = owner.command(&args).stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send((Instant::now(), line)).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Self { child, lines, log })
+        Ok(Self(Background::spawn(cli::ferry(&owner.config, &owner.server, &args), false)?))
     }
 
-    /// The agent's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.pid()
     }
 
     /// The next JSON line that satisfies `want`.
@@ -147,42 +113,11 @@ impl Agent {
         what: &str,
         want: impl Fn(&Value) -> bool,
     ) -> Result<(Instant, Value), BoxError> {
-        let deadline = tokio::time::Instant::now() + AGENT_WITHIN;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some((at, line))) => {
-                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                        if want(&value) {
-                            return Ok((at, value));
-                        }
-                    }
-                }
-                Ok(None) => return Err(format!("the agent ended before {what}: {}", self.tail()).into()),
-                Err(_) => {
-                    return Err(format!("no {what} from the agent within {AGENT_WITHIN:?}: {}", self.tail()).into())
-                }
-            }
-        }
-    }
-
-    pub fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!("stderr:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
+        Ok(self.0.wait_for_at(what, AGENT_WITHIN, want).await?)
     }
 
     /// SIGTERM, as Ctrl-C would (it withdraws its direct endpoints), and wait.
-    pub async fn stop(mut self) -> Result<(), BoxError> {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child, which has not been reaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => {
-                status?;
-                Ok(())
-            }
-            Err(_) => Err(format!("the agent did not stop within 30 s of SIGTERM: {}", self.tail()).into()),
-        }
+    pub async fn stop(self) -> Result<(), BoxError> {
+        Ok(self.0.stop().await?)
     }
 }

@@ -28,7 +28,7 @@ const EXIT_WITHIN: Duration = Duration::from_secs(30);
 /// Longest run of a one-shot command (migrate, rebuild, admin).
 const COMMAND_WITHIN: Duration = Duration::from_secs(120);
 
-const PASSWORD: &str = "correct horse battery";
+use crate::support::PASSWORD;
 
 /// `ferryd` with a predictable environment: text logs at `info` on stderr,
 /// run from `target/tmp` so that a default `ferry-data` never lands in the

@@ -2,22 +2,22 @@
 //! binary against the real server, in temporary folders, one config folder
 //! per identity. Every wait is bounded (a hang check, not a timing claim).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
+use crate::support::cli::{self, Background};
 
 /// Longest run of a one-shot `ferry` command.
 const COMMAND_WITHIN: Duration = Duration::from_secs(60);
 /// Longest wait for something the running agent should do.
 pub(crate) const AGENT_WITHIN: Duration = Duration::from_secs(30);
-pub const PASSWORD: &str = "correct horse battery";
+pub use crate::support::cli::describe;
+pub use crate::support::PASSWORD;
 
 /// A folder under `target/tmp`, removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -53,23 +53,12 @@ impl Person {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        cmd.args(args)
-            .env("FERRY_CONFIG_DIR", self.config.path())
-            .env("FERRY_SERVER", &self.server)
-            .env_remove("FERRY_PASSWORD")
-            .stdin(Stdio::null());
-        cmd
+        cli::ferry(self.config.path(), &self.server, args)
     }
 
     /// Runs `ferry ARGS` to its end.
     pub async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = tokio::process::Command::from(self.command(args));
-        cmd.kill_on_drop(true);
-        match tokio::time::timeout(COMMAND_WITHIN, cmd.output()).await {
-            Ok(output) => output.expect("ferry runs"),
-            Err(_) => panic!("`ferry {}` still running after {COMMAND_WITHIN:?}", args.join(" ")),
-        }
+        cli::run(self.command(args), COMMAND_WITHIN).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `ferry ARGS --json`, expects success, answers the last stdout line.
@@ -103,19 +92,9 @@ impl Person {
     }
 }
 
-pub fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
+/// The last stdout line of a `--json` run (its result, or its error).
 pub fn last_json(output: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no output:\n{}", describe(output)));
-    serde_json::from_str(last).unwrap_or_else(|_| panic!("last line is not JSON:\n{}", describe(output)))
+    cli::last_json(output).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Pseudo-random bytes that neither compress nor repeat.
@@ -140,48 +119,27 @@ fn hash(bytes: &[u8]) -> String {
 }
 
 /// A `ferry` command running in the background (`share` or `sync`, with
-/// `--json`), its stdout lines collected; killed when dropped.
-pub(crate) struct Running {
-    pub(crate) child: Child,
-    lines: mpsc::Receiver<String>,
-    pub(crate) seen: Vec<String>,
-    /// What it printed on stderr so far (passed on to the test's own).
-    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+/// `--json`), its stdout lines collected, its stderr passed on to the
+/// test's own; killed when dropped.
+pub(crate) struct Running(Background);
+
+impl std::ops::Deref for Running {
+    type Target = Background;
+
+    fn deref(&self) -> &Background {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Background {
+        &mut self.0
+    }
 }
 
 impl Running {
     pub(crate) fn start(person: &Person, args: &[&str]) -> Self {
-        let mut child = person
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("ferry {args:?} starts: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = warnings.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                kept.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines, seen: Vec::new(), warnings }
-    }
-
-    /// The lines it printed on stderr so far.
-    pub(crate) fn stderr(&self) -> Vec<String> {
-        self.warnings.lock().unwrap().clone()
+        Self(Background::spawn(person.command(args), true).unwrap_or_else(|e| panic!("ferry {args:?} starts: {e}")))
     }
 
     /// The owner's agent: `ferry share PROJECT DIR --json`.
@@ -203,43 +161,7 @@ impl Running {
 
     /// The next JSON line that satisfies `want`.
     pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + AGENT_WITHIN;
-        loop {
-            match self.lines.try_recv() {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                        if want(&value) {
-                            return value;
-                        }
-                    }
-                }
-                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(_) => panic!("ferry never reported {what}; it printed:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// Takes in what was printed so far.
-    pub(crate) fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-    }
-
-    /// Every JSON line printed so far.
-    pub(crate) fn events(&mut self) -> Vec<Value> {
-        self.drain();
-        self.seen.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.wait_for_at(what, AGENT_WITHIN, want).await.unwrap_or_else(|e| panic!("{e}")).1
     }
 }
 

@@ -1,12 +1,14 @@
 //! Shared by the integration tests (`tests/api`) and the benches
 //! (`benches/common`): the PostgreSQL server they run on (a private cluster
 //! under `target/` when none answers), scratch databases cloned from a
-//! migrated template, the real server in process, and the HTTP calls that
-//! set a scene up. Every function answers a `Result`: the tests unwrap it,
+//! migrated template, the real server in process, the HTTP calls that
+//! set a scene up, and the real `ferry` binary ([`cli`]). Every function answers a `Result`: the tests unwrap it,
 //! the benches say what failed.
 //!
 //! Included by path (`#[path = ...] mod support;`); cargo does not build
 //! it alone.
+
+pub mod cli;
 
 use std::sync::OnceLock;
 
