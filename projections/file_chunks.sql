@@ -1,14 +1,21 @@
--- Projection: file_chunks — the chunks of every live file, by hash, so the
--- relay can tell at once whether a chunk belongs to a file of a project.
+-- Projection: file_chunks — the chunks of every live file, so the relay can
+-- tell at once whether a chunk belongs to a file of a project.
 -- A file sent without a chunk list is its own single chunk.
+--
+-- Keyed by (project, path, chunk index), not by hash: a batch of new paths
+-- then lands on a few neighbouring pages of the key, where a hash-first key
+-- put every row on a random page. The hash is 32 raw bytes, and its only
+-- reader (the relay: "is this chunk part of a file of the project?") is
+-- served by a hash index, whose entries are a fraction of a B-tree's.
 
 CREATE TABLE file_chunks (
     project_id  uuid NOT NULL,
-    hash        text NOT NULL,
     path        text COLLATE "C" NOT NULL,
-    PRIMARY KEY (project_id, hash, path)
+    idx         integer NOT NULL,
+    hash        bytea NOT NULL,
+    PRIMARY KEY (project_id, path, idx)
 );
-CREATE INDEX file_chunks_path_idx ON file_chunks (project_id, path);
+CREATE INDEX file_chunks_hash_idx ON file_chunks USING hash (hash);
 
 -- apply
 -- Two statements over the same "latest effect per path" (as in
@@ -36,18 +43,13 @@ WITH latest AS (
           SELECT project_id, seq, 1, data->>'to', false, data FROM new_events WHERE type = 'file_moved') e
     ORDER BY project_id, path, seq DESC, step DESC
 )
--- No DISTINCT (a sort of every row): ON CONFLICT DO NOTHING already keeps
--- one row of a chunk listed twice.
-INSERT INTO file_chunks (project_id, hash, path)
-SELECT t.project_id, c.hash, t.path
+-- A file without a chunk list (and not empty) is its own one chunk: one
+-- set-returning call per file, no subquery per file.
+INSERT INTO file_chunks (project_id, path, idx, hash)
+SELECT t.project_id, t.path, (c.ord - 1)::integer, decode(c.value->>'hash', 'hex')
 FROM latest t
-CROSS JOIN LATERAL (
-    SELECT elem->>'hash' AS hash
-    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(t.data->'chunks') = 'array'
-                                   THEN t.data->'chunks' ELSE '[]'::jsonb END) elem
-    UNION ALL
-    SELECT t.data->>'hash'
-    WHERE jsonb_typeof(t.data->'chunks') IS DISTINCT FROM 'array' AND (t.data->>'size')::bigint > 0
-) c
-WHERE t.live
-ON CONFLICT DO NOTHING;
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(t.data->'chunks') = 'array' THEN t.data->'chunks'
+         WHEN (t.data->>'size')::bigint > 0 THEN jsonb_build_array(jsonb_build_object('hash', t.data->'hash'))
+         ELSE '[]'::jsonb END) WITH ORDINALITY AS c(value, ord)
+WHERE t.live;

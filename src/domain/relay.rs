@@ -168,7 +168,7 @@ pub async fn plan_download(
             "WITH chunk AS (
                  SELECT r.size, r.zstd_size, r.last_used_at FROM relay_chunks r
                  WHERE r.project_id = $1 AND r.hash = $2
-                   AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
+                   AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode($2, 'hex') AND f.project_id = $1)
                         OR EXISTS (SELECT 1 FROM file_transfers t
                                    WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
                                      AND t.chunks_needed ? $2))
@@ -200,7 +200,7 @@ pub async fn expected(
     access(client, project_id, caller, false).await?;
     Ok(client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = $1 AND f.hash = $2)
+            "SELECT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode($2, 'hex') AND f.project_id = $1)
                  OR EXISTS (SELECT 1 FROM file_transfers t
                             WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
                               AND t.chunks_needed ? $2)",
@@ -220,7 +220,7 @@ pub async fn expire(pool: &Pool, policy: &RelayPolicy) -> Result<Vec<(Uuid, Stri
         .query(
             "DELETE FROM relay_chunks r
              WHERE r.last_used_at < $1
-               AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.project_id = r.project_id AND f.hash = r.hash)
+               AND NOT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode(r.hash, 'hex') AND f.project_id = r.project_id)
                AND NOT EXISTS (SELECT 1 FROM file_transfers t
                                WHERE t.project_id = r.project_id AND t.status IN ('pending', 'in_progress')
                                  AND t.chunks_needed ? r.hash)

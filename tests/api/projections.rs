@@ -50,8 +50,17 @@ async fn random_command(pool: &Pool, rng: &mut StdRng, projects: &mut Vec<Uuid>,
                 let path = |rng: &mut StdRng| format!("/d{}/f{}", rng.gen_range(0..2), rng.gen_range(0..4));
                 let state = |rng: &mut StdRng, path: String| {
                     let size = rng.gen_range(0..1000);
+                    // No chunk list (the file is its own chunk, none when
+                    // empty), or one to three chunks, a hash repeated within
+                    // a file or across files included.
+                    let chunks = match rng.gen_range(0..4) {
+                        0 => Value::Null,
+                        n => (0..n)
+                            .map(|_| json!({"hash": format!("{:064x}", rng.gen_range(0..6)), "size": size}))
+                            .collect(),
+                    };
                     json!({"path": path, "size": size, "hash": format!("{:064x}", rng.gen::<u64>()), "mime_type": "text/plain",
-                           "modified_at": null, "chunks": [{"hash": format!("{:064x}", size), "size": size}], "version": rng.gen_range(1..50)})
+                           "modified_at": null, "chunks": chunks, "version": rng.gen_range(1..50)})
                 };
                 let transfer = |rng: &mut StdRng, status: &str| {
                     json!({"transfer_id": Uuid::from_u128(rng.gen_range(1..4) + (project.as_u128() << 8) + 100),
@@ -160,6 +169,21 @@ async fn rebuild_equals_live_after_a_long_random_history() {
         "the history is not trivial: {:?}",
         live.iter().map(Vec::len).collect::<Vec<_>>()
     );
+    // Every shape of a chunk list made it into file_chunks: later chunks of
+    // a file, a hash listed twice in one file, a file that is its own chunk.
+    let client = app.pool.get().await.unwrap();
+    let (later, twice): (i64, i64) = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM file_chunks WHERE idx > 0),
+                    (SELECT count(*) FROM (SELECT 1 FROM file_chunks GROUP BY project_id, path, hash
+                                           HAVING count(*) > 1) d)",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(later > 0 && twice > 0, "later chunks {later}, hashes twice in a file {twice}");
+    drop(client);
     rebuild_all(&app.pool).await;
     assert_same(&snapshot(&app).await, &live, "rebuild after a random history");
 }
