@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use crate::client_pull::{hash, write};
 use crate::client_resume::owner_and_member;
-use crate::client_share::{describe, noise, Person, Running, TempDir};
+use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
+use crate::support::cli::AtTerminal;
 
 /// The route of the newest transfer of `path`, as the project's owner reads it.
 pub(crate) async fn route_of(app: &TestApp, owner: &crate::client_share::Person, project: &str, path: &str) -> Value {
@@ -405,41 +406,11 @@ async fn at_a_terminal_a_file_sent_is_one_line_even_while_another_ones_bar_runs(
     owner.json(&["share", &project, src.to_str().unwrap(), "--once"]).await;
 
     // `script` gives `ferry share` a terminal.
-    let ferry = owner.command(&["share", &project, src.to_str().unwrap()]);
-    let line = format!("{} share {project} {}", ferry.get_program().to_str().unwrap(), src.display());
-    let mut terminal = std::process::Command::new("script");
-    terminal
-        .args(["-qfec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped());
-    for (key, value) in ferry.get_envs() {
-        match value {
-            Some(v) => terminal.env(key, v),
-            None => terminal.env_remove(key),
-        };
-    }
-    let mut child = terminal.spawn().expect("script runs");
-    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = printed.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let mut terminal =
+        AtTerminal::spawn(&owner.command(&["share", &project, src.to_str().unwrap()])).expect("script runs");
     let wait_for = |what: &'static str| {
-        let printed = printed.clone();
-        async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while !printed.lock().unwrap().contains(what) {
-                assert!(std::time::Instant::now() < deadline, "never printed {what:?}:\n{}", printed.lock().unwrap());
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        let terminal = &terminal;
+        async move { terminal.wait_for(what, AGENT_WITHIN).await.unwrap_or_else(|e| panic!("{e}")) }
     };
     wait_for("serving transfers").await;
 
@@ -465,10 +436,10 @@ async fn at_a_terminal_a_file_sent_is_one_line_even_while_another_ones_bar_runs(
     let cancel = format!("/api/projects/{project}/transfers/{transfer}/cancel");
     assert_eq!(app.post(&cancel, &member.token(), json!({})).await.0, StatusCode::OK);
     wait_for("transfer of /big.bin cancelled").await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = terminal.child.kill();
+    let _ = terminal.child.wait();
 
-    let shown = screen(&printed.lock().unwrap());
+    let shown = screen(&terminal.printed());
     let who = member_name(&app, &owner, &project).await;
     // Long lines wrap at the terminal's width: the start of each is enough.
     let naming = |what: &str| -> Vec<&String> { shown.iter().filter(|l| l.contains(what)).collect() };

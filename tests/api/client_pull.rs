@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::client_resume::{owner_and_member, owner_via_and_member};
 use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
+use crate::support::cli::AtTerminal;
 
 pub(crate) fn write(dir: &Path, rel: &str, bytes: &[u8]) {
     let path = dir.join(rel);
@@ -167,41 +168,13 @@ async fn transfers_follows_the_open_ones_live_at_a_terminal() {
     let transfer = download["download_id"].as_str().unwrap().to_owned();
 
     // `script` gives `ferry transfers` a terminal.
-    let ferry = member.command(&["transfers", &project]);
-    let line = format!("{} transfers {project}", ferry.get_program().to_str().unwrap());
-    let mut view = std::process::Command::new("script");
-    view.args(["-qfec", &line, "/dev/null"]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
-    for (key, value) in ferry.get_envs() {
-        match value {
-            Some(v) => view.env(key, v),
-            None => view.env_remove(key),
-        };
-    }
-    let mut child = view.spawn().expect("script runs");
-    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let sink = printed.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let mut view = AtTerminal::spawn(&member.command(&["transfers", &project])).expect("script runs");
     let wait_for = |what: &'static str| {
-        let printed = printed.clone();
-        async move {
-            let deadline = Instant::now() + AGENT_WITHIN;
-            while !printed.lock().unwrap().contains(what) {
-                assert!(Instant::now() < deadline, "never printed {what:?}:\n{}", printed.lock().unwrap());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let view = &view;
+        async move { view.wait_for(what, AGENT_WITHIN).await.unwrap_or_else(|e| panic!("{e}")) }
     };
     wait_for("Following 1 open transfer").await;
-    assert!(printed.lock().unwrap().contains("pending"), "the table first");
+    assert!(view.printed().contains("pending"), "the table first");
 
     // Progress from the source, then the requester cancels: the view says
     // so and ends by itself.
@@ -220,13 +193,13 @@ async fn transfers_follows_the_open_ones_live_at_a_terminal() {
     wait_for("cancelled /big.bin").await;
     let deadline = Instant::now() + AGENT_WITHIN;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = view.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the live view did not end:\n{}", printed.lock().unwrap());
+        assert!(Instant::now() < deadline, "the live view did not end:\n{}", view.printed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success(), "{status:?}:\n{}", printed.lock().unwrap());
+    assert!(status.success(), "{status:?}:\n{}", view.printed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

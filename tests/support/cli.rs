@@ -176,3 +176,64 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// A command run at a terminal (`script` gives it one, as a person's shell
+/// would), what it printed (escapes included) read as it comes. Killed when
+/// dropped.
+pub struct AtTerminal {
+    pub child: Child,
+    printed: Arc<Mutex<String>>,
+}
+
+impl AtTerminal {
+    pub fn spawn(cmd: &Command) -> std::io::Result<Self> {
+        let quoted = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        let line = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quoted).collect::<Vec<_>>().join(" ");
+        let mut terminal = Command::new("script");
+        terminal.args(["-qfec", &line, "/dev/null"]).stdin(Stdio::null()).stdout(Stdio::piped());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => terminal.env(key, v),
+                None => terminal.env_remove(key),
+            };
+        }
+        let mut child = terminal.spawn()?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let printed = Arc::new(Mutex::new(String::new()));
+        let sink = printed.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Ok(Self { child, printed })
+    }
+
+    /// Everything printed so far.
+    pub fn printed(&self) -> String {
+        self.printed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `what` was printed; an error when it is not within `within`.
+    pub async fn wait_for(&self, what: &str, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        while !self.printed().contains(what) {
+            if Instant::now() >= deadline {
+                return Err(format!("never printed {what:?}:\n{}", self.printed()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtTerminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
