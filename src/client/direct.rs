@@ -1,8 +1,11 @@
-//! Direct transfers, both ends. The owner's agent listens on its own HTTP
+//! Direct transfers, both ends. The owner's agent listens on its own HTTPS
 //! port and serves `GET /chunks/:hash` to whoever holds a transfer's token:
 //! the server mints that token with the key the agent advertised, and the
-//! agent checks it alone ([`DirectToken`]). The member fetches from the
-//! agent first and falls back to the relay at the first failure.
+//! agent checks it alone ([`DirectToken`]). The listener presents the
+//! device's certificate, whose fingerprint the server hands out with each
+//! endpoint; the member accepts that certificate only ([`super::tls`]),
+//! fetches from the agent first and falls back to the relay at the first
+//! failure.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +20,9 @@ use rand::RngCore;
 use uuid::Uuid;
 
 use super::rate::{limited_pieces, read_limited, Limiter};
+use super::tls::{pinned_client_config, Identity};
 use crate::protocol::files::Blake3Hash;
-use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
+use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo, TransferProtocol};
 use crate::protocol::{ErrorBody, ErrorDetail};
 use crate::telemetry::error_chain;
 
@@ -55,33 +59,37 @@ struct State {
     limiter: Limiter,
 }
 
-/// The agent's listener: where it can be reached and the key its tokens
-/// are minted with (fresh on every start, so old tokens die with it).
+/// The agent's listener: where it can be reached, the key its tokens are
+/// minted with (fresh on every start, so old tokens die with it) and the
+/// fingerprint of the certificate it presents (the device's, kept).
 pub struct Listener {
     pub urls: Vec<String>,
+    pub cert_sha256: String,
     key: [u8; 32],
     handle: actix_web::dev::ServerHandle,
 }
 
 impl Listener {
-    /// Listens on `listen`; advertises `advertise`, or else the address this
-    /// machine reaches `server_url` from (the machine's LAN or overlay
-    /// address when the listener is on every interface). Chunks go out
-    /// within `limiter`.
+    /// Listens on `listen` over TLS with `identity`; advertises `advertise`
+    /// (https URLs), or else the address this machine reaches `server_url`
+    /// from (the machine's LAN or overlay address when the listener is on
+    /// every interface). Chunks go out within `limiter`.
     pub fn start(
         listen: SocketAddr,
         advertise: &[String],
         server_url: &str,
+        identity: &Identity,
         chunks: Arc<dyn Chunks>,
         limiter: Limiter,
     ) -> std::io::Result<Self> {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
+        let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let socket = TcpListener::bind(listen)?;
         let bound = socket.local_addr()?;
         let urls = if advertise.is_empty() {
             let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url, bound.is_ipv4()) } else { bound.ip() };
-            vec![format!("http://{}", SocketAddr::new(ip, bound.port()))]
+            vec![format!("https://{}", SocketAddr::new(ip, bound.port()))]
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };
@@ -94,11 +102,11 @@ impl Listener {
         })
         .workers(1)
         .disable_signals()
-        .listen(socket)?
+        .listen_rustls_0_23(socket, tls)?
         .run();
         let handle = server.handle();
         tokio::spawn(server);
-        Ok(Self { urls, key, handle })
+        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle })
     }
 
     /// The key, as `PUT /api/devices/:id/direct` takes it.
@@ -214,13 +222,11 @@ async fn serve_chunk(
     }
 }
 
-/// The owner's machine as one transfer reaches it: its advertised URLs and
-/// the transfer's token. After the first failure it is not tried again for
-/// this transfer (the relay takes over).
+/// The owner's machine as one transfer reaches it: its advertised
+/// endpoints, each with the transfer's token. After the first failure it is
+/// not tried again for this transfer (the relay takes over).
 pub struct Peer {
-    http: reqwest::Client,
-    urls: Vec<String>,
-    token: String,
+    targets: Vec<Target>,
     given_up: AtomicBool,
     announced: AtomicBool,
     /// The download limit its bytes keep to.
@@ -229,23 +235,54 @@ pub struct Peer {
     reached: std::sync::Mutex<Option<String>>,
 }
 
-impl Peer {
-    /// The direct endpoints of a download answer, if any; its bytes keep
-    /// to `limiter`.
-    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter) -> Option<Self> {
-        let direct: Vec<_> =
-            info.endpoints.iter().filter(|e| e.protocol == TransferProtocol::Http && e.token.is_some()).collect();
-        let token = direct.first()?.token.clone()?;
-        let http = reqwest::Client::builder()
+/// One direct endpoint: a client that trusts its pinned certificate only,
+/// or why it is not tried at all.
+struct Target {
+    url: String,
+    token: String,
+    http: Result<reqwest::Client, String>,
+}
+
+impl Target {
+    fn new(endpoint: &Endpoint, token: String) -> Self {
+        Self { url: endpoint.url.clone(), token, http: Self::client(endpoint) }
+    }
+
+    /// Only pinned TLS: an `http://` endpoint (an older agent) or one
+    /// without a fingerprint would let anyone on the path read or alter
+    /// the bytes, or pose as the owner's machine.
+    fn client(endpoint: &Endpoint) -> Result<reqwest::Client, String> {
+        if !endpoint.url.starts_with("https://") {
+            return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
+        }
+        let pinned = endpoint
+            .cert_sha256
+            .as_deref()
+            .and_then(CertSha256::parse)
+            .ok_or("refused: the server gave no certificate fingerprint to pin")?;
+        let tls = pinned_client_config(&pinned).map_err(|e| e.to_string())?;
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
-            .ok()?;
-        Some(Self {
-            http,
-            urls: direct.iter().map(|e| e.url.clone()).collect(),
-            token,
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+impl Peer {
+    /// The direct endpoints of a download answer, if any; its bytes keep
+    /// to `limiter`.
+    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter) -> Option<Self> {
+        let targets: Vec<_> = info
+            .endpoints
+            .iter()
+            .filter(|e| e.protocol == TransferProtocol::Http)
+            .filter_map(|e| Some(Target::new(e, e.token.clone()?)))
+            .collect();
+        (!targets.is_empty()).then(|| Self {
+            targets,
             given_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             limiter: limiter.clone(),
@@ -268,31 +305,31 @@ impl Peer {
         self.given_up() && !self.announced.swap(true, Ordering::SeqCst)
     }
 
-    /// The chunk's bytes (unchecked) from the first URL that answers; an
-    /// error (and no more direct tries) when none does.
+    /// The chunk's bytes (unchecked) from the first endpoint that answers;
+    /// an error (and no more direct tries) when none does.
     pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
         let mut why = String::from("no direct endpoint");
-        for url in &self.urls {
+        for target in &self.targets {
             if self.given_up() {
                 break;
             }
-            match self.fetch_from(url, hash).await {
+            match self.fetch_from(target, hash).await {
                 Ok(bytes) => {
-                    *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
+                    *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.url.clone());
                     return Ok(bytes);
                 }
-                Err(e) => why = format!("{url}: {e}"),
+                Err(e) => why = format!("{}: {e}", target.url),
             }
         }
         self.given_up.store(true, Ordering::SeqCst);
         Err(why)
     }
 
-    async fn fetch_from(&self, url: &str, hash: &str) -> Result<Bytes, String> {
-        let res = self
-            .http
-            .get(format!("{url}/chunks/{hash}"))
-            .bearer_auth(&self.token)
+    async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, String> {
+        let http = target.http.as_ref().map_err(Clone::clone)?;
+        let res = http
+            .get(format!("{}/chunks/{hash}", target.url))
+            .bearer_auth(&target.token)
             .send()
             .await
             .map_err(|e| error_chain(&e))?;

@@ -176,6 +176,12 @@ pub struct Endpoint {
     /// requester as `Authorization: Bearer <token>` to the source's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// For `https` direct endpoints: the SHA-256 of the certificate the
+    /// source's agent presents (lowercase hex), the only one the requester
+    /// accepts there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -301,6 +307,12 @@ pub struct DirectAdvert {
     /// 64 hex characters (32 bytes).
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub key: String,
+    /// The SHA-256 of the certificate the agent's listener presents, 64 hex
+    /// characters: members pin it. Required with an `https` URL (else 422
+    /// `missing_cert_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    pub cert_sha256: Option<String>,
     /// The project these endpoints serve (the device must be one of its
     /// sources): each project keeps its own entry, so agents of one machine
     /// never replace each other's. Without it, the older per-device entry,
@@ -317,6 +329,25 @@ pub struct DirectWithdrawal {
     /// The project whose entry goes; the others stay.
     #[serde(default)]
     pub project_id: Option<Uuid>,
+}
+
+/// The SHA-256 fingerprint of a certificate: 64 hex characters, kept in
+/// lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSha256(String);
+
+impl CertSha256 {
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
 }
 
 /// A short-lived secret for one transfer, given to the requester in the

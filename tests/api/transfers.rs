@@ -428,8 +428,10 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     let me = app.get("/api/me", &s.device).await.1;
     let device = me["device"]["id"].as_str().unwrap().to_owned();
     let key = "5a".repeat(32);
+    let cert = "c3".repeat(32);
     let direct = format!("/api/devices/{device}/direct");
-    let advert = json!({"urls": ["http://192.0.2.10:7071"], "key": key});
+    // Any case taken; kept (and handed out) in lowercase.
+    let advert = json!({"urls": ["https://192.0.2.10:7071"], "key": key, "cert_sha256": cert.to_uppercase()});
 
     // Only the device's own user (or the device) advertises it, and sanely.
     let stranger = app.signup("stranger").await;
@@ -438,6 +440,13 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
         (json!({"urls": [], "key": key}), "invalid_urls"),
         (json!({"urls": ["ftp://x"], "key": key}), "invalid_urls"),
         (json!({"urls": ["http://x"], "key": "short"}), "invalid_key"),
+        // Members pin the certificate: an https endpoint needs one, and a
+        // fingerprint is 64 hex characters.
+        (json!({"urls": ["https://192.0.2.10:7071"], "key": key}), "missing_cert_sha256"),
+        (json!({"urls": ["http://x", "https://x"], "key": key}), "missing_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": "c3".repeat(31)}), "invalid_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": "zz".repeat(32)}), "invalid_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": ""}), "invalid_cert_sha256"),
     ] {
         let (status, body) = app.call(Method::PUT, &direct, Some(&s.device), Some(&bad)).await;
         assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, expected), "{bad}");
@@ -449,11 +458,17 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     let info = &body["transfer_info"];
     assert_eq!(info["protocol"], "http");
     assert_eq!(
-        (info["endpoints"][0]["protocol"].as_str(), info["endpoints"][0]["url"].as_str()),
-        (Some("http"), Some("http://192.0.2.10:7071"))
+        (
+            info["endpoints"][0]["protocol"].as_str(),
+            info["endpoints"][0]["url"].as_str(),
+            info["endpoints"][0]["cert_sha256"].as_str()
+        ),
+        (Some("http"), Some("https://192.0.2.10:7071"), Some(cert.as_str())),
+        "the certificate to pin comes with the endpoint"
     );
     assert_eq!(info["endpoints"][1]["protocol"], "relay", "the relay stays the fallback");
     assert!(info["endpoints"][1].get("token").is_none());
+    assert!(info["endpoints"][1].get("cert_sha256").is_none());
     // The agent checks the token with its key alone: right transfer, not expired.
     let token = info["endpoints"][0]["token"].as_str().unwrap();
     let id: Uuid = body["download_id"].as_str().unwrap().parse().unwrap();

@@ -74,7 +74,7 @@ pub async fn request(
     let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
     // The relay is the server itself: where it listens is for the HTTP
     // edge to say.
-    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None });
+    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None, cert_sha256: None });
     let state = machine::requested(id, cmd.caller.user_id, path.as_str().to_owned(), size, expires_at, now);
     let requested = TransferRequested {
         state: state.clone(),
