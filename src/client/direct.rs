@@ -16,6 +16,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use rand::RngCore;
 use uuid::Uuid;
 
@@ -195,8 +196,11 @@ async fn serve_chunk(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Refused::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
-    let transfer = DirectToken::verify(&state.key, token.trim(), Utc::now())
+    let grant = DirectToken::verify(&state.key, token.trim(), Utc::now())
         .ok_or_else(|| Refused::unauthorized("the transfer token is not valid here, or has expired"))?;
+    let transfer = grant.transfer_id;
+    // Who fetched what: the token names the member it was given to.
+    tracing::debug!(%transfer, requester = %grant.requester_id, chunk = %hash, "serving a direct chunk");
     // As the relay answers it: 422 for a malformed hash.
     let hash =
         Blake3Hash::parse(&hash).map_err(|e| Refused::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
@@ -222,17 +226,43 @@ async fn serve_chunk(
     }
 }
 
+/// Asks the server for the transfer's direct endpoints with fresh tokens
+/// (tokens live minutes; a long transfer outlives its first).
+pub type Refresh = Box<dyn Fn() -> BoxFuture<'static, Result<Vec<Endpoint>, String>> + Send + Sync>;
+
 /// The owner's machine as one transfer reaches it: its advertised
-/// endpoints, each with the transfer's token. After the first failure it is
+/// endpoints, each with the transfer's token (renewed through `refresh`
+/// when the agent says it ran out). After the first other failure it is
 /// not tried again for this transfer (the relay takes over).
 pub struct Peer {
-    targets: Vec<Target>,
+    targets: std::sync::Mutex<Arc<Targets>>,
+    refresh: Option<Refresh>,
+    /// One renewal at a time: fetches that all found their token expired
+    /// share the one that renewed it.
+    renewing: tokio::sync::Mutex<()>,
     given_up: AtomicBool,
     announced: AtomicBool,
     /// The download limit its bytes keep to.
     limiter: Limiter,
     /// The URL that answered last.
     reached: std::sync::Mutex<Option<String>>,
+}
+
+/// The endpoints as of one token (`generation` counts renewals).
+struct Targets {
+    generation: u64,
+    list: Vec<Target>,
+}
+
+impl Targets {
+    fn of(endpoints: &[Endpoint], generation: u64) -> Self {
+        let list = endpoints
+            .iter()
+            .filter(|e| e.protocol == TransferProtocol::Http)
+            .filter_map(|e| Some(Target::new(e, e.token.clone()?)))
+            .collect();
+        Self { generation, list }
+    }
 }
 
 /// One direct endpoint: a client that trusts its pinned certificate only,
@@ -271,18 +301,21 @@ impl Target {
     }
 }
 
+/// Why a direct request failed: the token (renewable), or anything else.
+enum Failed {
+    Unauthorized(String),
+    Other(String),
+}
+
 impl Peer {
     /// The direct endpoints of a download answer, if any; its bytes keep
-    /// to `limiter`.
-    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter) -> Option<Self> {
-        let targets: Vec<_> = info
-            .endpoints
-            .iter()
-            .filter(|e| e.protocol == TransferProtocol::Http)
-            .filter_map(|e| Some(Target::new(e, e.token.clone()?)))
-            .collect();
-        (!targets.is_empty()).then(|| Self {
-            targets,
+    /// to `limiter`; `refresh` renews its tokens.
+    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter, refresh: Option<Refresh>) -> Option<Self> {
+        let targets = Targets::of(&info.endpoints, 0);
+        (!targets.list.is_empty()).then(|| Self {
+            targets: std::sync::Mutex::new(Arc::new(targets)),
+            refresh,
+            renewing: tokio::sync::Mutex::new(()),
             given_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             limiter: limiter.clone(),
@@ -305,38 +338,83 @@ impl Peer {
         self.given_up() && !self.announced.swap(true, Ordering::SeqCst)
     }
 
-    /// The chunk's bytes (unchecked) from the first endpoint that answers;
-    /// an error (and no more direct tries) when none does.
-    pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
-        let mut why = String::from("no direct endpoint");
-        for target in &self.targets {
-            if self.given_up() {
-                break;
-            }
-            match self.fetch_from(target, hash).await {
-                Ok(bytes) => {
-                    *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.url.clone());
-                    return Ok(bytes);
-                }
-                Err(e) => why = format!("{}: {e}", target.url),
-            }
-        }
-        self.given_up.store(true, Ordering::SeqCst);
-        Err(why)
+    fn current(&self) -> Arc<Targets> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, String> {
-        let http = target.http.as_ref().map_err(Clone::clone)?;
+    /// The chunk's bytes (unchecked) from the first endpoint that answers,
+    /// renewing the token once when it ran out; an error (and no more
+    /// direct tries) when none does.
+    pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
+        let mut targets = self.current();
+        let mut renewed = false;
+        loop {
+            let mut why = String::from("no direct endpoint");
+            let mut expired = false;
+            for target in &targets.list {
+                if self.given_up() {
+                    break;
+                }
+                match self.fetch_from(target, hash).await {
+                    Ok(bytes) => {
+                        *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.url.clone());
+                        return Ok(bytes);
+                    }
+                    Err(Failed::Unauthorized(e)) => {
+                        expired = true;
+                        why = format!("{}: {e}", target.url);
+                    }
+                    Err(Failed::Other(e)) => why = format!("{}: {e}", target.url),
+                }
+            }
+            if expired && !renewed && !self.given_up() {
+                match self.renew(&targets).await {
+                    Ok(fresh) => {
+                        (targets, renewed) = (fresh, true);
+                        continue;
+                    }
+                    Err(e) => why = format!("{why}; no fresh token: {e}"),
+                }
+            }
+            self.given_up.store(true, Ordering::SeqCst);
+            return Err(why);
+        }
+    }
+
+    /// Endpoints with fresh tokens: from the server, or from whichever
+    /// fetch renewed them since `stale` was read.
+    async fn renew(&self, stale: &Targets) -> Result<Arc<Targets>, String> {
+        let refresh = self.refresh.as_ref().ok_or("nothing to renew it with")?;
+        let _one = self.renewing.lock().await;
+        let now = self.current();
+        if now.generation != stale.generation {
+            return Ok(now);
+        }
+        let fresh = Targets::of(&refresh().await?, stale.generation + 1);
+        if fresh.list.is_empty() {
+            return Err("the owner's machine no longer offers direct transfers".to_owned());
+        }
+        let fresh = Arc::new(fresh);
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, Failed> {
+        let http = target.http.as_ref().map_err(|e| Failed::Other(e.clone()))?;
         let res = http
             .get(format!("{}/chunks/{hash}", target.url))
             .bearer_auth(&target.token)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
-        if !res.status().is_success() {
-            return Err(format!("answered {}", res.status()));
+            .map_err(|e| Failed::Other(error_chain(&e)))?;
+        match res.status() {
+            status if status.is_success() => {}
+            reqwest::StatusCode::UNAUTHORIZED => {
+                return Err(Failed::Unauthorized(format!("answered {}", res.status())))
+            }
+            status => return Err(Failed::Other(format!("answered {status}"))),
         }
-        read_limited(res, &self.limiter).await.map_err(|e| error_chain(&e))
+        read_limited(res, &self.limiter).await.map_err(|e| Failed::Other(error_chain(&e)))
     }
 }
 

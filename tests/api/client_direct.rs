@@ -587,3 +587,30 @@ async fn a_pull_refuses_a_listener_with_another_certificate_and_goes_through_the
     drop(agent);
     handle.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_outliving_its_direct_token_gets_a_fresh_one_and_stays_direct() {
+    // Tokens live a second; the pull keeps to 1 MiB/s, so 3 MiB take at
+    // least 2 seconds: it cannot finish directly on its first token.
+    let app = TestApp::spawn_with(|s| s.transfers.direct_token_ttl_seconds = 1).await;
+    let (owner, member, project) = owner_and_member(&app, "Renewal").await;
+    let tree = TempDir::new("renewal-src");
+    let src = tree.path();
+    let bytes = noise(3 * 1024 * 1024, 23);
+    write(src, "long.bin", &bytes);
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    agent.wait_for("listening", |v| v["event"] == "listening").await;
+
+    let dst = TempDir::new("renewal-dst");
+    let pulled =
+        member.json(&["pull", &project, "--to", dst.path().to_str().unwrap(), "--max-download", "1MiB/s"]).await;
+    assert_eq!(
+        (pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(bytes.len() as u64), Some(bytes.len() as u64)),
+        "{pulled}"
+    );
+    assert!(std::fs::read(dst.path().join("long.bin")).unwrap() == bytes);
+    let route = route_of(&app, &owner, &project, "/long.bin").await;
+    assert_eq!((route["bytes_direct"].as_u64(), &route["direct_abandoned"]), (Some(bytes.len() as u64), &Value::Null));
+}

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::rejected;
 use crate::domain::presence::online_sql;
 use crate::domain::{DomainError, Rejection};
-use crate::protocol::transfers::{DirectToken, Endpoint, TransferProtocol};
+use crate::protocol::transfers::{DirectGrant, DirectToken, Endpoint, TransferProtocol};
 use crate::store::GenericClient;
 
 /// The source device to serve a transfer: online ones first, then the most
@@ -34,13 +34,14 @@ pub(super) async fn choose_source(client: &impl GenericClient, project_id: Uuid)
 
 /// The source device's advertised direct endpoints for the project (its
 /// agent's entry for this project, else the device's older per-device
-/// entry), each with a token for this transfer that the agent can check
-/// with its key, and the certificate fingerprint members pin.
+/// entry), each with a token for this transfer and its requester that the
+/// agent can check with its key, and the certificate fingerprint members
+/// pin.
 pub(super) async fn direct_endpoints(
     client: &impl GenericClient,
     source: Uuid,
     project_id: Uuid,
-    transfer_id: Uuid,
+    grant: DirectGrant,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<Endpoint>, DomainError> {
     let row = client
@@ -63,7 +64,7 @@ pub(super) async fn direct_endpoints(
     let (Ok(urls), Some(key)) = (serde_json::from_value::<Vec<String>>(urls), DirectToken::key(&key)) else {
         return Ok(vec![]);
     };
-    let token = DirectToken::mint(&key, transfer_id, expires_at);
+    let token = DirectToken::mint(&key, grant, expires_at);
     Ok(urls
         .into_iter()
         .map(|url| Endpoint {
