@@ -73,8 +73,9 @@ pub struct Listener {
 impl Listener {
     /// Listens on `listen` over TLS with `identity`; advertises `advertise`
     /// (https URLs), or else the address this machine reaches `server_url`
-    /// from (the machine's LAN or overlay address when the listener is on
-    /// every interface). Chunks go out within `limiter`.
+    /// from (the machine's LAN or overlay address), and then listens on that
+    /// address only when `listen` names no interface. Chunks go out within
+    /// `limiter`.
     pub fn start(
         listen: SocketAddr,
         advertise: &[String],
@@ -86,11 +87,19 @@ impl Listener {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // Listening on every interface would serve networks nobody was told
+        // about: without --advertise, only the interface that is advertised
+        // (the one facing the server). Advertised addresses may be another
+        // machine's (a NAT, a proxy), so with them `listen` stands.
+        let listen = if listen.ip().is_unspecified() && advertise.is_empty() {
+            SocketAddr::new(outgoing_ip(server_url, listen.is_ipv4()), listen.port())
+        } else {
+            listen
+        };
         let socket = TcpListener::bind(listen)?;
         let bound = socket.local_addr()?;
         let urls = if advertise.is_empty() {
-            let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url, bound.is_ipv4()) } else { bound.ip() };
-            vec![format!("https://{}", SocketAddr::new(ip, bound.port()))]
+            vec![format!("https://{bound}")]
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };

@@ -63,6 +63,12 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
     let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
     assert!(listening["urls"][0].as_str().is_some_and(|u| u.starts_with("https://")), "{listening}");
+    // It listens on the interface it advertises (the one facing the
+    // server, here loopback's 127.0.0.1), not on every address.
+    let url = reqwest::Url::parse(listening["urls"][0].as_str().unwrap()).unwrap();
+    assert_eq!(url.host_str(), Some("127.0.0.1"), "{listening}");
+    let elsewhere = std::net::SocketAddr::from(([127, 0, 0, 2], url.port().unwrap()));
+    assert!(std::net::TcpStream::connect(elsewhere).is_err(), "not reachable at {elsewhere}");
     let cert = agent_identity(&owner).cert_sha256();
     assert_eq!(listening["cert_sha256"], json!(cert), "the certificate kept in the config folder: {listening}");
 
