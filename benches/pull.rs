@@ -1,8 +1,8 @@
 //! `cargo bench --bench pull`: one large file from the owner's `ferry share`
 //! agent to a member's `ferry pull`, both the real release `ferry` binary,
 //! against the real server in-process (its relay a folder store), in two
-//! modes: direct (the agent's default: it listens on its own HTTP port and
-//! the member fetches from it) and relayed (`ferry share --no-direct`:
+//! modes: direct (the agent's default: it listens on its own HTTPS port,
+//! pinned TLS, and the member fetches from it) and relayed (`ferry share --no-direct`:
 //! agent → relay → member). MB/s is the file's bytes over the wall time of
 //! the `ferry pull` command, into a fresh empty folder, with the agent
 //! started beforehand and done with its first scan. Beside them, a raw
@@ -453,7 +453,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     for mode in [Mode::Direct, Mode::Relayed] {
         let Some((_, took, result, peaks)) = pulls.iter().find(|p| p.0 == mode) else { continue };
         let how = match mode {
-            Mode::Direct => "(a) direct:  agent's listener → member",
+            Mode::Direct => "(a) direct:  agent's listener → member (TLS)",
             Mode::Relayed => "(b) relayed: agent → server relay (folder store) → member",
         };
         println!(
