@@ -26,13 +26,22 @@ pub struct Person {
     config: PathBuf,
     server: String,
     name: String,
+    /// Extra environment of its commands.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Person {
     pub fn new(root: &Path, name: &str, server: &str) -> std::io::Result<Self> {
         let config = root.join(format!("config-{name}"));
         std::fs::create_dir_all(&config)?;
-        Ok(Self { config, server: server.to_owned(), name: name.to_owned() })
+        Ok(Self { config, server: server.to_owned(), name: name.to_owned(), env: Vec::new() })
+    }
+
+    /// Its commands from now on run with `key=value` in their environment
+    /// (or without `key` when `value` is None).
+    pub fn set_env(&mut self, key: &'static str, value: Option<&'static str>) {
+        self.env.retain(|(k, _)| *k != key);
+        self.env.extend(value.map(|v| (key, v)));
     }
 
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
@@ -42,6 +51,7 @@ impl Person {
             .env("FERRY_SERVER", &self.server)
             .env_remove("FERRY_PASSWORD")
             .env_remove("FERRY_LISTEN")
+            .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd

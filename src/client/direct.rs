@@ -27,6 +27,15 @@ use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo
 use crate::protocol::{ErrorBody, ErrorDetail};
 use crate::telemetry::error_chain;
 
+/// Set to `1` for both `ferry share` and `ferry pull`, direct transfers go
+/// over plain HTTP: readable and alterable by anyone on the path. Only for
+/// `benches/pull.rs`, to measure what TLS costs; nothing else sets it.
+pub const INSECURE_PLAIN_DIRECT: &str = "FERRY_INSECURE_PLAIN_DIRECT_FOR_BENCHMARKS";
+
+fn insecure_plain_direct() -> bool {
+    std::env::var_os(INSECURE_PLAIN_DIRECT).is_some_and(|v| v == "1")
+}
+
 /// How long the member waits to connect to the owner's machine.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest one direct chunk request may take.
@@ -87,6 +96,8 @@ impl Listener {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
         let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let plain = insecure_plain_direct();
+        let scheme = if plain { "http" } else { "https" };
         // Listening on every interface would serve networks nobody was told
         // about: without --advertise, only the interface that is advertised
         // (the one facing the server). Advertised addresses may be another
@@ -99,7 +110,7 @@ impl Listener {
         let socket = TcpListener::bind(listen)?;
         let bound = socket.local_addr()?;
         let urls = if advertise.is_empty() {
-            vec![format!("https://{bound}")]
+            vec![format!("{scheme}://{bound}")]
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };
@@ -111,9 +122,8 @@ impl Listener {
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(Refused::not_found("no such route")) }))
         })
         .workers(1)
-        .disable_signals()
-        .listen_rustls_0_23(socket, tls)?
-        .run();
+        .disable_signals();
+        let server = if plain { server.listen(socket)? } else { server.listen_rustls_0_23(socket, tls)? }.run();
         let handle = server.handle();
         tokio::spawn(server);
         Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle })
@@ -291,17 +301,21 @@ impl Target {
     /// without a fingerprint would let anyone on the path read or alter
     /// the bytes, or pose as the owner's machine.
     fn client(endpoint: &Endpoint) -> Result<reqwest::Client, String> {
-        if !endpoint.url.starts_with("https://") {
-            return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
-        }
-        let pinned = endpoint
-            .cert_sha256
-            .as_deref()
-            .and_then(CertSha256::parse)
-            .ok_or("refused: the server gave no certificate fingerprint to pin")?;
-        let tls = pinned_client_config(&pinned).map_err(|e| e.to_string())?;
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+        let builder = reqwest::Client::builder();
+        let builder = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
+            builder
+        } else {
+            if !endpoint.url.starts_with("https://") {
+                return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
+            }
+            let pinned = endpoint
+                .cert_sha256
+                .as_deref()
+                .and_then(CertSha256::parse)
+                .ok_or("refused: the server gave no certificate fingerprint to pin")?;
+            builder.use_preconfigured_tls(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
+        };
+        builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
