@@ -1,8 +1,10 @@
 //! `cargo bench --bench pull`: one large file from the owner's `ferry share`
 //! agent to a member's `ferry pull`, both the real release `ferry` binary,
 //! against the real server in-process (its relay a folder store), in two
-//! modes: direct (the agent's default: it listens on its own HTTP port and
-//! the member fetches from it) and relayed (`ferry share --no-direct`:
+//! modes: direct (the agent's default: it listens on its own HTTPS port,
+//! pinned TLS, and the member fetches from it), the same over plain HTTP
+//! (`FERRY_INSECURE_PLAIN_DIRECT_FOR_BENCHMARKS=1` for both, only to show
+//! what TLS costs: goal < 15%) and relayed (`ferry share --no-direct`:
 //! agent → relay → member). MB/s is the file's bytes over the wall time of
 //! the `ferry pull` command, into a fresh empty folder, with the agent
 //! started beforehand and done with its first scan. Beside them, a raw
@@ -65,6 +67,8 @@ const W: usize = 58;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Direct,
+    /// Direct over plain HTTP: the baseline TLS is measured against.
+    DirectPlain,
     Relayed,
 }
 
@@ -72,10 +76,18 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::DirectPlain => "direct-plain",
             Mode::Relayed => "relayed",
         }
     }
+
+    fn direct(self) -> bool {
+        self != Mode::Relayed
+    }
 }
+
+/// The TLS cost goal: direct over TLS within this share of plain HTTP's throughput.
+const GOAL_TLS_COST: f64 = 0.15;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -259,8 +271,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
         env!("CARGO_BIN_EXE_ferry"),
     );
 
-    let owner = Person::new(&root.0, "owner", &app.address)?;
-    let member = Person::new(&root.0, "member", &app.address)?;
+    let mut owner = Person::new(&root.0, "owner", &app.address)?;
+    let mut member = Person::new(&root.0, "member", &app.address)?;
     owner.signup().await?;
     member.signup().await?;
     let project = field(&owner.json(&["project", "create", "Pull"]).await?["id"])?;
@@ -281,14 +293,17 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let mut pulls = Vec::new();
     let mut deltas = Vec::new();
     let mut flip = 0xFFu8;
-    for mode in [Mode::Relayed, Mode::Direct] {
+    for mode in [Mode::Relayed, Mode::DirectPlain, Mode::Direct] {
+        let plain = (mode == Mode::DirectPlain).then_some("1");
+        owner.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
+        member.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
         settle().await;
         let started = Instant::now();
         let extra: &[&str] = if mode == Mode::Relayed { &["--no-direct"] } else { &[] };
         let mut agent = Agent::start(&owner, &project, &src, extra)?;
         let synced = agent.wait_for("its first push", |v| v["event"] == "synced").await?;
         let scanned = started.elapsed();
-        if mode == Mode::Direct {
+        if mode.direct() {
             agent.wait_for("listening", |v| v["event"] == "listening").await?;
         }
         owner.wait_online(&project, true).await?;
@@ -330,7 +345,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
             move || hash_file(&pulled)
         })
         .await?;
-        let direct_want = if mode == Mode::Direct { size } else { 0 };
+        let direct_want = if mode.direct() { size } else { 0 };
         let fields = (result["files"].as_u64(), result["bytes_transferred"].as_u64(), result["bytes_direct"].as_u64());
         if fields != (Some(1), Some(size), Some(direct_want)) {
             fail(format!(
@@ -409,7 +424,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         let (delta, delta_took) = member.pull(&project, &target).await?;
         let hash = blocking(move || hash_file(&pulled)).await?;
         let moved = delta["bytes_transferred"].as_u64().unwrap_or(u64::MAX);
-        let direct_want = if mode == Mode::Direct { moved } else { 0 };
+        let direct_want = if mode.direct() { moved } else { 0 };
         if delta["files"].as_u64() != Some(1)
             || moved != changed_bytes
             || delta["bytes_direct"].as_u64() != Some(direct_want)
@@ -419,7 +434,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
                  {} of them direct",
                 mode.name(),
                 changed.len(),
-                if mode == Mode::Direct { "all" } else { "none" }
+                if mode.direct() { "all" } else { "none" }
             ));
         }
         if hash != source_hash {
@@ -449,10 +464,11 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw = mb_per_s(2 * size, raw1 + raw2);
 
     println!("full pull of {mib} MiB into an empty folder (`ferry pull` wall time, agent already up):");
-    for mode in [Mode::Direct, Mode::Relayed] {
+    for mode in [Mode::Direct, Mode::DirectPlain, Mode::Relayed] {
         let Some((_, took, result, peaks)) = pulls.iter().find(|p| p.0 == mode) else { continue };
         let how = match mode {
-            Mode::Direct => "(a) direct:  agent's listener → member",
+            Mode::Direct => "(a) direct:  agent's listener → member (TLS)",
+            Mode::DirectPlain => "(a') direct over plain HTTP (insecure, bench only)",
             Mode::Relayed => "(b) relayed: agent → server relay (folder store) → member",
         };
         println!(
@@ -470,6 +486,18 @@ async fn run(url: String) -> Result<bool, BoxError> {
             peaks.agent_growth as f64 / MIB as f64,
             peaks.pull_growth as f64 / MIB as f64,
             peaks.disk_extra as f64 / MIB as f64,
+        );
+    }
+    let took = |mode: Mode| pulls.iter().find(|p| p.0 == mode).map(|p| p.1);
+    if let (Some(tls), Some(plain)) = (took(Mode::Direct), took(Mode::DirectPlain)) {
+        let cost = 1.0 - mb_per_s(size, tls) / mb_per_s(size, plain);
+        println!(
+            "  TLS costs {:.1}% of direct throughput (TLS {:.0} MB/s vs plain HTTP {:.0} MB/s; goal < {:.0}%: {})",
+            cost * 100.0,
+            mb_per_s(size, tls),
+            mb_per_s(size, plain),
+            GOAL_TLS_COST * 100.0,
+            if cost < GOAL_TLS_COST { "met" } else { "NOT met" }
         );
     }
     println!(

@@ -104,6 +104,10 @@ pub struct TransferSettings {
     /// An in-progress transfer idle this many seconds fails as `stalled`.
     #[arg(long, env = "FERRY_TRANSFER_STALL_SECONDS", default_value_t = 120)]
     pub transfer_stall_seconds: u32,
+    /// A direct token (what a member shows the owner's agent) lives this
+    /// many seconds, at most as long as its transfer.
+    #[arg(long, env = "FERRY_DIRECT_TOKEN_TTL_SECONDS", default_value_t = 300)]
+    pub direct_token_ttl_seconds: u32,
     /// How often (milliseconds) the server expires and fails due transfers.
     #[arg(long, env = "FERRY_SWEEP_INTERVAL_MS", default_value_t = 5000)]
     pub sweep_interval_ms: u64,
@@ -115,6 +119,7 @@ impl Default for TransferSettings {
             transfer_ttl_seconds: 3600,
             transfer_max_attempts: 3,
             transfer_stall_seconds: 120,
+            direct_token_ttl_seconds: 300,
             sweep_interval_ms: 5000,
         }
     }
@@ -126,6 +131,7 @@ impl TransferSettings {
             ttl: chrono::Duration::seconds(self.transfer_ttl_seconds.into()),
             max_attempts: self.transfer_max_attempts.into(),
             stall_after: chrono::Duration::seconds(self.transfer_stall_seconds.into()),
+            direct_token_ttl: chrono::Duration::seconds(self.direct_token_ttl_seconds.into()),
             ..Default::default()
         }
     }

@@ -26,17 +26,35 @@ pub struct Person {
     config: PathBuf,
     server: String,
     name: String,
+    /// Extra environment of its commands.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Person {
     pub fn new(root: &Path, name: &str, server: &str) -> std::io::Result<Self> {
         let config = root.join(format!("config-{name}"));
         std::fs::create_dir_all(&config)?;
-        Ok(Self { config, server: server.to_owned(), name: name.to_owned() })
+        Ok(Self { config, server: server.to_owned(), name: name.to_owned(), env: Vec::new() })
+    }
+
+    /// Its commands from now on run with `key=value` in their environment
+    /// (or without `key` when `value` is None).
+    pub fn set_env(&mut self, key: &'static str, value: Option<&'static str>) {
+        self.env.retain(|(k, _)| *k != key);
+        self.env.extend(value.map(|v| (key, v)));
+    }
+
+    /// `ferry ARGS` as this person runs it.
+    fn ferry(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = cli::ferry(&self.config, &self.server, args);
+        for (key, value) in &self.env {
+            cmd.env(key, value);
+        }
+        cmd
     }
 
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::from(cli::ferry(&self.config, &self.server, args));
+        let mut cmd = tokio::process::Command::from(self.ferry(args));
         cmd.kill_on_drop(true);
         cmd
     }
@@ -45,7 +63,7 @@ impl Person {
     pub async fn json(&self, args: &[&str]) -> Result<Value, BoxError> {
         let mut all = args.to_vec();
         all.push("--json");
-        let output = cli::run(cli::ferry(&self.config, &self.server, &all), COMMAND_WITHIN).await?;
+        let output = cli::run(self.ferry(&all), COMMAND_WITHIN).await?;
         if !output.status.success() {
             return Err(format!("`ferry {}` failed:\n{}", all.join(" "), cli::describe(&output)).into());
         }
@@ -94,7 +112,7 @@ impl Agent {
     pub fn start(owner: &Person, project: &str, dir: &Path, extra: &[&str]) -> Result<Self, BoxError> {
         let mut args = vec!["share", project, path_str(dir)?, "--json"];
         args.extend_from_slice(extra);
-        Ok(Self(Background::spawn(cli::ferry(&owner.config, &owner.server, &args), false)?))
+        Ok(Self(Background::spawn(owner.ferry(&args), false)?))
     }
 
     /// The agent's process id.

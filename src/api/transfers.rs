@@ -6,8 +6,8 @@ use super::{created, idempotency_key, optional_json, resource, ApiError, AppStat
 use crate::domain::events::parse_limit;
 use crate::domain::{self, transfers, DomainError};
 use crate::protocol::transfers::{
-    DownloadRequest, DownloadResponse, Transfer, TransferProtocol, TransferReport, TransferStatus, TransfersPage,
-    VerifyRequest,
+    DirectEndpoints, DownloadRequest, DownloadResponse, Transfer, TransferProtocol, TransferReport, TransferStatus,
+    TransfersPage, VerifyRequest,
 };
 use crate::protocol::validate::ValidationError;
 
@@ -25,7 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/projects/{project_id}/transfers/{transfer_id}").get(get_transfer).patch(report_transfer))
     .service(resource("/projects/{project_id}/transfers/{transfer_id}/verify").post(verify_transfer))
     .service(resource("/projects/{project_id}/transfers/{transfer_id}/cancel").post(cancel_transfer))
-    .service(resource("/projects/{project_id}/transfers/{transfer_id}/retry").post(retry_transfer));
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}/retry").post(retry_transfer))
+    .service(resource("/projects/{project_id}/transfers/{transfer_id}/direct-token").post(refresh_direct_token));
 }
 
 /// Requests a file from the project's source device (owner or member).
@@ -290,4 +291,40 @@ async fn retry_transfer(
     })
     .await?;
     Ok(HttpResponse::Ok().json(transfer))
+}
+
+/// The requester of an open transfer gets the source's direct endpoints
+/// with fresh tokens, when the one it holds ran out (tokens live minutes).
+/// Any body is ignored.
+#[utoipa::path(
+    post,
+    path = "/api/projects/{project_id}/transfers/{transfer_id}/direct-token",
+    tag = "transfers",
+    security(("bearer" = [])),
+    params(("project_id" = Uuid, Path, description = "The project"), ("transfer_id" = Uuid, Path, description = "The transfer"), ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, description = "A repeat with the same key is refused (409 already_applied): the answer holds secrets")),
+    responses(
+        (status = 200, description = "Fresh direct endpoints (empty when the source no longer advertises any)", body = DirectEndpoints),
+        (status = 400, description = "Malformed id, body or idempotency key", body = crate::protocol::ErrorBody),
+        (status = 401, description = "No or invalid token", body = crate::protocol::ErrorBody),
+        (status = 403, description = "Not the transfer's requester", body = crate::protocol::ErrorBody),
+        (status = 404, description = "Unknown project or transfer, or not visible to the caller", body = crate::protocol::ErrorBody),
+        (status = 409, description = "The transfer is over (`transfer_not_active`)", body = crate::protocol::ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
+async fn refresh_direct_token(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    optional_json::<serde_json::Value>(&body)?;
+    let key = idempotency_key(&req, &())?;
+    let ((project_id, transfer_id), policy) = (path.into_inner(), state.transfers);
+    let fresh = domain::execute_secret(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(async move { transfers::direct_token(tx, cmd, &policy, project_id, transfer_id).await })
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(fresh))
 }

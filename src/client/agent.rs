@@ -24,6 +24,7 @@ use super::direct::Listener;
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files, Index};
 use super::source::{DirectChunks, Source};
+use super::tls::Identity;
 use super::ClientError;
 use crate::protocol::accounts::RegisterDeviceRequest;
 use crate::protocol::files::{ChunkRef, FileChange};
@@ -111,15 +112,17 @@ pub async fn share(
     if options.once {
         return Ok(());
     }
-    serve(agents, options.direct, &api, device.id, out).await
+    let direct = options.direct.map(|options| (options, session.dir.clone()));
+    serve(agents, direct, &api, device.id, out).await
 }
 
 /// Runs the agents until stopped: each watches its folder and serves its
 /// project's transfers; one listener serves the direct transfers of all,
-/// advertised for each project with the one key it checks tokens with.
+/// advertised for each project with the one key it checks tokens with
+/// (`direct`: how, and the config folder keeping the device's certificate).
 async fn serve(
     agents: Vec<Agent>,
-    direct: Option<DirectOptions>,
+    direct: Option<(DirectOptions, PathBuf)>,
     api: &Api,
     device_id: Uuid,
     out: Output,
@@ -133,7 +136,7 @@ async fn serve(
     }
     let sources: Vec<Arc<Source>> = watched.iter().map(|(a, _)| a.ctx.source.clone()).collect();
     let listener = match &direct {
-        Some(options) => listen(options, api, device_id, &sources, out).await,
+        Some((options, config_dir)) => listen(options, config_dir, api, device_id, &sources, out).await,
         None => None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -165,39 +168,49 @@ async fn serve(
 /// every transfer goes through the relay.
 async fn listen(
     options: &DirectOptions,
+    config_dir: &Path,
     api: &Api,
     device_id: Uuid,
     sources: &[Arc<Source>],
     out: Output,
 ) -> Option<Listener> {
+    let identity = match Identity::load_or_create(config_dir, device_id) {
+        Ok(identity) => identity,
+        Err(e) => {
+            out.warn(&format!("no certificate for direct transfers ({e}); using the relay only"));
+            return None;
+        }
+    };
     let chunks = Arc::new(DirectChunks(sources.to_vec()));
-    let listener =
-        match Listener::start(options.listen, &options.advertise, api.base(), chunks, api.limits().upload.clone()) {
-            Ok(l) => l,
-            Err(e) => {
-                out.warn(&format!(
-                    "cannot listen on {} for direct transfers ({e}); using the relay only",
-                    options.listen
-                ));
-                return None;
-            }
-        };
+    let upload = api.limits().upload.clone();
+    let listener = match Listener::start(options.listen, &options.advertise, api.base(), &identity, chunks, upload) {
+        Ok(l) => l,
+        Err(e) => {
+            out.warn(&format!("cannot listen on {} for direct transfers ({e}); using the relay only", options.listen));
+            return None;
+        }
+    };
     let mut advertised = false;
     for source in sources {
         let project_id = source.project();
-        let advert =
-            DirectAdvert { urls: listener.urls.clone(), key: listener.key_hex(), project_id: Some(project_id) };
+        let advert = DirectAdvert {
+            urls: listener.urls.clone(),
+            key: listener.key_hex(),
+            cert_sha256: Some(listener.cert_sha256.clone()),
+            project_id: Some(project_id),
+        };
         if let Err(e) = api.advertise_direct(device_id, &advert).await {
             out.warn(&format!("cannot advertise direct transfers for {} ({e}); using the relay only", source.name()));
             continue;
         }
         source.set_direct(true);
         advertised = true;
-        out.event(News::Listening { project_id, urls: &listener.urls }, || {
+        out.event(News::Listening { project_id, urls: &listener.urls, cert_sha256: &listener.cert_sha256 }, || {
             format!(
-                "Members of {} on reachable networks fetch directly from {}",
+                "Members of {} on reachable networks fetch directly from {} (TLS, certificate sha256 {})",
                 source.name(),
-                listener.urls.join(", ")
+                listener.urls.join(", "),
+                listener.cert_sha256
             )
         });
     }
@@ -415,7 +428,7 @@ impl Pushed {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum News<'a> {
     Synced(Pushed),
-    Listening { project_id: Uuid, urls: &'a [String] },
+    Listening { project_id: Uuid, urls: &'a [String], cert_sha256: &'a str },
     Reconnected { project_id: Uuid },
 }
 

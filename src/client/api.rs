@@ -22,8 +22,8 @@ use crate::protocol::projects::{CreateProjectRequest, Project, ProjectsResponse}
 use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
 use crate::protocol::relay::{HashesRequest, MissingResponse};
 use crate::protocol::transfers::{
-    DirectAdvert, DirectWithdrawal, DownloadRequest, DownloadResponse, Transfer, TransferReport, TransferRoute,
-    TransferStatus, TransfersPage, VerifyRequest,
+    DirectAdvert, DirectEndpoints, DirectWithdrawal, DownloadRequest, DownloadResponse, Transfer, TransferReport,
+    TransferRoute, TransferStatus, TransfersPage, VerifyRequest,
 };
 use crate::protocol::{EmptyBody, ErrorBody};
 
@@ -397,6 +397,11 @@ impl Api {
 
     pub async fn cancel_transfer(&self, project: Uuid, transfer: Uuid) -> Result<Transfer, ClientError> {
         self.post(&format!("/api/projects/{project}/transfers/{transfer}/cancel"), &EmptyBody {}).await
+    }
+
+    /// Fresh direct endpoints (new tokens) of an open transfer of ours.
+    pub async fn refresh_direct_token(&self, project: Uuid, transfer: Uuid) -> Result<DirectEndpoints, ClientError> {
+        self.post(&format!("/api/projects/{project}/transfers/{transfer}/direct-token"), &EmptyBody {}).await
     }
 
     /// One chunk's raw bytes from the relay (counted for `transfer`);

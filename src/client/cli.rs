@@ -94,8 +94,9 @@ pub enum Command {
         /// Where to listen for members fetching directly from this machine.
         #[arg(long, env = "FERRY_LISTEN", default_value = "0.0.0.0:0")]
         listen: std::net::SocketAddr,
-        /// A URL members reach the listener at (repeatable; default: this
-        /// machine's address towards the server, on the listener's port).
+        /// An https:// URL members reach the listener at (repeatable;
+        /// default: this machine's address towards the server, on the
+        /// listener's port).
         #[arg(long, value_name = "URL")]
         advertise: Vec<String>,
         /// Serve through the relay only (no listener, whatever --listen says).
@@ -453,6 +454,11 @@ async fn execute(cli: Cli, out: Output) -> Result<(), ClientError> {
             max_upload,
         } => {
             session.limit(out, max_upload, None)?;
+            if let Some(plain) = advertise.iter().find(|u| !u.starts_with("https://")) {
+                return Err(ClientError::Usage(format!(
+                    "--advertise {plain}: the listener speaks TLS only, so give https:// URLs"
+                )));
+            }
             if !(0.0..=1.0).contains(&max_delete_share) {
                 return Err(ClientError::Usage("--max-delete-share is a fraction from 0 to 1, e.g. 0.5".into()));
             }

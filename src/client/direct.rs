@@ -1,8 +1,11 @@
-//! Direct transfers, both ends. The owner's agent listens on its own HTTP
+//! Direct transfers, both ends. The owner's agent listens on its own HTTPS
 //! port and serves `GET /chunks/:hash` to whoever holds a transfer's token:
 //! the server mints that token with the key the agent advertised, and the
-//! agent checks it alone ([`DirectToken`]). The member fetches from the
-//! agent first and falls back to the relay at the first failure.
+//! agent checks it alone ([`DirectToken`]). The listener presents the
+//! device's certificate, whose fingerprint the server hands out with each
+//! endpoint; the member accepts that certificate only ([`super::tls`]),
+//! fetches from the agent first and falls back to the relay at the first
+//! failure.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,14 +16,25 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::future::BoxFuture;
 use rand::RngCore;
 use uuid::Uuid;
 
 use super::rate::{limited_pieces, read_limited, Limiter};
+use super::tls::{pinned_client_config, Identity};
 use crate::protocol::files::Blake3Hash;
-use crate::protocol::transfers::{DirectToken, TransferInfo, TransferProtocol};
+use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo, TransferProtocol};
 use crate::protocol::{ErrorBody, ErrorDetail};
 use crate::telemetry::error_chain;
+
+/// Set to `1` for both `ferry share` and `ferry pull`, direct transfers go
+/// over plain HTTP: readable and alterable by anyone on the path. Only for
+/// `benches/pull.rs`, to measure what TLS costs; nothing else sets it.
+pub const INSECURE_PLAIN_DIRECT: &str = "FERRY_INSECURE_PLAIN_DIRECT_FOR_BENCHMARKS";
+
+fn insecure_plain_direct() -> bool {
+    std::env::var_os(INSECURE_PLAIN_DIRECT).is_some_and(|v| v == "1")
+}
 
 /// How long the member waits to connect to the owner's machine.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,33 +69,48 @@ struct State {
     limiter: Limiter,
 }
 
-/// The agent's listener: where it can be reached and the key its tokens
-/// are minted with (fresh on every start, so old tokens die with it).
+/// The agent's listener: where it can be reached, the key its tokens are
+/// minted with (fresh on every start, so old tokens die with it) and the
+/// fingerprint of the certificate it presents (the device's, kept).
 pub struct Listener {
     pub urls: Vec<String>,
+    pub cert_sha256: String,
     key: [u8; 32],
     handle: actix_web::dev::ServerHandle,
 }
 
 impl Listener {
-    /// Listens on `listen`; advertises `advertise`, or else the address this
-    /// machine reaches `server_url` from (the machine's LAN or overlay
-    /// address when the listener is on every interface). Chunks go out
-    /// within `limiter`.
+    /// Listens on `listen` over TLS with `identity`; advertises `advertise`
+    /// (https URLs), or else the address this machine reaches `server_url`
+    /// from (the machine's LAN or overlay address), and then listens on that
+    /// address only when `listen` names no interface. Chunks go out within
+    /// `limiter`.
     pub fn start(
         listen: SocketAddr,
         advertise: &[String],
         server_url: &str,
+        identity: &Identity,
         chunks: Arc<dyn Chunks>,
         limiter: Limiter,
     ) -> std::io::Result<Self> {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
+        let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let plain = insecure_plain_direct();
+        let scheme = if plain { "http" } else { "https" };
+        // Listening on every interface would serve networks nobody was told
+        // about: without --advertise, only the interface that is advertised
+        // (the one facing the server). Advertised addresses may be another
+        // machine's (a NAT, a proxy), so with them `listen` stands.
+        let listen = if listen.ip().is_unspecified() && advertise.is_empty() {
+            SocketAddr::new(outgoing_ip(server_url, listen.is_ipv4()), listen.port())
+        } else {
+            listen
+        };
         let socket = TcpListener::bind(listen)?;
         let bound = socket.local_addr()?;
         let urls = if advertise.is_empty() {
-            let ip = if bound.ip().is_unspecified() { outgoing_ip(server_url, bound.is_ipv4()) } else { bound.ip() };
-            vec![format!("http://{}", SocketAddr::new(ip, bound.port()))]
+            vec![format!("{scheme}://{bound}")]
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };
@@ -93,12 +122,11 @@ impl Listener {
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(Refused::not_found("no such route")) }))
         })
         .workers(1)
-        .disable_signals()
-        .listen(socket)?
-        .run();
+        .disable_signals();
+        let server = if plain { server.listen(socket)? } else { server.listen_rustls_0_23(socket, tls)? }.run();
         let handle = server.handle();
         tokio::spawn(server);
-        Ok(Self { urls, key, handle })
+        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle })
     }
 
     /// The key, as `PUT /api/devices/:id/direct` takes it.
@@ -187,8 +215,11 @@ async fn serve_chunk(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| Refused::unauthorized("a transfer token is required (Authorization: Bearer)"))?;
-    let transfer = DirectToken::verify(&state.key, token.trim(), Utc::now())
+    let grant = DirectToken::verify(&state.key, token.trim(), Utc::now())
         .ok_or_else(|| Refused::unauthorized("the transfer token is not valid here, or has expired"))?;
+    let transfer = grant.transfer_id;
+    // Who fetched what: the token names the member it was given to.
+    tracing::debug!(%transfer, requester = %grant.requester_id, chunk = %hash, "serving a direct chunk");
     // As the relay answers it: 422 for a malformed hash.
     let hash =
         Blake3Hash::parse(&hash).map_err(|e| Refused::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
@@ -214,13 +245,20 @@ async fn serve_chunk(
     }
 }
 
-/// The owner's machine as one transfer reaches it: its advertised URLs and
-/// the transfer's token. After the first failure it is not tried again for
-/// this transfer (the relay takes over).
+/// Asks the server for the transfer's direct endpoints with fresh tokens
+/// (tokens live minutes; a long transfer outlives its first).
+pub type Refresh = Box<dyn Fn() -> BoxFuture<'static, Result<Vec<Endpoint>, String>> + Send + Sync>;
+
+/// The owner's machine as one transfer reaches it: its advertised
+/// endpoints, each with the transfer's token (renewed through `refresh`
+/// when the agent says it ran out). After the first other failure it is
+/// not tried again for this transfer (the relay takes over).
 pub struct Peer {
-    http: reqwest::Client,
-    urls: Vec<String>,
-    token: String,
+    targets: std::sync::Mutex<Arc<Targets>>,
+    refresh: Option<Refresh>,
+    /// One renewal at a time: fetches that all found their token expired
+    /// share the one that renewed it.
+    renewing: tokio::sync::Mutex<()>,
     given_up: AtomicBool,
     announced: AtomicBool,
     /// The download limit its bytes keep to.
@@ -229,23 +267,78 @@ pub struct Peer {
     reached: std::sync::Mutex<Option<String>>,
 }
 
-impl Peer {
-    /// The direct endpoints of a download answer, if any; its bytes keep
-    /// to `limiter`.
-    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter) -> Option<Self> {
-        let direct: Vec<_> =
-            info.endpoints.iter().filter(|e| e.protocol == TransferProtocol::Http && e.token.is_some()).collect();
-        let token = direct.first()?.token.clone()?;
-        let http = reqwest::Client::builder()
+/// The endpoints as of one token (`generation` counts renewals).
+struct Targets {
+    generation: u64,
+    list: Vec<Target>,
+}
+
+impl Targets {
+    fn of(endpoints: &[Endpoint], generation: u64) -> Self {
+        let list = endpoints
+            .iter()
+            .filter(|e| e.protocol == TransferProtocol::Http)
+            .filter_map(|e| Some(Target::new(e, e.token.clone()?)))
+            .collect();
+        Self { generation, list }
+    }
+}
+
+/// One direct endpoint: a client that trusts its pinned certificate only,
+/// or why it is not tried at all.
+struct Target {
+    url: String,
+    token: String,
+    http: Result<reqwest::Client, String>,
+}
+
+impl Target {
+    fn new(endpoint: &Endpoint, token: String) -> Self {
+        Self { url: endpoint.url.clone(), token, http: Self::client(endpoint) }
+    }
+
+    /// Only pinned TLS: an `http://` endpoint (an older agent) or one
+    /// without a fingerprint would let anyone on the path read or alter
+    /// the bytes, or pose as the owner's machine.
+    fn client(endpoint: &Endpoint) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder();
+        let builder = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
+            builder
+        } else {
+            if !endpoint.url.starts_with("https://") {
+                return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
+            }
+            let pinned = endpoint
+                .cert_sha256
+                .as_deref()
+                .and_then(CertSha256::parse)
+                .ok_or("refused: the server gave no certificate fingerprint to pin")?;
+            builder.use_preconfigured_tls(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
+        };
+        builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
-            .ok()?;
-        Some(Self {
-            http,
-            urls: direct.iter().map(|e| e.url.clone()).collect(),
-            token,
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// Why a direct request failed: the token (renewable), or anything else.
+enum Failed {
+    Unauthorized(String),
+    Other(String),
+}
+
+impl Peer {
+    /// The direct endpoints of a download answer, if any; its bytes keep
+    /// to `limiter`; `refresh` renews its tokens.
+    pub fn for_transfer(info: &TransferInfo, limiter: &Limiter, refresh: Option<Refresh>) -> Option<Self> {
+        let targets = Targets::of(&info.endpoints, 0);
+        (!targets.list.is_empty()).then(|| Self {
+            targets: std::sync::Mutex::new(Arc::new(targets)),
+            refresh,
+            renewing: tokio::sync::Mutex::new(()),
             given_up: AtomicBool::new(false),
             announced: AtomicBool::new(false),
             limiter: limiter.clone(),
@@ -268,38 +361,83 @@ impl Peer {
         self.given_up() && !self.announced.swap(true, Ordering::SeqCst)
     }
 
-    /// The chunk's bytes (unchecked) from the first URL that answers; an
-    /// error (and no more direct tries) when none does.
-    pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
-        let mut why = String::from("no direct endpoint");
-        for url in &self.urls {
-            if self.given_up() {
-                break;
-            }
-            match self.fetch_from(url, hash).await {
-                Ok(bytes) => {
-                    *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(url.clone());
-                    return Ok(bytes);
-                }
-                Err(e) => why = format!("{url}: {e}"),
-            }
-        }
-        self.given_up.store(true, Ordering::SeqCst);
-        Err(why)
+    fn current(&self) -> Arc<Targets> {
+        self.targets.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn fetch_from(&self, url: &str, hash: &str) -> Result<Bytes, String> {
-        let res = self
-            .http
-            .get(format!("{url}/chunks/{hash}"))
-            .bearer_auth(&self.token)
+    /// The chunk's bytes (unchecked) from the first endpoint that answers,
+    /// renewing the token once when it ran out; an error (and no more
+    /// direct tries) when none does.
+    pub async fn fetch(&self, hash: &str) -> Result<Bytes, String> {
+        let mut targets = self.current();
+        let mut renewed = false;
+        loop {
+            let mut why = String::from("no direct endpoint");
+            let mut expired = false;
+            for target in &targets.list {
+                if self.given_up() {
+                    break;
+                }
+                match self.fetch_from(target, hash).await {
+                    Ok(bytes) => {
+                        *self.reached.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.url.clone());
+                        return Ok(bytes);
+                    }
+                    Err(Failed::Unauthorized(e)) => {
+                        expired = true;
+                        why = format!("{}: {e}", target.url);
+                    }
+                    Err(Failed::Other(e)) => why = format!("{}: {e}", target.url),
+                }
+            }
+            if expired && !renewed && !self.given_up() {
+                match self.renew(&targets).await {
+                    Ok(fresh) => {
+                        (targets, renewed) = (fresh, true);
+                        continue;
+                    }
+                    Err(e) => why = format!("{why}; no fresh token: {e}"),
+                }
+            }
+            self.given_up.store(true, Ordering::SeqCst);
+            return Err(why);
+        }
+    }
+
+    /// Endpoints with fresh tokens: from the server, or from whichever
+    /// fetch renewed them since `stale` was read.
+    async fn renew(&self, stale: &Targets) -> Result<Arc<Targets>, String> {
+        let refresh = self.refresh.as_ref().ok_or("nothing to renew it with")?;
+        let _one = self.renewing.lock().await;
+        let now = self.current();
+        if now.generation != stale.generation {
+            return Ok(now);
+        }
+        let fresh = Targets::of(&refresh().await?, stale.generation + 1);
+        if fresh.list.is_empty() {
+            return Err("the owner's machine no longer offers direct transfers".to_owned());
+        }
+        let fresh = Arc::new(fresh);
+        *self.targets.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, Failed> {
+        let http = target.http.as_ref().map_err(|e| Failed::Other(e.clone()))?;
+        let res = http
+            .get(format!("{}/chunks/{hash}", target.url))
+            .bearer_auth(&target.token)
             .send()
             .await
-            .map_err(|e| error_chain(&e))?;
-        if !res.status().is_success() {
-            return Err(format!("answered {}", res.status()));
+            .map_err(|e| Failed::Other(error_chain(&e)))?;
+        match res.status() {
+            status if status.is_success() => {}
+            reqwest::StatusCode::UNAUTHORIZED => {
+                return Err(Failed::Unauthorized(format!("answered {}", res.status())))
+            }
+            status => return Err(Failed::Other(format!("answered {status}"))),
         }
-        read_limited(res, &self.limiter).await.map_err(|e| error_chain(&e))
+        read_limited(res, &self.limiter).await.map_err(|e| Failed::Other(error_chain(&e)))
     }
 }
 

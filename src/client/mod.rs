@@ -15,6 +15,7 @@ pub mod scan;
 pub mod source;
 pub mod status;
 pub mod sync;
+pub mod tls;
 pub mod transfers;
 pub mod trash;
 

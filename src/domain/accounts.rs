@@ -7,6 +7,7 @@ use super::passwords::{LoginThrottle, PasswordWork};
 use super::secrets::{new_secret, secret_hash};
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::accounts::{AuthResponse, Device, MeResponse, RegisterDeviceResponse, User};
+use crate::protocol::transfers::CertSha256;
 use crate::protocol::validate::{DeviceName, DisplayName, Email, Password, Platform};
 use crate::store::{GenericClient, Pool};
 
@@ -248,14 +249,26 @@ pub async fn advertise_direct(
     if crate::protocol::transfers::DirectToken::key(&advert.key).is_none() {
         return Err(invalid("invalid_key", "the key is 64 hex characters (32 bytes)"));
     }
+    let cert_sha256 = match advert.cert_sha256.as_deref().map(CertSha256::parse) {
+        Some(Some(cert)) => Some(cert.into_inner()),
+        Some(None) => {
+            return Err(invalid("invalid_cert_sha256", "cert_sha256 is 64 hex characters (a SHA-256 fingerprint)"))
+        }
+        // Members pin the certificate: an https endpoint without one could
+        // only be reached by trusting whatever answers there.
+        None if advert.urls.iter().any(|u| u.starts_with("https://")) => {
+            return Err(invalid("missing_cert_sha256", "https URLs need cert_sha256, the certificate members pin"))
+        }
+        None => None,
+    };
     let urls = serde_json::json!(advert.urls);
     let client = pool.get().await?;
     own_device(&client, caller, device_id).await?;
     let Some(project_id) = advert.project_id else {
         client
             .execute(
-                "UPDATE devices SET direct_urls = $2, direct_key = $3 WHERE id = $1",
-                &[&device_id, &urls, &advert.key],
+                "UPDATE devices SET direct_urls = $2, direct_key = $3, direct_cert_sha256 = $4 WHERE id = $1",
+                &[&device_id, &urls, &advert.key, &cert_sha256],
             )
             .await?;
         return Ok(());
@@ -265,12 +278,13 @@ pub async fn advertise_direct(
     // meanwhile gets no entry.
     let written = client
         .execute(
-            "INSERT INTO device_direct_endpoints (device_id, project_id, urls, key)
-             SELECT $1, $2, $3, $4 FROM project_devices
+            "INSERT INTO device_direct_endpoints (device_id, project_id, urls, key, cert_sha256)
+             SELECT $1, $2, $3, $4, $5 FROM project_devices
              WHERE project_id = $2 AND device_id = $1 AND role = 'source'
              ON CONFLICT (device_id, project_id)
-             DO UPDATE SET urls = EXCLUDED.urls, key = EXCLUDED.key, updated_at = now()",
-            &[&device_id, &project_id, &urls, &advert.key],
+             DO UPDATE SET urls = EXCLUDED.urls, key = EXCLUDED.key, cert_sha256 = EXCLUDED.cert_sha256,
+                           updated_at = now()",
+            &[&device_id, &project_id, &urls, &advert.key, &cert_sha256],
         )
         .await?;
     if written == 0 {
@@ -295,7 +309,10 @@ pub async fn withdraw_direct(
     match project_id {
         None => {
             client
-                .execute("UPDATE devices SET direct_urls = NULL, direct_key = NULL WHERE id = $1", &[&device_id])
+                .execute(
+                    "UPDATE devices SET direct_urls = NULL, direct_key = NULL, direct_cert_sha256 = NULL WHERE id = $1",
+                    &[&device_id],
+                )
                 .await?;
         }
         Some(project_id) => {

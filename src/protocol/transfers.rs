@@ -176,6 +176,12 @@ pub struct Endpoint {
     /// requester as `Authorization: Bearer <token>` to the source's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// For `https` direct endpoints: the SHA-256 of the certificate the
+    /// source's agent presents (lowercase hex), the only one the requester
+    /// accepts there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -301,6 +307,12 @@ pub struct DirectAdvert {
     /// 64 hex characters (32 bytes).
     #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     pub key: String,
+    /// The SHA-256 of the certificate the agent's listener presents, 64 hex
+    /// characters: members pin it. Required with an `https` URL (else 422
+    /// `missing_cert_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    pub cert_sha256: Option<String>,
     /// The project these endpoints serve (the device must be one of its
     /// sources): each project keeps its own entry, so agents of one machine
     /// never replace each other's. Without it, the older per-device entry,
@@ -319,15 +331,51 @@ pub struct DirectWithdrawal {
     pub project_id: Option<Uuid>,
 }
 
-/// A short-lived secret for one transfer, given to the requester in the
-/// download answer and checked by the source device's agent on
-/// `GET /chunks/:hash` without asking the server:
-/// `<transfer id>.<expiry, unix seconds>.<BLAKE3 keyed MAC>`.
+/// The SHA-256 fingerprint of a certificate: 64 hex characters, kept in
+/// lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSha256(String);
+
+impl CertSha256 {
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+/// Fresh direct endpoints of an open transfer, for its requester whose
+/// token expired (`POST /api/projects/:p/transfers/:t/direct-token`): the
+/// same URLs and pinned certificate, each with a new token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DirectEndpoints {
+    /// Empty when the source device no longer advertises itself.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What a valid [`DirectToken`] grants: one transfer's chunks, to the user
+/// who asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectGrant {
+    pub transfer_id: Uuid,
+    pub requester_id: Uuid,
+}
+
+/// A short-lived secret for one transfer and its requester, given in the
+/// download answer (and afresh on request) and checked by the source
+/// device's agent on `GET /chunks/:hash` without asking the server:
+/// `<transfer id>.<requester id>.<expiry, unix seconds>.<BLAKE3 keyed MAC>`.
 pub struct DirectToken;
 
 impl DirectToken {
-    fn mac(key: &[u8; 32], transfer_id: Uuid, expires: i64) -> String {
-        let message = format!("ferry-direct:{transfer_id}:{expires}");
+    fn mac(key: &[u8; 32], grant: DirectGrant, expires: i64) -> String {
+        let message = format!("ferry-direct:{}:{}:{expires}", grant.transfer_id, grant.requester_id);
         blake3::keyed_hash(key, message.as_bytes()).to_hex().to_string()
     }
 
@@ -337,23 +385,25 @@ impl DirectToken {
         bytes.try_into().ok()
     }
 
-    pub fn mint(key: &[u8; 32], transfer_id: Uuid, expires_at: DateTime<Utc>) -> String {
+    pub fn mint(key: &[u8; 32], grant: DirectGrant, expires_at: DateTime<Utc>) -> String {
         let expires = expires_at.timestamp();
-        format!("{transfer_id}.{expires}.{}", Self::mac(key, transfer_id, expires))
+        format!("{}.{}.{expires}.{}", grant.transfer_id, grant.requester_id, Self::mac(key, grant, expires))
     }
 
-    /// The transfer a token is for, when it was minted with `key` and has
-    /// not expired at `now`.
-    pub fn verify(key: &[u8; 32], token: &str, now: DateTime<Utc>) -> Option<Uuid> {
-        let mut parts = token.splitn(3, '.');
+    /// What a token grants, when it was minted with `key` and has not
+    /// expired at `now`.
+    pub fn verify(key: &[u8; 32], token: &str, now: DateTime<Utc>) -> Option<DirectGrant> {
+        let mut parts = token.splitn(4, '.');
         let transfer_id: Uuid = parts.next()?.parse().ok()?;
+        let requester_id: Uuid = parts.next()?.parse().ok()?;
         let expires: i64 = parts.next()?.parse().ok()?;
         let mac = parts.next()?;
-        let expected = Self::mac(key, transfer_id, expires);
+        let grant = DirectGrant { transfer_id, requester_id };
+        let expected = Self::mac(key, grant, expires);
         // Compare in constant time: the MAC is a secret.
         let same = mac.len() == expected.len()
             && mac.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        (same && now.timestamp() < expires).then_some(transfer_id)
+        (same && now.timestamp() < expires).then_some(grant)
     }
 }
 
@@ -362,16 +412,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn direct_tokens_check_key_transfer_and_expiry() {
+    fn direct_tokens_check_key_transfer_requester_and_expiry() {
         let key = [7u8; 32];
-        let id = Uuid::now_v7();
+        let grant = DirectGrant { transfer_id: Uuid::now_v7(), requester_id: Uuid::now_v7() };
         let now = Utc::now();
-        let token = DirectToken::mint(&key, id, now + chrono::Duration::minutes(5));
-        assert_eq!(DirectToken::verify(&key, &token, now), Some(id));
+        let token = DirectToken::mint(&key, grant, now + chrono::Duration::minutes(5));
+        assert_eq!(DirectToken::verify(&key, &token, now), Some(grant));
         assert_eq!(DirectToken::verify(&[8u8; 32], &token, now), None, "another key");
         assert_eq!(DirectToken::verify(&key, &token, now + chrono::Duration::minutes(6)), None, "expired");
-        let forged = token.replacen(&id.to_string(), &Uuid::now_v7().to_string(), 1);
+        let forged = token.replacen(&grant.transfer_id.to_string(), &Uuid::now_v7().to_string(), 1);
         assert_eq!(DirectToken::verify(&key, &forged, now), None, "another transfer");
+        let forged = token.replacen(&grant.requester_id.to_string(), &Uuid::now_v7().to_string(), 1);
+        assert_eq!(DirectToken::verify(&key, &forged, now), None, "another requester");
         assert_eq!(DirectToken::verify(&key, "garbage", now), None);
         assert_eq!(DirectToken::key(&"ab".repeat(32)), Some([0xab; 32]));
         assert_eq!(DirectToken::key("abc"), None);

@@ -5,8 +5,11 @@
 
 use std::path::Path;
 
+use ferry::client::tls::{pinned_client_config, Identity};
+use ferry::protocol::transfers::CertSha256;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::client_pull::{hash, write};
 use crate::client_resume::owner_and_member;
@@ -20,6 +23,24 @@ pub(crate) async fn route_of(app: &TestApp, owner: &crate::client_share::Person,
     assert_eq!(status, StatusCode::OK, "{page}");
     let newest = page["transfers"].as_array().unwrap().iter().find(|t| t["file_path"] == path).cloned();
     newest.unwrap_or_else(|| panic!("no transfer of {path}: {page}"))["route"].clone()
+}
+
+/// A client that trusts only the certificate a direct endpoint of a
+/// download answer pins, as `ferry pull` does.
+pub(crate) fn pinned(cert_sha256: &str) -> reqwest::Client {
+    let pinned = CertSha256::parse(cert_sha256).expect("a fingerprint");
+    reqwest::Client::builder().use_preconfigured_tls(pinned_client_config(&pinned).unwrap()).build().unwrap()
+}
+
+/// The certificate and key the owner's agent keeps in its config folder.
+pub(crate) fn agent_identity(owner: &Person) -> Identity {
+    let name = std::fs::read_dir(owner.config.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|name| name.starts_with("direct-") && name.ends_with(".pem"))
+        .expect("the agent keeps its certificate");
+    let device: Uuid = name["direct-".len()..name.len() - ".pem".len()].parse().unwrap();
+    Identity::load_or_create(owner.config.path(), device).unwrap()
 }
 
 /// Files under `dir`, at any depth (none when it does not exist).
@@ -42,7 +63,15 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
     let mut agent = Running::share(&owner, &project, src);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
     let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
-    assert!(listening["urls"][0].as_str().is_some_and(|u| u.starts_with("http://")), "{listening}");
+    assert!(listening["urls"][0].as_str().is_some_and(|u| u.starts_with("https://")), "{listening}");
+    // It listens on the interface it advertises (the one facing the
+    // server, here loopback's 127.0.0.1), not on every address.
+    let url = reqwest::Url::parse(listening["urls"][0].as_str().unwrap()).unwrap();
+    assert_eq!(url.host_str(), Some("127.0.0.1"), "{listening}");
+    let elsewhere = std::net::SocketAddr::from(([127, 0, 0, 2], url.port().unwrap()));
+    assert!(std::net::TcpStream::connect(elsewhere).is_err(), "not reachable at {elsewhere}");
+    let cert = agent_identity(&owner).cert_sha256();
+    assert_eq!(listening["cert_sha256"], json!(cert), "the certificate kept in the config folder: {listening}");
 
     // Reachable: every byte comes from the owner's machine, none via the relay.
     let direct = TempDir::new("direct-dst");
@@ -74,9 +103,10 @@ async fn a_pull_fetches_directly_from_the_owners_machine_or_else_through_the_rel
     // Unreachable: the agent advertises an address nobody answers at, and
     // the member's pull goes through the relay instead.
     drop(agent);
-    let mut agent = Running::share_with(&owner, &project, src, &["--advertise", "http://192.0.2.1:9"]);
+    let mut agent = Running::share_with(&owner, &project, src, &["--advertise", "https://192.0.2.1:9"]);
     let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
-    assert_eq!(listening["urls"], json!(["http://192.0.2.1:9"]));
+    assert_eq!(listening["urls"], json!(["https://192.0.2.1:9"]));
+    assert_eq!(listening["cert_sha256"], json!(cert), "the same certificate after a restart");
     let relayed = TempDir::new("relayed-dst");
     let pulled = member.json(&["pull", &project, "--to", relayed.path().to_str().unwrap()]).await;
     assert_eq!(
@@ -123,9 +153,11 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     let endpoint = &download["transfer_info"]["endpoints"][0];
     assert_eq!(endpoint["protocol"], "http", "{download}");
     let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
+    assert!(url.starts_with("https://"), "{download}");
+    let http = pinned(endpoint["cert_sha256"].as_str().unwrap());
 
     let get = |chunk: String, token: Option<String>| {
-        let request = app.http.get(format!("{url}/chunks/{chunk}"));
+        let request = http.get(format!("{url}/chunks/{chunk}"));
         async move {
             let res = match token {
                 Some(t) => request.bearer_auth(t),
@@ -149,9 +181,14 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     // A malformed hash, and a path the listener does not serve.
     let (status, body) = get("not-a-hash".into(), Some(token.into())).await;
     assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_hash")));
-    let res = app.http.get(format!("{url}/files")).bearer_auth(token).send().await.unwrap();
+    let res = http.get(format!("{url}/files")).bearer_auth(token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(code(&res.bytes().await.unwrap()), json!("not_found"));
+
+    // Plain HTTP gets nothing: the listener speaks TLS only.
+    let plain = url.replace("https://", "http://");
+    let answer = app.http.get(format!("{plain}/chunks/{asked}")).bearer_auth(token).send().await;
+    assert!(answer.as_ref().map_or(true, |res| !res.status().is_success()), "plain HTTP answered: {answer:?}");
 
     // No token, a made-up one, one whose secret part is altered.
     let (mac_start, last) = token.rsplit_once('.').map(|(head, mac)| (head.len() + 1, mac)).unwrap();
@@ -423,7 +460,8 @@ async fn at_a_terminal_a_file_sent_is_one_line_even_while_another_ones_bar_runs(
     let endpoint = &download["transfer_info"]["endpoints"][0];
     let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
     let first = download["transfer_info"]["chunks_needed"][0].as_str().unwrap();
-    let res = app.http.get(format!("{url}/chunks/{first}")).bearer_auth(token).send().await.unwrap();
+    let http = pinned(endpoint["cert_sha256"].as_str().unwrap());
+    let res = http.get(format!("{url}/chunks/{first}")).bearer_auth(token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     wait_for("sending /big.bin").await;
 
@@ -457,4 +495,99 @@ async fn member_name(app: &TestApp, owner: &Person, project: &str) -> String {
     let (_, members) = app.get(&format!("/api/projects/{project}/members"), &owner.token()).await;
     let member = members["members"].as_array().unwrap().iter().find(|m| m["role"] == "member").cloned();
     member.and_then(|m| m["display_name"].as_str().map(str::to_owned)).expect("a member")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_refuses_a_listener_with_another_certificate_and_goes_through_the_relay() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Impostor").await;
+    let tree = TempDir::new("impostor-src");
+    let src = tree.path();
+    let bytes = noise(300_000, 17);
+    write(src, "secret.bin", &bytes);
+    write(src, "later.txt", b"written after");
+
+    // Something else answers at the advertised address, over TLS with a
+    // certificate of its own, and would serve anything.
+    let keys = TempDir::new("impostor-keys");
+    let impostor = Identity::load_or_create(keys.path(), Uuid::now_v7()).unwrap();
+    let server =
+        HttpServer::new(|| App::new().default_service(web::to(|| async { HttpResponse::Ok().body("forged") })))
+            .workers(1)
+            .disable_signals()
+            .listen_rustls_0_23(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), impostor.server_config().unwrap())
+            .unwrap();
+    let address = format!("https://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let mut agent = Running::share_with(&owner, &project, src, &["--advertise", &address]);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
+    assert_ne!(listening["cert_sha256"], json!(impostor.cert_sha256()));
+
+    let dst = TempDir::new("impostor-dst");
+    let pulled = member.json(&["pull", &project, "/secret.bin", "--to", dst.path().to_str().unwrap()]).await;
+    assert_eq!(
+        (pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(bytes.len() as u64), Some(0)),
+        "{pulled}"
+    );
+    assert!(std::fs::read(dst.path().join("secret.bin")).unwrap() == bytes, "the owner's bytes, not the impostor's");
+    let route = route_of(&app, &owner, &project, "/secret.bin").await;
+    assert_eq!((route["bytes_direct"].as_u64(), route["bytes_relay"].as_u64()), (Some(0), Some(bytes.len() as u64)));
+    assert!(
+        route["direct_abandoned"].as_str().is_some_and(|why| why.contains("is not the one the server pinned")),
+        "and why: {route}"
+    );
+
+    // An entry of an older agent (plain http, nothing to pin) is not tried:
+    // no token goes out in the clear.
+    let device_token = owner.device_token();
+    let device = app.get("/api/me", &device_token).await.1["device"]["id"].as_str().unwrap().to_owned();
+    let older =
+        json!({"urls": [address.replace("https://", "http://")], "key": "ab".repeat(32), "project_id": project});
+    let (status, body) = app
+        .call(reqwest::Method::PUT, &format!("/api/devices/{device}/direct"), Some(&device_token), Some(&older))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let pulled = member.json(&["pull", &project, "/later.txt", "--to", dst.path().to_str().unwrap()]).await;
+    assert_eq!(
+        (pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(13), Some(0)),
+        "{pulled}"
+    );
+    let route = route_of(&app, &owner, &project, "/later.txt").await;
+    assert!(route["direct_abandoned"].as_str().is_some_and(|why| why.contains("not TLS")), "and why: {route}");
+    drop(agent);
+    handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_outliving_its_direct_token_gets_a_fresh_one_and_stays_direct() {
+    // Tokens live a second; the pull keeps to 1 MiB/s, so 3 MiB take at
+    // least 2 seconds: it cannot finish directly on its first token.
+    let app = TestApp::spawn_with(|s| s.transfers.direct_token_ttl_seconds = 1).await;
+    let (owner, member, project) = owner_and_member(&app, "Renewal").await;
+    let tree = TempDir::new("renewal-src");
+    let src = tree.path();
+    let bytes = noise(3 * 1024 * 1024, 23);
+    write(src, "long.bin", &bytes);
+    let mut agent = Running::share(&owner, &project, src);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+    agent.wait_for("listening", |v| v["event"] == "listening").await;
+
+    let dst = TempDir::new("renewal-dst");
+    let pulled =
+        member.json(&["pull", &project, "--to", dst.path().to_str().unwrap(), "--max-download", "1MiB/s"]).await;
+    assert_eq!(
+        (pulled["bytes_transferred"].as_u64(), pulled["bytes_direct"].as_u64()),
+        (Some(bytes.len() as u64), Some(bytes.len() as u64)),
+        "{pulled}"
+    );
+    assert!(std::fs::read(dst.path().join("long.bin")).unwrap() == bytes);
+    let route = route_of(&app, &owner, &project, "/long.bin").await;
+    assert_eq!((route["bytes_direct"].as_u64(), &route["direct_abandoned"]), (Some(bytes.len() as u64), &Value::Null));
 }

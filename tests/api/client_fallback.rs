@@ -2,7 +2,9 @@
 //! and the agent uploads only what the member still lacks: the member asks
 //! again, saying what it holds now. The direct link is cut by a small proxy
 //! between the member's real `ferry pull` and the agent's real listener,
-//! which passes a few chunks and then answers 503.
+//! which passes a few chunks and then answers 503. The proxy presents the
+//! agent's own certificate (read from its config folder), so the member's
+//! pinning lets it through.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::Value;
 
+use crate::client_direct::{agent_identity, pinned};
 use crate::client_pull::write;
 use crate::client_resume::owner_and_member;
 use crate::client_share::{describe, last_json, noise, Running, TempDir};
@@ -69,25 +72,29 @@ async fn a_pull_cut_off_from_the_owners_machine_midway_gets_only_the_rest_throug
 
     // The agent's listener on a known port, advertised through the proxy.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cut = Arc::new(Cut::default());
-    let state = web::Data::new(CutState {
-        upstream: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-        cut: cut.clone(),
-    });
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(forward)))
-        .workers(1)
-        .bind("127.0.0.1:0")
-        .unwrap();
-    let proxy = format!("http://{}", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    tokio::spawn(server);
-
+    let proxy_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("https://{}", proxy_socket.local_addr().unwrap());
     let listen = format!("127.0.0.1:{port}");
     let mut agent = Running::share_with(&owner, &project, src, &["--listen", &listen, "--advertise", &proxy]);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
     agent.wait_for("listening", |v| v["event"] == "listening").await;
+
+    // Listening, the agent has its certificate: the proxy presents it too.
+    let identity = agent_identity(&owner);
+    let cut = Arc::new(Cut::default());
+    let state = web::Data::new(CutState {
+        upstream: format!("https://127.0.0.1:{port}"),
+        http: pinned(&identity.cert_sha256()),
+        cut: cut.clone(),
+    });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(forward)))
+        .workers(1)
+        .disable_signals()
+        .listen_rustls_0_23(proxy_socket, identity.server_config().unwrap())
+        .unwrap()
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
 
     let dst = TempDir::new("fallback-dst");
     let to = dst.path().to_str().unwrap();

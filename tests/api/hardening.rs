@@ -328,7 +328,7 @@ async fn direct_endpoints_take_only_http_urls_to_a_host() {
         let (status, answer) = app.call(Method::PUT, &path, Some(&token), Some(&body)).await;
         assert_eq!((status, code(&answer)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_urls"), "{url}");
     }
-    let body = json!({"urls": ["http://192.0.2.1:7000", "https://[2001:db8::1]:7000"], "key": key});
+    let body = json!({"urls": ["http://192.0.2.1:7000", "https://[2001:db8::1]:7000"], "key": key, "cert_sha256": key});
     assert_eq!(app.call(Method::PUT, &path, Some(&token), Some(&body)).await.0, StatusCode::NO_CONTENT);
 }
 

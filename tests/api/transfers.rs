@@ -422,14 +422,16 @@ async fn servers_expire_and_fail_due_transfers_once_even_when_several_sweep() {
 
 #[tokio::test]
 async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer_token() {
-    use ferry::protocol::transfers::DirectToken;
+    use ferry::protocol::transfers::{DirectGrant, DirectToken};
     let app = TestApp::spawn().await;
     let s = Scene::new(&app).await;
     let me = app.get("/api/me", &s.device).await.1;
     let device = me["device"]["id"].as_str().unwrap().to_owned();
     let key = "5a".repeat(32);
+    let cert = "c3".repeat(32);
     let direct = format!("/api/devices/{device}/direct");
-    let advert = json!({"urls": ["http://192.0.2.10:7071"], "key": key});
+    // Any case taken; kept (and handed out) in lowercase.
+    let advert = json!({"urls": ["https://192.0.2.10:7071"], "key": key, "cert_sha256": cert.to_uppercase()});
 
     // Only the device's own user (or the device) advertises it, and sanely.
     let stranger = app.signup("stranger").await;
@@ -438,6 +440,13 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
         (json!({"urls": [], "key": key}), "invalid_urls"),
         (json!({"urls": ["ftp://x"], "key": key}), "invalid_urls"),
         (json!({"urls": ["http://x"], "key": "short"}), "invalid_key"),
+        // Members pin the certificate: an https endpoint needs one, and a
+        // fingerprint is 64 hex characters.
+        (json!({"urls": ["https://192.0.2.10:7071"], "key": key}), "missing_cert_sha256"),
+        (json!({"urls": ["http://x", "https://x"], "key": key}), "missing_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": "c3".repeat(31)}), "invalid_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": "zz".repeat(32)}), "invalid_cert_sha256"),
+        (json!({"urls": ["https://x"], "key": key, "cert_sha256": ""}), "invalid_cert_sha256"),
     ] {
         let (status, body) = app.call(Method::PUT, &direct, Some(&s.device), Some(&bad)).await;
         assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, expected), "{bad}");
@@ -449,25 +458,56 @@ async fn a_source_that_advertises_itself_is_offered_directly_with_a_per_transfer
     let info = &body["transfer_info"];
     assert_eq!(info["protocol"], "http");
     assert_eq!(
-        (info["endpoints"][0]["protocol"].as_str(), info["endpoints"][0]["url"].as_str()),
-        (Some("http"), Some("http://192.0.2.10:7071"))
+        (
+            info["endpoints"][0]["protocol"].as_str(),
+            info["endpoints"][0]["url"].as_str(),
+            info["endpoints"][0]["cert_sha256"].as_str()
+        ),
+        (Some("http"), Some("https://192.0.2.10:7071"), Some(cert.as_str())),
+        "the certificate to pin comes with the endpoint"
     );
     assert_eq!(info["endpoints"][1]["protocol"], "relay", "the relay stays the fallback");
     assert!(info["endpoints"][1].get("token").is_none());
-    // The agent checks the token with its key alone: right transfer, not expired.
+    assert!(info["endpoints"][1].get("cert_sha256").is_none());
+    // The agent checks the token with its key alone: right transfer, its
+    // requester, not expired; it lives minutes, not the transfer's hour.
     let token = info["endpoints"][0]["token"].as_str().unwrap();
     let id: Uuid = body["download_id"].as_str().unwrap().parse().unwrap();
     let key = DirectToken::key(&key).unwrap();
-    assert_eq!(DirectToken::verify(&key, token, chrono::Utc::now()), Some(id));
-    let expires: chrono::DateTime<chrono::Utc> = info["expires_at"].as_str().unwrap().parse().unwrap();
-    assert_eq!(DirectToken::verify(&key, token, expires + chrono::Duration::seconds(1)), None);
+    let grant = DirectGrant { transfer_id: id, requester_id: s.member.id };
+    assert_eq!(DirectToken::verify(&key, token, chrono::Utc::now()), Some(grant));
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(5) + chrono::Duration::seconds(1);
+    assert_eq!(DirectToken::verify(&key, token, soon), None, "a token lives 5 minutes");
     assert!(
         !app.log(s.project).await.iter().any(|e| e.data.to_string().contains(token)),
         "the token is not in the log"
     );
 
-    // Withdrawn: relay only again.
+    // A fresh token, for the requester of the open transfer only.
+    let refresh = format!("/api/projects/{}/transfers/{id}/direct-token", s.project);
+    for (who, status) in [(&stranger, StatusCode::NOT_FOUND), (&s.owner, StatusCode::FORBIDDEN)] {
+        let (got, answer) = app.post(&refresh, &who.token, json!({})).await;
+        assert_eq!(got, status, "{answer}");
+    }
+    let (status, fresh) = app.post(&refresh, &s.member.token, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    let endpoint = &fresh["endpoints"][0];
+    assert_eq!(
+        (endpoint["url"].as_str(), endpoint["cert_sha256"].as_str(), fresh["endpoints"].as_array().map(Vec::len)),
+        (Some("https://192.0.2.10:7071"), Some(cert.as_str()), Some(1)),
+        "{fresh}"
+    );
+    assert_eq!(DirectToken::verify(&key, endpoint["token"].as_str().unwrap(), chrono::Utc::now()), Some(grant));
+
+    // Withdrawn: no direct endpoint to renew; once over, no token at all.
     assert_eq!(app.delete(&direct, &s.device).await.0, StatusCode::NO_CONTENT);
+    let (status, fresh) = app.post(&refresh, &s.member.token, json!({})).await;
+    assert_eq!((status, &fresh["endpoints"]), (StatusCode::OK, &json!([])), "{fresh}");
+    assert_eq!(s.act(&app, &s.member, id, "cancel", json!({})).await.0, StatusCode::OK);
+    let (status, answer) = app.post(&refresh, &s.member.token, json!({})).await;
+    assert_eq!((status, code(&answer)), (StatusCode::CONFLICT, "transfer_not_active"));
+
+    // Relay only again.
     let (_, body) = s.request(&app, &s.member, json!({"file_path": "/big.bin"})).await;
     assert_eq!(body["transfer_info"]["protocol"], "relay");
     assert_eq!(body["transfer_info"]["endpoints"].as_array().unwrap().len(), 1);

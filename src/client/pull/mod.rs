@@ -35,7 +35,7 @@ use self::local::LocalChunks;
 use self::tracked::Tracked;
 use super::api::Api;
 use super::cli::{resolve_project, Session};
-use super::direct::Peer;
+use super::direct::{Peer, Refresh};
 use super::output::{human_bytes, Output};
 use super::part::{Part, Pos, PARTS_DIR};
 use super::scan::{self, Files, Index, STATE_DIR};
@@ -374,7 +374,16 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
         return Err(format!("the server's chunk list adds up to {offset} bytes, the file has {size}"));
     }
 
-    let mut peer = Peer::for_transfer(&res.transfer_info, &ctx.api.limits().download).map(Arc::new);
+    let refresh: Refresh = {
+        let (api, project, transfer) = (ctx.api.clone(), ctx.project, res.download_id);
+        Box::new(move || {
+            let api = api.clone();
+            Box::pin(async move {
+                api.refresh_direct_token(project, transfer).await.map(|d| d.endpoints).map_err(|e| e.to_string())
+            })
+        })
+    };
+    let mut peer = Peer::for_transfer(&res.transfer_info, &ctx.api.limits().download, Some(refresh)).map(Arc::new);
     // Which way this transfer's bytes came (a fallback after some came
     // directly re-asks, in a new transfer, for only what is still lacking).
     let mut leg = Leg::default();

@@ -15,8 +15,8 @@ use crate::domain::{Caller, Command, DomainError, Rejection};
 use crate::protocol::events::data::TransferRequested;
 use crate::protocol::files::{Blake3Hash, FilePath};
 use crate::protocol::transfers::{
-    DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, Transfer, TransferInfo, TransferProtocol,
-    TransferReport, TransferStatus, VerifyRequest,
+    DirectEndpoints, DirectGrant, DownloadFile, DownloadRequest, DownloadResponse, Endpoint, RequestMode, Transfer,
+    TransferInfo, TransferProtocol, TransferReport, TransferStatus, VerifyRequest,
 };
 use crate::protocol::validate::ValidationError;
 use crate::protocol::EventData;
@@ -70,11 +70,13 @@ pub async fn request(
     let id = Uuid::now_v7();
     let expires_at = now + policy.ttl;
     // Direct first when the source's agent advertises itself; the relay always.
-    let mut endpoints = direct_endpoints(client, source, project_id, id, expires_at).await?;
+    let grant = DirectGrant { transfer_id: id, requester_id: cmd.caller.user_id };
+    let token_expiry = expires_at.min(now + policy.direct_token_ttl);
+    let mut endpoints = direct_endpoints(client, source, project_id, grant, token_expiry).await?;
     let protocol = if endpoints.is_empty() { TransferProtocol::Relay } else { TransferProtocol::Http };
     // The relay is the server itself: where it listens is for the HTTP
     // edge to say.
-    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None });
+    endpoints.push(Endpoint { protocol: TransferProtocol::Relay, url: String::new(), token: None, cert_sha256: None });
     let state = machine::requested(id, cmd.caller.user_id, path.as_str().to_owned(), size, expires_at, now);
     let requested = TransferRequested {
         state: state.clone(),
@@ -220,6 +222,31 @@ pub async fn verify(
     }
     let event = machine::verify(&row.state(), hash.as_str() == row.file_hash(), req.route, Utc::now())?;
     transition(client, &cmd.meta, &row, &[event]).await
+}
+
+/// The requester of an open transfer whose direct token ran out gets the
+/// source's direct endpoints with fresh tokens (short-lived, so a token
+/// that leaks is worth little).
+pub async fn direct_token(
+    client: &impl GenericClient,
+    cmd: &Command,
+    policy: &TransferPolicy,
+    project_id: Uuid,
+    transfer_id: Uuid,
+) -> Result<DirectEndpoints, DomainError> {
+    let role = access(client, project_id, &cmd.caller, false).await?;
+    let row = load_visible(client, &cmd.caller, role, project_id, transfer_id).await?;
+    if row.requester_id() != cmd.caller.user_id {
+        return Err(rejected(Rejection::Forbidden, "requester_only", "only the requester fetches directly"));
+    }
+    let state = row.state();
+    if !matches!(state.status, TransferStatus::Pending | TransferStatus::InProgress) {
+        return Err(rejected(Rejection::Conflict, "transfer_not_active", "the transfer is over"));
+    }
+    let grant = DirectGrant { transfer_id, requester_id: cmd.caller.user_id };
+    let expires_at = state.expires_at.min(Utc::now() + policy.direct_token_ttl);
+    let endpoints = direct_endpoints(client, row.source_device_id(), project_id, grant, expires_at).await?;
+    Ok(DirectEndpoints { endpoints })
 }
 
 /// The requester or the owner cancels a pending or in-progress transfer.

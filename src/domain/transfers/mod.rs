@@ -19,7 +19,7 @@ mod sweeper;
 
 use chrono::Duration;
 
-pub use commands::{advance_relayed, cancel, report, request, retry, verify};
+pub use commands::{advance_relayed, cancel, direct_token, report, request, retry, verify};
 pub(crate) use commands::{cancel_open_of, fail_changed};
 pub use queries::{content, get, list, Content};
 pub use relayed::RelayedBytes;
@@ -38,6 +38,9 @@ pub struct TransferPolicy {
     pub stall_after: Duration,
     /// Progress events of one transfer are at least this far apart.
     pub progress_interval: Duration,
+    /// A direct token lives this long (at most as long as its transfer);
+    /// the requester asks for a fresh one when it runs out.
+    pub direct_token_ttl: Duration,
 }
 
 impl Default for TransferPolicy {
@@ -47,6 +50,7 @@ impl Default for TransferPolicy {
             max_attempts: 3,
             stall_after: Duration::minutes(2),
             progress_interval: Duration::seconds(1),
+            direct_token_ttl: Duration::minutes(5),
         }
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::rejected;
 use crate::domain::presence::online_sql;
 use crate::domain::{DomainError, Rejection};
-use crate::protocol::transfers::{DirectToken, Endpoint, TransferProtocol};
+use crate::protocol::transfers::{DirectGrant, DirectToken, Endpoint, TransferProtocol};
 use crate::store::GenericClient;
 
 /// The source device to serve a transfer: online ones first, then the most
@@ -34,36 +34,44 @@ pub(super) async fn choose_source(client: &impl GenericClient, project_id: Uuid)
 
 /// The source device's advertised direct endpoints for the project (its
 /// agent's entry for this project, else the device's older per-device
-/// entry), each with a token for this transfer that the agent can check
-/// with its key.
+/// entry), each with a token for this transfer and its requester that the
+/// agent can check with its key, and the certificate fingerprint members
+/// pin.
 pub(super) async fn direct_endpoints(
     client: &impl GenericClient,
     source: Uuid,
     project_id: Uuid,
-    transfer_id: Uuid,
+    grant: DirectGrant,
     expires_at: DateTime<Utc>,
 ) -> Result<Vec<Endpoint>, DomainError> {
     let row = client
         .query_opt(
-            "SELECT urls, key FROM (
-                 SELECT urls, key, 0 AS rank FROM device_direct_endpoints
+            "SELECT urls, key, cert_sha256 FROM (
+                 SELECT urls, key, cert_sha256, 0 AS rank FROM device_direct_endpoints
                  WHERE device_id = $1 AND project_id = $2
                  UNION ALL
-                 SELECT direct_urls, direct_key, 1 FROM devices
+                 SELECT direct_urls, direct_key, direct_cert_sha256, 1 FROM devices
                  WHERE id = $1 AND direct_urls IS NOT NULL AND direct_key IS NOT NULL
              ) entries ORDER BY rank LIMIT 1",
             &[&source, &project_id],
         )
         .await?;
-    let Some((urls, key)) = row.map(|r| (r.get::<_, serde_json::Value>(0), r.get::<_, String>(1))) else {
+    let Some((urls, key, cert_sha256)) =
+        row.map(|r| (r.get::<_, serde_json::Value>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)))
+    else {
         return Ok(vec![]);
     };
     let (Ok(urls), Some(key)) = (serde_json::from_value::<Vec<String>>(urls), DirectToken::key(&key)) else {
         return Ok(vec![]);
     };
-    let token = DirectToken::mint(&key, transfer_id, expires_at);
+    let token = DirectToken::mint(&key, grant, expires_at);
     Ok(urls
         .into_iter()
-        .map(|url| Endpoint { protocol: TransferProtocol::Http, url, token: Some(token.clone()) })
+        .map(|url| Endpoint {
+            protocol: TransferProtocol::Http,
+            url,
+            token: Some(token.clone()),
+            cert_sha256: cert_sha256.clone(),
+        })
         .collect())
 }
