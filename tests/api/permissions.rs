@@ -248,6 +248,12 @@ fn rows() -> Vec<Row> {
         ),
         row(
             Method::POST,
+            |_, f, _| format!("/api/projects/{}/transfers/{}/direct-token", f.project, f.transfer),
+            None,
+            [401, 404, 404, 200, 404, 403, 403],
+        ),
+        row(
+            Method::POST,
             |_, f, _| format!("/api/projects/{}/transfers/{}/cancel", f.project, f.transfer),
             None,
             [401, 404, 404, 200, 404, 200, 200],
