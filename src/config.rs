@@ -222,6 +222,11 @@ pub struct AccountSettings {
     /// tokens do not expire by idleness).
     #[arg(long, env = "FERRY_TOKEN_IDLE_SECONDS", default_value_t = 30 * 86_400)]
     pub token_idle_seconds: u32,
+    /// Seconds a token looked up is answered from memory (0: every request
+    /// asks the database). Revoked tokens are forgotten at once on every
+    /// server; at most a tenth of the idle time.
+    #[arg(long, env = "FERRY_TOKEN_CACHE_SECONDS", default_value_t = 30)]
+    pub token_cache_seconds: u32,
     /// Failed logins an account may have before each further one locks it
     /// for a growing time (1 s, 2 s, 4 s, ... at most 15 minutes).
     #[arg(long, env = "FERRY_LOGIN_FAILURES_PER_ACCOUNT", default_value_t = 5)]
@@ -241,6 +246,7 @@ impl Default for AccountSettings {
     fn default() -> Self {
         Self {
             token_idle_seconds: 30 * 86_400,
+            token_cache_seconds: 30,
             login_failures_per_account: 5,
             login_failures_per_address: 20,
             password_workers: None,
@@ -252,11 +258,12 @@ impl Default for AccountSettings {
 impl AccountSettings {
     pub fn accounts(&self) -> crate::domain::accounts::Accounts {
         use crate::domain::passwords::{LoginThrottle, PasswordWork};
-        crate::domain::accounts::Accounts {
-            passwords: PasswordWork::per_core(self.password_workers, self.password_queue),
-            throttle: LoginThrottle::new(self.login_failures_per_account, self.login_failures_per_address),
-            token_idle: chrono::Duration::seconds(self.token_idle_seconds.max(1).into()),
-        }
+        crate::domain::accounts::Accounts::new(
+            PasswordWork::per_core(self.password_workers, self.password_queue),
+            LoginThrottle::new(self.login_failures_per_account, self.login_failures_per_address),
+            chrono::Duration::seconds(self.token_idle_seconds.max(1).into()),
+            std::time::Duration::from_secs(self.token_cache_seconds.into()),
+        )
     }
 }
 

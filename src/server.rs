@@ -60,11 +60,13 @@ impl Server {
         let address = listener.local_addr().map_err(bind_error)?;
 
         let arrivals = crate::relay::ChunkArrivals::new();
+        let accounts = settings.accounts.accounts();
         let realtime = Arc::new(Realtime::start(
             database.pool.clone(),
             database.url(),
             settings.realtime.config(),
             arrivals.clone(),
+            accounts.tokens.clone(),
         )?);
         if !realtime.wait_listening(std::time::Duration::from_secs(10)).await {
             tracing::warn!("the event listener is not connected yet; live events start once it is");
@@ -76,7 +78,7 @@ impl Server {
             realtime: realtime.clone(),
             chunks: chunks.clone(),
             relay,
-            accounts: settings.accounts.accounts(),
+            accounts,
             relayed: RelayedBytes::new(database.pool.clone(), transfers.progress_interval),
             arrivals,
             content_wait: settings.relay.content_wait(),

@@ -144,7 +144,7 @@ fn signed_out(req: &HttpRequest, credential: Credential) -> HttpResponse {
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn logout(state: web::Data<AppState>, req: HttpRequest, auth: Auth) -> Result<HttpResponse, ApiError> {
-    accounts::logout(&state.pool, &auth.0).await?;
+    accounts::logout(&state.pool, &state.accounts.tokens, &auth.0).await?;
     Ok(signed_out(&req, auth.1))
 }
 
@@ -163,7 +163,7 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, auth: Auth) -> Res
 )]
 #[tracing::instrument(skip_all, fields(user_id = %auth.0.user_id), err(level = "debug"))]
 async fn logout_all(state: web::Data<AppState>, req: HttpRequest, auth: Auth) -> Result<HttpResponse, ApiError> {
-    accounts::logout_all(&state.pool, &auth.0).await?;
+    accounts::logout_all(&state.pool, &state.accounts.tokens, &auth.0).await?;
     Ok(signed_out(&req, auth.1))
 }
 
@@ -254,7 +254,7 @@ async fn delete_device(
     auth: Auth,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    accounts::delete_device(&state.pool, &auth.0, path.into_inner()).await?;
+    accounts::delete_device(&state.pool, &state.accounts.tokens, &auth.0, path.into_inner()).await?;
     Ok(no_content())
 }
 

@@ -156,7 +156,7 @@ impl FromRequest for Auth {
             let state = state.ok_or_else(|| ApiError::Internal("application state missing".into()))?;
             let (token, credential) =
                 presented.ok_or_else(|| ApiError::unauthorized("a bearer token or a session cookie is required"))?;
-            accounts::authenticate(&state.pool, state.accounts.token_idle, &token)
+            accounts::authenticate(&state.pool, &state.accounts, &token)
                 .await?
                 .map(|caller| Auth(caller, credential))
                 .ok_or_else(|| ApiError::unauthorized("the token is invalid or revoked"))

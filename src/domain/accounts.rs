@@ -1,10 +1,13 @@
 //! Users, their devices and their bearer tokens: account infrastructure in
 //! ordinary tables, not project state.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::passwords::{LoginThrottle, PasswordWork};
 use super::secrets::{new_secret, secret_hash};
+use super::tokens::TokenCache;
 use super::{Caller, DomainError, Rejection};
 use crate::protocol::accounts::{AuthResponse, Device, MeResponse, RegisterDeviceResponse, User};
 use crate::protocol::transfers::CertSha256;
@@ -14,11 +17,33 @@ use crate::store::{GenericClient, Pool};
 const TOKEN_PREFIX: &str = "fy_";
 
 /// What account commands need besides the database: the password threads,
-/// the login throttle, and how long an unused user token lives.
+/// the login throttle, how long an unused user token lives, and the tokens
+/// this server remembers.
 pub struct Accounts {
     pub passwords: PasswordWork,
     pub throttle: LoginThrottle,
     pub token_idle: chrono::Duration,
+    pub tokens: Arc<TokenCache>,
+}
+
+impl Accounts {
+    /// `token_cache` is how long a looked-up token is remembered, at most the
+    /// refresh interval.
+    pub fn new(
+        passwords: PasswordWork,
+        throttle: LoginThrottle,
+        token_idle: chrono::Duration,
+        token_cache: std::time::Duration,
+    ) -> Self {
+        let refresh = refresh_interval(token_idle).to_std().unwrap_or_default();
+        Self { passwords, throttle, token_idle, tokens: Arc::new(TokenCache::new(token_cache.min(refresh))) }
+    }
+}
+
+/// How long apart a user token's `last_used_at` is written: when it is
+/// older than a tenth of the idle time (an hour at most).
+fn refresh_interval(idle: chrono::Duration) -> chrono::Duration {
+    (idle / 10).min(chrono::Duration::hours(1))
 }
 
 const USER_COLUMNS: &str = "u.id, u.email, u.display_name";
@@ -111,26 +136,33 @@ pub async fn login(
 }
 
 /// Revokes exactly the token the caller presented.
-pub async fn logout(pool: &Pool, caller: &Caller) -> Result<(), DomainError> {
+pub async fn logout(pool: &Pool, tokens: &TokenCache, caller: &Caller) -> Result<(), DomainError> {
     pool.get().await?.execute("DELETE FROM api_tokens WHERE token_hash = $1", &[&caller.token_hash]).await?;
+    tokens.forget_hashes([caller.token_hash.as_slice()]);
     Ok(())
 }
 
 /// Revokes every token of the caller's user, device tokens included.
-pub async fn logout_all(pool: &Pool, caller: &Caller) -> Result<(), DomainError> {
+pub async fn logout_all(pool: &Pool, tokens: &TokenCache, caller: &Caller) -> Result<(), DomainError> {
     pool.get().await?.execute("DELETE FROM api_tokens WHERE user_id = $1", &[&caller.user_id]).await?;
+    tokens.forget_user(caller.user_id);
     Ok(())
 }
 
 /// The caller behind a bearer token, or None when it is unknown, revoked,
 /// belongs to a deleted device, or is a user token unused for longer than
 /// `idle`. Use refreshes a token, at most every `idle / 10` (an hour at
-/// most), so that most requests write nothing.
-pub async fn authenticate(pool: &Pool, idle: chrono::Duration, token: &str) -> Result<Option<Caller>, DomainError> {
+/// most), so that most requests write nothing. A token looked up lately is
+/// answered from memory (see [`TokenCache`]).
+pub async fn authenticate(pool: &Pool, accounts: &Accounts, token: &str) -> Result<Option<Caller>, DomainError> {
     if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
         return Ok(None);
     }
     let hash = secret_hash(token);
+    if let Some(caller) = accounts.tokens.get(&hash) {
+        return Ok(Some(caller));
+    }
+    let generation = accounts.tokens.generation();
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -142,15 +174,17 @@ pub async fn authenticate(pool: &Pool, idle: chrono::Duration, token: &str) -> R
                AND (t.device_id IS NOT NULL OR t.last_used_at > now() - make_interval(secs => $2))",
         )
         .await?;
-    let refresh = (idle / 10).min(chrono::Duration::hours(1));
     let seconds = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
-    let Some(row) = client.query_opt(&stmt, &[&hash, &seconds(idle), &seconds(refresh)]).await? else {
+    let (idle, refresh) = (seconds(accounts.token_idle), seconds(refresh_interval(accounts.token_idle)));
+    let Some(row) = client.query_opt(&stmt, &[&hash, &idle, &refresh]).await? else {
         return Ok(None);
     };
     if row.get::<_, bool>(3) {
         client.execute("UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1", &[&hash]).await?;
     }
-    Ok(Some(Caller { user_id: row.get(0), device_id: row.get(1), is_admin: row.get(2), token_hash: hash }))
+    let caller = Caller { user_id: row.get(0), device_id: row.get(1), is_admin: row.get(2), token_hash: hash };
+    accounts.tokens.insert(&caller, generation);
+    Ok(Some(caller))
 }
 
 pub async fn me(pool: &Pool, caller: &Caller) -> Result<MeResponse, DomainError> {
@@ -209,7 +243,12 @@ pub async fn list_devices(pool: &Pool, caller: &Caller) -> Result<Vec<Device>, D
 
 /// Deletes one of the caller's devices; its tokens stop working at once.
 /// Someone else's device is "not found".
-pub async fn delete_device(pool: &Pool, caller: &Caller, device_id: Uuid) -> Result<(), DomainError> {
+pub async fn delete_device(
+    pool: &Pool,
+    tokens: &TokenCache,
+    caller: &Caller,
+    device_id: Uuid,
+) -> Result<(), DomainError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let deleted = tx
@@ -226,6 +265,7 @@ pub async fn delete_device(pool: &Pool, caller: &Caller, device_id: Uuid) -> Res
     let meta = crate::store::EventMeta { actor: caller.actor(), idempotency_key: None };
     super::membership::detach_deleted_device(&tx, &meta, device_id).await?;
     tx.commit().await?;
+    tokens.forget_device(device_id);
     Ok(())
 }
 

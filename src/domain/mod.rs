@@ -12,6 +12,7 @@ pub mod presence;
 pub mod projects;
 pub mod relay;
 mod secrets;
+pub mod tokens;
 pub mod transfers;
 
 use futures_util::future::BoxFuture;

@@ -3,7 +3,9 @@
 //! whatever was committed while it was down is caught up from the log.
 //! It also hears relay chunks land (`ferry_chunks`) and wakes the readers
 //! waiting for them (after a reconnect it wakes them all to look again),
-//! and devices' presence change (`ferry_presence`).
+//! and devices' presence change (`ferry_presence`), and tokens revoked
+//! (`ferry_tokens`): it drops them from this server's token cache, which
+//! answers only while this connection is up.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use uuid::Uuid;
 use super::presence::CHANNEL as PRESENCE;
 use super::Hub;
 use crate::domain::relay::CHUNKS_CHANNEL as CHUNKS;
+use crate::domain::tokens::{TokenCache, CHANNEL as TOKENS};
 use crate::relay::arrivals::ChunkArrivals;
 
 pub const CHANNEL: &str = "ferry_events";
@@ -30,6 +33,7 @@ pub async fn listen(
     config: tokio_postgres::Config,
     hub: Arc<Hub>,
     arrivals: Arc<ChunkArrivals>,
+    tokens: Arc<TokenCache>,
     listening: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -54,9 +58,13 @@ pub async fn listen(
                         }
                     }
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CHUNKS}; LISTEN {PRESENCE}")).await {
+                match client
+                    .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CHUNKS}; LISTEN {PRESENCE}; LISTEN {TOKENS}"))
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!("listening for events");
+                        tokens.set_live(true);
                         listening.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(100);
                         hub.wake_all();
@@ -64,6 +72,7 @@ pub async fn listen(
                         while let Some((channel, payload)) = received.recv().await {
                             match channel.as_str() {
                                 CHUNKS => arrivals.wake_from_payload(&payload),
+                                TOKENS => tokens.forget_from_payload(&payload),
                                 PRESENCE => match payload.parse::<Uuid>() {
                                     Ok(device_id) => hub.presence(device_id),
                                     Err(e) => tracing::warn!(%payload, error = %e, "unreadable presence notification"),
@@ -75,6 +84,7 @@ pub async fn listen(
                             }
                         }
                         listening.store(false, Ordering::Relaxed);
+                        tokens.set_live(false);
                     }
                     Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
                 }

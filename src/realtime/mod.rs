@@ -49,12 +49,14 @@ pub struct Realtime {
 
 impl Realtime {
     /// Starts the listener (on its own connection to `database_url`) and the
-    /// presence keeper.
+    /// presence keeper. The listener wakes chunk `arrivals` and keeps
+    /// `tokens` told of revocations.
     pub fn start(
         pool: Pool,
         database_url: &str,
         config: RealtimeConfig,
         arrivals: Arc<crate::relay::ChunkArrivals>,
+        tokens: Arc<crate::domain::tokens::TokenCache>,
     ) -> Result<Self, crate::store::StoreError> {
         let mut listen_config: tokio_postgres::Config =
             database_url.parse().map_err(crate::store::StoreError::Config)?;
@@ -63,7 +65,7 @@ impl Realtime {
         let presence = Presence::new(pool.clone());
         let listening = Arc::new(AtomicBool::new(false));
         let tasks = vec![
-            tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, listening.clone())),
+            tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, tokens, listening.clone())),
             tokio::spawn(presence.clone().keep_alive()),
         ];
         Ok(Self { pool, hub, presence, config, listening, tasks })

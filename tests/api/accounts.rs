@@ -1,7 +1,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{start_server, TestApp};
 
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
@@ -199,4 +201,65 @@ async fn devices_register_list_and_delete() {
     let (_, body) = app.get("/api/devices", &ana.token).await;
     assert_eq!(body["devices"].as_array().unwrap().len(), 1);
     assert_eq!(app.get("/api/devices", &bob.token).await.1["devices"][0]["id"], bobs.to_string());
+}
+
+/// Servers answer a token they looked up lately from memory; one revoked
+/// anywhere (logout, logout-all, a deleted device, a DELETE behind the
+/// servers' backs) stops working on every server at once, not when the
+/// memory expires (30 s).
+#[tokio::test]
+async fn a_token_revoked_on_one_server_stops_working_on_every_server() {
+    let app = TestApp::spawn().await;
+    let (other, handle) = start_server(&app.settings).await;
+    let ana = app.signup("ana").await;
+    let (device, device_token) = app.register_device(&ana, "laptop").await;
+    let (logged_out, everywhere, behind) =
+        (login(&app, &ana.email).await, login(&app, &ana.email).await, login(&app, &ana.email).await);
+    for token in [&ana.token, &device_token, &logged_out, &everywhere, &behind] {
+        // Twice on each server: the second answer comes from memory.
+        for _ in 0..2 {
+            assert_eq!(me_at(&app, &app.address, token).await, StatusCode::OK);
+            assert_eq!(me_at(&app, &other, token).await, StatusCode::OK);
+        }
+    }
+
+    assert_eq!(app.call(Method::POST, "/api/auth/logout", Some(&logged_out), None).await.0, StatusCode::NO_CONTENT);
+    refused_everywhere(&app, &other, &logged_out, "logout").await;
+    let (status, _) = app.call(Method::DELETE, &format!("/api/devices/{device}"), Some(&ana.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    refused_everywhere(&app, &other, &device_token, "deleting the device").await;
+    let hash = blake3::hash(behind.as_bytes());
+    let db = app.pool.get().await.unwrap();
+    db.execute("DELETE FROM api_tokens WHERE token_hash = $1", &[&hash.as_bytes().as_slice()]).await.unwrap();
+    refused_everywhere(&app, &other, &behind, "a DELETE behind the servers' backs").await;
+    // Untouched so far; then logout-all takes it too.
+    assert_eq!(me_at(&app, &other, &everywhere).await, StatusCode::OK);
+    assert_eq!(app.call(Method::POST, "/api/auth/logout-all", Some(&everywhere), None).await.0, StatusCode::NO_CONTENT);
+    refused_everywhere(&app, &other, &everywhere, "logout-all").await;
+    refused_everywhere(&app, &other, &ana.token, "logout-all").await;
+    handle.stop(false).await;
+}
+
+async fn me_at(app: &TestApp, base: &str, token: &str) -> StatusCode {
+    app.http.get(format!("{base}/api/me")).bearer_auth(token).send().await.unwrap().status()
+}
+
+/// Waits (5 s at most) until `token` is refused by both servers.
+async fn refused_everywhere(app: &TestApp, other: &str, token: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (here, there) = (me_at(app, &app.address, token).await, me_at(app, other, token).await);
+        if (here, there) == (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "after {what}, the token still answers {here} and {there}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn login(app: &TestApp, email: &str) -> String {
+    let body = json!({"email": email, "password": crate::support::PASSWORD});
+    let (status, answer) = app.call(Method::POST, "/api/auth/login", None, Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["token"].as_str().unwrap().to_owned()
 }
