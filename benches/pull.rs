@@ -86,6 +86,9 @@ impl Mode {
     }
 }
 
+/// Longest the agent may take to push a one-byte change (a re-hash of the file).
+const DELTA_PUSHED_WITHIN: Duration = Duration::from_secs(120);
+
 /// The TLS cost goal: direct over TLS within this share of plain HTTP's throughput.
 const GOAL_TLS_COST: f64 = 0.15;
 
@@ -292,8 +295,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     // Relayed first: stopping a --no-direct agent leaves no direct endpoint behind.
     let mut pulls = Vec::new();
     let mut deltas = Vec::new();
-    let mut flip = 0xFFu8;
-    for mode in [Mode::Relayed, Mode::DirectPlain, Mode::Direct] {
+    for (round, mode) in [Mode::Relayed, Mode::DirectPlain, Mode::Direct].into_iter().enumerate() {
         let plain = (mode == Mode::DirectPlain).then_some("1");
         owner.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
         member.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
@@ -387,14 +389,16 @@ async fn run(url: String) -> Result<bool, BoxError> {
         // The delta: one byte flipped in the middle of the source.
         let chunks_before = chunk_lists(&db, project_id).await?;
         let started = Instant::now();
+        // One bit of its own per round: the byte differs from every earlier
+        // version (a mask that XORs to nothing leaves no change to wait for).
+        let mask = 1u8 << round;
         blocking({
             let source = source.clone();
-            move || flip_byte(&source, size / 2, flip)
+            move || flip_byte(&source, size / 2, mask)
         })
         .await?;
-        flip = flip.rotate_left(1) ^ 0x55;
         let pushed = agent
-            .wait_for("the flipped byte pushed", |v| {
+            .wait_for_within("the flipped byte pushed (`synced` with changes_applied >= 1)", DELTA_PUSHED_WITHIN, |v| {
                 v["event"] == "synced" && v["changes_applied"].as_u64().is_some_and(|n| n >= 1)
             })
             .await?;
@@ -594,9 +598,10 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// XORs the byte at `offset` with `mask` in place, and fsyncs.
+/// XORs the byte at `offset` with `mask` (not 0) in place, and fsyncs.
 fn flip_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    assert_ne!(mask, 0, "a zero mask changes nothing");
     let mut byte = [0u8];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut byte)?;
