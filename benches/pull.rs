@@ -34,7 +34,8 @@
 //! delta's bytes must be exactly its new chunks: otherwise the bench fails.
 //!
 //! Environment: `FERRY_BENCH_PULL_MB` (default 1024) is the file's size in
-//! MiB; `DATABASE_URL` (default
+//! MiB; `FERRY_BENCH_PULL_MODES` (default `relayed,direct-plain,direct`)
+//! the modes to run; `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) names the server, where
 //! the bench makes its own `ferry_bench_<random>` database and drops it at
 //! the end; `FERRY_WORKERS`, `FERRY_DB_POOL_SIZE` as for `ferryd serve`.
@@ -79,6 +80,19 @@ impl Mode {
             Mode::DirectPlain => "direct-plain",
             Mode::Relayed => "relayed",
         }
+    }
+
+    /// `FERRY_BENCH_PULL_MODES` (comma-separated names; default all), in
+    /// the order they run: relayed first, since stopping a --no-direct
+    /// agent leaves no direct endpoint behind.
+    fn chosen() -> Result<Vec<Mode>, BoxError> {
+        let all = [Mode::Relayed, Mode::DirectPlain, Mode::Direct];
+        let Ok(names) = std::env::var("FERRY_BENCH_PULL_MODES") else { return Ok(all.to_vec()) };
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        if let Some(unknown) = names.iter().find(|n| !all.iter().any(|m| m.name() == **n)) {
+            return Err(format!("FERRY_BENCH_PULL_MODES: no mode {unknown:?} (relayed, direct-plain, direct)").into());
+        }
+        Ok(all.into_iter().filter(|m| names.contains(&m.name())).collect())
     }
 
     fn direct(self) -> bool {
@@ -244,6 +258,7 @@ impl Drop for TempDir {
 async fn run(url: String) -> Result<bool, BoxError> {
     let mib: u64 = common::env_num("FERRY_BENCH_PULL_MB", 1024)?;
     let size = mib * MIB;
+    let modes = Mode::chosen()?;
     let load_before = common::load();
     let root = TempDir::new()?;
     let src = root.0.join("src");
@@ -292,10 +307,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw1 = raw_copy(&source, &root.0.join("raw"), size).await?;
     println!("  raw copy, run 1 (before the pulls): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 
-    // Relayed first: stopping a --no-direct agent leaves no direct endpoint behind.
     let mut pulls = Vec::new();
     let mut deltas = Vec::new();
-    for (round, mode) in [Mode::Relayed, Mode::DirectPlain, Mode::Direct].into_iter().enumerate() {
+    for (round, mode) in modes.into_iter().enumerate() {
         let plain = (mode == Mode::DirectPlain).then_some("1");
         owner.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
         member.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
