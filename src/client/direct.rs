@@ -20,7 +20,8 @@ use futures_util::future::BoxFuture;
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::rate::{limited_pieces, read_limited, Limiter};
+use super::endpoint::EndpointClient;
+use super::rate::{limited_pieces, Limiter};
 use super::tls::{pinned_client_config, Identity};
 use crate::protocol::files::Blake3Hash;
 use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo, TransferProtocol};
@@ -338,7 +339,7 @@ impl Targets {
 struct Target {
     url: String,
     token: String,
-    http: Result<reqwest::Client, String>,
+    http: Result<EndpointClient, String>,
 }
 
 impl Target {
@@ -349,10 +350,9 @@ impl Target {
     /// Only pinned TLS: an `http://` endpoint (an older agent) or one
     /// without a fingerprint would let anyone on the path read or alter
     /// the bytes, or pose as the owner's machine.
-    fn client(endpoint: &Endpoint) -> Result<reqwest::Client, String> {
-        let builder = reqwest::Client::builder();
-        let builder = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
-            builder
+    fn client(endpoint: &Endpoint) -> Result<EndpointClient, String> {
+        let tls = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
+            None
         } else {
             if !endpoint.url.starts_with("https://") {
                 return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
@@ -362,14 +362,9 @@ impl Target {
                 .as_deref()
                 .and_then(CertSha256::parse)
                 .ok_or("refused: the server gave no certificate fingerprint to pin")?;
-            builder.use_preconfigured_tls(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
+            Some(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
         };
-        builder
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| error_chain(&e))
+        EndpointClient::new(&endpoint.url, tls, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
     }
 }
 
@@ -473,20 +468,11 @@ impl Peer {
 
     async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, Failed> {
         let http = target.http.as_ref().map_err(|e| Failed::Other(e.clone()))?;
-        let res = http
-            .get(format!("{}/chunks/{hash}", target.url))
-            .bearer_auth(&target.token)
-            .send()
-            .await
-            .map_err(|e| Failed::Other(error_chain(&e)))?;
-        match res.status() {
-            status if status.is_success() => {}
-            reqwest::StatusCode::UNAUTHORIZED => {
-                return Err(Failed::Unauthorized(format!("answered {}", res.status())))
-            }
-            status => return Err(Failed::Other(format!("answered {status}"))),
+        match http.get(&format!("/chunks/{hash}"), &target.token, &self.limiter).await.map_err(Failed::Other)? {
+            (status, bytes) if status.is_success() => Ok(bytes),
+            (status @ hyper::StatusCode::UNAUTHORIZED, _) => Err(Failed::Unauthorized(format!("answered {status}"))),
+            (status, _) => Err(Failed::Other(format!("answered {status}"))),
         }
-        read_limited(res, &self.limiter).await.map_err(|e| Failed::Other(error_chain(&e)))
     }
 }
 
