@@ -34,7 +34,8 @@
 //! delta's bytes must be exactly its new chunks: otherwise the bench fails.
 //!
 //! Environment: `FERRY_BENCH_PULL_MB` (default 1024) is the file's size in
-//! MiB; `DATABASE_URL` (default
+//! MiB; `FERRY_BENCH_PULL_MODES` (default `relayed,direct-plain,direct`)
+//! the modes to run; `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) names the server, where
 //! the bench makes its own `ferry_bench_<random>` database and drops it at
 //! the end; `FERRY_WORKERS`, `FERRY_DB_POOL_SIZE` as for `ferryd serve`.
@@ -81,10 +82,26 @@ impl Mode {
         }
     }
 
+    /// `FERRY_BENCH_PULL_MODES` (comma-separated names; default all), in
+    /// the order they run: relayed first, since stopping a --no-direct
+    /// agent leaves no direct endpoint behind.
+    fn chosen() -> Result<Vec<Mode>, BoxError> {
+        let all = [Mode::Relayed, Mode::DirectPlain, Mode::Direct];
+        let Ok(names) = std::env::var("FERRY_BENCH_PULL_MODES") else { return Ok(all.to_vec()) };
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        if let Some(unknown) = names.iter().find(|n| !all.iter().any(|m| m.name() == **n)) {
+            return Err(format!("FERRY_BENCH_PULL_MODES: no mode {unknown:?} (relayed, direct-plain, direct)").into());
+        }
+        Ok(all.into_iter().filter(|m| names.contains(&m.name())).collect())
+    }
+
     fn direct(self) -> bool {
         self != Mode::Relayed
     }
 }
+
+/// Longest the agent may take to push a one-byte change (a re-hash of the file).
+const DELTA_PUSHED_WITHIN: Duration = Duration::from_secs(120);
 
 /// The TLS cost goal: direct over TLS within this share of plain HTTP's throughput.
 const GOAL_TLS_COST: f64 = 0.15;
@@ -241,6 +258,7 @@ impl Drop for TempDir {
 async fn run(url: String) -> Result<bool, BoxError> {
     let mib: u64 = common::env_num("FERRY_BENCH_PULL_MB", 1024)?;
     let size = mib * MIB;
+    let modes = Mode::chosen()?;
     let load_before = common::load();
     let root = TempDir::new()?;
     let src = root.0.join("src");
@@ -289,11 +307,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw1 = raw_copy(&source, &root.0.join("raw"), size).await?;
     println!("  raw copy, run 1 (before the pulls): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 
-    // Relayed first: stopping a --no-direct agent leaves no direct endpoint behind.
     let mut pulls = Vec::new();
     let mut deltas = Vec::new();
-    let mut flip = 0xFFu8;
-    for mode in [Mode::Relayed, Mode::DirectPlain, Mode::Direct] {
+    for (round, mode) in modes.into_iter().enumerate() {
         let plain = (mode == Mode::DirectPlain).then_some("1");
         owner.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
         member.set_env(ferry::client::direct::INSECURE_PLAIN_DIRECT, plain);
@@ -387,14 +403,16 @@ async fn run(url: String) -> Result<bool, BoxError> {
         // The delta: one byte flipped in the middle of the source.
         let chunks_before = chunk_lists(&db, project_id).await?;
         let started = Instant::now();
+        // One bit of its own per round: the byte differs from every earlier
+        // version (a mask that XORs to nothing leaves no change to wait for).
+        let mask = 1u8 << round;
         blocking({
             let source = source.clone();
-            move || flip_byte(&source, size / 2, flip)
+            move || flip_byte(&source, size / 2, mask)
         })
         .await?;
-        flip = flip.rotate_left(1) ^ 0x55;
         let pushed = agent
-            .wait_for("the flipped byte pushed", |v| {
+            .wait_for_within("the flipped byte pushed (`synced` with changes_applied >= 1)", DELTA_PUSHED_WITHIN, |v| {
                 v["event"] == "synced" && v["changes_applied"].as_u64().is_some_and(|n| n >= 1)
             })
             .await?;
@@ -594,9 +612,10 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
-/// XORs the byte at `offset` with `mask` in place, and fsyncs.
+/// XORs the byte at `offset` with `mask` (not 0) in place, and fsyncs.
 fn flip_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    assert_ne!(mask, 0, "a zero mask changes nothing");
     let mut byte = [0u8];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut byte)?;

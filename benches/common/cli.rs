@@ -122,7 +122,17 @@ impl Agent {
 
     /// The next JSON line that satisfies `want`.
     pub async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Result<Value, BoxError> {
-        Ok(self.wait_for_at(what, want).await?.1)
+        self.wait_for_within(what, AGENT_WITHIN, want).await
+    }
+
+    /// The next JSON line that satisfies `want`, within `within`.
+    pub async fn wait_for_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        want: impl Fn(&Value) -> bool,
+    ) -> Result<Value, BoxError> {
+        Ok(self.0.wait_for_at(what, within, want).await?.1)
     }
 
     /// The next JSON line that satisfies `want`, and when it was printed.

@@ -190,6 +190,9 @@ async fn listen(
             return None;
         }
     };
+    if let Some(why) = &listener.everywhere {
+        out.warn(why);
+    }
     let mut advertised = false;
     for source in sources {
         let project_id = source.project();

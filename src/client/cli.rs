@@ -96,7 +96,9 @@ pub enum Command {
         listen: std::net::SocketAddr,
         /// An https:// URL members reach the listener at (repeatable;
         /// default: this machine's address towards the server, on the
-        /// listener's port).
+        /// listener's port). With an unspecified --listen address, the
+        /// listener binds each advertised address of this machine (every
+        /// interface when one is a name or another machine's address).
         #[arg(long, value_name = "URL")]
         advertise: Vec<String>,
         /// Serve through the relay only (no listener, whatever --listen says).

@@ -7,7 +7,7 @@
 //! fetches from the agent first and falls back to the relay at the first
 //! failure.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,8 @@ use futures_util::future::BoxFuture;
 use rand::RngCore;
 use uuid::Uuid;
 
-use super::rate::{limited_pieces, read_limited, Limiter};
+use super::endpoint::EndpointClient;
+use super::rate::{limited_pieces, Limiter};
 use super::tls::{pinned_client_config, Identity};
 use crate::protocol::files::Blake3Hash;
 use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo, TransferProtocol};
@@ -77,6 +78,10 @@ pub struct Listener {
     pub cert_sha256: String,
     key: [u8; 32],
     handle: actix_web::dev::ServerHandle,
+    /// Why it listens on every interface, when it does although told
+    /// where it is reached (`--advertise` names a host name, or an
+    /// address that is not this machine's).
+    pub everywhere: Option<String>,
 }
 
 impl Listener {
@@ -98,17 +103,14 @@ impl Listener {
         let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let plain = insecure_plain_direct();
         let scheme = if plain { "http" } else { "https" };
-        // Listening on every interface would serve networks nobody was told
-        // about: without --advertise, only the interface that is advertised
-        // (the one facing the server). Advertised addresses may be another
-        // machine's (a NAT, a proxy), so with them `listen` stands.
-        let listen = if listen.ip().is_unspecified() && advertise.is_empty() {
-            SocketAddr::new(outgoing_ip(server_url, listen.is_ipv4()), listen.port())
-        } else {
-            listen
-        };
-        let socket = TcpListener::bind(listen)?;
-        let bound = socket.local_addr()?;
+        let (addresses, everywhere) = bind_addresses(listen, advertise, server_url);
+        // One socket per address, all on the port the first one got.
+        let mut sockets: Vec<TcpListener> = Vec::new();
+        for ip in addresses {
+            let port = sockets.first().map_or(Ok(listen.port()), |s| s.local_addr().map(|a| a.port()))?;
+            sockets.push(TcpListener::bind(SocketAddr::new(ip, port))?);
+        }
+        let bound = sockets.first().ok_or_else(|| std::io::Error::other("no address to listen on"))?.local_addr()?;
         let urls = if advertise.is_empty() {
             vec![format!("{scheme}://{bound}")]
         } else {
@@ -123,10 +125,20 @@ impl Listener {
         })
         .workers(1)
         .disable_signals();
-        let server = if plain { server.listen(socket)? } else { server.listen_rustls_0_23(socket, tls)? }.run();
+        let server = sockets
+            .into_iter()
+            .try_fold(server, |server, socket| {
+                if plain {
+                    server.listen(socket)
+                } else {
+                    server.listen_rustls_0_23(socket, tls.clone())
+                }
+            })?
+            .run();
         let handle = server.handle();
         tokio::spawn(server);
-        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle })
+        let everywhere = everywhere.map(|why| format!("listening on every interface (port {}): {why}", bound.port()));
+        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle, everywhere })
     }
 
     /// The key, as `PUT /api/devices/:id/direct` takes it.
@@ -137,6 +149,44 @@ impl Listener {
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// The addresses the listener binds: `listen` when it names an interface
+/// (or a port on every one); else each address `advertise` names, when all
+/// are IP literals of this machine (listening on every interface would
+/// serve networks nobody was told about); else, when it names a host name
+/// or another machine's address (a NAT, a proxy), which interface reaches
+/// it is unknown: every interface, and why (the second value). Without
+/// `advertise`, the address this machine reaches `server_url` from.
+fn bind_addresses(listen: SocketAddr, advertise: &[String], server_url: &str) -> (Vec<IpAddr>, Option<String>) {
+    if !listen.ip().is_unspecified() {
+        return (vec![listen.ip()], None);
+    }
+    if advertise.is_empty() {
+        return (vec![outgoing_ip(server_url, listen.is_ipv4())], None);
+    }
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for url in advertise {
+        let host = reqwest::Url::parse(url).ok().and_then(|u| match u.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+        match host {
+            // Binding a UDP socket to it sends nothing: it only asks
+            // whether the address is this machine's.
+            Some(ip) if !ip.is_unspecified() && UdpSocket::bind((ip, 0)).is_ok() => {
+                if !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
+            Some(_) => {
+                return (vec![listen.ip()], Some(format!("--advertise {url} is not an address of this machine")))
+            }
+            None => return (vec![listen.ip()], Some(format!("--advertise {url} names no IP address"))),
+        }
+    }
+    (addresses, None)
 }
 
 /// The local address (of the listener's family) packets to `server_url`
@@ -289,7 +339,7 @@ impl Targets {
 struct Target {
     url: String,
     token: String,
-    http: Result<reqwest::Client, String>,
+    http: Result<EndpointClient, String>,
 }
 
 impl Target {
@@ -300,10 +350,9 @@ impl Target {
     /// Only pinned TLS: an `http://` endpoint (an older agent) or one
     /// without a fingerprint would let anyone on the path read or alter
     /// the bytes, or pose as the owner's machine.
-    fn client(endpoint: &Endpoint) -> Result<reqwest::Client, String> {
-        let builder = reqwest::Client::builder();
-        let builder = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
-            builder
+    fn client(endpoint: &Endpoint) -> Result<EndpointClient, String> {
+        let tls = if endpoint.url.starts_with("http://") && insecure_plain_direct() {
+            None
         } else {
             if !endpoint.url.starts_with("https://") {
                 return Err("refused: not TLS (the owner's agent is older than pinned TLS)".to_owned());
@@ -313,14 +362,9 @@ impl Target {
                 .as_deref()
                 .and_then(CertSha256::parse)
                 .ok_or("refused: the server gave no certificate fingerprint to pin")?;
-            builder.use_preconfigured_tls(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
+            Some(pinned_client_config(&pinned).map_err(|e| e.to_string())?)
         };
-        builder
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| error_chain(&e))
+        EndpointClient::new(&endpoint.url, tls, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
     }
 }
 
@@ -424,26 +468,46 @@ impl Peer {
 
     async fn fetch_from(&self, target: &Target, hash: &str) -> Result<Bytes, Failed> {
         let http = target.http.as_ref().map_err(|e| Failed::Other(e.clone()))?;
-        let res = http
-            .get(format!("{}/chunks/{hash}", target.url))
-            .bearer_auth(&target.token)
-            .send()
-            .await
-            .map_err(|e| Failed::Other(error_chain(&e)))?;
-        match res.status() {
-            status if status.is_success() => {}
-            reqwest::StatusCode::UNAUTHORIZED => {
-                return Err(Failed::Unauthorized(format!("answered {}", res.status())))
-            }
-            status => return Err(Failed::Other(format!("answered {status}"))),
+        match http.get(&format!("/chunks/{hash}"), &target.token, &self.limiter).await.map_err(Failed::Other)? {
+            (status, bytes) if status.is_success() => Ok(bytes),
+            (status @ hyper::StatusCode::UNAUTHORIZED, _) => Err(Failed::Unauthorized(format!("answered {status}"))),
+            (status, _) => Err(Failed::Other(format!("answered {status}"))),
         }
-        read_limited(res, &self.limiter).await.map_err(|e| Failed::Other(error_chain(&e)))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::outgoing_ip;
+    use super::{bind_addresses, outgoing_ip};
+    use std::net::{IpAddr, SocketAddr};
+
+    #[test]
+    fn the_listener_binds_each_advertised_address_of_this_machine_and_else_every_interface() {
+        let any: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let server = "http://127.0.0.1:8080";
+        let advertise =
+            |urls: &[&str]| bind_addresses(any, &urls.iter().map(|u| u.to_string()).collect::<Vec<_>>(), server);
+        let (lo, lo2) = (IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(advertise(&[]), (vec![lo], None), "without --advertise: the address facing the server");
+        assert_eq!(advertise(&["https://127.0.0.1:4443"]), (vec![lo], None));
+        assert_eq!(
+            advertise(&["https://127.0.0.1:4443", "https://127.0.0.2:4443/", "https://127.0.0.1:9"]),
+            (vec![lo, lo2], None),
+            "each address once"
+        );
+        assert_eq!(advertise(&["https://[::1]:4443"]).0, vec![IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])]);
+        // A name, or an address that is not this machine's (TEST-NET-1):
+        // every interface, and why.
+        let (every, why) = advertise(&["https://127.0.0.1:4443", "https://owner.example:4443"]);
+        assert_eq!(every, vec![any.ip()]);
+        assert!(why.is_some_and(|w| w.contains("owner.example") && w.contains("no IP address")));
+        let (every, why) = advertise(&["https://192.0.2.1:9"]);
+        assert_eq!(every, vec![any.ip()]);
+        assert!(why.is_some_and(|w| w.contains("192.0.2.1") && w.contains("not an address of this machine")));
+        // An interface named with --listen stands.
+        let named: SocketAddr = ([127, 0, 0, 2], 7000).into();
+        assert_eq!(bind_addresses(named, &["https://192.0.2.1:9".to_owned()], server), (vec![lo2], None));
+    }
 
     #[test]
     fn the_advertised_address_faces_the_server_in_the_listeners_family() {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod direct;
+pub mod endpoint;
 pub mod output;
 pub mod part;
 pub mod pull;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::client_pull::{hash, write};
 use crate::client_resume::owner_and_member;
-use crate::client_share::{describe, noise, Person, Running, TempDir, AGENT_WITHIN};
+use crate::client_share::{describe, eventually, noise, Person, Running, TempDir, AGENT_WITHIN};
 use crate::helpers::TestApp;
 use crate::support::cli::AtTerminal;
 
@@ -590,4 +590,63 @@ async fn a_pull_outliving_its_direct_token_gets_a_fresh_one_and_stays_direct() {
     assert!(std::fs::read(dst.path().join("long.bin")).unwrap() == bytes);
     let route = route_of(&app, &owner, &project, "/long.bin").await;
     assert_eq!((route["bytes_direct"].as_u64(), &route["direct_abandoned"]), (Some(bytes.len() as u64), &Value::Null));
+}
+
+/// A port free on every interface just now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_advertise_the_listener_binds_the_advertised_addresses_of_this_machine_only() {
+    use std::net::{IpAddr, TcpStream, UdpSocket};
+    let app = TestApp::spawn().await;
+    let (owner, _member, project) = owner_and_member(&app, "Bound").await;
+    let tree = TempDir::new("bound-src");
+    write(tree.path(), "notes.txt", b"plain notes");
+    // Other addresses of this machine: the rest of loopback, and the one
+    // facing the network when there is one (nothing is sent: connecting a
+    // UDP socket only picks the route).
+    let mut elsewhere = vec![IpAddr::from([127, 0, 0, 2])];
+    elsewhere.extend(
+        UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("198.51.100.1:9").and_then(|()| s.local_addr()))
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_loopback()),
+    );
+
+    // An unspecified --listen address, an advertised address of this machine:
+    // it listens there, and nowhere else.
+    let port = free_port();
+    let advertised = format!("https://127.0.0.1:{port}");
+    let listen = format!("0.0.0.0:{port}");
+    let mut agent =
+        Running::share_with(&owner, &project, tree.path(), &["--listen", &listen, "--advertise", &advertised]);
+    let listening = agent.wait_for("listening", |v| v["event"] == "listening").await;
+    assert_eq!(listening["urls"], json!([advertised]));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_ok(), "reachable where it is advertised");
+    for ip in &elsewhere {
+        assert!(TcpStream::connect((*ip, port)).is_err(), "not reachable at {ip}:{port}");
+    }
+    assert!(!agent.stderr().iter().any(|l| l.contains("every interface")), "{:?}", agent.stderr());
+    drop(agent);
+
+    // A host name: which interface reaches it is unknown, so every
+    // interface, and it says so.
+    let port = free_port();
+    let advertised = format!("https://localhost:{port}");
+    let listen = format!("0.0.0.0:{port}");
+    let mut agent =
+        Running::share_with(&owner, &project, tree.path(), &["--listen", &listen, "--advertise", &advertised]);
+    agent.wait_for("listening", |v| v["event"] == "listening").await;
+    for ip in &elsewhere {
+        assert!(TcpStream::connect((*ip, port)).is_ok(), "reachable at {ip}:{port}");
+    }
+    let said = eventually("the warning", || {
+        let lines = agent.stderr();
+        async move { lines.into_iter().find(|l| l.contains("listening on every interface")) }
+    })
+    .await;
+    assert!(said.contains(&advertised) && said.contains("names no IP address"), "{said}");
 }

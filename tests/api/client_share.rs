@@ -163,10 +163,18 @@ impl Running {
     pub(crate) async fn wait_for(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
         self.0.wait_for_at(what, AGENT_WITHIN, want).await.unwrap_or_else(|e| panic!("{e}")).1
     }
+
+    /// What it printed on stderr so far.
+    pub(crate) fn stderr(&self) -> Vec<String> {
+        self.0.stderr()
+    }
 }
 
 /// Polls `check` until it answers Some, within the agent's bound.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
     let deadline = Instant::now() + AGENT_WITHIN;
     loop {
         if let Some(v) = check().await {
