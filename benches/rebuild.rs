@@ -1,7 +1,7 @@
 //! `cargo bench --bench rebuild`: events per second of a `remote_files`
 //! rebuild (`ferry::projections::rebuild`: fresh tables in a private schema,
-//! the whole log read in batches of positions into `new_events` and the
-//! projection's apply SQL run on each, then the catch-up and the swap) from
+//! the whole log in one pass through the projection's build SQL into keyless
+//! tables, then its keys and index, the catch-up and the swap) from
 //! 1,000,000 `file_added` events, beside a raw baseline in the same run:
 //! one `INSERT INTO <plain copy of remote_files> SELECT ... FROM
 //! project_events` of the same rows, the raw cost of reading the log and

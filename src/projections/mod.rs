@@ -4,6 +4,12 @@
 //! logs). The same SQL runs live, inside one statement trigger per log, and
 //! during a rebuild, over the whole log in batches. Apply SQL must therefore
 //! be correct for any contiguous run of a project's events, not just one.
+//!
+//! A file may end with a line `-- build` and SQL filling its empty tables
+//! from the whole log at once (`new_events` is then every event), which a
+//! rebuild runs instead of the apply SQL: it runs with the tables' primary
+//! keys and unique constraints taken off (made again after it, in one sorted
+//! build each), so it inserts each row once, with no upsert.
 
 mod rebuild;
 
@@ -19,6 +25,7 @@ pub struct Projection {
 }
 
 const APPLY_MARKER: &str = "\n-- apply\n";
+const BUILD_MARKER: &str = "\n-- build\n";
 /// Bump when `rebuild::triggers_sql` changes, so live triggers are remade.
 const TRIGGER_FORMAT: &str = "3";
 
@@ -46,10 +53,21 @@ impl Projection {
         self.sections().1
     }
 
-    fn sections(&self) -> (&'static str, &'static str) {
-        self.source
+    /// The SQL filling its empty, keyless tables from the whole log, if the
+    /// file has a `-- build` section.
+    pub fn build_sql(&self) -> Option<&'static str> {
+        self.sections().2
+    }
+
+    fn sections(&self) -> (&'static str, &'static str, Option<&'static str>) {
+        let (tables, rest) = self
+            .source
             .split_once(APPLY_MARKER)
-            .unwrap_or_else(|| panic!("projections/{}.sql has no `-- apply` line", self.name))
+            .unwrap_or_else(|| panic!("projections/{}.sql has no `-- apply` line", self.name));
+        match rest.split_once(BUILD_MARKER) {
+            Some((apply, build)) => (tables, apply, Some(build)),
+            None => (tables, rest, None),
+        }
     }
 
     /// The event types its apply SQL reads (named there as `'type'`).
@@ -103,6 +121,11 @@ mod tests {
             assert!(!p.event_types().is_empty(), "{} reads no event type", p.name);
         }
         assert_eq!(find("projects").unwrap().tables(), vec!["projects"]);
+        assert!(find("projects").unwrap().build_sql().is_none());
+        let remote_files = find("remote_files").unwrap();
+        let build = remote_files.build_sql().expect("remote_files has a build section");
+        assert!(build.contains("new_events") && !build.contains("ON CONFLICT"));
+        assert!(!remote_files.apply_sql().contains("-- build"), "the build SQL is not applied live");
         assert_eq!(find("file_transfers").unwrap().logs(), vec![Log::Transfer]);
         assert_eq!(find("remote_files").unwrap().logs(), vec![Log::Project]);
         assert_eq!(

@@ -2,8 +2,9 @@
 //!
 //! 1. Build, in a REPEATABLE READ snapshot: create the tables in a private
 //!    schema, note every project's head as the snapshot sees it, apply the
-//!    whole log in one pass (a view of the snapshot's log as `new_events`),
-//!    then make the secondary indexes.
+//!    whole log in one pass (a view of the snapshot's log as `new_events`;
+//!    the projection's build SQL into keyless tables when it has one, its
+//!    apply SQL otherwise), then make the keys and the secondary indexes.
 //! 2. Swap, in one short transaction: lock `project_heads` in EXCLUSIVE mode
 //!    (every command locks its head before it reads projections, so this
 //!    waits for commands in flight and holds new ones back, while plain
@@ -20,7 +21,7 @@ use tokio_postgres::IsolationLevel;
 
 use super::{Projection, ALL};
 use crate::protocol::Log;
-use crate::store::{Pool, StoreError};
+use crate::store::{GenericClient, Pool, StoreError};
 
 /// Serialises rebuilds across servers sharing the database.
 const REBUILD_LOCK: i64 = 0x6665_7272_795f_7262; // "ferry_rb"
@@ -173,7 +174,17 @@ async fn run(
          CREATE TEMP VIEW new_events AS SELECT {LOG_COLUMNS} FROM public.events;"
     ))
     .await?;
-    tx.batch_execute(projection.apply_sql()).await?;
+    match projection.build_sql() {
+        Some(build) => {
+            // Keyless tables take each row once, in the build's order; the
+            // keys are then one sorted build each, as the indexes are.
+            let (drop_keys, add_keys) = key_constraints(&tx, &schema).await?;
+            tx.batch_execute(&drop_keys).await?;
+            tx.batch_execute(build).await?;
+            tx.batch_execute(&add_keys).await?;
+        }
+        None => tx.batch_execute(projection.apply_sql()).await?,
+    }
     tx.batch_execute(&indexes).await?;
     // Both logs share each project's gap-free seq: the heads count the events.
     let mut events_read: i64 = tx.query_one("SELECT coalesce(sum(head_seq), 0)::bigint FROM _heads", &[]).await?.get(0);
@@ -215,6 +226,22 @@ fn split_indexes(ddl: &str) -> (String, String) {
         target.push_str(statement);
     }
     (tables, indexes)
+}
+
+/// The statements dropping, and then making again, the primary keys and
+/// unique constraints of the tables in `schema` (as they were declared).
+async fn key_constraints(client: &impl GenericClient, schema: &str) -> Result<(String, String), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(string_agg(format('ALTER TABLE %s DROP CONSTRAINT %I;', conrelid::regclass, conname), E'\n'), ''),
+                    coalesce(string_agg(format('ALTER TABLE %s ADD CONSTRAINT %I %s;', conrelid::regclass, conname,
+                                               pg_get_constraintdef(oid)), E'\n'), '')
+             FROM pg_constraint
+             WHERE connamespace = $1::text::regnamespace AND contype IN ('p', 'u')",
+            &[&schema],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 /// Applies what was committed since the snapshot and swaps the new tables

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use ferry::projections;
 use ferry::protocol::{Actor, EventType};
-use ferry::store::{self, EventMeta, NewEvent, Pool};
+use ferry::store::{self, EventMeta, GenericClient, NewEvent, Pool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -186,6 +186,37 @@ async fn rebuild_equals_live_after_a_long_random_history() {
     drop(client);
     rebuild_all(&app.pool).await;
     assert_same(&snapshot(&app).await, &live, "rebuild after a random history");
+
+    // A build into keyless tables made the keys again: the rebuilt tables
+    // have the keys and indexes their files declare, made here afresh.
+    let mut client = app.pool.get().await.unwrap();
+    let rebuilt = keys_and_indexes(&client, "public").await;
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("CREATE SCHEMA declared; SET LOCAL search_path = declared;").await.unwrap();
+    for projection in projections::ALL {
+        tx.batch_execute(projection.tables_sql()).await.unwrap();
+    }
+    assert_eq!(rebuilt, keys_and_indexes(&tx, "declared").await);
+    assert!(rebuilt.iter().any(|(table, _, def)| table == "remote_files" && def == "PRIMARY KEY (project_id, path)"));
+}
+
+/// The constraints and indexes of the projections' tables in `schema`:
+/// (table, name, definition without the schema).
+async fn keys_and_indexes(client: &impl GenericClient, schema: &str) -> Vec<(String, String, String)> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, k.conname::text, pg_get_constraintdef(k.oid)
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+             WHERE k.connamespace = $1::text::regnamespace AND c.relname = ANY($2)
+             UNION ALL
+             SELECT tablename::text, indexname::text, replace(indexdef, ' ON ' || schemaname || '.', ' ON ')
+             FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY($2)
+             ORDER BY 1, 2, 3",
+            &[&schema, &TABLES.to_vec()],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
 }
 
 #[tokio::test]
