@@ -187,6 +187,17 @@ pub async fn authenticate(pool: &Pool, accounts: &Accounts, token: &str) -> Resu
     Ok(Some(caller))
 }
 
+/// Whether the caller's token still exists (an open WebSocket asks when
+/// revocations may have been missed).
+pub async fn token_exists(pool: &Pool, caller: &Caller) -> Result<bool, DomainError> {
+    let row = pool
+        .get()
+        .await?
+        .query_one("SELECT EXISTS (SELECT 1 FROM api_tokens WHERE token_hash = $1)", &[&caller.token_hash])
+        .await?;
+    Ok(row.get(0))
+}
+
 pub async fn me(pool: &Pool, caller: &Caller) -> Result<MeResponse, DomainError> {
     let client = pool.get().await?;
     let row = client

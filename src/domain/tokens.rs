@@ -17,12 +17,16 @@
 //!   ([`TokenCache::set_live`] empties the cache both ways);
 //! - an entry lives at most `ttl`, shorter than a user token's refresh
 //!   interval, so idle expiry and `last_used_at` keep their meaning.
+//!
+//! What is forgotten is also told to this server's open WebSockets
+//! ([`TokenCache::revocations`]), which close when their own token is gone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::Caller;
@@ -34,11 +38,41 @@ pub const CHANNEL: &str = "ferry_tokens";
 /// database until entries expire.
 const CAPACITY: usize = 100_000;
 
+/// Revocations told to open sessions that have not read them yet; one
+/// that falls further behind checks its token again.
+const REVOCATIONS_QUEUE: usize = 256;
+
+/// Tokens that stopped working, as open sessions hear of them.
+#[derive(Debug, Clone)]
+pub enum Revoked {
+    Token(Vec<u8>),
+    /// Every token of a user.
+    User(Uuid),
+    /// Every token of a device.
+    Device(Uuid),
+    /// Revocations may have been missed (the listener was down, or a
+    /// notification was unreadable): every session checks its token again.
+    Unsure,
+}
+
+impl Revoked {
+    /// Whether `caller`'s token is certainly gone (`Unsure` is not certain).
+    pub fn concerns(&self, caller: &Caller) -> bool {
+        match self {
+            Self::Token(hash) => *hash == caller.token_hash,
+            Self::User(user_id) => *user_id == caller.user_id,
+            Self::Device(device_id) => caller.device_id == Some(*device_id),
+            Self::Unsure => false,
+        }
+    }
+}
+
 pub struct TokenCache {
     ttl: Duration,
     live: AtomicBool,
     generation: AtomicU64,
     entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+    revoked: broadcast::Sender<Revoked>,
 }
 
 impl TokenCache {
@@ -46,7 +80,18 @@ impl TokenCache {
     /// answers nothing until [`set_live`](Self::set_live) says revocations
     /// are heard.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, live: AtomicBool::new(false), generation: AtomicU64::new(0), entries: Mutex::default() }
+        Self {
+            ttl,
+            live: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            entries: Mutex::default(),
+            revoked: broadcast::channel(REVOCATIONS_QUEUE).0,
+        }
+    }
+
+    /// What is revoked from now on.
+    pub fn revocations(&self) -> broadcast::Receiver<Revoked> {
+        self.revoked.subscribe()
     }
 
     /// The caller behind `hash`, if remembered and fresh.
@@ -85,30 +130,45 @@ impl TokenCache {
 
     /// Forgets the tokens whose hashes are given.
     pub fn forget_hashes<'a>(&self, hashes: impl IntoIterator<Item = &'a [u8]>) {
+        let hashes: Vec<&[u8]> = hashes.into_iter().collect();
         self.forget(|entries| {
-            for hash in hashes {
-                entries.remove(hash);
+            for hash in &hashes {
+                entries.remove(*hash);
             }
         });
+        for hash in hashes {
+            self.tell(Revoked::Token(hash.to_vec()));
+        }
     }
 
     /// Forgets every token of a user.
     pub fn forget_user(&self, user_id: Uuid) {
         self.forget(|entries| entries.retain(|_, (caller, _)| caller.user_id != user_id));
+        self.tell(Revoked::User(user_id));
     }
 
     /// Forgets every token of a device.
     pub fn forget_device(&self, device_id: Uuid) {
         self.forget(|entries| entries.retain(|_, (caller, _)| caller.device_id != Some(device_id)));
+        self.tell(Revoked::Device(device_id));
     }
 
     /// Whether revocations are heard now. Either way the cache starts empty:
-    /// what was remembered before may have been revoked unheard.
+    /// what was remembered before may have been revoked unheard; and when
+    /// they are heard again, open sessions check their tokens.
     pub fn set_live(&self, live: bool) {
         self.forget(|entries| {
             entries.clear();
             self.live.store(live, Ordering::Release);
         });
+        if live {
+            self.tell(Revoked::Unsure);
+        }
+    }
+
+    /// Tells open sessions (none listening is fine).
+    fn tell(&self, revoked: Revoked) {
+        let _ = self.revoked.send(revoked);
     }
 
     fn forget(&self, change: impl FnOnce(&mut HashMap<Vec<u8>, (Caller, Instant)>)) {
@@ -124,6 +184,7 @@ impl TokenCache {
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable token notification; forgetting every token");
                 self.forget(|entries| entries.clear());
+                self.tell(Revoked::Unsure);
             }
         }
     }
@@ -189,6 +250,23 @@ mod tests {
         assert_eq!(held(&cache), [true, false, true, false]);
         cache.forget_user(ana);
         assert_eq!(held(&cache), [false, false, true, false]);
+    }
+
+    #[test]
+    fn open_sessions_are_told_what_was_revoked() {
+        let cache = live(Duration::from_secs(60));
+        let mut told = cache.revocations();
+        let (ana, device) = (caller(1, Uuid::now_v7(), None), Uuid::now_v7());
+        let on_device = caller(2, ana.user_id, Some(device));
+        cache.forget_hashes([[9u8; 32].as_slice()]);
+        cache.forget_device(device);
+        cache.forget_user(ana.user_id);
+        cache.set_live(true);
+        let heard: Vec<Revoked> = std::iter::from_fn(|| told.try_recv().ok()).collect();
+        let concerns = |who: &Caller| heard.iter().map(|r| r.concerns(who)).collect::<Vec<_>>();
+        assert_eq!(concerns(&ana), [false, false, true, false]);
+        assert_eq!(concerns(&on_device), [false, true, true, false]);
+        assert!(matches!(heard[3], Revoked::Unsure), "{heard:?}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Realtime {
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub config: RealtimeConfig,
+    /// Told of revoked tokens, which close their sessions.
+    pub tokens: Arc<crate::domain::tokens::TokenCache>,
     listening: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -65,10 +67,10 @@ impl Realtime {
         let presence = Presence::new(pool.clone());
         let listening = Arc::new(AtomicBool::new(false));
         let tasks = vec![
-            tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, tokens, listening.clone())),
+            tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, tokens.clone(), listening.clone())),
             tokio::spawn(presence.clone().keep_alive()),
         ];
-        Ok(Self { pool, hub, presence, config, listening, tasks })
+        Ok(Self { pool, hub, presence, config, tokens, listening, tasks })
     }
 
     /// Waits (up to `timeout`) for the LISTEN connection, so a server that

@@ -7,14 +7,15 @@
 //! What one socket may cost is bounded: it sends each event at most once
 //! (subscribing again does not replay what it already sent), follows at most
 //! `max_subscriptions` projects, never holds a cursor past the head, and
-//! closes with 1009 on a frame over the limit.
+//! closes with 1009 on a frame over the limit. A session whose token is
+//! revoked closes with 1008.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::frames::{too_big, MAX_FRAME};
@@ -22,6 +23,7 @@ use super::hub::{Batch, Lag, Push};
 use super::Realtime;
 use crate::domain::events::{feed, visible};
 use crate::domain::projects::access;
+use crate::domain::tokens::Revoked;
 use crate::domain::{Caller, DomainError};
 use crate::protocol::projects::Role;
 use crate::protocol::realtime::{ClientMessage, DevicePresence, EventMessage, ServerMessage};
@@ -73,6 +75,7 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
     let mut pings = tokio::time::interval(interval);
     let mut heard = Instant::now();
     let lag = state.lag.clone();
+    let mut revocations = rt.tokens.revocations();
     let mut reason = None;
     loop {
         let step = tokio::select! {
@@ -96,6 +99,15 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
                 Push::Presence(note) => state.on_presence(&note).await,
             },
             _ = lag.notify.notified() => state.on_lag().await,
+            revoked = revocations.recv() => {
+                if state.token_revoked(revoked).await {
+                    let description = "the token was revoked".to_owned();
+                    reason = Some(CloseReason { code: CloseCode::Policy, description: Some(description) });
+                    Err(Closed)
+                } else {
+                    Ok(())
+                }
+            }
             _ = pings.tick() => {
                 if heard.elapsed() > interval * 3 {
                     tracing::debug!(socket = state.socket, "dropping a silent socket");
@@ -123,6 +135,24 @@ pub async fn run(rt: Arc<Realtime>, caller: Caller, ws: Session, mut stream: Mes
 }
 
 impl SessionState {
+    /// Whether a revocation ends this session: it names this token, or
+    /// some were missed and the token is gone.
+    async fn token_revoked(&self, revoked: Result<Revoked, broadcast::error::RecvError>) -> bool {
+        match revoked {
+            Ok(revoked) if revoked.concerns(&self.caller) => true,
+            Ok(Revoked::Unsure) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                match crate::domain::accounts::token_exists(&self.rt.pool, &self.caller).await {
+                    Ok(exists) => !exists,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), "cannot check a socket's token");
+                        false
+                    }
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
     async fn send(&mut self, message: &impl serde::Serialize) -> Result<(), Closed> {
         let text = serde_json::to_string(message).expect("messages serialize");
         self.ws.text(text).await.map_err(|_| Closed)

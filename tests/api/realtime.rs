@@ -616,3 +616,40 @@ async fn a_device_coming_and_going_is_told_to_the_sockets_of_its_projects() {
     assert!(heard.iter().all(|m| m["type"] != "presence"), "{heard:#?}");
     handle.stop(false).await;
 }
+
+/// A socket lives no longer than its token: revoked through any server
+/// (logout, a deleted device), it is closed with 1008 on every server,
+/// while the same user's other sockets go on.
+#[tokio::test]
+async fn a_socket_closes_when_its_token_is_revoked_on_any_server() {
+    let app = TestApp::spawn().await;
+    let (other_server, handle) = start_server(&app.settings).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Revoked").await;
+    let body = json!({"email": owner.email, "password": crate::support::PASSWORD});
+    let (status, login) = app.call(Method::POST, "/api/auth/login", None, Some(&body)).await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let second = login["token"].as_str().unwrap().to_owned();
+    let (device, device_token) = app.register_device(&owner, "laptop").await;
+
+    let mut here = Ws::connect(&app.address, &second).await;
+    let mut there = Ws::connect(&other_server, &second).await;
+    let mut on_device = Ws::connect(&other_server, &device_token).await;
+    let mut kept = Ws::connect(&other_server, &owner.token).await;
+    for ws in [&mut here, &mut there, &mut on_device, &mut kept] {
+        ws.subscribe(project, 0).await;
+        ws.subscribed().await;
+    }
+
+    assert_eq!(app.call(Method::POST, "/api/auth/logout", Some(&second), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(here.close_code().await, Some(1008), "the socket on the server that revoked");
+    assert_eq!(there.close_code().await, Some(1008), "the socket on the other server");
+    let (status, _) = app.call(Method::DELETE, &format!("/api/devices/{device}"), Some(&owner.token), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(on_device.close_code().await, Some(1008), "the deleted device's socket");
+
+    rename(&app, &owner, project, "still heard").await;
+    let last = head(&app, &owner, project).await;
+    assert_eq!(kept.seqs_until(last).await.last(), Some(&last), "the user's other socket goes on");
+    handle.stop(false).await;
+}
