@@ -15,7 +15,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// messages: `subscribed`, every visible event after `after_seq` in seq
 /// order, `caught_up`, then live events; `pong`; `error`. Subscribing again
 /// to a subscribed project sends nothing twice; a frame over 64 KiB closes
-/// the socket with 1009.
+/// the socket with 1009, and the token's revocation (logout, a deleted
+/// device) with 1008.
 #[utoipa::path(
     get,
     path = "/api/ws",
