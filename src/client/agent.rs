@@ -68,6 +68,8 @@ pub async fn share(
     let user = session.user()?;
     // Every pair checked before anything is scanned or pushed.
     let mut checked: Vec<(String, Uuid, PathBuf)> = Vec::new();
+    // Held until this process ends: one agent per project on this machine.
+    let mut held = Vec::new();
     for (project, dir) in shares {
         let dir = dir.canonicalize().map_err(|e| ClientError::io(dir, e))?;
         if !dir.is_dir() {
@@ -78,6 +80,7 @@ pub async fn share(
             return Err(ClientError::Usage(format!("{project:?} is named twice: share each project from one folder")));
         }
         check_folder(session, project, project_id, &dir, options.move_folder)?;
+        held.push(ShareLock::take(&session.dir, project, project_id)?);
         // Its name, as people read it in what the agent prints.
         let name = user.project(project_id).await?.name;
         checked.push((name, project_id, dir));
@@ -241,6 +244,49 @@ fn check_folder(session: &Session, project: &str, id: Uuid, dir: &Path, moving: 
             ),
         }),
         _ => Ok(()),
+    }
+}
+
+/// This machine's one `ferry share` of a project: two agents sharing one
+/// project from one device would replace each other's direct entry (the
+/// first to stop takes it away from the other) and upload the same chunks
+/// twice. An advisory lock on a file in the config folder, which the
+/// kernel releases when the process ends, however it ends.
+struct ShareLock {
+    _held: std::fs::File,
+}
+
+impl ShareLock {
+    fn take(config_dir: &Path, project: &str, id: Uuid) -> Result<Self, ClientError> {
+        let folder = config_dir.join("shares");
+        std::fs::create_dir_all(&folder).map_err(|e| ClientError::io(&folder, e))?;
+        let path = folder.join(format!("{id}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ClientError::io(&path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let error = std::io::Error::last_os_error();
+                if error.kind() == std::io::ErrorKind::WouldBlock {
+                    return Err(ClientError::Refused {
+                        code: "already_shared",
+                        message: format!(
+                            "{project:?} is already shared by another `ferry share` on this machine: nothing was \
+                             scanned or pushed. Stop that one first, or share every project from one command \
+                             (ferry share PROJECT DIR PROJECT DIR...)."
+                        ),
+                    });
+                }
+                return Err(ClientError::io(&path, error));
+            }
+        }
+        Ok(Self { _held: file })
     }
 }
 

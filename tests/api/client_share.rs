@@ -501,6 +501,40 @@ async fn sharing_another_folder_or_deleting_most_of_the_project_stops_and_says_w
     assert_eq!(last_json(&back)["error"]["code"], "another_folder", "{}", describe(&back));
 }
 
+/// One `ferry share` per project on a machine: a second one (running, or
+/// `--once`) is refused before it scans or pushes anything, since two
+/// would take each other's direct entry away; once the first has stopped,
+/// the same command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_share_of_a_project_on_one_machine_is_refused_until_the_first_stops() {
+    let app = TestApp::spawn().await;
+    let owner = Person::new(&app, "twice-owner");
+    owner.signup("owner").await;
+    let project = owner.json(&["project", "create", "Twice"]).await["id"].as_str().unwrap().to_owned();
+    let other = owner.json(&["project", "create", "Other"]).await["id"].as_str().unwrap().to_owned();
+    let tree = TempDir::new("twice");
+    write(tree.path(), "a.txt", b"shared once");
+    let root = tree.path().to_str().unwrap().to_owned();
+    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+
+    for args in
+        [vec!["share", &project, &root, "--once", "--json"], vec!["share", &other, &root, &project, &root, "--json"]]
+    {
+        let second = owner.run(&args).await;
+        assert!(!second.status.success(), "{}", describe(&second));
+        assert_eq!(last_json(&second)["error"]["code"], "already_shared", "{}", describe(&second));
+        assert!(String::from_utf8_lossy(&second.stderr).contains("Stop that one first"), "{}", describe(&second));
+    }
+    // Another project of the same machine is not held by it.
+    assert_eq!(owner.json(&["share", &other, &root, "--once"]).await["files"], 1);
+
+    // Killed, not stopped: a crashed agent holds nothing either.
+    drop(agent);
+    write(tree.path(), "b.txt", b"shared after");
+    assert_eq!(owner.json(&["share", &project, &root, "--once"]).await["files"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restarted_mid_transfer_takes_it_up_again_and_says_when_it_is_back() {
     let mut app = TestApp::spawn().await;
