@@ -7,17 +7,26 @@
 //! fetches from the agent first and falls back to the relay at the first
 //! failure.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::future::BoxFuture;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::RngCore;
+use tokio::net::TcpStream;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use uuid::Uuid;
 
 use super::endpoint::EndpointClient;
@@ -26,7 +35,6 @@ use super::tls::{pinned_client_config, Identity};
 use crate::protocol::files::Blake3Hash;
 use crate::protocol::transfers::{CertSha256, DirectToken, Endpoint, TransferInfo, TransferProtocol};
 use crate::protocol::{ErrorBody, ErrorDetail};
-use crate::telemetry::error_chain;
 
 /// Set to `1` for both `ferry share` and `ferry pull`, direct transfers go
 /// over plain HTTP: readable and alterable by anyone on the path. Only for
@@ -41,6 +49,14 @@ fn insecure_plain_direct() -> bool {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest one direct chunk request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a connection may take to finish its TLS handshake, or to send
+/// a request's head: a peer that stalls there holds nothing for longer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plaintext TLS takes from the HTTP layer before it must write to the
+/// socket. rustls keeps 64 KiB by default: a 2.5 MiB chunk then goes out
+/// in forty `writev`s, each a wake-up and a system call. With 1 MiB, a
+/// chunk is a few large writes, and memory stays bounded per connection.
+const TLS_SEND_BUFFER: usize = 1024 * 1024;
 
 /// Why the agent does not serve a chunk.
 #[derive(Debug)]
@@ -63,9 +79,6 @@ pub trait Chunks: Send + Sync + 'static {
 struct State {
     key: [u8; 32],
     chunks: Arc<dyn Chunks>,
-    /// The agent's runtime: the listener's worker runs on its own, and the
-    /// agent's work (API calls, file reads) belongs on the agent's.
-    runtime: tokio::runtime::Handle,
     /// The upload limit chunks are sent within.
     limiter: Limiter,
 }
@@ -77,7 +90,9 @@ pub struct Listener {
     pub urls: Vec<String>,
     pub cert_sha256: String,
     key: [u8; 32],
-    handle: actix_web::dev::ServerHandle,
+    /// One accepting task per socket; each owns its connections, so
+    /// aborting it closes them too.
+    accepting: Vec<JoinHandle<()>>,
     /// Why it listens on every interface, when it does although told
     /// where it is reached (`--advertise` names a host name, or an
     /// address that is not this machine's).
@@ -89,7 +104,7 @@ impl Listener {
     /// (https URLs), or else the address this machine reaches `server_url`
     /// from (the machine's LAN or overlay address), and then listens on that
     /// address only when `listen` names no interface. Chunks go out within
-    /// `limiter`.
+    /// `limiter`. Serves on the caller's runtime.
     pub fn start(
         listen: SocketAddr,
         advertise: &[String],
@@ -100,9 +115,14 @@ impl Listener {
     ) -> std::io::Result<Self> {
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let tls = identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let plain = insecure_plain_direct();
-        let scheme = if plain { "http" } else { "https" };
+        let tls = if insecure_plain_direct() {
+            None
+        } else {
+            let config =
+                identity.server_config().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            Some(TlsAcceptor::from(Arc::new(config)))
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (addresses, everywhere) = bind_addresses(listen, advertise, server_url);
         // One socket per address, all on the port the first one got.
         let mut sockets: Vec<TcpListener> = Vec::new();
@@ -116,29 +136,17 @@ impl Listener {
         } else {
             advertise.iter().map(|u| u.trim_end_matches('/').to_owned()).collect()
         };
-        let state = web::Data::new(State { key, chunks, runtime: tokio::runtime::Handle::current(), limiter });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route("/chunks/{hash}", web::get().to(serve_chunk))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(Refused::not_found("no such route")) }))
-        })
-        .workers(1)
-        .disable_signals();
-        let server = sockets
+        let state = Arc::new(State { key, chunks, limiter });
+        let accepting = sockets
             .into_iter()
-            .try_fold(server, |server, socket| {
-                if plain {
-                    server.listen(socket)
-                } else {
-                    server.listen_rustls_0_23(socket, tls.clone())
-                }
-            })?
-            .run();
-        let handle = server.handle();
-        tokio::spawn(server);
+            .map(|socket| {
+                socket.set_nonblocking(true)?;
+                let socket = tokio::net::TcpListener::from_std(socket)?;
+                Ok(tokio::spawn(accept(socket, tls.clone(), state.clone())))
+            })
+            .collect::<std::io::Result<_>>()?;
         let everywhere = everywhere.map(|why| format!("listening on every interface (port {}): {why}", bound.port()));
-        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, handle, everywhere })
+        Ok(Self { urls, cert_sha256: identity.cert_sha256(), key, accepting, everywhere })
     }
 
     /// The key, as `PUT /api/devices/:id/direct` takes it.
@@ -146,10 +154,71 @@ impl Listener {
         hex::encode(self.key)
     }
 
-    pub async fn stop(self) {
-        self.handle.stop(false).await;
+    /// Stops accepting and closes every connection, mid-chunk or idle.
+    pub async fn stop(mut self) {
+        for task in std::mem::take(&mut self.accepting) {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for task in &self.accepting {
+            task.abort();
+        }
+    }
+}
+
+/// Accepts connections on `socket` until aborted, serving each on a task
+/// of its own (kept in a set, so they end with this one).
+async fn accept(socket: tokio::net::TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    connections.spawn(serve(tcp, tls.clone(), state.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: the next may work once
+                    // a connection closes.
+                    tracing::warn!(error = %e, "the direct listener cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// One connection: its TLS handshake, then HTTP/1.1 requests kept alive.
+async fn serve(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>) {
+    let _ = tcp.set_nodelay(true);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(answer(&state, &request).await.unwrap_or_else(Refused::into_response)) }
+    });
+    let served = match tls {
+        None => http.serve_connection(TokioIo::new(tcp), service).await,
+        Some(acceptor) => {
+            let handshake = acceptor.accept_with(tcp, |tls| tls.set_buffer_limit(Some(TLS_SEND_BUFFER)));
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), service).await,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "a direct connection failed its TLS handshake"),
+                Err(_) => return tracing::debug!("a direct connection did not finish its TLS handshake in time"),
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "a direct connection ended");
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
 
 /// The addresses the listener binds: `listen` when it names an interface
 /// (or a port on every one); else each address `advertise` names, when all
@@ -232,33 +301,27 @@ impl Refused {
     fn unauthorized(message: &str) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
-}
 
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl actix_web::ResponseError for Refused {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status);
+    fn into_response(self) -> Response<Body> {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let json = serde_json::to_vec(&body).expect("an error body serializes");
+        let mut response = Response::new(Full::new(Bytes::from(json)).boxed());
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "5"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
-        response.json(ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message.clone() } })
+        response
     }
 }
 
-async fn serve_chunk(
-    req: HttpRequest,
-    hash: web::Path<String>,
-    state: web::Data<State>,
-) -> Result<HttpResponse, Refused> {
+/// `GET /chunks/:hash` with the transfer's token: the chunk's bytes.
+async fn answer(state: &State, req: &Request<Incoming>) -> Result<Response<Body>, Refused> {
+    let hash = match (req.method(), req.uri().path().strip_prefix("/chunks/")) {
+        (&Method::GET, Some(hash)) if !hash.is_empty() && !hash.contains('/') => hash,
+        _ => return Err(Refused::not_found("no such route")),
+    };
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -272,27 +335,28 @@ async fn serve_chunk(
     tracing::debug!(%transfer, requester = %grant.requester_id, chunk = %hash, "serving a direct chunk");
     // As the relay answers it: 422 for a malformed hash.
     let hash =
-        Blake3Hash::parse(&hash).map_err(|e| Refused::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
-    let chunks = state.chunks.clone();
-    let hash = hash.as_str().to_owned();
-    let answer = state.runtime.spawn(async move { chunks.chunk(transfer, &hash).await }).await.map_err(|e| {
-        tracing::error!(error = %error_chain(&e), "serving a direct chunk failed");
-        Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
-    })?;
-    match answer {
-        Ok(bytes) if state.limiter.rate().is_none() => {
-            Ok(HttpResponse::Ok().content_type("application/octet-stream").body(bytes))
-        }
-        Ok(bytes) => Ok(HttpResponse::Ok()
-            .content_type("application/octet-stream")
-            .no_chunking(bytes.len() as u64)
-            .streaming(limited_pieces(bytes, state.limiter.clone()))),
-        Err(Refusal::NotInTransfer) => Err(Refused::not_found("no such chunk in this transfer")),
+        Blake3Hash::parse(hash).map_err(|e| Refused::new(StatusCode::UNPROCESSABLE_ENTITY, e.code, e.message))?;
+    let bytes = match state.chunks.chunk(transfer, hash.as_str()).await {
+        Ok(bytes) => bytes,
+        Err(Refusal::NotInTransfer) => return Err(Refused::not_found("no such chunk in this transfer")),
         Err(Refusal::TransferOver) => {
-            Err(Refused::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))
+            return Err(Refused::new(StatusCode::GONE, "transfer_not_active", "this transfer is not being served"))
         }
-        Err(Refusal::Unavailable(why)) => Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "chunk_unavailable", why)),
-    }
+        Err(Refusal::Unavailable(why)) => {
+            return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "chunk_unavailable", why))
+        }
+    };
+    let length = HeaderValue::from(bytes.len());
+    let body = if state.limiter.rate().is_none() {
+        Full::new(bytes).boxed()
+    } else {
+        BodyExt::boxed(StreamBody::new(limited_pieces(bytes, state.limiter.clone()).map_ok(Frame::data)))
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, length);
+    Ok(response)
 }
 
 /// Asks the server for the transfer's direct endpoints with fresh tokens

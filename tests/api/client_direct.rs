@@ -156,6 +156,15 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     assert!(url.starts_with("https://"), "{download}");
     let http = pinned(endpoint["cert_sha256"].as_str().unwrap());
 
+    // A peer that connects and never says a word is let go (the handshake
+    // has a deadline), not held for as long as it likes.
+    let authority = url.trim_start_matches("https://").to_owned();
+    let silent = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tokio::net::TcpStream::connect(&authority).await.expect("the listener accepts");
+        tokio::time::timeout(std::time::Duration::from_secs(40), tcp.read(&mut [0u8; 1])).await
+    });
+
     let get = |chunk: String, token: Option<String>| {
         let request = http.get(format!("{url}/chunks/{chunk}"));
         async move {
@@ -230,6 +239,9 @@ async fn the_owners_listener_serves_only_the_transfers_chunks_to_its_token_while
     tokio::time::sleep(wait).await;
     let (status, body) = get(asked, Some(token.into())).await;
     assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+
+    let silent = silent.await.unwrap();
+    assert!(matches!(silent, Ok(Ok(0) | Err(_))), "a silent connection was kept open for 40 s: {silent:?}");
 }
 
 /// An owner with two projects, each with a member, each with a folder of
