@@ -10,6 +10,10 @@
 //!
 //! Batches of the two sides alternate (their order too), so drift hits both.
 //! The bodies and the column arrays are built before the clock starts.
+//! Beside the rates it prints the CPU seconds each side cost, per 1,000
+//! changes: this process (the server, and the client's sending) and the
+//! PostgreSQL backends (ferry's pool, or the raw side's one connection), as
+//! `/proc` counts them whatever else the machine is doing.
 //!
 //! Environment: `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) names the server; the
@@ -93,6 +97,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw = common::connect(&url).await?;
     raw.batch_execute(RAW_TABLE).await?;
     let raw_insert = raw.prepare(RAW_INSERT).await?;
+    let raw_pid = raw.query_one("SELECT pg_backend_pid()", &[]).await?.get::<_, i32>(0) as u32;
 
     println!(
         "ingest bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, pool of {}), \
@@ -112,6 +117,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
             .await?;
     }
     let mut sent = 2_000_i64;
+    // The pool's connections are open after the warm-up.
+    let pool_pids: Vec<u32> = common::backend_pids(&url).await?.into_iter().filter(|&p| p != raw_pid).collect();
+    let me = std::process::id();
 
     let mut ok = true;
     for &size in &sizes {
@@ -119,15 +127,21 @@ async fn run(url: String) -> Result<bool, BoxError> {
         let tag = format!("b{size}");
         let (mut ferry_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
         let (mut ferry_worst, mut raw_worst) = (Duration::ZERO, Duration::ZERO);
+        // CPU seconds: [this process, PostgreSQL] per side.
+        let (mut ferry_cpu, mut raw_cpu) = ([0.0; 2], [0.0; 2]);
         for b in 0..batches {
             let files = batch_files(&mut rng, &tag, b, size);
             let body = common::update_body(&files);
             let columns = Columns::of(&files);
             for side in if b % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
+                    let body = body.clone();
+                    let cpu = [common::cpu_seconds_of(&[me]), common::cpu_seconds_of(&pool_pids)];
                     let started = Instant::now();
-                    let answer = common::push_body(&app, &device, project, body.clone()).await?;
+                    let answer = common::push_body(&app, &device, project, body).await?;
                     let took = started.elapsed();
+                    ferry_cpu[0] += common::cpu_seconds_of(&[me]) - cpu[0];
+                    ferry_cpu[1] += common::cpu_seconds_of(&pool_pids) - cpu[1];
                     ferry_time += took;
                     ferry_worst = ferry_worst.max(took);
                     if answer["applied"].as_u64() != Some(size as u64) {
@@ -136,6 +150,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
                     }
                 } else {
                     let c = &columns;
+                    let cpu = [common::cpu_seconds_of(&[me]), common::cpu_seconds_of(&[raw_pid])];
                     let started = Instant::now();
                     raw.execute(
                         &raw_insert,
@@ -143,6 +158,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
                     )
                     .await?;
                     let took = started.elapsed();
+                    raw_cpu[0] += common::cpu_seconds_of(&[me]) - cpu[0];
+                    raw_cpu[1] += common::cpu_seconds_of(&[raw_pid]) - cpu[1];
                     raw_time += took;
                     raw_worst = raw_worst.max(took);
                 }
@@ -166,6 +183,13 @@ async fn run(url: String) -> Result<bool, BoxError> {
             common::ms(raw_worst)
         );
         println!("  ratio ferry/raw: {:.2} (goal >= {GOAL})", ferry_rate / raw_rate);
+        let per_1000 = |cpu: [f64; 2]| cpu.map(|s| s * 1000.0 / changes * 1000.0);
+        let (f, r) = (per_1000(ferry_cpu), per_1000(raw_cpu));
+        println!(
+            "  CPU ms per 1,000 changes: ferry {:.1} in this process + {:.1} in PostgreSQL; \
+             raw {:.1} + {:.1}",
+            f[0], f[1], r[0], r[1]
+        );
     }
 
     // Every change landed, once, on both sides.

@@ -53,3 +53,31 @@ CROSS JOIN LATERAL jsonb_array_elements(
          WHEN (t.data->>'size')::bigint > 0 THEN jsonb_build_array(jsonb_build_object('hash', t.data->'hash'))
          ELSE '[]'::jsonb END) WITH ORDINALITY AS c(value, ord)
 WHERE t.live;
+
+-- build
+-- The whole log into the empty table: the latest effect of each path (as the
+-- apply SQL picks it), its chunks for a live path, each row once (no delete,
+-- no key checks), in the primary key's order and collation so that the key
+-- is then one sorted build. The chunk list comes out of `data` before the
+-- sort, which then moves it, not the whole events.
+INSERT INTO file_chunks (project_id, path, idx, hash)
+SELECT t.project_id, t.path, (c.ord - 1)::integer, decode(c.value->>'hash', 'hex')
+FROM (
+    SELECT DISTINCT ON (project_id, path COLLATE "C") project_id, path, live, chunks
+    FROM (SELECT project_id, seq, 0 AS step, data->>'path' AS path, type <> 'file_deleted' AS live,
+                 CASE WHEN jsonb_typeof(data->'chunks') = 'array' THEN data->'chunks'
+                      WHEN (data->>'size')::bigint > 0 THEN jsonb_build_array(jsonb_build_object('hash', data->'hash'))
+                 END AS chunks
+          FROM new_events WHERE type IN ('file_added', 'file_updated', 'file_deleted')
+          UNION ALL
+          SELECT project_id, seq, 0, data->>'from', false, NULL FROM new_events WHERE type = 'file_moved'
+          UNION ALL
+          SELECT project_id, seq, 1, data->>'to', true,
+                 CASE WHEN jsonb_typeof(data->'chunks') = 'array' THEN data->'chunks'
+                      WHEN (data->>'size')::bigint > 0 THEN jsonb_build_array(jsonb_build_object('hash', data->'hash'))
+                 END
+          FROM new_events WHERE type = 'file_moved') e
+    ORDER BY project_id, path COLLATE "C", seq DESC, step DESC
+) t
+CROSS JOIN LATERAL jsonb_array_elements(t.chunks) WITH ORDINALITY AS c(value, ord)
+WHERE t.live;

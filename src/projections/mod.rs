@@ -126,6 +126,10 @@ mod tests {
         let build = remote_files.build_sql().expect("remote_files has a build section");
         assert!(build.contains("new_events") && !build.contains("ON CONFLICT"));
         assert!(!remote_files.apply_sql().contains("-- build"), "the build SQL is not applied live");
+        let file_chunks = find("file_chunks").unwrap();
+        let build = file_chunks.build_sql().expect("file_chunks has a build section");
+        assert!(build.contains("new_events") && !build.contains("DELETE"));
+        assert!(!file_chunks.apply_sql().contains("-- build"));
         assert_eq!(find("file_transfers").unwrap().logs(), vec![Log::Transfer]);
         assert_eq!(find("remote_files").unwrap().logs(), vec![Log::Project]);
         assert_eq!(

@@ -51,6 +51,12 @@ macro_rules! event_types {
                     .expect("event payloads serialize to JSON")
             }
 
+            /// [`EventData::payload`] as JSON text, appended to `out`.
+            pub fn write_payload(&self, out: &mut Vec<u8>) {
+                match self { $(EventData::$variant(d) => serde_json::to_writer(out, d)),+ }
+                    .expect("event payloads serialize to JSON")
+            }
+
             /// Reads a payload the log stored as `event_type`.
             pub fn from_payload(event_type: EventType, payload: Value) -> Result<Self, serde_json::Error> {
                 match event_type { $(EventType::$variant => serde_json::from_value(payload).map(EventData::$variant)),+ }
@@ -376,6 +382,9 @@ mod tests {
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
         assert_eq!(event.data.event_type(), EventType::ProjectCreated);
         assert_eq!(event.data.payload(), payload);
+        let mut text = b"[".to_vec();
+        event.data.write_payload(&mut text);
+        assert_eq!(serde_json::from_slice::<Value>(&text[1..]).unwrap(), payload, "appends to what is there");
         assert_eq!(EventData::from_payload(EventType::ProjectCreated, payload).unwrap(), event.data);
         assert!(EventData::from_payload(EventType::ProjectRenamed, serde_json::json!({})).is_err());
     }

@@ -168,3 +168,41 @@ async fn reads_merge_both_logs_in_seq_order() {
     let err = store::append(&tx, unknown, &meta(), &mixed_batch(1)).await.unwrap_err();
     assert!(matches!(err, store::StoreError::UnknownStream(id) if id == unknown));
 }
+
+/// Payloads go to the log as JSON text written straight from the events
+/// (binary jsonb): what is read back is what was appended, typed or not,
+/// whatever the text holds (escapes, non-ASCII, numbers, nesting).
+#[tokio::test]
+async fn payloads_read_back_as_appended() {
+    use ferry::protocol::events::data::FileState;
+    use ferry::protocol::files::ChunkRef;
+    use ferry::protocol::EventData;
+
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    let state = FileState {
+        path: "/naïve \"quoted\"/tab\there/日本語.txt".into(),
+        size: (1 << 53) - 1,
+        hash: format!("{:064x}", 7),
+        mime_type: "text/plain".into(),
+        modified_at: Some(chrono::DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap()),
+        chunks: Some(vec![ChunkRef { hash: format!("{:064x}", 8), size: 1 }]),
+        version: 3,
+    };
+    let typed = vec![EventData::FileAdded(state.clone()), EventData::FileDeleted(FileState { chunks: None, ..state })];
+    let untyped = NewEvent::new(
+        EventType::ProjectRenamed,
+        json!({"name": "\u{1F600} \\ \u{0001} </script>", "n": [1.5, -2, 1e300, {"deep": [[]]}], "empty": {}}),
+    );
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    store::append(&tx, project, &meta(), &typed).await.unwrap();
+    store::append(&tx, project, &meta(), std::slice::from_ref(&untyped)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let read = store::read_after(&client, project, 1, 10).await.unwrap();
+    assert_eq!(read.len(), 3);
+    let events: Vec<EventData> = read[..2].iter().map(|e| e.clone().into_event().unwrap().data).collect();
+    assert_eq!(events, typed);
+    assert_eq!(read[2].data, untyped.data);
+}
