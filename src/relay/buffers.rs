@@ -71,10 +71,18 @@ impl Buffer {
 
     /// Fills the buffer with `len` bytes of `file` from `offset` on.
     pub fn fill_from(&mut self, file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        // Zeroing pages already mapped is cheap; faulting in new ones is not.
-        self.buf.resize(len, 0);
-        file.read_exact_at(&mut self.buf, offset)
+        use std::io::{Read, Seek, SeekFrom};
+        // Read into the spare capacity rather than over zeros written
+        // first (as much work again as the read).
+        self.buf.clear();
+        self.buf.reserve(len);
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.take(len as u64).read_to_end(&mut self.buf)?;
+        if self.buf.len() != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 
     /// Shared, read-only bytes over the buffer, without copying.

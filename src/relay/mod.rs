@@ -284,10 +284,15 @@ impl ChunkStore {
 /// nothing on the relay's upload path.
 const PROBE_BYTES: usize = 64 * 1024;
 
+/// zstd level of the probe: the fastest, since it only decides.
+const PROBE_LEVEL: i32 = 1;
+/// zstd level of a variant kept.
+const VARIANT_LEVEL: i32 = 3;
+
 /// The zstd variant of a plain chunk, when its start compresses by at least
-/// 3% (media and archives do not: then only that start was tried). The
-/// compressor is kept per thread: a new one for each chunk costs as much
-/// as the probe.
+/// 3% (media and archives do not: then only that start was tried, at the
+/// fastest level). The compressor is kept per thread: a new one for each
+/// chunk costs as much as the probe.
 fn zstd_variant(plain: &[u8]) -> Option<Vec<u8>> {
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -295,13 +300,15 @@ fn zstd_variant(plain: &[u8]) -> Option<Vec<u8>> {
     }
     COMPRESSOR.with_borrow_mut(|compressor| {
         if compressor.is_none() {
-            *compressor = zstd::bulk::Compressor::new(3).ok();
+            *compressor = zstd::bulk::Compressor::new(PROBE_LEVEL).ok();
         }
         let compressor = compressor.as_mut()?;
+        compressor.set_compression_level(PROBE_LEVEL).ok()?;
         let probe = &plain[..plain.len().min(PROBE_BYTES)];
         if compressor.compress(probe).ok()?.len() * 100 > probe.len() * 97 {
             return None;
         }
+        compressor.set_compression_level(VARIANT_LEVEL).ok()?;
         compressor.compress(plain).ok()
     })
 }
