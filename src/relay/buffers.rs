@@ -128,4 +128,26 @@ mod tests {
         drop((b, more));
         assert!(pool.kept() <= 3 << 20, "kept {} bytes", pool.kept());
     }
+
+    #[test]
+    fn a_used_buffer_is_filled_with_exactly_the_range_read() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("ferry-buffers-{}", std::process::id()));
+        std::fs::File::create(&path).unwrap().write_all(&(0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let pool = BufferPool::new(1 << 20);
+        let mut long = pool.take(8_000);
+        long.fill_from(&file, 0, 8_000).unwrap();
+        drop(long);
+        // The same buffer again, for less and from elsewhere: nothing of the
+        // earlier read is left in it.
+        let mut short = pool.take(100);
+        short.fill_from(&file, 300, 100).unwrap();
+        assert_eq!(short.as_ref(), (300..400).map(|i| (i % 256) as u8).collect::<Vec<_>>());
+        // Past the end of the file: an error, not zeros.
+        let mut past = pool.take(100);
+        let err = past.fill_from(&file, 9_950, 100).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
