@@ -65,14 +65,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(health::routes)
         .service(
             web::scope("/api")
+                // The byte routes first: actix tries resources in order, a
+                // regex each, and these take a request per relay chunk.
+                .configure(relay::routes)
+                .configure(content::routes)
                 .configure(accounts::routes)
                 .configure(projects::routes)
                 .configure(membership::routes)
                 .configure(files::routes)
                 .configure(folders::routes)
                 .configure(transfers::routes)
-                .configure(content::routes)
-                .configure(relay::routes)
                 .configure(admin::routes)
                 .configure(openapi::routes)
                 .configure(ws::routes),

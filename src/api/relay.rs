@@ -173,33 +173,22 @@ async fn plan_or_wait(
     let deadline = tokio::time::Instant::now() + wait;
     // Registered before the first look, so an arrival in between is not lost.
     let mut waiter = (!wait.is_zero()).then(|| state.arrivals.register(project_id, hash));
-    let mut expected = None;
     loop {
-        let planned = {
+        let lookup = {
             let client = state.pool.get().await?;
-            match relay::plan_download(&client, caller, project_id, hash).await {
-                Err(e @ DomainError::Rejected { kind: domain::Rejection::NotFound, .. }) if waiter.is_some() => {
-                    if expected.is_none() {
-                        expected = Some(relay::expected(&client, caller, project_id, hash).await?);
-                    }
-                    Err(e)
-                }
-                other => return other.map(Found::Stored),
-            }
+            relay::plan_download(&client, caller, project_id, hash).await?
         };
-        match waiter.as_mut() {
-            Some(waiter) if expected == Some(true) => {
-                if !waiter.wait(deadline).await {
-                    return planned.map(Found::Stored);
-                }
-                // The caller may have this chunk (it is expected), and it
-                // came verified: served before it is even recorded.
-                if let Some(bytes) = waiter.handed() {
-                    crate::telemetry::CHUNKS_HANDED_OVER.inc();
-                    return Ok(Found::Handed(bytes));
-                }
-            }
-            _ => return planned.map(Found::Stored),
+        let Some(waiter) = waiter.as_mut().filter(|_| matches!(lookup, relay::Lookup::Expected)) else {
+            return lookup.held().map(Found::Stored);
+        };
+        if !waiter.wait(deadline).await {
+            return lookup.held().map(Found::Stored);
+        }
+        // The caller may have this chunk (it is expected), and it came
+        // verified: served before it is even recorded.
+        if let Some(bytes) = waiter.handed() {
+            crate::telemetry::CHUNKS_HANDED_OVER.inc();
+            return Ok(Found::Handed(bytes));
         }
     }
 }

@@ -553,14 +553,17 @@ impl Source {
         Ok(served)
     }
 
-    /// Re-reads one chunk from the file by offset, checks it, compresses
-    /// it when that pays, uploads it.
+    /// Re-reads one chunk from the file by offset, compresses it when that
+    /// pays, uploads it. It is not hashed here: the server hashes every
+    /// upload and stores only a chunk that hashes to its name, so a chunk
+    /// changed since the scan comes back as `hash_mismatch`, which means
+    /// the file changed here (a second pass over every byte saved).
     async fn upload(&self, s: &Serving, hash: String) -> Result<u64, Stop> {
         let (offset, size) =
             *s.table.get(&hash).ok_or_else(|| Stop::Failed(format!("chunk {hash} is not part of the file")))?;
-        let (abs, expected) = (s.abs.clone(), hash.clone());
+        let abs = s.abs.clone();
         let (body, zstd) = tokio::task::spawn_blocking(move || {
-            let bytes = read_checked(&abs, offset, size, &expected)?;
+            let bytes = scan::read_at(&abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
             Ok::<_, String>(match compressed(&bytes) {
                 Some(smaller) => (Bytes::from(smaller), true),
                 None => (Bytes::from(bytes), false),
@@ -569,7 +572,7 @@ impl Source {
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
         .map_err(Stop::Failed)?;
-        self.api.put_chunk(self.project, &hash, body, zstd).await.map_err(|e| Stop::Failed(e.to_string()))?;
+        self.api.put_chunk(self.project, &hash, body, zstd).await.map_err(upload_refused)?;
         s.progress.add(size);
         s.progress.report(&self.api, self.project, false).await;
         Ok(size)
@@ -612,17 +615,40 @@ fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Re
     Ok(bytes)
 }
 
+/// Why an upload failed, as the transfer's failure: the server's
+/// `hash_mismatch` means the bytes read are not the chunk scanned, so the
+/// file changed here since.
+fn upload_refused(e: ClientError) -> Stop {
+    match e {
+        ClientError::Api { status: 422, code, .. } if code == "hash_mismatch" => {
+            Stop::Failed(FailureReason::FileChangedAtSource.to_string())
+        }
+        e => Stop::Failed(e.to_string()),
+    }
+}
+
 /// The chunk zstd-compressed, when that saves at least a tenth: a sample
 /// is tried first, so incompressible data (media, archives) costs little.
+/// The compressor is kept per thread: a new one for each chunk costs as
+/// much as the sample.
 fn compressed(bytes: &[u8]) -> Option<Vec<u8>> {
-    let worth = |raw: usize, packed: usize| (packed as f64) < raw as f64 * WORTH_IT;
-    let sample = &bytes[..bytes.len().min(PROBE_BYTES)];
-    let probe = zstd::bulk::compress(sample, ZSTD_LEVEL).ok()?;
-    if !worth(sample.len(), probe.len()) {
-        return None;
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
-    let packed = zstd::bulk::compress(bytes, ZSTD_LEVEL).ok()?;
-    worth(bytes.len(), packed.len()).then_some(packed)
+    let worth = |raw: usize, packed: usize| (packed as f64) < raw as f64 * WORTH_IT;
+    COMPRESSOR.with_borrow_mut(|compressor| {
+        if compressor.is_none() {
+            *compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let compressor = compressor.as_mut()?;
+        let sample = &bytes[..bytes.len().min(PROBE_BYTES)];
+        if !worth(sample.len(), compressor.compress(sample).ok()?.len()) {
+            return None;
+        }
+        let packed = compressor.compress(bytes).ok()?;
+        worth(bytes.len(), packed.len()).then_some(packed)
+    })
 }
 
 /// The direct listener's view of the agent: the sources of every project
@@ -704,7 +730,20 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::compressed;
+    use super::{compressed, upload_refused, ClientError, FailureReason, Stop};
+
+    #[test]
+    fn a_chunk_the_server_finds_changed_fails_the_transfer_as_changed_at_source() {
+        let refused = |status, code: &str| {
+            upload_refused(ClientError::Api { status, code: code.into(), message: "the bytes hash to ...".into() })
+        };
+        let changed = FailureReason::FileChangedAtSource.to_string();
+        assert!(matches!(refused(422, "hash_mismatch"), Stop::Failed(why) if why == changed));
+        assert!(
+            matches!(refused(507, "quota_exceeded"), Stop::Failed(why) if why != changed && why.contains("quota_exceeded"))
+        );
+        assert!(matches!(refused(422, "invalid_hash"), Stop::Failed(why) if why != changed));
+    }
 
     #[test]
     fn chunks_are_compressed_only_when_it_pays() {

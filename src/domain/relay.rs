@@ -106,7 +106,8 @@ pub async fn plan_upload(
 
 /// [`plan_upload`] in one round trip: the caller's role, whether it came
 /// with a source device's token, the use of the chunk when the relay holds
-/// it (recorded only for an allowed caller), and the project's usage.
+/// it (recorded only for an allowed caller), and the project's usage (kept
+/// in `relay_usage`, migration V0021).
 const PLAN_UPLOAD: &str = "
     WITH role AS (
         SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
@@ -120,11 +121,11 @@ const PLAN_UPLOAD: &str = "
         RETURNING size
     )
     SELECT (SELECT role FROM role), (SELECT ok FROM source), (SELECT size FROM known),
-           (SELECT coalesce(sum(size + coalesce(zstd_size, 0)), 0)::bigint FROM relay_chunks WHERE project_id = $1)";
+           coalesce((SELECT bytes FROM relay_usage WHERE project_id = $1), 0)";
 
 /// After the bytes are stored: records the chunk, unless that would pass
 /// the quota (then the caller removes the bytes). Uploads to one project
-/// take turns in `relay_record_chunk` (migration V0008), so racing uploads
+/// take turns in `relay_record_chunk` (migrations V0008, V0021), so racing uploads
 /// cannot both slip under it; one statement, committed at once.
 pub async fn record_upload(
     pool: &Pool,
@@ -153,62 +154,76 @@ pub struct ChunkInfo {
     pub zstd_size: Option<i64>,
 }
 
+/// What a download finds of a chunk of the project.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup {
+    /// The relay holds it, and the caller may have it.
+    Held(ChunkInfo),
+    /// Not on the relay yet, but it belongs to a current file or an open
+    /// transfer of the project: worth waiting for.
+    Expected,
+}
+
+impl Lookup {
+    /// The chunk, or 404 when the relay does not hold it (yet).
+    pub fn held(self) -> Result<ChunkInfo, DomainError> {
+        match self {
+            Lookup::Held(info) => Ok(info),
+            Lookup::Expected => Err(chunk_not_found()),
+        }
+    }
+}
+
+fn chunk_not_found() -> DomainError {
+    DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you")
+}
+
+/// A chunk for a download, in one round trip (it runs for every relayed
+/// chunk, often twice: before and after waiting for it): whether the
+/// caller is in the project, whether the chunk belongs to its files or open
+/// transfers, and, when the relay holds it, its sizes. 404 for a project
+/// the caller is not in and for a chunk that is not the project's.
 pub async fn plan_download(
     client: &impl GenericClient,
     caller: &Caller,
     project_id: Uuid,
     hash: &str,
-) -> Result<ChunkInfo, DomainError> {
+) -> Result<Lookup, DomainError> {
     let hash = Blake3Hash::parse(hash)?;
-    access(client, project_id, caller, false).await?;
-    // The use is recorded at most once a minute per chunk (retention counts
-    // in hours): most downloads write nothing, so commit no WAL.
-    let row = client
-        .query_opt(
-            "WITH chunk AS (
-                 SELECT r.size, r.zstd_size, r.last_used_at FROM relay_chunks r
-                 WHERE r.project_id = $1 AND r.hash = $2
-                   AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode($2, 'hex') AND f.project_id = $1)
-                        OR EXISTS (SELECT 1 FROM file_transfers t
-                                   WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
-                                     AND t.chunks_needed ? $2))
-             ), used AS (
-                 UPDATE relay_chunks SET last_used_at = now()
-                 WHERE project_id = $1 AND hash = $2
-                   AND EXISTS (SELECT 1 FROM chunk WHERE last_used_at < now() - interval '1 minute')
-             )
-             SELECT size, zstd_size FROM chunk",
-            &[&project_id, &hash.as_str()],
-        )
-        .await?
-        .ok_or_else(|| {
-            DomainError::rejected(Rejection::NotFound, "chunk_not_found", "the relay has no such chunk for you")
-        })?;
-    Ok(ChunkInfo { size: row.get(0), zstd_size: row.get(1) })
+    let stmt = client.prepare_cached(PLAN_DOWNLOAD).await?;
+    let row = client.query_one(&stmt, &[&project_id, &hash.as_str(), &caller.user_id]).await?;
+    allowed(row.get(0), false)?;
+    if !row.get::<_, bool>(1) {
+        return Err(chunk_not_found());
+    }
+    Ok(match row.get::<_, Option<i64>>(2) {
+        Some(size) => Lookup::Held(ChunkInfo { size, zstd_size: row.get(3) }),
+        None => Lookup::Expected,
+    })
 }
 
-/// Whether a chunk the relay does not hold yet is worth waiting for: it
-/// belongs to a current file of the project or to one of its open
-/// transfers (the caller must be in the project).
-pub async fn expected(
-    client: &impl GenericClient,
-    caller: &Caller,
-    project_id: Uuid,
-    hash: &str,
-) -> Result<bool, DomainError> {
-    let hash = Blake3Hash::parse(hash)?;
-    access(client, project_id, caller, false).await?;
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode($2, 'hex') AND f.project_id = $1)
-                 OR EXISTS (SELECT 1 FROM file_transfers t
-                            WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
-                              AND t.chunks_needed ? $2)",
-            &[&project_id, &hash.as_str()],
-        )
-        .await?
-        .get(0))
-}
+/// [`plan_download`]'s statement. The use of a held chunk is recorded at
+/// most once a minute (retention counts in hours): most downloads write
+/// nothing, so commit no WAL.
+const PLAN_DOWNLOAD: &str = "
+    WITH role AS (
+        SELECT m.role FROM project_members m JOIN projects p ON p.id = m.project_id
+        WHERE m.project_id = $1 AND m.user_id = $3 AND p.archived_at IS NULL
+    ), wanted AS (
+        SELECT EXISTS (SELECT 1 FROM role)
+           AND (EXISTS (SELECT 1 FROM file_chunks f WHERE f.hash = decode($2, 'hex') AND f.project_id = $1)
+                OR EXISTS (SELECT 1 FROM file_transfers t
+                           WHERE t.project_id = $1 AND t.status IN ('pending', 'in_progress')
+                             AND t.chunks_needed ? $2)) AS ok
+    ), chunk AS (
+        SELECT r.size, r.zstd_size, r.last_used_at FROM relay_chunks r
+        WHERE r.project_id = $1 AND r.hash = $2 AND (SELECT ok FROM wanted)
+    ), used AS (
+        UPDATE relay_chunks SET last_used_at = now()
+        WHERE project_id = $1 AND hash = $2
+          AND EXISTS (SELECT 1 FROM chunk WHERE last_used_at < now() - interval '1 minute')
+    )
+    SELECT (SELECT role FROM role), (SELECT ok FROM wanted), (SELECT size FROM chunk), (SELECT zstd_size FROM chunk)";
 
 /// Forgets chunks nothing needs any more; answers them, for the caller to
 /// delete their bytes. Safe with several servers: each row is deleted once.

@@ -71,10 +71,18 @@ impl Buffer {
 
     /// Fills the buffer with `len` bytes of `file` from `offset` on.
     pub fn fill_from(&mut self, file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        // Zeroing pages already mapped is cheap; faulting in new ones is not.
-        self.buf.resize(len, 0);
-        file.read_exact_at(&mut self.buf, offset)
+        use std::io::{Read, Seek, SeekFrom};
+        // Read into the spare capacity rather than over zeros written
+        // first (as much work again as the read).
+        self.buf.clear();
+        self.buf.reserve(len);
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.take(len as u64).read_to_end(&mut self.buf)?;
+        if self.buf.len() != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 
     /// Shared, read-only bytes over the buffer, without copying.
@@ -119,5 +127,27 @@ mod tests {
         let more: Vec<Buffer> = (0..3).map(|_| pool.take(2 << 20)).collect();
         drop((b, more));
         assert!(pool.kept() <= 3 << 20, "kept {} bytes", pool.kept());
+    }
+
+    #[test]
+    fn a_used_buffer_is_filled_with_exactly_the_range_read() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("ferry-buffers-{}", std::process::id()));
+        std::fs::File::create(&path).unwrap().write_all(&(0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let pool = BufferPool::new(1 << 20);
+        let mut long = pool.take(8_000);
+        long.fill_from(&file, 0, 8_000).unwrap();
+        drop(long);
+        // The same buffer again, for less and from elsewhere: nothing of the
+        // earlier read is left in it.
+        let mut short = pool.take(100);
+        short.fill_from(&file, 300, 100).unwrap();
+        assert_eq!(short.as_ref(), (300..400).map(|i| (i % 256) as u8).collect::<Vec<_>>());
+        // Past the end of the file: an error, not zeros.
+        let mut past = pool.take(100);
+        let err = past.fill_from(&file, 9_950, 100).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -146,8 +146,8 @@ impl ChunkStore {
         self.prefix.child("chunks").child(project_id.to_string()).child(name)
     }
 
-    /// Takes a body in, decompressing it when `zstd_encoded`, hashing and
-    /// bounding it as it comes; answers it only when it hashes to `hash`
+    /// Takes a body in, decompressing it when `zstd_encoded` and bounding
+    /// it as it comes, then hashes it; answers it only when it hashes to `hash`
     /// (with its zstd variant when smaller), for [`Self::keep`] to store
     /// in one write (a chunk is at most 16 MiB): a body cut off or wrong
     /// stores nothing.
@@ -167,7 +167,6 @@ impl ChunkStore {
         } else {
             None
         };
-        let mut hasher = blake3::Hasher::new();
         // Sized once from the declared length (bounded), not grown by doubling:
         // each regrowth is a copy and fresh pages to fault in.
         let mut raw = self.buffers.take(size_hint.unwrap_or(0).min(MAX_CHUNK_BYTES) as usize);
@@ -177,7 +176,6 @@ impl ChunkStore {
             if (raw.len() + plain.len()) as u64 > MAX_CHUNK_BYTES {
                 return Err(RelayError::TooLarge);
             }
-            hasher.update(plain);
             raw.extend_from_slice(plain);
             Ok(())
         };
@@ -212,7 +210,10 @@ impl ChunkStore {
         }
         taken?;
 
-        let actual = Blake3Hash::from(hasher.finalize());
+        // Hashed whole, once it is all in: BLAKE3 hashes many 1 KiB blocks
+        // at once (SIMD lanes), which the body's small pieces, a few KiB
+        // each, left mostly idle.
+        let actual = Blake3Hash::of(raw.as_ref());
         if actual != *hash {
             return Err(RelayError::HashMismatch { actual: actual.as_str().to_owned() });
         }
@@ -284,10 +285,15 @@ impl ChunkStore {
 /// nothing on the relay's upload path.
 const PROBE_BYTES: usize = 64 * 1024;
 
+/// zstd level of the probe: the fastest, since it only decides.
+const PROBE_LEVEL: i32 = 1;
+/// zstd level of a variant kept.
+const VARIANT_LEVEL: i32 = 3;
+
 /// The zstd variant of a plain chunk, when its start compresses by at least
-/// 3% (media and archives do not: then only that start was tried). The
-/// compressor is kept per thread: a new one for each chunk costs as much
-/// as the probe.
+/// 3% (media and archives do not: then only that start was tried, at the
+/// fastest level). The compressor is kept per thread: a new one for each
+/// chunk costs as much as the probe.
 fn zstd_variant(plain: &[u8]) -> Option<Vec<u8>> {
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
@@ -295,13 +301,15 @@ fn zstd_variant(plain: &[u8]) -> Option<Vec<u8>> {
     }
     COMPRESSOR.with_borrow_mut(|compressor| {
         if compressor.is_none() {
-            *compressor = zstd::bulk::Compressor::new(3).ok();
+            *compressor = zstd::bulk::Compressor::new(PROBE_LEVEL).ok();
         }
         let compressor = compressor.as_mut()?;
+        compressor.set_compression_level(PROBE_LEVEL).ok()?;
         let probe = &plain[..plain.len().min(PROBE_BYTES)];
         if compressor.compress(probe).ok()?.len() * 100 > probe.len() * 97 {
             return None;
         }
+        compressor.set_compression_level(VARIANT_LEVEL).ok()?;
         compressor.compress(plain).ok()
     })
 }
