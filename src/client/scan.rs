@@ -258,8 +258,6 @@ pub fn hash_file(path: &Path, on_bytes: &dyn Fn(u64)) -> std::io::Result<(String
 pub fn read_at(path: &Path, offset: u64, size: u64) -> std::io::Result<Vec<u8>> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
-    // Read into the spare capacity, not into zeros written first: zeroing
-    // every chunk sent cost the agent as much as reading it.
     let mut buf = Vec::with_capacity(usize::try_from(size).map_err(std::io::Error::other)?);
     file.take(size).read_to_end(&mut buf)?;
     if buf.len() as u64 != size {
