@@ -327,12 +327,14 @@ pub enum InviteCommand {
     },
 }
 
-/// Runs a command line; prints errors and answers the exit code.
 /// Keeps the allocator to two heaps. Chunks (about 1 MiB, up to 4 MiB) are
 /// read on many blocking threads, and glibc gives threads heaps of their
 /// own (up to eight per core), each keeping freed chunks for later: serving
 /// 8 GiB directly grew the agent by 71 MiB, against 50 MiB for 1 GiB; with
 /// two heaps, by 27 MiB (`scripts/bench-pull`).
+/// Fixing glibc's mmap threshold at the smallest chunk (each chunk mapped
+/// and given back whole) kept a pull of 8 GiB to 34 MiB against 51-54, but
+/// the page faults and zeroing cost a third more CPU per GiB: not done.
 fn bound_heaps() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called first thing,
@@ -342,6 +344,7 @@ fn bound_heaps() {
     }
 }
 
+/// Runs a command line; prints errors and answers the exit code.
 pub fn run(cli: Cli) -> ExitCode {
     bound_heaps();
     let out = Output::new(cli.global.json);
