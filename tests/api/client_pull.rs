@@ -264,3 +264,50 @@ async fn ctrl_c_on_a_pull_cancels_its_transfer_keeps_what_arrived_and_the_same_c
     assert!(transferred < big.len() as u64, "{again}");
     assert!(std::fs::read(target.path().join("big.bin")).unwrap() == big, "the resumed file is not the owner's");
 }
+
+/// A file replaced behind the agent's back by one of the same size and
+/// mtime (as a copy that keeps times does): the agent's index still names
+/// the old chunks, so what it reads and uploads does not hash to them. The
+/// relay refuses those bytes and stores nothing, and the transfer fails as
+/// `file_changed_at_source`, which the member is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_behind_the_agents_back_fails_its_relayed_transfer_as_changed_at_source() {
+    let app = TestApp::spawn().await;
+    let (owner, member, project) = owner_and_member(&app, "Changed").await;
+    let tree = TempDir::new("changed-src");
+    let original = noise(300_000, 5);
+    write(tree.path(), "data/report.bin", &original);
+    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    agent.wait_for("its first push", |v| v["event"] == "synced").await;
+
+    // Same size and mtime, other bytes, renamed into place in one step.
+    let path = tree.path().join("data/report.bin");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let aside = TempDir::new("changed-aside");
+    let replacement = aside.path().join("report.bin");
+    std::fs::write(&replacement, noise(original.len(), 6)).unwrap();
+    std::fs::File::options().write(true).open(&replacement).unwrap().set_modified(mtime).unwrap();
+    std::fs::rename(&replacement, &path).unwrap();
+
+    let target = TempDir::new("changed-dst");
+    let to = target.path().to_str().unwrap();
+    let pulled = member.run(&["pull", &project, "--to", to, "--wait", "10", "--json"]).await;
+    assert!(!pulled.status.success(), "{}", describe(&pulled));
+    let said = String::from_utf8_lossy(&pulled.stderr);
+    assert!(said.contains("/data/report.bin") && said.contains("file_changed_at_source"), "{}", describe(&pulled));
+    assert!(!target.path().join("data/report.bin").exists(), "nothing is written from bytes that were refused");
+
+    let (_, page) = app.get(&format!("/api/projects/{project}/transfers"), &member.token()).await;
+    let transfer = &page["transfers"][0];
+    assert_eq!(transfer["status"], "failed", "{page}");
+    assert_eq!(transfer["error_message"], "file_changed_at_source", "{page}");
+    let client = app.pool.get().await.unwrap();
+    let project_id: uuid::Uuid = project.parse().unwrap();
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM relay_chunks WHERE project_id = $1", &[&project_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "the relay kept none of the refused bytes");
+    drop(agent);
+}
