@@ -304,6 +304,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
         ok = false;
     };
 
+    // The generated file written out first, as before every timed phase.
+    settle().await;
     let raw1 = raw_copy(&source, &root.0.join("raw"), size).await?;
     println!("  raw copy, run 1 (before the pulls): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
 

@@ -72,7 +72,8 @@ pub enum Refusal {
 /// What the listener asks of the agent.
 #[async_trait::async_trait]
 pub trait Chunks: Send + Sync + 'static {
-    /// The bytes of chunk `hash` of `transfer`, checked against `hash`.
+    /// The bytes of chunk `hash` of `transfer` as its file holds them now
+    /// (the member verifies them).
     async fn chunk(&self, transfer: Uuid, hash: &str) -> Result<Bytes, Refusal>;
 }
 

@@ -21,7 +21,6 @@ use super::direct::{Chunks, Refusal};
 use super::output::{human_bytes, Output};
 use super::scan::{self, Files};
 use super::ClientError;
-use crate::protocol::files::Blake3Hash;
 use crate::protocol::realtime::EventMessage;
 use crate::protocol::transfers::{FailureReason, Transfer, TransferReport, TransferStatus};
 use crate::protocol::EventData;
@@ -578,14 +577,19 @@ impl Source {
         Ok(size)
     }
 
-    /// One chunk of the transfer's file, read at its offset and checked
-    /// (on a blocking thread: the network tasks keep running).
+    /// One chunk of the transfer's file, read at its offset (on a blocking
+    /// thread: the network tasks keep running). It is not hashed here: the
+    /// member verifies every chunk, and takes one that does not verify (the
+    /// file changed here since the scan) to the relay, which hashes every
+    /// upload and fails the transfer as changed at the source.
     async fn read_chunk(&self, s: &Serving, hash: &str) -> Result<Bytes, String> {
         let (offset, size) = *s.table.get(hash).ok_or_else(|| format!("chunk {hash} is not part of the file"))?;
-        let (abs, hash) = (s.abs.clone(), hash.to_owned());
-        tokio::task::spawn_blocking(move || read_checked(&abs, offset, size, &hash).map(Bytes::from))
-            .await
-            .map_err(|e| e.to_string())?
+        let abs = s.abs.clone();
+        tokio::task::spawn_blocking(move || {
+            scan::read_at(&abs, offset, size).map(Bytes::from).map_err(|e| format!("file_unreadable_at_source: {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// The transfer, while it is being served here.
@@ -604,15 +608,6 @@ impl Source {
         }
         self.take_up(t.into(), true).or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
     }
-}
-
-/// The chunk at (offset, size) of `abs`, when it still hashes to `hash`.
-fn read_checked(abs: &std::path::Path, offset: u64, size: u64, hash: &str) -> Result<Vec<u8>, String> {
-    let bytes = scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
-    if Blake3Hash::of(&bytes) != *hash {
-        return Err(FailureReason::FileChangedAtSource.to_string());
-    }
-    Ok(bytes)
 }
 
 /// Why an upload failed, as the transfer's failure: the server's

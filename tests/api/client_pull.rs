@@ -272,12 +272,28 @@ async fn ctrl_c_on_a_pull_cancels_its_transfer_keeps_what_arrived_and_the_same_c
 /// `file_changed_at_source`, which the member is told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_replaced_behind_the_agents_back_fails_its_relayed_transfer_as_changed_at_source() {
+    replaced_behind_the_agents_back(&["--no-direct"]).await;
+}
+
+/// The same served directly: the agent sends the bytes its file holds now
+/// without hashing them, the member's check refuses them and takes the
+/// transfer to the relay, and it ends as the relayed one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_behind_the_agents_back_fails_its_direct_transfer_as_changed_at_source() {
+    let said = replaced_behind_the_agents_back(&[]).await;
+    assert!(said.contains("from the owner's machine did not verify; using the relay"), "{said}");
+}
+
+/// Shares a file with `share_args`, replaces it behind the agent's back,
+/// checks that the member's pull fails as `file_changed_at_source` with
+/// nothing written or kept on the relay; answers what the pull printed.
+async fn replaced_behind_the_agents_back(share_args: &[&str]) -> String {
     let app = TestApp::spawn().await;
     let (owner, member, project) = owner_and_member(&app, "Changed").await;
     let tree = TempDir::new("changed-src");
     let original = noise(300_000, 5);
     write(tree.path(), "data/report.bin", &original);
-    let mut agent = Running::share_with(&owner, &project, tree.path(), &["--no-direct"]);
+    let mut agent = Running::share_with(&owner, &project, tree.path(), share_args);
     agent.wait_for("its first push", |v| v["event"] == "synced").await;
 
     // Same size and mtime, other bytes, renamed into place in one step.
@@ -291,9 +307,9 @@ async fn a_file_replaced_behind_the_agents_back_fails_its_relayed_transfer_as_ch
 
     let target = TempDir::new("changed-dst");
     let to = target.path().to_str().unwrap();
-    let pulled = member.run(&["pull", &project, "--to", to, "--wait", "10", "--json"]).await;
+    let pulled = member.run(&["pull", &project, "--to", to, "--wait", "10"]).await;
     assert!(!pulled.status.success(), "{}", describe(&pulled));
-    let said = String::from_utf8_lossy(&pulled.stderr);
+    let said = String::from_utf8_lossy(&pulled.stderr).into_owned();
     assert!(said.contains("/data/report.bin") && said.contains("file_changed_at_source"), "{}", describe(&pulled));
     assert!(!target.path().join("data/report.bin").exists(), "nothing is written from bytes that were refused");
 
@@ -310,4 +326,5 @@ async fn a_file_replaced_behind_the_agents_back_fails_its_relayed_transfer_as_ch
         .get(0);
     assert_eq!(stored, 0, "the relay kept none of the refused bytes");
     drop(agent);
+    describe(&pulled)
 }

@@ -142,8 +142,11 @@ pub(super) async fn attempt(
                 // part already stays there for the next pass.
                 (Ok(Item::Arrived(pos, bytes, via)), Some(_)) => Item::Kept(pos, bytes, via),
                 (Ok(_), Some(_)) => continue,
-                (Err(Stop::Fallback(why)), _) => {
-                    stop.get_or_insert(Stop::Fallback(why));
+                (Err(fallback @ Stop::Fallback { unverified, .. }), _) => {
+                    // A chunk that did not verify decides how the relay is asked.
+                    if stop.is_none() || unverified {
+                        stop = Some(fallback);
+                    }
                     continue;
                 }
                 (Err(s), _) => {

@@ -20,8 +20,9 @@ const BAD_CHUNK_TRIES: u32 = 3;
 pub(super) enum Stop {
     /// The transfer failed: worth a retry through the API.
     Failed(String),
-    /// The owner's machine stopped answering directly: the relay's turn.
-    Fallback(String),
+    /// The owner's machine stopped answering directly or (`unverified`)
+    /// sent a chunk that does not hash to its name: the relay's turn.
+    Fallback { why: String, unverified: bool },
     /// Not worth retrying.
     Fatal(String),
 }
@@ -41,7 +42,8 @@ async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
 }
 
 /// One chunk, verified: directly from the owner's machine while that works
-/// (its first failure ends the attempt: [`Stop::Fallback`]), else from the
+/// (its first failure, or a chunk that does not verify, ends the attempt:
+/// [`Stop::Fallback`]), else from the
 /// relay — waiting there, when `wait`, for the source to put it there: the
 /// server holds the request until it lands (`?wait=`), so nothing is asked
 /// again and again.
@@ -60,7 +62,7 @@ pub(super) async fn fetch_chunk(
         let fetched = match peer {
             Some(peer) => match peer.fetch(hash).await {
                 Ok(bytes) => Some((bytes, Via::Direct)),
-                Err(why) => return Err(Stop::Fallback(why)),
+                Err(why) => return Err(Stop::Fallback { why, unverified: false }),
             },
             None => {
                 let wait = wait.then(|| relay_wait(deadline));
@@ -75,6 +77,13 @@ pub(super) async fn fetch_chunk(
         if let Some((bytes, via)) = fetched {
             if let Some(bytes) = verified(bytes, hash).await {
                 return Ok((bytes, via));
+            }
+            if via == Via::Direct {
+                // The agent sends what its file holds now, unhashed: its
+                // file changed since the scan. The relay hashes every
+                // upload, and fails the transfer as changed at the source.
+                let why = format!("chunk {hash} from the owner's machine did not verify");
+                return Err(Stop::Fallback { why, unverified: true });
             }
             bad += 1;
             if bad >= BAD_CHUNK_TRIES {

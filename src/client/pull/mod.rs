@@ -410,17 +410,18 @@ async fn pull_file(ctx: &Ctx, file: &RemoteFile) -> Result<Pulled, String> {
                 let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
                 return Err(why);
             }
-            Err(Stop::Fallback(why)) => {
-                ctx.bar.suspend(|| {
-                    ctx.out.note(&format!(
-                        "{}: the owner's machine cannot be reached directly ({why}); using the relay",
-                        file.path
-                    ))
-                });
+            Err(Stop::Fallback { why, unverified }) => {
+                let what = if unverified {
+                    why.clone()
+                } else {
+                    format!("the owner's machine cannot be reached directly ({why})")
+                };
+                ctx.bar.suspend(|| ctx.out.note(&format!("{}: {what}; using the relay", file.path)));
                 peer = None;
-                if leg.bytes_direct > 0 {
-                    // Part of it came directly: a new request, saying what
-                    // is here now, so only the rest goes on the relay.
+                if leg.bytes_direct > 0 || unverified {
+                    // Part of it came directly, or the agent counts a chunk
+                    // sent that was not kept: a new request, saying what is
+                    // here now, so the rest goes on the relay.
                     let _ = ctx.api.cancel_transfer(ctx.project, transfer).await;
                     res = request(ctx, file, &done).await?;
                     leg = Leg::default();
