@@ -43,10 +43,9 @@ async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
 
 /// One chunk, verified: directly from the owner's machine while that works
 /// (its first failure, or a chunk that does not verify, ends the attempt:
-/// [`Stop::Fallback`]), else from the
-/// relay — waiting there, when `wait`, for the source to put it there: the
-/// server holds the request until it lands (`?wait=`), so nothing is asked
-/// again and again.
+/// [`Stop::Fallback`]), else from the relay — waiting there, when `wait`,
+/// for the source to put it there: the server holds the request until it
+/// lands (`?wait=`), so nothing is asked again and again.
 pub(super) async fn fetch_chunk(
     ctx: &Ctx,
     transfer: Uuid,
@@ -79,8 +78,8 @@ pub(super) async fn fetch_chunk(
                 return Ok((bytes, via));
             }
             if via == Via::Direct {
-                // The agent sends what its file holds now, unhashed: its
-                // file changed since the scan. The relay hashes every
+                // The agent sends what its file holds now, unhashed: that
+                // file changed since its scan. The relay hashes every
                 // upload, and fails the transfer as changed at the source.
                 let why = format!("chunk {hash} from the owner's machine did not verify");
                 return Err(Stop::Fallback { why, unverified: true });
