@@ -562,7 +562,7 @@ impl Source {
             *s.table.get(&hash).ok_or_else(|| Stop::Failed(format!("chunk {hash} is not part of the file")))?;
         let abs = s.abs.clone();
         let (body, zstd) = tokio::task::spawn_blocking(move || {
-            let bytes = scan::read_at(&abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))?;
+            let bytes = read_unhashed(&abs, offset, size)?;
             Ok::<_, String>(match compressed(&bytes) {
                 Some(smaller) => (Bytes::from(smaller), true),
                 None => (Bytes::from(bytes), false),
@@ -585,11 +585,9 @@ impl Source {
     async fn read_chunk(&self, s: &Serving, hash: &str) -> Result<Bytes, String> {
         let (offset, size) = *s.table.get(hash).ok_or_else(|| format!("chunk {hash} is not part of the file"))?;
         let abs = s.abs.clone();
-        tokio::task::spawn_blocking(move || {
-            scan::read_at(&abs, offset, size).map(Bytes::from).map_err(|e| format!("file_unreadable_at_source: {e}"))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || read_unhashed(&abs, offset, size).map(Bytes::from))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The transfer, while it is being served here.
@@ -608,6 +606,12 @@ impl Source {
         }
         self.take_up(t.into(), true).or_else(|| lock(&self.transfers).active.get(&transfer).cloned())
     }
+}
+
+/// The chunk at (offset, size) of `abs` as the file holds it now, not
+/// hashed (whoever receives it does); an error naming the failure.
+fn read_unhashed(abs: &std::path::Path, offset: u64, size: u64) -> Result<Vec<u8>, String> {
+    scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))
 }
 
 /// Why an upload failed, as the transfer's failure: the server's
