@@ -109,6 +109,25 @@ async fn logs_refuse_update_delete_and_truncate() {
     assert_eq!(app.log(project).await.len(), 3);
 }
 
+/// The logs have no foreign key to the heads: the append derives every row
+/// from the head it raises, and a head, once there, stays.
+#[tokio::test]
+async fn heads_are_never_removed() {
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    let client = app.pool.get().await.unwrap();
+    for sql in [
+        format!("DELETE FROM project_heads WHERE project_id = '{project}'"),
+        "TRUNCATE project_heads CASCADE".to_owned(),
+    ] {
+        let err = client.batch_execute(&sql).await.expect_err(&sql);
+        assert!(err.as_db_error().unwrap().message().contains("keeps every stream"), "{sql}: {err}");
+    }
+    let heads: i64 =
+        client.query_one("SELECT count(*) FROM project_heads WHERE project_id = $1", &[&project]).await.unwrap().get(0);
+    assert_eq!(heads, 1);
+}
+
 #[tokio::test]
 async fn one_notification_per_transaction_with_only_the_head() {
     let app = TestApp::spawn().await;
@@ -167,6 +186,9 @@ async fn reads_merge_both_logs_in_seq_order() {
     let tx = client.transaction().await.unwrap();
     let err = store::append(&tx, unknown, &meta(), &mixed_batch(1)).await.unwrap_err();
     assert!(matches!(err, store::StoreError::UnknownStream(id) if id == unknown));
+    let orphans: i64 =
+        tx.query_one("SELECT count(*) FROM events WHERE project_id = $1", &[&unknown]).await.unwrap().get(0);
+    assert_eq!(orphans, 0, "an append to a project without a head inserts nothing");
 }
 
 /// Payloads go to the log as JSON text written straight from the events
