@@ -113,7 +113,7 @@ pub(super) async fn attempt(
 
     let mut stop = None;
     {
-        let peer = peer.as_deref();
+        let peer = peer.as_ref();
         let mut items = futures_util::stream::iter(steps)
             .map(|step| async move {
                 Ok::<_, Stop>(match step {

@@ -1,9 +1,11 @@
 //! Fetching one chunk, verified: directly from the owner's machine while
 //! that works, else from the relay, waiting there for the source.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::super::direct::Peer;
@@ -49,7 +51,7 @@ async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
 pub(super) async fn fetch_chunk(
     ctx: &Ctx,
     transfer: Uuid,
-    peer: Option<&Peer>,
+    peer: Option<&Arc<Peer>>,
     hash: &str,
     wait: bool,
 ) -> Result<(bytes::Bytes, Via), Stop> {
@@ -59,10 +61,17 @@ pub(super) async fn fetch_chunk(
     loop {
         let asked = Instant::now();
         let fetched = match peer {
-            Some(peer) => match peer.fetch(hash).await {
-                Ok(bytes) => Some((bytes, Via::Direct)),
-                Err(why) => return Err(Stop::Fallback { why, unverified: false }),
-            },
+            Some(peer) => {
+                // A task of its own: the chunks under way are read and
+                // decrypted on every core, not all on the pull's task (and
+                // the fetch ends with this future when the pull gives it up).
+                let (peer, wanted) = (Arc::clone(peer), hash.to_owned());
+                match AbortOnDropHandle::new(tokio::spawn(async move { peer.fetch(&wanted).await })).await {
+                    Ok(Ok(bytes)) => Some((bytes, Via::Direct)),
+                    Ok(Err(why)) => return Err(Stop::Fallback { why, unverified: false }),
+                    Err(e) => return Err(Stop::Fallback { why: e.to_string(), unverified: false }),
+                }
+            }
             None => {
                 let wait = wait.then(|| relay_wait(deadline));
                 match ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait).await {
