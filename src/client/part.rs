@@ -5,6 +5,14 @@
 //! killed pull resumes from. When every chunk is in, the part file is
 //! fsynced once and renamed over the target.
 //!
+//! In-order bytes are written past the page cache (`O_DIRECT`) where the
+//! filesystem takes it: the pull will not read them back, and putting a
+//! large file through the cache costs a fresh page per 4 KiB and pushes out
+//! what the machine had cached. They go from an aligned staging buffer in
+//! whole blocks; what is left of a block waits there for the next chunk, so
+//! a chunk is recorded once its last byte is written. Where the filesystem
+//! refuses such writes, the same bytes go through the page cache.
+//!
 //! The record is a text file: a header line `ferry-part 1 <file hash>
 //! <size> <path>`, then one line `<offset> <size> <chunk hash>` per chunk
 //! written, appended after the chunk's bytes. It is not fsynced per line:
@@ -127,6 +135,96 @@ fn header(file_hash: &str, size: u64) -> String {
     format!("{HEADER} {file_hash} {size}")
 }
 
+/// The alignment of `O_DIRECT` writes: buffer address, offset and length.
+const BLOCK: usize = 4096;
+/// The staging buffer of in-order bytes.
+const STAGE: usize = 4 * 1024 * 1024;
+/// Files from this size on are written past the page cache: for a smaller
+/// one the staging buffer is not worth its allocation.
+const STAGED_FROM: u64 = 4 * STAGE as u64;
+
+/// In-order bytes on their way to the part, written past the page cache in
+/// whole aligned blocks (see the module's doc).
+struct Staged {
+    /// The part opened with `O_DIRECT`.
+    direct: File,
+    /// Set once the filesystem refused an `O_DIRECT` write: the blocks then
+    /// go through the page cache.
+    refused: bool,
+    /// `STAGE + BLOCK` bytes, of which `STAGE` from `start` are aligned.
+    buf: Vec<u8>,
+    start: usize,
+    /// Bytes staged, and the (aligned) offset in the file of the first.
+    filled: usize,
+    at: u64,
+    /// Chunks in order whose last bytes are still staged: recorded once
+    /// they are written.
+    unrecorded: std::collections::VecDeque<Pos>,
+}
+
+impl Staged {
+    /// `part` opened for writes past the page cache, when the platform and
+    /// the filesystem take them.
+    fn open(path: &Path) -> Option<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
+            let buf = vec![0; STAGE + BLOCK];
+            let start = buf.as_ptr().align_offset(BLOCK);
+            Some(Self { direct, refused: false, buf, start, filled: 0, at: 0, unrecorded: Default::default() })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Stages `bytes` (the next in order), writing every whole block.
+    fn put(&mut self, part: &File, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(STAGE - self.filled);
+            let at = self.start + self.filled;
+            self.buf[at..at + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+            self.write_blocks(part)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the whole blocks staged and keeps what is left of the last.
+    fn write_blocks(&mut self, part: &File) -> std::io::Result<()> {
+        let n = self.filled / BLOCK * BLOCK;
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = &self.buf[self.start..self.start + n];
+        if self.refused || self.direct.write_all_at(blocks, self.at).is_err() {
+            // EINVAL from a filesystem that opens with O_DIRECT but will
+            // not write so; a real failure fails again here, and is told.
+            self.refused = true;
+            part.write_all_at(blocks, self.at)?;
+        }
+        self.buf.copy_within(self.start + n..self.start + self.filled, self.start);
+        self.filled -= n;
+        self.at += n as u64;
+        Ok(())
+    }
+
+    /// Writes what is left of the last block through the page cache,
+    /// keeping it staged (written again, whole, with the next block).
+    fn write_rest(&self, part: &File) -> std::io::Result<()> {
+        part.write_all_at(&self.buf[self.start..self.start + self.filled], self.at)
+    }
+
+    /// Offset up to which every staged byte is written.
+    fn written_to(&self) -> u64 {
+        self.at
+    }
+}
+
 /// Writes a part file in order: each chunk's bytes at its offset (new ones
 /// recorded), and the whole file's BLAKE3 as it goes, so that no second
 /// pass reads the file back.
@@ -138,10 +236,21 @@ pub struct Writer {
     next: u64,
     size: u64,
     buf: Vec<u8>,
+    /// In-order writes past the page cache; `None` where they cannot be.
+    staged: Option<Staged>,
 }
 
 impl Writer {
     pub fn open(part: &Part, size: u64) -> std::io::Result<Self> {
+        let mut w = Self::through_page_cache(part, size)?;
+        if size >= STAGED_FROM {
+            w.staged = Staged::open(&part.path);
+        }
+        Ok(w)
+    }
+
+    /// A writer whose every write goes through the page cache.
+    fn through_page_cache(part: &Part, size: u64) -> std::io::Result<Self> {
         Ok(Self {
             part: OpenOptions::new().read(true).write(true).open(&part.path)?,
             record: OpenOptions::new().append(true).open(&part.record)?,
@@ -149,7 +258,46 @@ impl Writer {
             next: 0,
             size,
             buf: Vec::new(),
+            staged: None,
         })
+    }
+
+    /// Writes `bytes` of the chunk at `pos` (the next in order) and records
+    /// every chunk whose bytes are then all written.
+    fn write_in_order(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(staged) = &mut self.staged else {
+            self.part.write_all_at(bytes, pos.offset)?;
+            return self.record_done(pos);
+        };
+        staged.put(&self.part, bytes)?;
+        staged.unrecorded.push_back(pos.clone());
+        self.record_written()
+    }
+
+    /// Records the staged chunks whose bytes are all written.
+    fn record_written(&mut self) -> std::io::Result<()> {
+        let Some(staged) = &mut self.staged else { return Ok(()) };
+        let to = staged.written_to();
+        let mut lines = String::new();
+        while let Some(pos) = staged.unrecorded.front().filter(|p| p.offset + p.size <= to) {
+            lines.push_str(&format!("{} {} {}\n", pos.offset, pos.size, pos.hash));
+            staged.unrecorded.pop_front();
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.record.write_all(lines.as_bytes())
+    }
+
+    /// Writes every staged byte (through the page cache for the last,
+    /// partial block) and records the chunks: the part then holds all that
+    /// came in order.
+    fn write_staged(&mut self) -> std::io::Result<()> {
+        let Some(staged) = self.staged.take() else { return Ok(()) };
+        staged.write_rest(&self.part)?;
+        let lines: String =
+            staged.unrecorded.iter().map(|pos| format!("{} {} {}\n", pos.offset, pos.size, pos.hash)).collect();
+        self.record.write_all(lines.as_bytes())
     }
 
     fn in_order(&self, pos: &Pos) -> std::io::Result<()> {
@@ -165,8 +313,7 @@ impl Writer {
     /// A verified chunk that just arrived: written at its offset, recorded.
     pub fn put(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
         self.in_order(pos)?;
-        self.part.write_all_at(bytes, pos.offset)?;
-        self.record_done(pos)?;
+        self.write_in_order(pos, bytes)?;
         self.hasher.update(bytes);
         self.next += bytes.len() as u64;
         Ok(())
@@ -186,10 +333,26 @@ impl Writer {
         self.in_order(pos)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(pos.size as usize, 0);
+        if self.staged.as_ref().is_some_and(|s| from + pos.size > s.written_to()) {
+            // An earlier chunk of this pass whose last bytes are staged.
+            self.staged.as_ref().map_or(Ok(()), |s| s.write_rest(&self.part))?;
+        }
         self.part.read_exact_at(&mut buf, from)?;
-        if from != pos.offset {
-            self.part.write_all_at(&buf, pos.offset)?;
-            self.record_done(pos)?;
+        match &mut self.staged {
+            // In order, even where the bytes are there already, so that the
+            // blocks written past the cache are whole.
+            Some(staged) => {
+                staged.put(&self.part, &buf)?;
+                if from != pos.offset {
+                    staged.unrecorded.push_back(pos.clone());
+                }
+                self.record_written()?;
+            }
+            None if from != pos.offset => {
+                self.part.write_all_at(&buf, pos.offset)?;
+                self.record_done(pos)?;
+            }
+            None => {}
         }
         self.hasher.update(&buf);
         self.next += pos.size;
@@ -208,9 +371,18 @@ impl Writer {
     }
 
     /// Makes the part durable (the one fsync); answers the file's BLAKE3.
-    pub fn finish(self) -> std::io::Result<String> {
+    pub fn finish(mut self) -> std::io::Result<String> {
+        self.write_staged()?;
         self.part.sync_all()?;
         Ok(self.hasher.finalize().to_hex().to_string())
+    }
+}
+
+impl Drop for Writer {
+    /// A pass that ends short (a gap, a failure) still leaves every chunk
+    /// it took in the part and the record, for the next one.
+    fn drop(&mut self) {
+        let _ = self.write_staged();
     }
 }
 
@@ -285,6 +457,87 @@ mod tests {
         assert_eq!(w.finish().unwrap(), file_hash);
         part.remove();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `len` bytes of noise, the same for the same seed.
+    fn noise(seed: u8, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut bytes);
+        bytes
+    }
+
+    fn record_lines(part: &Part) -> usize {
+        std::fs::read_to_string(&part.record).unwrap().lines().count() - 1
+    }
+
+    #[test]
+    fn a_large_file_goes_past_the_page_cache_and_a_chunk_is_recorded_once_its_last_block_is_written() {
+        let dir = std::env::temp_dir().join(format!("ferry-part-{}", uuid::Uuid::new_v4().simple()));
+        let part = Part::for_target(&dir.join("big.bin"), "/big.bin", &dir.join(".ferry"));
+        let size = STAGED_FROM as usize + 12_345;
+        let whole = noise(1, size);
+        // Chunks that end anywhere in a block, one longer than the stage.
+        let ends = [1_000_003, 1_000_004 + BLOCK, 6_543_210, 11_000_001, size];
+        let chunks: Vec<(Pos, &[u8])> = std::iter::once(0)
+            .chain(ends)
+            .zip(ends)
+            .map(|(start, end)| (pos(start as u64, &whole[start..end]), &whole[start..end]))
+            .collect();
+        let file_hash = blake3::hash(&whole).to_hex().to_string();
+        part.start(&file_hash, size as u64, "/big.bin").unwrap();
+
+        let mut w = Writer::open(&part, size as u64).unwrap();
+        #[cfg(target_os = "linux")]
+        assert!(w.staged.is_some(), "this filesystem takes O_DIRECT");
+        w.put(&chunks[0].0, chunks[0].1).unwrap();
+        assert_eq!(record_lines(&part), 0, "the first chunk's last block is still staged");
+        w.put(&chunks[1].0, chunks[1].1).unwrap();
+        assert_eq!(record_lines(&part), 1, "the second chunk wrote the first one's last block");
+        w.put(&chunks[2].0, chunks[2].1).unwrap();
+        drop(w); // a pass cut short: what it staged is written and recorded
+        assert_eq!(record_lines(&part), 3);
+        let done = part.resumable(&file_hash, size as u64);
+        assert_eq!(done.len(), 3, "every chunk taken reads back whole");
+
+        let mut w = Writer::open(&part, size as u64).unwrap();
+        for (p, _) in &chunks[..3] {
+            w.copy_from_part(p, p.offset).unwrap();
+        }
+        w.put(&chunks[3].0, chunks[3].1).unwrap();
+        w.put(&chunks[4].0, chunks[4].1).unwrap();
+        assert!(w.complete());
+        assert_eq!(w.finish().unwrap(), file_hash);
+        assert!(std::fs::read(&part.path).unwrap() == whole, "the part holds the file");
+        assert_eq!(part.resumable(&file_hash, size as u64).len(), 5);
+        part.remove();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_chunk_copied_from_one_still_staged_and_blocks_the_filesystem_refuses_come_out_whole() {
+        for refused in [false, true] {
+            let dir = std::env::temp_dir().join(format!("ferry-part-{}", uuid::Uuid::new_v4().simple()));
+            let part = Part::for_target(&dir.join("twice.bin"), "/twice.bin", &dir.join(".ferry"));
+            let a = noise(2, 5_000);
+            let rest = noise(3, STAGED_FROM as usize);
+            let whole = [a.as_slice(), &a, &rest].concat();
+            let file_hash = blake3::hash(&whole).to_hex().to_string();
+            part.start(&file_hash, whole.len() as u64, "/twice.bin").unwrap();
+
+            let mut w = Writer::open(&part, whole.len() as u64).unwrap();
+            if let Some(staged) = &mut w.staged {
+                staged.refused = refused;
+            }
+            w.put(&pos(0, &a), &a).unwrap();
+            // The same bytes again: copied from the first, whose last 904
+            // bytes are staged, not yet in the file.
+            w.copy_from_part(&pos(5_000, &a), 0).unwrap();
+            w.put(&pos(10_000, &rest), &rest).unwrap();
+            assert_eq!(w.finish().unwrap(), file_hash, "refused: {refused}");
+            assert!(std::fs::read(&part.path).unwrap() == whole, "refused: {refused}");
+            part.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]
