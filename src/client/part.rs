@@ -135,6 +135,11 @@ fn header(file_hash: &str, size: u64) -> String {
     format!("{HEADER} {file_hash} {size}")
 }
 
+/// A chunk's line in the record.
+fn record_line(pos: &Pos) -> String {
+    format!("{} {} {}\n", pos.offset, pos.size, pos.hash)
+}
+
 /// The alignment of `O_DIRECT` writes: buffer address, offset and length.
 const BLOCK: usize = 4096;
 /// The staging buffer of in-order bytes.
@@ -154,7 +159,8 @@ struct Staged {
     /// `STAGE + BLOCK` bytes, of which `STAGE` from `start` are aligned.
     buf: Vec<u8>,
     start: usize,
-    /// Bytes staged, and the (aligned) offset in the file of the first.
+    /// Bytes staged, and the (aligned) offset in the file of the first:
+    /// every byte before it is written.
     filled: usize,
     at: u64,
     /// Chunks in order whose last bytes are still staged: recorded once
@@ -218,11 +224,6 @@ impl Staged {
     fn write_rest(&self, part: &File) -> std::io::Result<()> {
         part.write_all_at(&self.buf[self.start..self.start + self.filled], self.at)
     }
-
-    /// Offset up to which every staged byte is written.
-    fn written_to(&self) -> u64 {
-        self.at
-    }
 }
 
 /// Writes a part file in order: each chunk's bytes at its offset (new ones
@@ -242,15 +243,6 @@ pub struct Writer {
 
 impl Writer {
     pub fn open(part: &Part, size: u64) -> std::io::Result<Self> {
-        let mut w = Self::through_page_cache(part, size)?;
-        if size >= STAGED_FROM {
-            w.staged = Staged::open(&part.path);
-        }
-        Ok(w)
-    }
-
-    /// A writer whose every write goes through the page cache.
-    fn through_page_cache(part: &Part, size: u64) -> std::io::Result<Self> {
         Ok(Self {
             part: OpenOptions::new().read(true).write(true).open(&part.path)?,
             record: OpenOptions::new().append(true).open(&part.record)?,
@@ -258,7 +250,7 @@ impl Writer {
             next: 0,
             size,
             buf: Vec::new(),
-            staged: None,
+            staged: if size >= STAGED_FROM { Staged::open(&part.path) } else { None },
         })
     }
 
@@ -277,10 +269,9 @@ impl Writer {
     /// Records the staged chunks whose bytes are all written.
     fn record_written(&mut self) -> std::io::Result<()> {
         let Some(staged) = &mut self.staged else { return Ok(()) };
-        let to = staged.written_to();
         let mut lines = String::new();
-        while let Some(pos) = staged.unrecorded.front().filter(|p| p.offset + p.size <= to) {
-            lines.push_str(&format!("{} {} {}\n", pos.offset, pos.size, pos.hash));
+        while let Some(pos) = staged.unrecorded.front().filter(|p| p.offset + p.size <= staged.at) {
+            lines.push_str(&record_line(pos));
             staged.unrecorded.pop_front();
         }
         if lines.is_empty() {
@@ -295,8 +286,7 @@ impl Writer {
     fn write_staged(&mut self) -> std::io::Result<()> {
         let Some(staged) = self.staged.take() else { return Ok(()) };
         staged.write_rest(&self.part)?;
-        let lines: String =
-            staged.unrecorded.iter().map(|pos| format!("{} {} {}\n", pos.offset, pos.size, pos.hash)).collect();
+        let lines: String = staged.unrecorded.iter().map(record_line).collect();
         self.record.write_all(lines.as_bytes())
     }
 
@@ -333,9 +323,9 @@ impl Writer {
         self.in_order(pos)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(pos.size as usize, 0);
-        if self.staged.as_ref().is_some_and(|s| from + pos.size > s.written_to()) {
+        if let Some(staged) = self.staged.as_ref().filter(|s| from + pos.size > s.at) {
             // An earlier chunk of this pass whose last bytes are staged.
-            self.staged.as_ref().map_or(Ok(()), |s| s.write_rest(&self.part))?;
+            staged.write_rest(&self.part)?;
         }
         self.part.read_exact_at(&mut buf, from)?;
         match &mut self.staged {
@@ -362,7 +352,7 @@ impl Writer {
 
     fn record_done(&mut self, pos: &Pos) -> std::io::Result<()> {
         // One write per line, so a kill leaves whole lines (or one cut short).
-        self.record.write_all(format!("{} {} {}\n", pos.offset, pos.size, pos.hash).as_bytes())
+        self.record.write_all(record_line(pos).as_bytes())
     }
 
     /// Whether every byte of the file is in.
