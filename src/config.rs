@@ -197,11 +197,15 @@ pub struct RealtimeSettings {
     /// Projects one socket may be subscribed to at once.
     #[arg(long, env = "FERRY_WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub ws_max_subscriptions: usize,
+    /// Milliseconds between two looks at the heads of the projects followed
+    /// here, which catch up what a lost notification did not wake.
+    #[arg(long, env = "FERRY_WS_CATCH_UP_MS", default_value_t = 2000)]
+    pub ws_catch_up_ms: u32,
 }
 
 impl Default for RealtimeSettings {
     fn default() -> Self {
-        Self { ws_ping_seconds: 15, ws_queue: 64, ws_max_subscriptions: 100 }
+        Self { ws_ping_seconds: 15, ws_queue: 64, ws_max_subscriptions: 100, ws_catch_up_ms: 2000 }
     }
 }
 
@@ -211,6 +215,7 @@ impl RealtimeSettings {
             ping_interval: std::time::Duration::from_secs(self.ws_ping_seconds.max(1).into()),
             queue: self.ws_queue.max(1),
             max_subscriptions: self.ws_max_subscriptions.max(1),
+            catch_up_interval: std::time::Duration::from_millis(self.ws_catch_up_ms.max(10).into()),
         }
     }
 }

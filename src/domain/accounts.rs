@@ -276,6 +276,7 @@ pub async fn delete_device(
     let meta = crate::store::EventMeta { actor: caller.actor(), idempotency_key: None };
     super::membership::detach_deleted_device(&tx, &meta, device_id).await?;
     tx.commit().await?;
+    crate::store::announce(client);
     tokens.forget_device(device_id);
     Ok(())
 }

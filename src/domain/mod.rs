@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::protocol::validate::ValidationError;
 use crate::protocol::Actor;
-use crate::store::{self, idempotency, EventMeta, Pool, StoreError, Transaction};
+use crate::store::{self, idempotency, EventMeta, Pool, StoreError};
 
 /// The kind of a refusal; the HTTP edge maps each to its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ pub async fn execute<T, F>(
 ) -> Result<T, DomainError>
 where
     T: Serialize + DeserializeOwned,
-    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+    F: for<'t> FnOnce(&'t store::Client, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
 {
     run(pool, caller, idempotency_key, Replay::Response, command).await
 }
@@ -175,7 +175,7 @@ pub async fn execute_secret<T, F>(
 ) -> Result<T, DomainError>
 where
     T: Serialize + DeserializeOwned,
-    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+    F: for<'t> FnOnce(&'t store::Client, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
 {
     run(pool, caller, idempotency_key, Replay::Refuse, command).await
 }
@@ -189,44 +189,45 @@ async fn run<T, F>(
 ) -> Result<T, DomainError>
 where
     T: Serialize + DeserializeOwned,
-    F: for<'t> FnOnce(&'t Transaction<'t>, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+    F: for<'t> FnOnce(&'t store::Client, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
 {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    if let Some(k) = idempotency_key {
-        match idempotency::claim(&tx, caller.user_id, &k.key, &k.request_hash).await? {
-            idempotency::Claim::New => {}
-            idempotency::Claim::Replay(_) if replay == Replay::Refuse => {
-                return Err(DomainError::conflict(
-                    "already_applied",
-                    "this request was already applied; the secret in its answer is shown only once",
-                ));
-            }
-            idempotency::Claim::Replay(response) => {
-                return serde_json::from_value(response)
-                    .map_err(|e| StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into());
-            }
-            idempotency::Claim::Mismatch => {
-                return Err(DomainError::rejected(
-                    Rejection::Invalid,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was already used for a different request",
-                ));
-            }
-        }
-    }
+    let client = pool.get().await?;
     let meta = EventMeta { actor: caller.actor(), idempotency_key: idempotency_key.map(|k| k.key.clone()) };
     let ctx = Command { caller, meta };
-    let output = command(&tx, &ctx).await?;
-    let caller = &ctx.caller;
-    if let Some(k) = idempotency_key {
-        let response = match replay {
-            Replay::Response => serde_json::to_value(&output)
-                .map_err(|e| StoreError::Invalid(format!("response does not serialize: {e}")))?,
-            Replay::Refuse => serde_json::json!({"kept": false}),
-        };
-        store::idempotency::save(&tx, caller.user_id, &k.key, &response).await?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(output)
+    let body = async {
+        if let Some(k) = idempotency_key {
+            match idempotency::claim(&client, ctx.caller.user_id, &k.key, &k.request_hash).await? {
+                idempotency::Claim::New => {}
+                idempotency::Claim::Replay(_) if replay == Replay::Refuse => {
+                    return Err(DomainError::conflict(
+                        "already_applied",
+                        "this request was already applied; the secret in its answer is shown only once",
+                    ));
+                }
+                idempotency::Claim::Replay(response) => {
+                    return serde_json::from_value(response).map_err(|e| {
+                        StoreError::Invalid(format!("saved idempotent response does not parse: {e}")).into()
+                    });
+                }
+                idempotency::Claim::Mismatch => {
+                    return Err(DomainError::rejected(
+                        Rejection::Invalid,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was already used for a different request",
+                    ));
+                }
+            }
+        }
+        let output = command(&client, &ctx).await?;
+        if let Some(k) = idempotency_key {
+            let response = match replay {
+                Replay::Response => serde_json::to_value(&output)
+                    .map_err(|e| StoreError::Invalid(format!("response does not serialize: {e}")))?,
+                Replay::Refuse => serde_json::json!({"kept": false}),
+            };
+            store::idempotency::save(&client, ctx.caller.user_id, &k.key, &response).await?;
+        }
+        Ok(output)
+    };
+    store::in_transaction(&client, body).await
 }

@@ -125,27 +125,26 @@ pub async fn rename(
     project_id: Uuid,
     name: ProjectName,
 ) -> Result<Project, DomainError> {
-    // The event does not depend on the state, so the lock, the check, the
-    // append and the read of the answer go in one round trip: PostgreSQL
-    // runs them in order, and a refused check rolls the append back with
-    // the transaction (nothing of it is ever committed or seen).
+    // The event does not depend on the state, so the append and the read of
+    // the answer go in one round trip. The append takes the head lock, and
+    // the read, a statement of its own run after it, sees every command
+    // committed before: it is also the check (the caller's role in the live
+    // project), whose refusal rolls the append back with the transaction.
     let events = [EventData::ProjectRenamed(data::ProjectRenamed { name: name.into_inner() })];
-    let lock = store::events::lock_statement(client).await?;
-    let role = client.prepare_cached(ROLE_OF).await?;
     let append = store::events::append_statement(client, &events).await?;
     let get = client.prepare_cached(&GET).await?;
-    let (lock_params, user_params): (Params<1>, Params<2>) = ([&project_id], [&project_id, &cmd.caller.user_id]);
-    let (locked, role, appended, project) = futures_util::join!(
-        client.query_opt(&lock, &lock_params),
-        client.query_opt(&role, &user_params),
+    let params: Params<2> = [&project_id, &cmd.caller.user_id];
+    let (appended, project) = futures_util::join!(
         store::events::append_with(client, &append, project_id, &cmd.meta, &events),
-        client.query_opt(&get, &user_params),
+        client.query_opt(&get, &params),
     );
-    // In the order they ran: the first failure is the answer.
-    locked?;
-    role_allowed(role?, true)?;
-    appended?;
-    Ok(project_of(project?.ok_or_else(|| DomainError::not_found("project"))?))
+    match appended {
+        Err(store::StoreError::UnknownStream(_)) => return Err(DomainError::not_found("project")),
+        appended => appended?,
+    };
+    let project = project?;
+    allowed(project.as_ref().map(|row| row.get(3)), true)?;
+    Ok(project_of(project.ok_or_else(|| DomainError::not_found("project"))?))
 }
 
 pub async fn archive(client: &impl GenericClient, cmd: &Command, project_id: Uuid) -> Result<(), DomainError> {

@@ -27,7 +27,7 @@ pub struct Projection {
 const APPLY_MARKER: &str = "\n-- apply\n";
 const BUILD_MARKER: &str = "\n-- build\n";
 /// Bump when `rebuild::triggers_sql` changes, so live triggers are remade.
-const TRIGGER_FORMAT: &str = "3";
+const TRIGGER_FORMAT: &str = "4";
 
 impl Projection {
     const fn new(name: &'static str, source: &'static str) -> Self {
@@ -72,8 +72,19 @@ impl Projection {
 
     /// The event types its apply SQL reads (named there as `'type'`).
     pub fn event_types(&self) -> Vec<EventType> {
-        let apply = self.apply_sql();
-        EventType::ALL.iter().copied().filter(|t| apply.contains(&format!("'{}'", t.as_str()))).collect()
+        types_named(self.apply_sql())
+    }
+
+    /// Its apply SQL a statement at a time (each ending with `;` at the end
+    /// of a line), with the event types the statement names: a statement
+    /// reads only events of the types it names, so the live trigger runs it
+    /// only for a batch holding one of them.
+    pub fn apply_statements(&self) -> impl Iterator<Item = (&'static str, Vec<EventType>)> {
+        let is_sql = |line: &str| !line.trim().is_empty() && !line.trim_start().starts_with("--");
+        self.apply_sql()
+            .split_inclusive(";\n")
+            .filter(move |statement| statement.lines().any(is_sql))
+            .map(|statement| (statement, types_named(statement)))
     }
 
     /// The logs holding those types: only their triggers apply it.
@@ -90,6 +101,11 @@ impl Projection {
             .filter_map(|rest| rest.split(|c: char| c.is_whitespace() || c == '(').next())
             .collect()
     }
+}
+
+/// The event types `sql` names, as `'type'`.
+fn types_named(sql: &str) -> Vec<EventType> {
+    EventType::ALL.iter().copied().filter(|t| sql.contains(&format!("'{}'", t.as_str()))).collect()
 }
 
 /// Every projection, in the order they are built and applied.
@@ -119,6 +135,9 @@ mod tests {
             assert!(p.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{} is not a plain identifier", p.name);
             assert_eq!(p.version().len(), 16);
             assert!(!p.event_types().is_empty(), "{} reads no event type", p.name);
+            for (statement, types) in p.apply_statements() {
+                assert!(!types.is_empty(), "a statement of {} names no event type:\n{statement}", p.name);
+            }
         }
         assert_eq!(find("projects").unwrap().tables(), vec!["projects"]);
         assert!(find("projects").unwrap().build_sql().is_none());

@@ -48,6 +48,23 @@ mod tests {
         assert!(indexes.contains("CREATE INDEX t_a ON t (a) WHERE a > 0;") && indexes.contains("t_b"));
         assert!(!indexes.contains("CREATE TABLE"));
     }
+
+    /// Each statement of the live trigger runs only for the types it reads:
+    /// a rename runs the rename's UPDATE, not the creation's INSERT.
+    #[test]
+    fn the_live_trigger_guards_each_statement_by_its_types() {
+        let projects = super::super::find("projects").unwrap();
+        let sql = super::triggers_sql(&[projects]);
+        let guarded = |types: &str| {
+            let block = format!("IF types && ARRAY[{types}]::text[] THEN\n");
+            let at = sql.find(&block).unwrap_or_else(|| panic!("no block guarded by {types} in\n{sql}")) + block.len();
+            sql[at..].split("END IF;").next().unwrap().to_owned()
+        };
+        assert!(guarded("'project_created'").contains("INSERT INTO projects"));
+        assert!(guarded("'project_renamed'").contains("UPDATE projects p SET name"));
+        assert!(guarded("'project_archived'").contains("UPDATE projects p SET archived_at"));
+        assert_eq!(sql.matches("IF types &&").count(), 3, "one block per statement:\n{sql}");
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,18 +348,18 @@ fn triggers_sql(built: &[&Projection]) -> String {
     for (log, table) in [(Log::Project, "project_events"), (Log::Transfer, "transfer_events")] {
         let mut body = String::new();
         for projection in built.iter().filter(|p| p.logs().contains(&log)) {
-            let types: Vec<String> = projection
-                .event_types()
-                .iter()
-                .filter(|t| t.log() == log)
-                .map(|t| format!("'{}'", t.as_str()))
-                .collect();
-            body.push_str(&format!(
-                "-- {name}\nIF types && ARRAY[{types}]::text[] THEN\n{apply}\nEND IF;\n",
-                name = projection.name,
-                types = types.join(", "),
-                apply = projection.apply_sql(),
-            ));
+            body.push_str(&format!("-- {}\n", projection.name));
+            for (statement, types) in projection.apply_statements() {
+                let types: Vec<String> =
+                    types.iter().filter(|t| t.log() == log).map(|t| format!("'{}'", t.as_str())).collect();
+                // A statement naming only the other log's types has nothing to do here.
+                if !types.is_empty() {
+                    body.push_str(&format!(
+                        "IF types && ARRAY[{}]::text[] THEN\n{statement}\nEND IF;\n",
+                        types.join(", ")
+                    ));
+                }
+            }
         }
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS apply_projections ON public.{table};

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::domain::presence;
 use crate::protocol::realtime::DevicePresence;
 use crate::protocol::Event;
-use crate::store::{self, Pool, RecordedEvent};
+use crate::store::{self, Pool, RecordedEvent, StoreError};
 
 /// Most events read per round trip.
 const READ_BATCH: i64 = 1000;
@@ -132,6 +132,35 @@ impl Hub {
         let projects: Vec<Uuid> = self.feeds.lock().expect("hub lock").keys().copied().collect();
         for project_id in projects {
             self.wake(project_id, None);
+        }
+    }
+
+    /// Wakes the feeds whose project has moved past what they have read:
+    /// those whose notification was lost (a commit's notifications are sent
+    /// after it, see `store::announce`, so its server may die in between).
+    pub async fn catch_up(self: &Arc<Self>) -> Result<(), StoreError> {
+        let projects: Vec<Uuid> = self.feeds.lock().expect("hub lock").keys().copied().collect();
+        if projects.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let stmt =
+            client.prepare_cached("SELECT project_id, head_seq FROM project_heads WHERE project_id = ANY($1)").await?;
+        for row in client.query(&stmt, &[&projects]).await? {
+            self.wake(row.get(0), Some(row.get(1)));
+        }
+        Ok(())
+    }
+
+    /// [`Hub::catch_up`] every `interval`, for as long as the server runs.
+    pub async fn catch_up_every(self: Arc<Self>, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "heads not read; trying again later");
+            }
         }
     }
 

@@ -1,7 +1,10 @@
 //! Realtime: one LISTEN connection per server wakes a hub that reads each
 //! project's new events from the log once and fans them out to WebSocket
 //! sessions; sessions replay from any seq and fall back to the log whenever
-//! they fall behind. The same connection hears relay chunks land and wakes
+//! they fall behind. Notifications are sent after the commit (a commit's
+//! server can die before it sends them), so the hub also looks at the heads
+//! of the projects it follows every few seconds, and catches up any it was
+//! not woken for. The same connection hears relay chunks land and wakes
 //! the readers waiting for them. Presence of devices is kept here too.
 
 pub mod frames;
@@ -29,11 +32,19 @@ pub struct RealtimeConfig {
     pub queue: usize,
     /// Projects one socket may be subscribed to at once.
     pub max_subscriptions: usize,
+    /// How often the hub compares the heads of the projects it follows with
+    /// what it has read (see [`Hub::catch_up`]).
+    pub catch_up_interval: Duration,
 }
 
 impl Default for RealtimeConfig {
     fn default() -> Self {
-        Self { ping_interval: Duration::from_secs(15), queue: 64, max_subscriptions: 100 }
+        Self {
+            ping_interval: Duration::from_secs(15),
+            queue: 64,
+            max_subscriptions: 100,
+            catch_up_interval: Duration::from_secs(2),
+        }
     }
 }
 
@@ -69,6 +80,7 @@ impl Realtime {
         let tasks = vec![
             tokio::spawn(listener::listen(listen_config, hub.clone(), arrivals, tokens.clone(), listening.clone())),
             tokio::spawn(presence.clone().keep_alive()),
+            tokio::spawn(hub.clone().catch_up_every(config.catch_up_interval)),
         ];
         Ok(Self { pool, hub, presence, config, tokens, listening, tasks })
     }

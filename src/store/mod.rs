@@ -5,11 +5,13 @@ pub mod embedded;
 pub mod events;
 pub mod idempotency;
 pub mod migrate;
+pub mod transaction;
 
-pub use deadpool_postgres::{GenericClient, Pool, Transaction};
+pub use deadpool_postgres::{Client, GenericClient, Pool, Transaction};
 pub use events::{
     append, create_stream, lock_stream, read_after, Appendable, Appended, EventMeta, NewEvent, RecordedEvent,
 };
+pub use transaction::{announce, in_transaction};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -87,6 +89,10 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
     if config.get_application_name().is_none() {
         config.application_name("ferryd");
     }
+    // Notifications of appends wait for the commit (see `transaction`).
+    let options =
+        [config.get_options(), Some(transaction::AFTER_COMMIT)].into_iter().flatten().collect::<Vec<_>>().join(" ");
+    config.options(&options);
     config.connect_timeout(Duration::from_secs(10));
     let manager = deadpool_postgres::Manager::from_config(
         config,

@@ -350,6 +350,33 @@ async fn a_lost_listener_reconnects_and_catches_up() {
     assert_eq!(ws.seqs_until(5).await, [5]);
 }
 
+/// An append whose notification is never sent (its server died between
+/// the commit and the announce) still reaches the sockets: the hub looks at
+/// the heads of the projects it follows.
+#[tokio::test]
+async fn a_commit_never_announced_is_caught_up_from_the_heads() {
+    let app = TestApp::spawn_with(|s| s.realtime.ws_catch_up_ms = 200).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Unannounced").await;
+    let mut ws = Ws::connect(&app.address, &owner.token).await;
+    ws.subscribe(project, 0).await;
+    ws.until(|m| m["type"] == "caught_up").await;
+
+    // Committed on a pooled session, and not announced.
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let renamed = ferry::protocol::EventData::ProjectRenamed(ferry::protocol::events::data::ProjectRenamed {
+        name: "quietly".into(),
+    });
+    let meta = ferry::store::EventMeta {
+        actor: ferry::protocol::Actor { user_id: Some(owner.id), device_id: None },
+        idempotency_key: None,
+    };
+    ferry::store::append(&tx, project, &meta, &[renamed]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(ws.seqs_until(2).await, [2]);
+}
+
 #[tokio::test]
 async fn connected_devices_are_online_and_serve_first() {
     let app = TestApp::spawn_with(|s| s.realtime.ws_ping_seconds = 1).await;

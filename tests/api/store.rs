@@ -128,37 +128,111 @@ async fn heads_are_never_removed() {
     assert_eq!(heads, 1);
 }
 
-#[tokio::test]
-async fn one_notification_per_transaction_with_only_the_head() {
-    let app = TestApp::spawn().await;
-    let (listener, mut connection) = tokio_postgres::connect(&app.database_url, tokio_postgres::NoTls).await.unwrap();
-    let (tx_notes, mut notes) = tokio::sync::mpsc::unbounded_channel();
+/// A LISTEN session on `ferry_events`: the payloads it hears, as JSON.
+async fn listen(url: &str) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (listener, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (tx_notes, notes) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx_notes.send(n.payload().to_owned());
+                let _ = tx_notes.send(serde_json::from_str(n.payload()).unwrap());
             }
         }
     });
     listener.batch_execute("LISTEN ferry_events").await.unwrap();
+    (listener, notes)
+}
 
-    let project = new_stream(&app.pool).await;
+/// What `notes` hears until it has been quiet for `quiet`.
+async fn heard(
+    notes: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    quiet: Duration,
+) -> Vec<serde_json::Value> {
+    let mut payloads = Vec::new();
+    while let Ok(Some(p)) = tokio::time::timeout(quiet, notes.recv()).await {
+        payloads.push(p);
+    }
+    payloads
+}
+
+/// The pool's sessions keep their notifications until `store::announce`,
+/// which sends one per project and committed transaction, carrying only
+/// the head; a rolled-back transaction leaves none.
+#[tokio::test]
+async fn pooled_notifications_wait_for_the_announce_one_per_transaction() {
+    let app = TestApp::spawn().await;
+    let (_listener, mut notes) = listen(&app.database_url).await;
+
     let mut client = app.pool.get().await.unwrap();
+    let project = Uuid::now_v7();
+    let tx = client.transaction().await.unwrap();
+    store::create_stream(&tx, project).await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(1)).await.unwrap();
+    tx.commit().await.unwrap();
     let tx = client.transaction().await.unwrap();
     store::append(&tx, project, &meta(), &mixed_batch(3)).await.unwrap();
     store::append(&tx, project, &meta(), &mixed_batch(2)).await.unwrap();
     tx.commit().await.unwrap();
-
-    let mut payloads = Vec::new();
-    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), notes.recv()).await {
-        payloads.push(serde_json::from_str::<serde_json::Value>(&p).unwrap());
-    }
+    let tx = client.transaction().await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(4)).await.unwrap();
+    drop(tx);
     assert_eq!(
-        payloads,
-        vec![json!({"project_id": project, "head_seq": 1}), json!({"project_id": project, "head_seq": 6})],
-        "one per committed transaction, carrying only the head"
+        heard(&mut notes, Duration::from_millis(300)).await,
+        Vec::<serde_json::Value>::new(),
+        "nothing before the announce"
     );
+
+    store::announce(client);
+    assert_eq!(
+        heard(&mut notes, Duration::from_millis(500)).await,
+        vec![json!({"project_id": project, "head_seq": 1}), json!({"project_id": project, "head_seq": 6})],
+        "one per committed transaction, in commit order, carrying only the head"
+    );
+}
+
+/// A session that does not ask for them after the commit (psql, an admin's
+/// script) is notified in its transaction, as before.
+#[tokio::test]
+async fn other_sessions_notify_in_their_transaction() {
+    let app = TestApp::spawn().await;
+    let (_listener, mut notes) = listen(&app.database_url).await;
+    let mut client = app.pool.get().await.unwrap();
+    client.batch_execute("SET ferry.notify TO 'in_transaction'").await.unwrap();
+    let project = Uuid::now_v7();
+    let tx = client.transaction().await.unwrap();
+    store::create_stream(&tx, project).await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(3)).await.unwrap();
+    store::append(&tx, project, &meta(), &mixed_batch(2)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        heard(&mut notes, Duration::from_millis(500)).await,
+        vec![json!({"project_id": project, "head_seq": 5})]
+    );
+}
+
+/// A command announces its commit: a LISTEN session hears it at once (the
+/// servers' look at the heads, set far apart here, sends nothing).
+#[tokio::test]
+async fn a_command_announces_its_commit() {
+    let app = TestApp::spawn_with(|s| s.realtime.ws_catch_up_ms = 600_000).await;
+    let owner = app.signup("owner").await;
+    let project = app.create_project(&owner, "Announced").await;
+    let (_listener, mut notes) = listen(&app.database_url).await;
+    let path = format!("/api/projects/{project}");
+    let (status, body) =
+        app.call(reqwest::Method::PATCH, &path, Some(&owner.token), Some(&json!({"name": "renamed"}))).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    // The project's creation may be heard first: its announce ran on its own.
+    let expected = json!({"project_id": project, "head_seq": body["head_seq"]});
+    let announced = async {
+        while let Some(payload) = notes.recv().await {
+            if payload == expected {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), announced).await.expect("the rename is announced");
 }
 
 #[tokio::test]

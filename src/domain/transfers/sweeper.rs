@@ -66,6 +66,7 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
             store::append(&tx, project_id, &meta, &events).await?;
         }
         tx.commit().await?;
+        store::announce(client);
     }
     Ok(swept)
 }
