@@ -2,7 +2,8 @@
 //!
 //! Fan-out: 100 WebSocket subscribers of one project on the real server
 //! in-process (`GET /api/ws`, subscribed at the head), while one writer
-//! appends single-event renames through `ferry::store::append` at a steady
+//! appends single-event renames through `ferry::store::append` in
+//! `store::in_transaction` (as a command does) at a steady
 //! rate; each event's latency is from just before its COMMIT to its arrival
 //! at each socket, p50/p99 over every (event, socket). Beside it, a raw
 //! baseline in the same run: the same writer shape on a plain table with a
@@ -227,16 +228,19 @@ async fn fanout_ferry(
             })
         })
         .collect();
-    let mut client = pool.get().await?;
+    let client = pool.get().await?;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
     for i in 0..count {
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let tx = client.transaction().await?;
         let rename = NewEvent::new(EventType::ProjectRenamed, json!({"name": format!("fan {i}")}));
-        let appended = store::append(&tx, project, &meta(owner.id), &[rename]).await?;
-        sent.lock().expect("lock").insert(appended.to_seq, Instant::now());
-        tx.commit().await?;
+        // As a command: the COMMIT goes with the announce of the notification.
+        let append = async {
+            let appended = store::append(&client, project, &meta(owner.id), &[rename]).await?;
+            sent.lock().expect("lock").insert(appended.to_seq, Instant::now());
+            Ok::<_, store::StoreError>(())
+        };
+        store::in_transaction(&client, append).await?;
     }
     let mut all = Vec::new();
     for reader in readers {

@@ -20,6 +20,9 @@ CREATE INDEX file_chunks_hash_idx ON file_chunks USING hash (hash);
 -- apply
 -- Two statements over the same "latest effect per path" (as in
 -- remote_files): the touched paths lose their rows, live ones get theirs.
+-- replan: a plan of this join kept by a session from when the table was
+-- small scans the whole table for every batch; planned afresh, a batch
+-- much smaller than the table looks its paths up in the key.
 WITH latest AS (
     SELECT DISTINCT ON (project_id, path) project_id, path
     FROM (SELECT project_id, seq, data->>'path' AS path

@@ -76,15 +76,14 @@ impl Projection {
     }
 
     /// Its apply SQL a statement at a time (each ending with `;` at the end
-    /// of a line), with the event types the statement names: a statement
-    /// reads only events of the types it names, so the live trigger runs it
-    /// only for a batch holding one of them.
-    pub fn apply_statements(&self) -> impl Iterator<Item = (&'static str, Vec<EventType>)> {
+    /// of a line).
+    pub fn apply_statements(&self) -> impl Iterator<Item = ApplyStatement> {
         let is_sql = |line: &str| !line.trim().is_empty() && !line.trim_start().starts_with("--");
-        self.apply_sql()
-            .split_inclusive(";\n")
-            .filter(move |statement| statement.lines().any(is_sql))
-            .map(|statement| (statement, types_named(statement)))
+        self.apply_sql().split_inclusive(";\n").filter(move |sql| sql.lines().any(is_sql)).map(|sql| ApplyStatement {
+            sql,
+            types: types_named(sql),
+            replan: sql.lines().any(|line| line.trim_start().starts_with(REPLAN_MARKER)),
+        })
     }
 
     /// The logs holding those types: only their triggers apply it.
@@ -102,6 +101,21 @@ impl Projection {
             .collect()
     }
 }
+
+/// One statement of a projection's apply SQL, as the live trigger runs it.
+#[derive(Debug)]
+pub struct ApplyStatement {
+    pub sql: &'static str,
+    /// The event types it names: it reads only events of those types, so
+    /// the live trigger runs it only for a batch holding one of them.
+    pub types: Vec<EventType>,
+    /// Marked `-- replan`: the live trigger plans it at every run instead of
+    /// keeping a session's first plan, made when the tables may have been
+    /// far smaller (a plan is made again only when a table is analysed).
+    pub replan: bool,
+}
+
+const REPLAN_MARKER: &str = "-- replan";
 
 /// The event types `sql` names, as `'type'`.
 fn types_named(sql: &str) -> Vec<EventType> {
@@ -135,8 +149,9 @@ mod tests {
             assert!(p.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{} is not a plain identifier", p.name);
             assert_eq!(p.version().len(), 16);
             assert!(!p.event_types().is_empty(), "{} reads no event type", p.name);
-            for (statement, types) in p.apply_statements() {
-                assert!(!types.is_empty(), "a statement of {} names no event type:\n{statement}", p.name);
+            for statement in p.apply_statements() {
+                assert!(!statement.types.is_empty(), "a statement of {} names no event type:\n{statement:?}", p.name);
+                assert!(!statement.sql.contains("$apply$"), "{} uses the trigger's quote", p.name);
             }
         }
         assert_eq!(find("projects").unwrap().tables(), vec!["projects"]);

@@ -64,6 +64,18 @@ mod tests {
         assert!(guarded("'project_renamed'").contains("UPDATE projects p SET name"));
         assert!(guarded("'project_archived'").contains("UPDATE projects p SET archived_at"));
         assert_eq!(sql.matches("IF types &&").count(), 3, "one block per statement:\n{sql}");
+        assert!(!sql.contains("EXECUTE $apply$"), "no statement of projects asks to be planned again");
+    }
+
+    /// A statement marked `-- replan` is run by EXECUTE, planned at each run.
+    #[test]
+    fn a_statement_marked_replan_is_planned_at_each_run() {
+        let file_chunks = super::super::find("file_chunks").unwrap();
+        let sql = super::triggers_sql(&[file_chunks]);
+        let executed = sql.split("EXECUTE $apply$").nth(1).expect("an EXECUTE").split("$apply$;").next().unwrap();
+        assert!(executed.contains("DELETE FROM file_chunks c USING latest t"), "{sql}");
+        assert!(!executed.contains("INSERT INTO file_chunks"), "only the marked statement: {sql}");
+        assert_eq!(sql.matches("EXECUTE $apply$").count(), 1, "{sql}");
     }
 }
 
@@ -349,16 +361,20 @@ fn triggers_sql(built: &[&Projection]) -> String {
         let mut body = String::new();
         for projection in built.iter().filter(|p| p.logs().contains(&log)) {
             body.push_str(&format!("-- {}\n", projection.name));
-            for (statement, types) in projection.apply_statements() {
+            for statement in projection.apply_statements() {
                 let types: Vec<String> =
-                    types.iter().filter(|t| t.log() == log).map(|t| format!("'{}'", t.as_str())).collect();
+                    statement.types.iter().filter(|t| t.log() == log).map(|t| format!("'{}'", t.as_str())).collect();
                 // A statement naming only the other log's types has nothing to do here.
-                if !types.is_empty() {
-                    body.push_str(&format!(
-                        "IF types && ARRAY[{}]::text[] THEN\n{statement}\nEND IF;\n",
-                        types.join(", ")
-                    ));
+                if types.is_empty() {
+                    continue;
                 }
+                let run = if statement.replan {
+                    // EXECUTE plans it each time; it still sees new_events.
+                    format!("EXECUTE $apply${}$apply$;", statement.sql.trim_end().trim_end_matches(';'))
+                } else {
+                    statement.sql.to_owned()
+                };
+                body.push_str(&format!("IF types && ARRAY[{}]::text[] THEN\n{run}\nEND IF;\n", types.join(", ")));
             }
         }
         sql.push_str(&format!(
