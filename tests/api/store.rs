@@ -191,6 +191,47 @@ async fn pooled_notifications_wait_for_the_announce_one_per_transaction() {
     );
 }
 
+/// `store::in_transaction` commits what its body did when the body
+/// succeeds; a body that fails, or is dropped half-way (a request whose
+/// client went away), leaves nothing, and the connection is out of the
+/// transaction for its next user.
+#[tokio::test]
+async fn in_transaction_commits_or_leaves_nothing() {
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    let client = app.pool.get().await.unwrap();
+    let count = || async {
+        let n: i64 =
+            client.query_one("SELECT count(*) FROM events WHERE project_id = $1", &[&project]).await.unwrap().get(0);
+        n
+    };
+
+    let appended = store::in_transaction(&client, store::append(&client, project, &meta(), &mixed_batch(2))).await;
+    assert_eq!(appended.unwrap().to_seq, 3);
+    assert_eq!(count().await, 3);
+
+    let failed = store::in_transaction(&client, async {
+        store::append(&client, project, &meta(), &mixed_batch(2)).await?;
+        Err::<(), _>(store::StoreError::Invalid("refused".into()))
+    })
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(count().await, 3, "a failed body leaves nothing");
+
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        store::in_transaction(&client, async {
+            store::append(&client, project, &meta(), &mixed_batch(2)).await?;
+            std::future::pending::<Result<(), store::StoreError>>().await
+        }),
+    )
+    .await;
+    assert!(dropped.is_err(), "the body never ends");
+    assert_eq!(count().await, 3, "a dropped body leaves nothing, and the session is out of its transaction");
+    let in_block: bool = client.query_one("SELECT txid_current_if_assigned() IS NOT NULL", &[]).await.unwrap().get(0);
+    assert!(!in_block, "no transaction left open");
+}
+
 /// A session that does not ask for them after the commit (psql, an admin's
 /// script) is notified in its transaction, as before.
 #[tokio::test]
