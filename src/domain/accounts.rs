@@ -260,23 +260,23 @@ pub async fn delete_device(
     caller: &Caller,
     device_id: Uuid,
 ) -> Result<(), DomainError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let deleted = tx
-        .execute(
-            "UPDATE devices SET deleted_at = now()
-             WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
-            &[&device_id, &caller.user_id],
-        )
-        .await?;
-    if deleted == 0 {
-        return Err(DomainError::not_found("device"));
-    }
-    tx.execute("DELETE FROM api_tokens WHERE device_id = $1", &[&device_id]).await?;
-    let meta = crate::store::EventMeta { actor: caller.actor(), idempotency_key: None };
-    super::membership::detach_deleted_device(&tx, &meta, device_id).await?;
-    tx.commit().await?;
-    crate::store::announce(client);
+    let client = pool.get().await?;
+    let delete = async {
+        let deleted = client
+            .execute(
+                "UPDATE devices SET deleted_at = now()
+                 WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+                &[&device_id, &caller.user_id],
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(DomainError::not_found("device"));
+        }
+        client.execute("DELETE FROM api_tokens WHERE device_id = $1", &[&device_id]).await?;
+        let meta = crate::store::EventMeta { actor: caller.actor(), idempotency_key: None };
+        super::membership::detach_deleted_device(&client, &meta, device_id).await
+    };
+    crate::store::in_transaction(&client, delete).await?;
     tokens.forget_device(device_id);
     Ok(())
 }

@@ -50,27 +50,15 @@ where
 }
 
 /// Sends a ROLLBACK when dropped still holding the client, without waiting
-/// for it (as tokio-postgres's own `Transaction` does): the connection's
-/// next user's statements follow it.
+/// for it (as tokio-postgres's own `Transaction` does): it is put on the
+/// connection's queue (tokio-postgres sends a request at its future's first
+/// poll), and the connection's next user's statements follow it.
 struct RollbackUnlessCommitted<'a>(Option<&'a deadpool_postgres::Client>);
 
 impl Drop for RollbackUnlessCommitted<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.0 {
-            send_only(client, "ROLLBACK");
+            let _queued = client.batch_execute("ROLLBACK").now_or_never();
         }
     }
-}
-
-/// After a commit made with a `Transaction` on a pooled connection: sends
-/// its notifications (one per project and transaction), without waiting,
-/// and returns the connection to the pool.
-pub fn announce(client: deadpool_postgres::Client) {
-    send_only(&client, "SELECT announce_heads()");
-}
-
-/// Puts `sql` on the connection's queue and does not wait for its answer:
-/// tokio-postgres sends a request when its future is first polled.
-fn send_only(client: &deadpool_postgres::Client, sql: &str) {
-    let _queued = client.batch_execute(sql).now_or_never();
 }

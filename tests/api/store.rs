@@ -156,9 +156,10 @@ async fn heard(
     payloads
 }
 
-/// The pool's sessions keep their notifications until `store::announce`,
-/// which sends one per project and committed transaction, carrying only
-/// the head; a rolled-back transaction leaves none.
+/// The pool's sessions keep their notifications until the session's next
+/// `store::in_transaction` commits, which sends them: one per project and
+/// committed transaction, carrying only the head. A rolled-back transaction
+/// leaves none.
 #[tokio::test]
 async fn pooled_notifications_wait_for_the_announce_one_per_transaction() {
     let app = TestApp::spawn().await;
@@ -183,7 +184,7 @@ async fn pooled_notifications_wait_for_the_announce_one_per_transaction() {
         "nothing before the announce"
     );
 
-    store::announce(client);
+    store::in_transaction(&client, async { Ok::<_, store::StoreError>(()) }).await.unwrap();
     assert_eq!(
         heard(&mut notes, Duration::from_millis(500)).await,
         vec![json!({"project_id": project, "head_seq": 1}), json!({"project_id": project, "head_seq": 6})],

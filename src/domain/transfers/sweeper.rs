@@ -40,33 +40,36 @@ pub async fn sweep(pool: &Pool, policy: &TransferPolicy) -> Result<Swept, Domain
         .collect();
     let mut swept = Swept::default();
     for project_id in projects {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        if store::lock_stream(&tx, project_id).await?.is_none() {
-            continue;
-        }
-        let rows = tx
-            .query(
-                &format!("{} WHERE t.project_id = $3 AND {DUE} ORDER BY t.id", *SELECT),
-                &[&now, &stalled_before, &project_id],
-            )
-            .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows.iter().map(TransferRow::from) {
-            let Some(event) = machine::sweep(&row.state(), now) else { continue };
-            match event {
-                EventData::FileTransferExpired(_) => swept.expired += 1,
-                _ => swept.stalled += 1,
+        let client = pool.get().await?;
+        let sweep_project = async {
+            if store::lock_stream(&client, project_id).await?.is_none() {
+                return Ok(());
             }
-            events.push(event);
-        }
-        if !events.is_empty() {
-            let meta =
-                EventMeta { actor: crate::protocol::Actor { user_id: None, device_id: None }, idempotency_key: None };
-            store::append(&tx, project_id, &meta, &events).await?;
-        }
-        tx.commit().await?;
-        store::announce(client);
+            let rows = client
+                .query(
+                    &format!("{} WHERE t.project_id = $3 AND {DUE} ORDER BY t.id", *SELECT),
+                    &[&now, &stalled_before, &project_id],
+                )
+                .await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in rows.iter().map(TransferRow::from) {
+                let Some(event) = machine::sweep(&row.state(), now) else { continue };
+                match event {
+                    EventData::FileTransferExpired(_) => swept.expired += 1,
+                    _ => swept.stalled += 1,
+                }
+                events.push(event);
+            }
+            if !events.is_empty() {
+                let meta = EventMeta {
+                    actor: crate::protocol::Actor { user_id: None, device_id: None },
+                    idempotency_key: None,
+                };
+                store::append(&client, project_id, &meta, &events).await?;
+            }
+            Ok::<_, DomainError>(())
+        };
+        store::in_transaction(&client, sweep_project).await?;
     }
     Ok(swept)
 }
