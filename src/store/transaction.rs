@@ -26,7 +26,8 @@ const COMMIT_AND_ANNOUNCE: &str = "COMMIT; SELECT announce_heads()";
 /// and commits it if it succeeds. The BEGIN goes out with the first of
 /// those statements (both are sent before either is answered), and the
 /// COMMIT in one message with the announce of the transaction's
-/// notifications: two round trips in all, besides the body's own.
+/// notifications: one round trip besides the body's own, where
+/// `Transaction` and a separate announce took three.
 ///
 /// A BEGIN cannot fail for anything but the connection or the server
 /// failing, and then the statements sent after it fail too; its answer is
