@@ -5,6 +5,12 @@
 //! during a rebuild, over the whole log in batches. Apply SQL must therefore
 //! be correct for any contiguous run of a project's events, not just one.
 //!
+//! Apply SQL is a list of statements, each ending with `;` at the end of a
+//! line, and each reading only events of the types it names (`'type'`): the
+//! live trigger runs a statement only for a batch holding one of them. A
+//! statement with a line `-- replan` is planned at each live run (see
+//! [`ApplyStatement::replan`]).
+//!
 //! A file may end with a line `-- build` and SQL filling its empty tables
 //! from the whole log at once (`new_events` is then every event), which a
 //! rebuild runs instead of the apply SQL: it runs with the tables' primary

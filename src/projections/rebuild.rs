@@ -340,9 +340,9 @@ async fn swap(
     Ok(caught_up)
 }
 
-/// The live triggers: one statement trigger per log, whose function applies
-/// every built projection reading that log's event types, each only when the
-/// statement brought one of its types. One trigger instead of one per
+/// The live triggers: one statement trigger per log, whose function runs
+/// each apply statement of the built projections only when the batch
+/// brought one of the types it names. One trigger instead of one per
 /// projection: a single-event append runs one PL/pgSQL call and one look at
 /// `new_events`, not seven. `built` names the projections whose tables are
 /// live (a projection not built yet has no tables to apply to).
