@@ -107,7 +107,7 @@ async fn update_project(
     let key = idempotency_key(&req, &*body)?;
     let name = ProjectName::parse(&body.name).map_err(DomainError::from)?;
     let project_id = path.into_inner();
-    let project = domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+    let project = domain::execute_statement(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
         Box::pin(projects::rename(tx, cmd, project_id, name))
     })
     .await?;
@@ -138,7 +138,9 @@ async fn archive_project(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req, &())?;
     let project_id = path.into_inner();
-    domain::execute(&state.pool, auth.0, key.as_ref(), move |tx, cmd| Box::pin(projects::archive(tx, cmd, project_id)))
-        .await?;
+    domain::execute_statement(&state.pool, auth.0, key.as_ref(), move |tx, cmd| {
+        Box::pin(projects::archive(tx, cmd, project_id))
+    })
+    .await?;
     Ok(no_content())
 }

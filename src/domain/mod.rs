@@ -180,6 +180,30 @@ where
     run(pool, caller, idempotency_key, Replay::Refuse, command).await
 }
 
+/// [`execute`] for a command that is one statement (an append with its
+/// check, `store::events::append_checked`). Without an idempotency key it
+/// runs as a transaction of its own, with no BEGIN and COMMIT around it, and
+/// its notification goes out in the same round trip
+/// (`store::on_its_own`). With a key, it runs in one transaction with the
+/// key's claim and save, as [`execute`] does.
+pub async fn execute_statement<T, F>(
+    pool: &Pool,
+    caller: Caller,
+    idempotency_key: Option<&IdempotencyKey>,
+    command: F,
+) -> Result<T, DomainError>
+where
+    T: Serialize + DeserializeOwned,
+    F: for<'t> FnOnce(&'t store::Client, &'t Command) -> BoxFuture<'t, Result<T, DomainError>>,
+{
+    if idempotency_key.is_some() {
+        return execute(pool, caller, idempotency_key, command).await;
+    }
+    let client = pool.get().await?;
+    let ctx = Command { meta: EventMeta { actor: caller.actor(), idempotency_key: None }, caller };
+    store::on_its_own(&client, command(&client, &ctx)).await
+}
+
 async fn run<T, F>(
     pool: &Pool,
     caller: Caller,

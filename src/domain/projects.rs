@@ -8,7 +8,7 @@ use crate::protocol::events::data;
 use crate::protocol::projects::{Project, Role};
 use crate::protocol::validate::ProjectName;
 use crate::protocol::EventData;
-use crate::store::{self, GenericClient, Pool};
+use crate::store::{self, GenericClient, Pool, StoreError};
 
 /// The caller's role in a live (not archived) project, or None when the
 /// project is unknown, archived, or the caller is not in it.
@@ -119,37 +119,48 @@ pub async fn create(client: &impl GenericClient, cmd: &Command, name: ProjectNam
     })
 }
 
+/// The check of a command on a project that is one statement (migration
+/// V0024): the caller's project, refused with 404 or, for an owner's
+/// command, 403; its columns follow the head seq and time.
+const CHECK: &str = "command_project($1, $9, $10)";
+
+/// A refusal of [`CHECK`] (or an unknown project) as the command's.
+fn refused(e: StoreError) -> DomainError {
+    match e.sql_state().map(|c| c.code()) {
+        Some("FY404") => DomainError::not_found("project"),
+        Some("FY403") => DomainError::owner_only(),
+        _ if matches!(e, StoreError::UnknownStream(_)) => DomainError::not_found("project"),
+        _ => e.into(),
+    }
+}
+
+/// One statement: the append and its check (see [`CHECK`]).
 pub async fn rename(
     client: &impl GenericClient,
     cmd: &Command,
     project_id: Uuid,
     name: ProjectName,
 ) -> Result<Project, DomainError> {
-    // The event does not depend on the state, so the append and the read of
-    // the answer go in one round trip. The append takes the head lock, and
-    // the read, a statement of its own run after it, sees every command
-    // committed before: it is also the check (the caller's role in the live
-    // project), whose refusal rolls the append back with the transaction.
-    let events = [EventData::ProjectRenamed(data::ProjectRenamed { name: name.into_inner() })];
-    let append = store::events::append_statement(client, &events).await?;
-    let get = client.prepare_cached(&GET).await?;
-    let params: Params<2> = [&project_id, &cmd.caller.user_id];
-    let (appended, project) = futures_util::join!(
-        store::events::append_with(client, &append, project_id, &cmd.meta, &events),
-        client.query_opt(&get, &params),
-    );
-    match appended {
-        Err(store::StoreError::UnknownStream(_)) => return Err(DomainError::not_found("project")),
-        appended => appended?,
-    };
-    let project = project?;
-    allowed(project.as_ref().map(|row| row.get(3)), true)?;
-    Ok(project_of(project.ok_or_else(|| DomainError::not_found("project"))?))
+    let events = [EventData::ProjectRenamed(data::ProjectRenamed { name: name.as_str().to_owned() })];
+    let check: Params<2> = [&cmd.caller.user_id, &true];
+    let (appended, row) =
+        store::events::append_checked(client, project_id, &cmd.meta, &events, CHECK, &check).await.map_err(refused)?;
+    Ok(Project {
+        id: project_id,
+        name: name.into_inner(),
+        owner_id: row.get(3),
+        role: Role::Owner,
+        head_seq: appended.to_seq,
+        member_count: Some(row.get(6)),
+        created_at: row.get(4),
+    })
 }
 
+/// One statement, as [`rename`].
 pub async fn archive(client: &impl GenericClient, cmd: &Command, project_id: Uuid) -> Result<(), DomainError> {
-    lock_for(client, project_id, &cmd.caller, true).await?;
-    store::append(client, project_id, &cmd.meta, &[EventData::ProjectArchived(data::ProjectArchived {})]).await?;
+    let events = [EventData::ProjectArchived(data::ProjectArchived {})];
+    let check: Params<2> = [&cmd.caller.user_id, &true];
+    store::events::append_checked(client, project_id, &cmd.meta, &events, CHECK, &check).await.map_err(refused)?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{GenericClient, StoreError};
 use crate::protocol::{Actor, Event, EventData, EventType, Log};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::Statement;
+use tokio_postgres::{Row, Statement};
 
 /// What [`append`] appends: an [`EventData`], as commands do, or a
 /// [`NewEvent`].
@@ -138,7 +138,10 @@ pub async fn lock_statement(client: &impl GenericClient) -> Result<Statement, St
 /// statement. Each event's position is drawn in batch order, so within a
 /// project position order is seq order too. Only the logs the batch touches
 /// are written, so no empty statement fires the other log's triggers.
-fn append_sql(project: bool, transfer: bool) -> String {
+///
+/// With `check` (see [`append_checked`]), the row answered also holds the
+/// columns of that function call, evaluated once the head row is locked.
+fn append_sql(project: bool, transfer: bool, check: Option<&str>) -> String {
     let insert = |table: &str, which: &str| {
         format!(
             ", {table}_rows AS (
@@ -160,15 +163,17 @@ fn append_sql(project: bool, transfer: bool) -> String {
          unnest($2::uuid[], $3::text[], $4::jsonb[], $5::bool[])
              WITH ORDINALITY AS e(id, type, data, is_transfer, ord)
 ){}{}
-SELECT head_seq, now() FROM head",
+SELECT head_seq, now(){} FROM head{}",
         if project { insert("project_events", "NOT is_transfer") } else { String::new() },
         if transfer { insert("transfer_events", "is_transfer") } else { String::new() },
+        if check.is_some() { ", checked.*" } else { "" },
+        check.map(|call| format!(", {call} AS checked")).unwrap_or_default(),
     )
 }
 
-static APPEND_PROJECT: LazyLock<String> = LazyLock::new(|| append_sql(true, false));
-static APPEND_TRANSFER: LazyLock<String> = LazyLock::new(|| append_sql(false, true));
-static APPEND_BOTH: LazyLock<String> = LazyLock::new(|| append_sql(true, true));
+static APPEND_PROJECT: LazyLock<String> = LazyLock::new(|| append_sql(true, false, None));
+static APPEND_TRANSFER: LazyLock<String> = LazyLock::new(|| append_sql(false, true, None));
+static APPEND_BOTH: LazyLock<String> = LazyLock::new(|| append_sql(true, true, None));
 
 /// Appends `events` to the project's logs in the caller's transaction.
 pub async fn append(
@@ -188,14 +193,40 @@ pub async fn append_statement(
     client: &impl GenericClient,
     events: &[impl Appendable],
 ) -> Result<Statement, StoreError> {
-    let project = events.iter().any(|e| e.event_type().log() == Log::Project);
-    let transfer = events.iter().any(|e| e.event_type().log() == Log::Transfer);
-    let sql = match (project, transfer) {
+    let sql = match logs_of(events) {
         (true, false) => &*APPEND_PROJECT,
         (false, true) => &*APPEND_TRANSFER,
         _ => &*APPEND_BOTH,
     };
     Ok(client.prepare_cached(sql).await?)
+}
+
+/// Which logs `events` go to: (project log, transfer log).
+fn logs_of(events: &[impl Appendable]) -> (bool, bool) {
+    let has = |log| events.iter().any(|e| e.event_type().log() == log);
+    (has(Log::Project), has(Log::Transfer))
+}
+
+/// [`append`] and a check in one statement, which needs no transaction
+/// around it. `check` calls a function that raises to refuse, such as
+/// `command_project($1, $9, $10)` (migration V0024): `$1` is the project,
+/// `$9` on are `check_params`. It is called once the statement holds the
+/// head lock, and a volatile function's queries each take a snapshot of
+/// their own, so it sees every command committed before; its refusal rolls
+/// the append back. Answers the append and the row, whose columns from 2
+/// on are the function's.
+pub async fn append_checked(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    meta: &EventMeta,
+    events: &[impl Appendable],
+    check: &str,
+    check_params: &[&(dyn ToSql + Sync)],
+) -> Result<(Appended, Row), StoreError> {
+    let (project, transfer) = logs_of(events);
+    let stmt = client.prepare_cached(&append_sql(project, transfer, Some(check))).await?;
+    let row = append_row(client, &stmt, project_id, meta, events, check_params).await?;
+    Ok((appended_of(&row, events.len()), row))
 }
 
 /// [`append`] with its statement from [`append_statement`]: one message,
@@ -207,6 +238,26 @@ pub async fn append_with(
     meta: &EventMeta,
     events: &[impl Appendable],
 ) -> Result<Appended, StoreError> {
+    let row = append_row(client, stmt, project_id, meta, events, &[]).await?;
+    Ok(appended_of(&row, events.len()))
+}
+
+fn appended_of(row: &Row, events: usize) -> Appended {
+    let to_seq: i64 = row.get(0);
+    crate::telemetry::EVENTS_APPENDED.inc_by(events as u64);
+    Appended { from_seq: to_seq - events as i64 + 1, to_seq, created_at: row.get(1) }
+}
+
+/// Runs an append statement of [`append_sql`], with `extra` parameters
+/// after its own eight; an unknown project answers no row.
+async fn append_row(
+    client: &impl GenericClient,
+    stmt: &Statement,
+    project_id: Uuid,
+    meta: &EventMeta,
+    events: &[impl Appendable],
+    extra: &[&(dyn ToSql + Sync)],
+) -> Result<Row, StoreError> {
     if events.is_empty() {
         return Err(StoreError::Invalid("append of an empty batch".into()));
     }
@@ -222,25 +273,18 @@ pub async fn append_with(
     let data: Vec<JsonbText<'_>> =
         ends.iter().scan(0, |start, &end| Some(JsonbText(&text[std::mem::replace(start, end)..end]))).collect();
     let is_transfer: Vec<bool> = events.iter().map(|e| e.event_type().log() == Log::Transfer).collect();
-    let row = client
-        .query_opt(
-            stmt,
-            &[
-                &project_id,
-                &ids,
-                &types,
-                &data,
-                &is_transfer,
-                &meta.actor.user_id,
-                &meta.actor.device_id,
-                &meta.idempotency_key,
-            ],
-        )
-        .await?
-        .ok_or(StoreError::UnknownStream(project_id))?;
-    let to_seq: i64 = row.get(0);
-    crate::telemetry::EVENTS_APPENDED.inc_by(events.len() as u64);
-    Ok(Appended { from_seq: to_seq - events.len() as i64 + 1, to_seq, created_at: row.get(1) })
+    let own: [&(dyn ToSql + Sync); 8] = [
+        &project_id,
+        &ids,
+        &types,
+        &data,
+        &is_transfer,
+        &meta.actor.user_id,
+        &meta.actor.device_id,
+        &meta.idempotency_key,
+    ];
+    let params = own.iter().chain(extra).copied();
+    client.query_opt(stmt, &params.collect::<Vec<_>>()).await?.ok_or(StoreError::UnknownStream(project_id))
 }
 
 /// The columns of both logs, in the order [`RecordedEvent::from_row`] reads.

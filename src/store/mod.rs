@@ -11,7 +11,7 @@ pub use deadpool_postgres::{Client, GenericClient, Pool, Transaction};
 pub use events::{
     append, create_stream, lock_stream, read_after, Appendable, Appended, EventMeta, NewEvent, RecordedEvent,
 };
-pub use transaction::in_transaction;
+pub use transaction::{in_transaction, on_its_own};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -50,6 +50,43 @@ where
     Ok(output)
 }
 
+const ANNOUNCE: &str = "SELECT announce_heads()";
+
+/// Runs `statement`, a future of one statement on `client`, as a
+/// transaction of its own: outside a transaction block PostgreSQL commits a
+/// statement when it ends, or rolls it back when it fails, so no BEGIN and
+/// COMMIT are needed. The announce of its notifications is sent right after
+/// it, before it is answered: one round trip in all.
+///
+/// A statement not prepared yet on this connection sends only its Parse at
+/// its first poll, so it would run after that announce: when the statement
+/// succeeded and the announce sent nothing, it is sent again.
+pub async fn on_its_own<T, E>(
+    client: &deadpool_postgres::Client,
+    statement: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    // join! polls in order: the statement is sent before the announce.
+    let (output, announced) = futures_util::join!(statement, announce(client));
+    let output = output?;
+    if announced? == 0 {
+        announce(client).await?;
+    }
+    Ok(output)
+}
+
+/// Sends the session's pending notifications; answers how many.
+async fn announce(client: &deadpool_postgres::Client) -> Result<u64, StoreError> {
+    let messages = client.simple_query(ANNOUNCE).await?;
+    let sent = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|n| n.parse().ok()),
+        _ => None,
+    });
+    sent.ok_or_else(|| StoreError::Invalid("announce_heads() answered no count".into()))
+}
+
 /// Sends a ROLLBACK when dropped still holding the client, without waiting
 /// for it (as tokio-postgres's own `Transaction` does): it is put on the
 /// connection's queue (tokio-postgres sends a request at its future's first

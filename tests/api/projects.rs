@@ -257,3 +257,50 @@ async fn idempotency_key_returns_the_first_response_and_appends_nothing() {
     assert_eq!(patch("Renamed").await.unwrap().status(), StatusCode::OK);
     assert_eq!(app.log(id).await.len(), 2);
 }
+
+/// A rename waiting for the project's head lock is checked against what the
+/// holder committed: here an archive, so it is refused and appends nothing
+/// (the rename is one statement, whose check runs after the lock in a
+/// snapshot of its own).
+#[tokio::test]
+async fn a_rename_waiting_on_the_head_sees_the_archive_committed_before_it() {
+    let app = TestApp::spawn().await;
+    let owner = app.signup("owner").await;
+    let id = app.create_project(&owner, "Raced").await;
+    let mut client = app.pool.get().await.unwrap();
+    let archive = client.transaction().await.unwrap();
+    let meta = EventMeta { actor: Actor { user_id: Some(owner.id), device_id: None }, idempotency_key: None };
+    store::append(&archive, id, &meta, &[NewEvent::new(EventType::ProjectArchived, json!({}))]).await.unwrap();
+
+    let watcher = app.pool.get().await.unwrap();
+    let commit_once_the_rename_waits = async {
+        let waits = async {
+            loop {
+                let row = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                if row.get::<_, i64>(0) > 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waits)
+            .await
+            .expect("the rename waits on the head lock");
+        archive.commit().await.unwrap();
+    };
+    let path = format!("/api/projects/{id}");
+    let name = json!({"name": "Too late"});
+    let rename = app.call(Method::PATCH, &path, Some(&owner.token), Some(&name));
+    let ((status, answer), ()) = tokio::join!(rename, commit_once_the_rename_waits);
+    assert_eq!((status, code(&answer)), (StatusCode::NOT_FOUND, "not_found"), "{answer}");
+    let types: Vec<String> = app.log(id).await.into_iter().map(|e| e.event_type).collect();
+    assert_eq!(types, ["project_created", "project_archived"]);
+    assert_eq!(app.table("projects").await[0]["name"], "Raced");
+}

@@ -192,6 +192,39 @@ async fn pooled_notifications_wait_for_the_announce_one_per_transaction() {
     );
 }
 
+/// `store::on_its_own` runs one statement as its own transaction and
+/// announces it. On a connection new to the statement, its Parse goes out
+/// first and the announce runs before it; the announce is then sent again,
+/// so nothing is left pending (on a pool of its own: nothing else on that
+/// session could send it instead). A failed statement leaves nothing.
+#[tokio::test]
+async fn a_statement_on_its_own_is_announced_even_when_it_was_prepared_first() {
+    let app = TestApp::spawn().await;
+    let project = new_stream(&app.pool).await;
+    let (_listener, mut notes) = listen(&app.database_url).await;
+    let pool = store::connect(&app.database_url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    let pending = || async {
+        let row = client.query_one("SELECT current_setting('ferry.pending_notifications', true)", &[]).await.unwrap();
+        row.get::<_, Option<String>>(0).unwrap_or_default()
+    };
+
+    let appended = store::on_its_own(&client, store::append(&client, project, &meta(), &mixed_batch(2))).await.unwrap();
+    assert_eq!(appended.to_seq, 3);
+    assert_eq!(pending().await, "", "nothing left pending");
+    assert_eq!(
+        heard(&mut notes, Duration::from_millis(500)).await,
+        vec![json!({"project_id": project, "head_seq": 3})],
+        "announced once, with its head"
+    );
+
+    let unknown = Uuid::now_v7();
+    let refused = store::on_its_own(&client, store::append(&client, unknown, &meta(), &mixed_batch(1))).await;
+    assert!(matches!(refused, Err(store::StoreError::UnknownStream(_))), "{refused:?}");
+    assert_eq!(pending().await, "");
+    assert_eq!(heard(&mut notes, Duration::from_millis(300)).await, Vec::<serde_json::Value>::new());
+}
+
 /// `store::in_transaction` commits what its body did when the body
 /// succeeds; a body that fails, or is dropped half-way (a request whose
 /// client went away), leaves nothing, and the connection is out of the
