@@ -182,23 +182,14 @@ pub async fn append(
     meta: &EventMeta,
     events: &[impl Appendable],
 ) -> Result<Appended, StoreError> {
-    let stmt = append_statement(client, events).await?;
-    append_with(client, &stmt, project_id, meta, events).await
-}
-
-/// The statement [`append`] runs for `events` (which logs they go to),
-/// prepared once per connection; see [`lock_statement`] for why a pipeline
-/// prepares first.
-pub async fn append_statement(
-    client: &impl GenericClient,
-    events: &[impl Appendable],
-) -> Result<Statement, StoreError> {
     let sql = match logs_of(events) {
         (true, false) => &*APPEND_PROJECT,
         (false, true) => &*APPEND_TRANSFER,
         _ => &*APPEND_BOTH,
     };
-    Ok(client.prepare_cached(sql).await?)
+    let stmt = client.prepare_cached(sql).await?;
+    let row = append_row(client, &stmt, project_id, meta, events, &[]).await?;
+    Ok(appended_of(&row, events.len()))
 }
 
 /// Which logs `events` go to: (project log, transfer log).
@@ -227,19 +218,6 @@ pub async fn append_checked(
     let stmt = client.prepare_cached(&append_sql(project, transfer, Some(check))).await?;
     let row = append_row(client, &stmt, project_id, meta, events, check_params).await?;
     Ok((appended_of(&row, events.len()), row))
-}
-
-/// [`append`] with its statement from [`append_statement`]: one message,
-/// no wait before it is sent.
-pub async fn append_with(
-    client: &impl GenericClient,
-    stmt: &Statement,
-    project_id: Uuid,
-    meta: &EventMeta,
-    events: &[impl Appendable],
-) -> Result<Appended, StoreError> {
-    let row = append_row(client, stmt, project_id, meta, events, &[]).await?;
-    Ok(appended_of(&row, events.len()))
 }
 
 fn appended_of(row: &Row, events: usize) -> Appended {
