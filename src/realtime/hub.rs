@@ -137,8 +137,8 @@ impl Hub {
 
     /// Wakes the feeds whose project has moved past what they have read:
     /// those whose notification was lost (a commit's notifications are sent
-    /// after it, see `store::in_transaction`, so its server may die in
-    /// between).
+    /// after it, see `store::transaction`, so its server may die in
+    /// between, and a statement run on its own may leave its own pending).
     pub async fn catch_up(self: &Arc<Self>) -> Result<(), StoreError> {
         let projects: Vec<Uuid> = self.feeds.lock().expect("hub lock").keys().copied().collect();
         if projects.is_empty() {

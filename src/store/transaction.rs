@@ -60,7 +60,12 @@ const ANNOUNCE: &str = "SELECT announce_heads()";
 ///
 /// A statement not prepared yet on this connection sends only its Parse at
 /// its first poll, so it would run after that announce: when the statement
-/// succeeded and the announce sent nothing, it is sent again.
+/// succeeded and the announce sent nothing, it is sent again. If that first
+/// announce did send something, a payload some earlier user of the session
+/// left pending (a request dropped between its statement and its second
+/// announce), the statement's own stays pending until the session's next
+/// announce, and the realtime hubs' look at the heads wakes its readers
+/// meanwhile.
 pub async fn on_its_own<T, E>(
     client: &deadpool_postgres::Client,
     statement: impl Future<Output = Result<T, E>>,
