@@ -2,10 +2,13 @@
 //!
 //! Fan-out: 100 WebSocket subscribers of one project on the real server
 //! in-process (`GET /api/ws`, subscribed at the head), while one writer
-//! appends single-event renames through `ferry::store::append` in
-//! `store::in_transaction` (as a command does) at a steady
-//! rate; each event's latency is from just before its COMMIT to its arrival
-//! at each socket, p50/p99 over every (event, socket). Beside it, a raw
+//! renames the project at a steady rate, in two ways: single-event appends
+//! through `ferry::store::append` in `store::in_transaction`, each event's
+//! latency from just before its COMMIT; and `PATCH /api/projects/:id`
+//! over HTTP (the command as clients send it: one statement, its
+//! notification announced in the same round trip), each event's latency
+//! from just before its request is sent. Latency is to the event's arrival
+//! at each socket, p50/p99 over every (event, socket). Beside them, a raw
 //! baseline in the same run: the same writer shape on a plain table with a
 //! `pg_notify` in the transaction, one LISTEN connection that reads each new
 //! row once and hands it to 100 in-process channels (ferry's architecture
@@ -37,8 +40,26 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-/// When each seq's transaction began to commit.
+/// When each event left the writer (by seq on the raw side, by the rename's
+/// number on ferry's: an HTTP rename's seq is known only once it is done).
 type Sent = Arc<Mutex<HashMap<i64, Instant>>>;
+
+/// One phase's subscribers, events per second and length.
+#[derive(Clone, Copy)]
+struct Load {
+    sockets: usize,
+    rate: f64,
+    seconds: f64,
+}
+
+/// How ferry's writer renames the project.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// `store::append` in `store::in_transaction`, timed from the COMMIT.
+    Store,
+    /// `PATCH /api/projects/:id`, timed from the request.
+    Http,
+}
 
 const RAW_TABLES: &str = "
 CREATE TABLE bench_heads (project_id uuid PRIMARY KEY, head_seq bigint NOT NULL DEFAULT 0);
@@ -58,6 +79,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let sockets: usize = common::env_num("FANOUT_SOCKETS", 100)?;
     let rate: f64 = common::env_num("FANOUT_RATE", 100.0)?;
     let seconds: f64 = common::env_num("BENCH_SECONDS", 5.0)?;
+    let load = Load { sockets, rate, seconds };
     let replay_events: usize = common::env_num("REPLAY_EVENTS", 100_000)?;
     let rounds: usize = common::env_num("REPLAY_ROUNDS", 2)?;
     let load_before = common::load();
@@ -77,34 +99,34 @@ async fn run(url: String) -> Result<bool, BoxError> {
         app.pool_size,
     );
 
-    let mut ferry_lat = Vec::new();
-    let mut raw_lat = Vec::new();
+    let (mut store_lat, mut http_lat, mut raw_lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut ok = true;
     for _ in 0..2 {
-        let (lat, delivered, expected) = fanout_raw(&url, &pool, project, sockets, rate, seconds).await?;
+        let (lat, delivered, expected) = fanout_raw(&url, &pool, project, load).await?;
         ok &= delivered == expected;
         raw_lat.extend(lat);
-        let (lat, delivered, expected) = fanout_ferry(&app, &pool, &owner, project, sockets, rate, seconds).await?;
-        ok &= delivered == expected;
-        ferry_lat.extend(lat);
+        for (writer, lats) in [(Writer::Store, &mut store_lat), (Writer::Http, &mut http_lat)] {
+            let (lat, delivered, expected) = fanout_ferry(&app, &pool, &owner, project, writer, load).await?;
+            ok &= delivered == expected;
+            lats.extend(lat);
+        }
     }
-    ferry_lat.sort();
-    raw_lat.sort();
-    let (f50, f99) = (common::quantile(&ferry_lat, 0.5), common::quantile(&ferry_lat, 0.99));
-    let (r50, r99) = (common::quantile(&raw_lat, 0.5), common::quantile(&raw_lat, 0.99));
-    println!(
-        "ferry fan-out (WebSocket, {sockets} sockets): p50 {:.2} ms, p99 {:.2} ms over {} deliveries",
-        common::ms(f50),
-        common::ms(f99),
-        ferry_lat.len()
-    );
-    println!(
-        "raw LISTEN + one read + {sockets} channels:      p50 {:.2} ms, p99 {:.2} ms over {} deliveries",
-        common::ms(r50),
-        common::ms(r99),
-        raw_lat.len()
-    );
-    println!("ratio p99 ferry/raw: {:.2} (lower is better)", common::ms(f99) / common::ms(r99).max(1e-9));
+    let p99 = |label: &str, lat: &mut Vec<Duration>| {
+        lat.sort();
+        let (p50, p99) = (common::quantile(lat, 0.5), common::quantile(lat, 0.99));
+        println!(
+            "{label:<58} p50 {:.2} ms, p99 {:.2} ms over {} deliveries",
+            common::ms(p50),
+            common::ms(p99),
+            lat.len()
+        );
+        common::ms(p99)
+    };
+    let store_p99 = p99(&format!("ferry fan-out (WebSocket, {sockets} sockets), from the COMMIT:"), &mut store_lat);
+    let http_p99 = p99("ferry fan-out, HTTP renames, from the request:", &mut http_lat);
+    let raw_p99 = p99(&format!("raw LISTEN + one read + {sockets} channels, from the COMMIT:"), &mut raw_lat);
+    println!("ratio p99 ferry/raw: {:.2} (lower is better)", store_p99 / raw_p99.max(1e-9));
+    println!("HTTP renames p99, request to socket: {http_p99:.2} ms (the command's own time included)");
 
     // Replay.
     let replayed = Uuid::now_v7();
@@ -193,10 +215,10 @@ async fn fanout_ferry(
     pool: &Pool,
     owner: &common::support::User,
     project: Uuid,
-    sockets: usize,
-    rate: f64,
-    seconds: f64,
+    writer: Writer,
+    load: Load,
 ) -> Result<(Vec<Duration>, usize, usize), BoxError> {
+    let Load { sockets, rate, seconds } = load;
     let head = head_of(pool, project).await?;
     let mut subscribers = Vec::with_capacity(sockets);
     for _ in 0..sockets {
@@ -217,8 +239,9 @@ async fn fanout_ferry(
                     let v = next_json(&mut socket).await?;
                     let Some(seq) = v["seq"].as_i64() else { continue };
                     let at = Instant::now();
-                    if let Some(t) = sent.lock().expect("lock").get(&seq) {
-                        lat.push(at - *t);
+                    let number = v["data"]["name"].as_str().and_then(|n| n.strip_prefix("fan ")?.parse::<i64>().ok());
+                    if let Some(t) = number.and_then(|i| sent.lock().expect("lock").get(&i).copied()) {
+                        lat.push(at - t);
                     }
                     if seq >= last {
                         let _ = socket.close(None).await;
@@ -231,16 +254,29 @@ async fn fanout_ferry(
     let client = pool.get().await?;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
+    let url = app.url(&format!("/api/projects/{project}"));
     for i in 0..count {
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let rename = NewEvent::new(EventType::ProjectRenamed, json!({"name": format!("fan {i}")}));
-        // As a command: the COMMIT goes with the announce of the notification.
-        let append = async {
-            let appended = store::append(&client, project, &meta(owner.id), &[rename]).await?;
-            sent.lock().expect("lock").insert(appended.to_seq, Instant::now());
-            Ok::<_, store::StoreError>(())
-        };
-        store::in_transaction(&client, append).await?;
+        let name = format!("fan {i}");
+        match writer {
+            Writer::Store => {
+                let rename = NewEvent::new(EventType::ProjectRenamed, json!({ "name": name }));
+                // As a command: the COMMIT goes with the announce of the notification.
+                let append = async {
+                    store::append(&client, project, &meta(owner.id), &[rename]).await?;
+                    sent.lock().expect("lock").insert(i, Instant::now());
+                    Ok::<_, store::StoreError>(())
+                };
+                store::in_transaction(&client, append).await?;
+            }
+            Writer::Http => {
+                sent.lock().expect("lock").insert(i, Instant::now());
+                let res = app.http.patch(&url).bearer_auth(&owner.token).json(&json!({ "name": name })).send().await?;
+                if res.status() != reqwest::StatusCode::OK {
+                    return Err(format!("PATCH project answered {}", res.status()).into());
+                }
+            }
+        }
     }
     let mut all = Vec::new();
     for reader in readers {
@@ -256,10 +292,9 @@ async fn fanout_raw(
     url: &str,
     pool: &Pool,
     project: Uuid,
-    sockets: usize,
-    rate: f64,
-    seconds: f64,
+    load: Load,
 ) -> Result<(Vec<Duration>, usize, usize), BoxError> {
+    let Load { sockets, rate, seconds } = load;
     let (listener, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     let conn = tokio::spawn(async move {

@@ -342,8 +342,15 @@ async fn run(url: String) -> Result<bool, BoxError> {
         settle().await;
         let target = root.0.join(format!("to-{}", mode.name()));
         let pull_started = Instant::now();
+        let handed_before = ferry::telemetry::CHUNKS_HANDED_OVER.get();
         let (result, took, peaks) = measured_pull(&member, &project, &target, agent.pid(), size).await?;
         if mode == Mode::Relayed {
+            // How the member's requests met the uploads: handed over by the
+            // upload as it landed, or read back from the store.
+            println!(
+                "  relayed chunks handed over by their upload (not read back from the store): {}",
+                ferry::telemetry::CHUNKS_HANDED_OVER.get() - handed_before
+            );
             // Which leg sets the pace: the agent's uploads, or the member's downloads.
             let (at, served) = agent.wait_for_at("serving the pull", |v| v["event"] == "transfer_served").await?;
             let upload = at.saturating_duration_since(pull_started);
