@@ -111,7 +111,8 @@ async fn run(url: String) -> Result<bool, BoxError> {
             lats.extend(lat);
         }
     }
-    let p99 = |label: &str, lat: &mut Vec<Duration>| {
+    // Prints a phase's p50 and p99; answers the p99 in ms.
+    let report = |label: &str, lat: &mut Vec<Duration>| {
         lat.sort();
         let (p50, p99) = (common::quantile(lat, 0.5), common::quantile(lat, 0.99));
         println!(
@@ -122,9 +123,9 @@ async fn run(url: String) -> Result<bool, BoxError> {
         );
         common::ms(p99)
     };
-    let store_p99 = p99(&format!("ferry fan-out (WebSocket, {sockets} sockets), from the COMMIT:"), &mut store_lat);
-    let http_p99 = p99("ferry fan-out, HTTP renames, from the request:", &mut http_lat);
-    let raw_p99 = p99(&format!("raw LISTEN + one read + {sockets} channels, from the COMMIT:"), &mut raw_lat);
+    let store_p99 = report(&format!("ferry fan-out (WebSocket, {sockets} sockets), from the COMMIT:"), &mut store_lat);
+    let http_p99 = report("ferry fan-out, HTTP renames, from the request:", &mut http_lat);
+    let raw_p99 = report(&format!("raw LISTEN + one read + {sockets} channels, from the COMMIT:"), &mut raw_lat);
     println!("ratio p99 ferry/raw: {:.2} (lower is better)", store_p99 / raw_p99.max(1e-9));
     println!("HTTP renames p99, request to socket: {http_p99:.2} ms (the command's own time included)");
 
