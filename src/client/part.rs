@@ -5,13 +5,15 @@
 //! killed pull resumes from. When every chunk is in, the part file is
 //! fsynced once and renamed over the target.
 //!
-//! In-order bytes are written past the page cache (`O_DIRECT`) where the
-//! filesystem takes it: the pull will not read them back, and putting a
-//! large file through the cache costs a fresh page per 4 KiB and pushes out
-//! what the machine had cached. They go from an aligned staging buffer in
-//! whole blocks; what is left of a block waits there for the next chunk, so
-//! a chunk is recorded once its last byte is written. Where the filesystem
-//! refuses such writes, the same bytes go through the page cache.
+//! In-order bytes of a large file are written past the page cache
+//! (`O_DIRECT`) where the filesystem takes it: the pull will not read them
+//! back, and putting a large file through the cache costs a fresh page per
+//! 4 KiB and pushes out what the machine had cached. They are staged in
+//! aligned 4 MiB buffers, each written whole by a thread of its own while
+//! the next one fills, so the disk's wait overlaps the hashing and staging
+//! of what follows; a chunk is recorded once its last byte is written.
+//! Where the filesystem refuses such writes, the same bytes go through the
+//! page cache.
 //!
 //! The record is a text file: a header line `ferry-part 1 <file hash>
 //! <size> <path>`, then one line `<offset> <size> <chunk hash>` per chunk
@@ -25,6 +27,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::protocol::files::Blake3Hash;
 
@@ -142,43 +146,134 @@ fn record_line(pos: &Pos) -> String {
 
 /// The alignment of `O_DIRECT` writes: buffer address, offset and length.
 const BLOCK: usize = 4096;
-/// The staging buffer of in-order bytes.
+/// A staging buffer of in-order bytes, written whole.
 const STAGE: usize = 4 * 1024 * 1024;
 /// Files from this size on are written past the page cache: for a smaller
-/// one the staging buffer is not worth its allocation.
+/// one the staging buffers are not worth their allocation.
 const STAGED_FROM: u64 = 4 * STAGE as u64;
 
-/// In-order bytes on their way to the part, written past the page cache in
-/// whole aligned blocks (see the module's doc).
-struct Staged {
-    /// The part opened with `O_DIRECT`.
-    direct: File,
-    /// Set once the filesystem refused an `O_DIRECT` write: the blocks then
-    /// go through the page cache.
-    refused: bool,
-    /// `STAGE + BLOCK` bytes, of which `STAGE` from `start` are aligned.
-    buf: Vec<u8>,
+/// `STAGE` bytes at an address aligned for `O_DIRECT`.
+struct Aligned {
+    vec: Vec<u8>,
     start: usize,
-    /// Bytes staged, and the (aligned) offset in the file of the first:
-    /// every byte before it is written.
+}
+
+impl Aligned {
+    fn new() -> Self {
+        let vec = vec![0; STAGE + BLOCK];
+        let start = vec.as_ptr().align_offset(BLOCK);
+        Self { vec, start }
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        &self.vec[self.start..self.start + len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + STAGE]
+    }
+}
+
+/// A full stage on its way to the file, at offset `at`.
+struct Job {
+    buf: Aligned,
+    at: u64,
+}
+
+/// The thread that writes full stages past the page cache, one at a time,
+/// while the writer hashes and stages what follows: the disk's wait is not
+/// on the pull's path. Each stage comes back once written.
+struct Io {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    done: std::sync::mpsc::Receiver<(Aligned, std::io::Result<()>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Io {
+    fn spawn(direct: File, part: File, refused: Arc<AtomicBool>) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (written, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("ferry-part-io".into()).spawn(move || {
+            for Job { buf, at } in queue {
+                let blocks = buf.bytes(STAGE);
+                let r = if refused.load(Ordering::Relaxed) || direct.write_all_at(blocks, at).is_err() {
+                    // EINVAL from a filesystem that opens with O_DIRECT but
+                    // will not write so; a real failure fails again here,
+                    // and is told.
+                    refused.store(true, Ordering::Relaxed);
+                    part.write_all_at(blocks, at)
+                } else {
+                    Ok(())
+                };
+                if written.send((buf, r)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self { jobs: Some(jobs), done, thread: Some(thread) })
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn io_thread_gone() -> std::io::Error {
+    std::io::Error::other("the part's writing thread stopped")
+}
+
+/// In-order bytes on their way to the part, written past the page cache in
+/// whole stages (see the module's doc).
+struct Staged {
+    io: Io,
+    /// Set once the filesystem refused an `O_DIRECT` write: the stages then
+    /// go through the page cache. Tests set it to take that path.
+    #[cfg(test)]
+    refused: Arc<AtomicBool>,
+    buf: Aligned,
+    /// The other buffer, when it is not under way.
+    spare: Option<Aligned>,
+    /// Bytes staged, and the (aligned) offset in the file of the first.
     filled: usize,
     at: u64,
-    /// Chunks in order whose last bytes are still staged: recorded once
-    /// they are written.
+    /// The end of the stage under way, if one is.
+    under_way: Option<u64>,
+    /// Every byte before it is written.
+    written: u64,
+    /// Chunks in order whose last bytes are not written yet: recorded once
+    /// they are.
     unrecorded: std::collections::VecDeque<Pos>,
 }
 
 impl Staged {
-    /// `part` opened for writes past the page cache, when the platform and
-    /// the filesystem take them.
+    /// `path` opened for writes past the page cache (and through it, for
+    /// what a filesystem refuses), when the platform and the filesystem
+    /// take them.
     fn open(path: &Path) -> Option<Self> {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
             let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
-            let buf = vec![0; STAGE + BLOCK];
-            let start = buf.as_ptr().align_offset(BLOCK);
-            Some(Self { direct, refused: false, buf, start, filled: 0, at: 0, unrecorded: Default::default() })
+            let part = OpenOptions::new().write(true).open(path).ok()?;
+            let refused = Arc::new(AtomicBool::new(false));
+            let io = Io::spawn(direct, part, Arc::clone(&refused)).ok()?;
+            Some(Self {
+                io,
+                #[cfg(test)]
+                refused,
+                buf: Aligned::new(),
+                spare: None,
+                filled: 0,
+                at: 0,
+                under_way: None,
+                written: 0,
+                unrecorded: Default::default(),
+            })
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -187,42 +282,54 @@ impl Staged {
         }
     }
 
-    /// Stages `bytes` (the next in order), writing every whole block.
-    fn put(&mut self, part: &File, mut bytes: &[u8]) -> std::io::Result<()> {
+    /// Stages `bytes` (the next in order), sending every full stage.
+    fn put(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let n = bytes.len().min(STAGE - self.filled);
-            let at = self.start + self.filled;
-            self.buf[at..at + n].copy_from_slice(&bytes[..n]);
+            self.buf.bytes_mut()[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
             self.filled += n;
             bytes = &bytes[n..];
-            self.write_blocks(part)?;
+            if self.filled == STAGE {
+                self.send()?;
+            }
         }
         Ok(())
     }
 
-    /// Writes the whole blocks staged and keeps what is left of the last.
-    fn write_blocks(&mut self, part: &File) -> std::io::Result<()> {
-        let n = self.filled / BLOCK * BLOCK;
-        if n == 0 {
-            return Ok(());
-        }
-        let blocks = &self.buf[self.start..self.start + n];
-        if self.refused || self.direct.write_all_at(blocks, self.at).is_err() {
-            // EINVAL from a filesystem that opens with O_DIRECT but will
-            // not write so; a real failure fails again here, and is told.
-            self.refused = true;
-            part.write_all_at(blocks, self.at)?;
-        }
-        self.buf.copy_within(self.start + n..self.start + self.filled, self.start);
-        self.filled -= n;
-        self.at += n as u64;
+    /// Sends the full stage to the writing thread, once the one before it
+    /// is written, and stages into the other buffer.
+    fn send(&mut self) -> std::io::Result<()> {
+        self.wait()?;
+        let next = self.spare.take().unwrap_or_else(Aligned::new);
+        let buf = std::mem::replace(&mut self.buf, next);
+        self.io
+            .jobs
+            .as_ref()
+            .ok_or_else(io_thread_gone)?
+            .send(Job { buf, at: self.at })
+            .map_err(|_| io_thread_gone())?;
+        self.at += STAGE as u64;
+        self.under_way = Some(self.at);
+        self.filled = 0;
         Ok(())
     }
 
-    /// Writes what is left of the last block through the page cache,
-    /// keeping it staged (written again, whole, with the next block).
-    fn write_rest(&self, part: &File) -> std::io::Result<()> {
-        part.write_all_at(&self.buf[self.start..self.start + self.filled], self.at)
+    /// Waits for the stage under way, if one is, to be written.
+    fn wait(&mut self) -> std::io::Result<()> {
+        let Some(end) = self.under_way.take() else { return Ok(()) };
+        let (buf, written) = self.io.done.recv().map_err(|_| io_thread_gone())?;
+        self.spare = Some(buf);
+        written?;
+        self.written = end;
+        Ok(())
+    }
+
+    /// Makes the file hold every byte staged: the stage under way is
+    /// written, and what is staged goes through the page cache (it stays
+    /// staged, written again past the cache once its stage is full).
+    fn write_rest(&mut self, part: &File) -> std::io::Result<()> {
+        self.wait()?;
+        part.write_all_at(self.buf.bytes(self.filled), self.at)
     }
 }
 
@@ -261,7 +368,7 @@ impl Writer {
             self.part.write_all_at(bytes, pos.offset)?;
             return self.record_done(pos);
         };
-        staged.put(&self.part, bytes)?;
+        staged.put(bytes)?;
         staged.unrecorded.push_back(pos.clone());
         self.record_written()
     }
@@ -270,7 +377,7 @@ impl Writer {
     fn record_written(&mut self) -> std::io::Result<()> {
         let Some(staged) = &mut self.staged else { return Ok(()) };
         let mut lines = String::new();
-        while let Some(pos) = staged.unrecorded.front().filter(|p| p.offset + p.size <= staged.at) {
+        while let Some(pos) = staged.unrecorded.front().filter(|p| p.offset + p.size <= staged.written) {
             lines.push_str(&record_line(pos));
             staged.unrecorded.pop_front();
         }
@@ -281,10 +388,10 @@ impl Writer {
     }
 
     /// Writes every staged byte (through the page cache for the last,
-    /// partial block) and records the chunks: the part then holds all that
+    /// partial stage) and records the chunks: the part then holds all that
     /// came in order.
     fn write_staged(&mut self) -> std::io::Result<()> {
-        let Some(staged) = self.staged.take() else { return Ok(()) };
+        let Some(mut staged) = self.staged.take() else { return Ok(()) };
         staged.write_rest(&self.part)?;
         let lines: String = staged.unrecorded.iter().map(record_line).collect();
         self.record.write_all(lines.as_bytes())
@@ -323,8 +430,9 @@ impl Writer {
         self.in_order(pos)?;
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(pos.size as usize, 0);
-        if let Some(staged) = self.staged.as_ref().filter(|s| from + pos.size > s.at) {
-            // An earlier chunk of this pass whose last bytes are staged.
+        if let Some(staged) = self.staged.as_mut().filter(|s| from + pos.size > s.written) {
+            // An earlier chunk of this pass whose last bytes are not
+            // written yet.
             staged.write_rest(&self.part)?;
         }
         self.part.read_exact_at(&mut buf, from)?;
@@ -332,7 +440,7 @@ impl Writer {
             // In order, even where the bytes are there already, so that the
             // blocks written past the cache are whole.
             Some(staged) => {
-                staged.put(&self.part, &buf)?;
+                staged.put(&buf)?;
                 if from != pos.offset {
                     staged.unrecorded.push_back(pos.clone());
                 }
@@ -461,12 +569,12 @@ mod tests {
     }
 
     #[test]
-    fn a_large_file_goes_past_the_page_cache_and_a_chunk_is_recorded_once_its_last_block_is_written() {
+    fn a_large_file_goes_past_the_page_cache_and_a_chunk_is_recorded_once_its_last_byte_is_written() {
         let dir = std::env::temp_dir().join(format!("ferry-part-{}", uuid::Uuid::new_v4().simple()));
         let part = Part::for_target(&dir.join("big.bin"), "/big.bin", &dir.join(".ferry"));
         let size = STAGED_FROM as usize + 12_345;
         let whole = noise(1, size);
-        // Chunks that end anywhere in a block, one longer than the stage.
+        // Chunks that end anywhere in a block, one longer than a stage.
         let ends = [1_000_003, 1_000_004 + BLOCK, 6_543_210, 11_000_001, size];
         let chunks: Vec<(Pos, &[u8])> = std::iter::once(0)
             .chain(ends)
@@ -480,23 +588,21 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert!(w.staged.is_some(), "this filesystem takes O_DIRECT");
         w.put(&chunks[0].0, chunks[0].1).unwrap();
-        assert_eq!(record_lines(&part), 0, "the first chunk's last block is still staged");
         w.put(&chunks[1].0, chunks[1].1).unwrap();
-        assert_eq!(record_lines(&part), 1, "the second chunk wrote the first one's last block");
         w.put(&chunks[2].0, chunks[2].1).unwrap();
-        // The fourth could not be fetched; the fifth arrived after it.
-        w.keep(&chunks[4].0, chunks[4].1).unwrap();
+        assert_eq!(record_lines(&part), 0, "the first stage is full and under way, not known to be written");
+        w.put(&chunks[3].0, chunks[3].1).unwrap();
+        assert_eq!(record_lines(&part), 2, "the first stage is written: it holds the first two chunks whole");
         drop(w); // a pass cut short: what it staged is written and recorded
         assert_eq!(record_lines(&part), 4);
         let done = part.resumable(&file_hash, size as u64);
         assert_eq!(done.len(), 4, "every chunk taken reads back whole");
 
         let mut w = Writer::open(&part, size as u64).unwrap();
-        for (p, _) in &chunks[..3] {
+        for (p, _) in &chunks[..4] {
             w.copy_from_part(p, p.offset).unwrap();
         }
-        w.put(&chunks[3].0, chunks[3].1).unwrap();
-        w.copy_from_part(&chunks[4].0, chunks[4].0.offset).unwrap();
+        w.put(&chunks[4].0, chunks[4].1).unwrap();
         assert!(w.complete());
         assert_eq!(w.finish().unwrap(), file_hash);
         assert!(std::fs::read(&part.path).unwrap() == whole, "the part holds the file");
@@ -506,25 +612,30 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_copied_from_one_still_staged_and_blocks_the_filesystem_refuses_come_out_whole() {
+    fn a_chunk_copied_from_one_still_staged_or_under_way_and_blocks_the_filesystem_refuses_come_out_whole() {
         for refused in [false, true] {
             let dir = std::env::temp_dir().join(format!("ferry-part-{}", uuid::Uuid::new_v4().simple()));
             let part = Part::for_target(&dir.join("twice.bin"), "/twice.bin", &dir.join(".ferry"));
             let a = noise(2, 5_000);
             let rest = noise(3, STAGED_FROM as usize);
-            let whole = [a.as_slice(), &a, &rest].concat();
+            // The last 15,000 bytes of `rest` again: they straddle the end
+            // of the stage under way and the bytes still staged.
+            let tail = &rest[rest.len() - 15_000..];
+            let whole = [a.as_slice(), &a, &rest, tail].concat();
             let file_hash = blake3::hash(&whole).to_hex().to_string();
             part.start(&file_hash, whole.len() as u64, "/twice.bin").unwrap();
 
             let mut w = Writer::open(&part, whole.len() as u64).unwrap();
             if let Some(staged) = &mut w.staged {
-                staged.refused = refused;
+                staged.refused.store(refused, Ordering::Relaxed);
             }
             w.put(&pos(0, &a), &a).unwrap();
-            // The same bytes again: copied from the first, whose last 904
-            // bytes are staged, not yet in the file.
+            // The same bytes again: copied from the first, still staged,
+            // not yet in the file.
             w.copy_from_part(&pos(5_000, &a), 0).unwrap();
             w.put(&pos(10_000, &rest), &rest).unwrap();
+            let end = 10_000 + rest.len() as u64;
+            w.copy_from_part(&pos(end, tail), end - 15_000).unwrap();
             assert_eq!(w.finish().unwrap(), file_hash, "refused: {refused}");
             assert!(std::fs::read(&part.path).unwrap() == whole, "refused: {refused}");
             part.remove();

@@ -34,3 +34,43 @@ async fn unknown_routes_and_methods_answer_json_errors() {
     let (status, body) = app.call(Method::PUT, "/api/auth/signup", None, Some(&json!({}))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
 }
+
+/// A response goes out as it is written: with Nagle's algorithm on the
+/// server's side, the short last segment of a chunk download waited for the
+/// client's delayed ACK (40 ms on Linux). The accepted socket, found among
+/// this process's descriptors (the server runs in it), says so.
+#[tokio::test]
+async fn accepted_connections_send_without_delay() {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+
+    let app = TestApp::spawn().await;
+    let server: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    let client = tokio::task::spawn_blocking(move || {
+        let mut client = std::net::TcpStream::connect(server).unwrap();
+        client.write_all(b"GET /healthz HTTP/1.1\r\nHost: ferry\r\n\r\n").unwrap();
+        let mut first = [0; 12];
+        client.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        client
+    })
+    .await
+    .unwrap();
+    let ours = client.local_addr().unwrap();
+
+    let mut accepted = None;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else { continue };
+        // SAFETY: a duplicate of the descriptor, owned (and closed) by this
+        // stream alone; the server's own descriptor stays open.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            continue;
+        }
+        let socket = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+        if socket.local_addr().ok() == Some(server) && socket.peer_addr().ok() == Some(ours) {
+            accepted = Some(socket.nodelay().unwrap());
+        }
+    }
+    assert_eq!(accepted, Some(true), "the server's side of the connection sends without delay");
+}
