@@ -8,6 +8,7 @@ use super::{resource, ApiError, AppState, Auth};
 use crate::domain::{self, relay, DomainError};
 use crate::protocol::relay::{HashesRequest, MissingResponse, StoredChunk};
 use crate::protocol::ErrorBody;
+use crate::relay::arrivals::Waiter;
 use crate::relay::{parse_range, RelayError, MAX_CHUNK_BYTES};
 
 /// Largest `chunks/missing` body: 10,000 quoted hashes and their commas.
@@ -125,17 +126,17 @@ async fn upload_chunk(
     }
     let hint = declared.filter(|_| !zstd).and_then(|n| u64::try_from(n).ok());
     let received = state.chunks.receive(&hash, zstd, hint, body).await.map_err(relay_error)?;
-    // Readers streaming this chunk here take it at once, verified, without
-    // waiting for the store or reading it back.
-    state.arrivals.landed(project_id, &hash, received.bytes.clone());
+    // Readers here that wait for this chunk, or ask for it until it is
+    // recorded, take it at once, verified, with no read back from the store.
+    let landing = state.arrivals.land(project_id, &hash, received.bytes.clone());
     let saved = state.chunks.keep(project_id, &hash, received).await.map_err(relay_error)?;
     if let Err(e) = relay::record_upload(&state.pool, &state.relay, project_id, &hash, saved).await {
         state.chunks.delete(project_id, &hash).await;
         return Err(e.into());
     }
-    // Readers here that look in the store are woken now; other servers
-    // hear the NOTIFY that committed with the chunk's row.
-    state.arrivals.wake(project_id, &hash);
+    // Recorded: readers from now on find it in the store; other servers
+    // hear the NOTIFY that committed with its row.
+    drop(landing);
     Ok(HttpResponse::Created().json(StoredChunk { hash, size: saved.size }))
 }
 
@@ -178,6 +179,12 @@ async fn plan_or_wait(
             let client = state.pool.get().await?;
             relay::plan_download(&client, caller, project_id, hash).await?
         };
+        // Landed here and not yet recorded (or just recorded): the look
+        // says the caller may have it, and it came verified.
+        if let Some(bytes) = waiter.as_ref().and_then(Waiter::handed) {
+            crate::telemetry::CHUNKS_HANDED_OVER.inc();
+            return Ok(Found::Handed(bytes));
+        }
         let Some(waiter) = waiter.as_mut().filter(|_| matches!(lookup, relay::Lookup::Expected)) else {
             return lookup.held().map(Found::Stored);
         };

@@ -53,12 +53,21 @@ impl ChunkArrivals {
         }
     }
 
-    /// A chunk was uploaded to this server and stored: wakes its waiters
-    /// here and hands them `bytes`, which must be the chunk's, verified.
+    /// A chunk was uploaded to this server: wakes its waiters here and
+    /// hands them `bytes`, which must be the chunk's, verified.
     pub fn landed(&self, project_id: Uuid, hash: &str, bytes: Bytes) {
         if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
             sender.send_replace(Some(bytes));
         }
+    }
+
+    /// [`Self::landed`], and the bytes stay there for readers who come for
+    /// them until the returned guard is dropped (once the chunk is
+    /// recorded, and found in the store).
+    pub fn land(self: &Arc<Self>, project_id: Uuid, hash: &str, bytes: Bytes) -> Landing {
+        let held = self.register(project_id, hash);
+        self.landed(project_id, hash, bytes);
+        Landing { _held: held }
     }
 
     /// Wakes every waiter (after the listener reconnected: notifications
@@ -81,6 +90,12 @@ impl ChunkArrivals {
     pub fn waiting(&self) -> usize {
         self.waiting.lock().expect("arrivals lock").len()
     }
+}
+
+/// A chunk's bytes held for readers who come for them: see
+/// [`ChunkArrivals::land`].
+pub struct Landing {
+    _held: Waiter,
 }
 
 /// Interest in one chunk; dropping it unregisters.
@@ -174,5 +189,19 @@ mod tests {
         // Nobody waiting: nothing is kept.
         arrivals.landed(project, "ccc", Bytes::from_static(b"late"));
         assert!(arrivals.register(project, "ccc").handed().is_none());
+    }
+
+    #[test]
+    fn a_landing_hands_its_bytes_to_readers_who_come_until_it_is_dropped() {
+        let arrivals = ChunkArrivals::new();
+        let project = Uuid::new_v4();
+        let landing = arrivals.land(project, "aaa", Bytes::from_static(b"chunk"));
+        let early = arrivals.register(project, "aaa");
+        assert_eq!(early.handed().as_deref(), Some(&b"chunk"[..]), "a reader who comes while it lands");
+        drop(early);
+        assert_eq!(arrivals.waiting(), 1, "held while the landing lasts");
+        drop(landing);
+        assert_eq!(arrivals.waiting(), 0, "let go once recorded");
+        assert!(arrivals.register(project, "aaa").handed().is_none(), "later readers look in the store");
     }
 }

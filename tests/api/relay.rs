@@ -322,6 +322,49 @@ async fn an_upload_cut_off_midway_leaves_no_chunk() {
     assert_eq!(r.put(&app, &r.device, &name, bytes, false).await.0, StatusCode::CREATED);
 }
 
+/// A member who asks for a chunk while its upload is being recorded (on the
+/// relay's disk, not yet in the database) is handed the upload's verified
+/// bytes once it is recorded: no second look, no read back. The store's copy
+/// is spoiled behind the server's back meanwhile, so a read back would show.
+#[tokio::test]
+async fn a_download_asking_while_its_chunk_is_recorded_is_handed_the_upload() {
+    let app = TestApp::spawn().await;
+    let r = Relay::new(&app).await;
+    let chunk = noise(300_000, 41);
+    let name = hash(&chunk);
+    r.file(&app, "/a.bin", &[&chunk]).await;
+    // The project's uploads take turns under this lock to be recorded
+    // (V0008): holding it keeps the upload between its store and its record.
+    let holder = app.pool.get().await.unwrap();
+    holder.execute("SELECT pg_advisory_lock(hashtextextended($1::uuid::text, 7))", &[&r.project]).await.unwrap();
+
+    let upload = r.put(&app, &r.device, &name, chunk.clone(), false);
+    let download = async {
+        let stored = app.relay_dir().join("chunks").join(r.project.to_string()).join(&name);
+        let waited = std::time::Instant::now();
+        while !stored.exists() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the upload never reached the store");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::write(&stored, vec![0u8; chunk.len()]).unwrap();
+        let asked = r.get(&app, &r.member.token, &name).await.query(&[("wait", "10")]).send();
+        let release = async {
+            // The download looks (expected, not held) and waits meanwhile.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            holder
+                .execute("SELECT pg_advisory_unlock(hashtextextended($1::uuid::text, 7))", &[&r.project])
+                .await
+                .unwrap();
+        };
+        let (res, ()) = tokio::join!(asked, release);
+        let res = res.unwrap();
+        (res.status(), res.bytes().await.unwrap())
+    };
+    let ((uploaded, _), (status, got)) = tokio::join!(upload, download);
+    assert_eq!((uploaded, status), (StatusCode::CREATED, StatusCode::OK));
+    assert!(got[..] == chunk[..], "the upload's bytes, not the spoiled copy in the store");
+}
+
 #[tokio::test]
 async fn racing_uploads_cannot_together_pass_the_quota() {
     let app = TestApp::spawn_with(|s| s.relay.relay_quota_bytes = 55_000).await;
