@@ -324,8 +324,10 @@ async fn an_upload_cut_off_midway_leaves_no_chunk() {
 
 /// A member who asks for a chunk while its upload is being recorded (on the
 /// relay's disk, not yet in the database) is handed the upload's verified
-/// bytes once it is recorded: no second look, no read back. The store's copy
-/// is spoiled behind the server's back meanwhile, so a read back would show.
+/// bytes at once: no wait for the record, no second look, no read back. The
+/// store's copy is spoiled behind the server's back meanwhile, so a read
+/// back would show; a download that waited for the record would wait until
+/// its `?wait=` ran out, since the record waits for this test.
 #[tokio::test]
 async fn a_download_asking_while_its_chunk_is_recorded_is_handed_the_upload() {
     let app = TestApp::spawn().await;
@@ -336,7 +338,8 @@ async fn a_download_asking_while_its_chunk_is_recorded_is_handed_the_upload() {
     // The project's uploads take turns under this lock to be recorded
     // (V0008): holding it keeps the upload between its store and its record.
     let holder = app.pool.get().await.unwrap();
-    holder.execute("SELECT pg_advisory_lock(hashtextextended($1::uuid::text, 7))", &[&r.project]).await.unwrap();
+    let lock = "SELECT pg_advisory_lock(hashtextextended($1::uuid::text, 7))";
+    holder.execute(lock, &[&r.project]).await.unwrap();
 
     let upload = r.put(&app, &r.device, &name, chunk.clone(), false);
     let download = async {
@@ -347,18 +350,10 @@ async fn a_download_asking_while_its_chunk_is_recorded_is_handed_the_upload() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         std::fs::write(&stored, vec![0u8; chunk.len()]).unwrap();
-        let asked = r.get(&app, &r.member.token, &name).await.query(&[("wait", "10")]).send();
-        let release = async {
-            // The download looks (expected, not held) and waits meanwhile.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            holder
-                .execute("SELECT pg_advisory_unlock(hashtextextended($1::uuid::text, 7))", &[&r.project])
-                .await
-                .unwrap();
-        };
-        let (res, ()) = tokio::join!(asked, release);
-        let res = res.unwrap();
-        (res.status(), res.bytes().await.unwrap())
+        let res = r.get(&app, &r.member.token, &name).await.query(&[("wait", "5")]).send().await.unwrap();
+        let got = (res.status(), res.bytes().await.unwrap());
+        holder.execute(&lock.replace("_lock(", "_unlock("), &[&r.project]).await.unwrap();
+        got
     };
     let ((uploaded, _), (status, got)) = tokio::join!(upload, download);
     assert_eq!((uploaded, status), (StatusCode::CREATED, StatusCode::OK));
