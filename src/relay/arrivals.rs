@@ -47,7 +47,7 @@ impl ChunkArrivals {
 
     /// A chunk landed (heard of through the database): wakes its waiters
     /// on this server, to look in the store. Bytes already handed over stay.
-    pub fn wake(&self, project_id: Uuid, hash: &str) {
+    fn wake(&self, project_id: Uuid, hash: &str) {
         if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
             sender.send_modify(|_| {});
         }
@@ -55,7 +55,7 @@ impl ChunkArrivals {
 
     /// A chunk was uploaded to this server: wakes its waiters here and
     /// hands them `bytes`, which must be the chunk's, verified.
-    pub fn landed(&self, project_id: Uuid, hash: &str, bytes: Bytes) {
+    fn landed(&self, project_id: Uuid, hash: &str, bytes: Bytes) {
         if let Some(sender) = self.waiting.lock().expect("arrivals lock").get(&(project_id, hash.to_owned())) {
             sender.send_replace(Some(bytes));
         }
