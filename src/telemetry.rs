@@ -91,9 +91,8 @@ pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Renders every registered metric, after sampling the pool's state.
-pub fn render(pool: &deadpool_postgres::Pool) -> String {
-    let status = pool.status();
+/// Renders every registered metric, after sampling the pools' state.
+pub fn render(status: deadpool_postgres::Status) -> String {
     POOL_CONNECTIONS.with_label_values(&["max"]).set(status.max_size as i64);
     POOL_CONNECTIONS.with_label_values(&["size"]).set(status.size as i64);
     POOL_CONNECTIONS.with_label_values(&["available"]).set(status.available as i64);

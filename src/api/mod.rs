@@ -34,13 +34,17 @@ use crate::domain::IdempotencyKey;
 use crate::store::Pool;
 
 /// What every handler can reach.
+#[derive(Clone)]
 pub struct AppState {
+    /// This HTTP worker's pool.
     pub pool: Pool,
+    /// Every pool of the process, for its figures.
+    pub pools: crate::store::Pools,
     pub transfers: crate::domain::transfers::TransferPolicy,
     pub realtime: std::sync::Arc<crate::realtime::Realtime>,
     pub chunks: crate::relay::ChunkStore,
     pub relay: crate::domain::relay::RelayPolicy,
-    pub accounts: crate::domain::accounts::Accounts,
+    pub accounts: std::sync::Arc<crate::domain::accounts::Accounts>,
     /// Relayed bytes not yet counted as transfer progress.
     pub relayed: crate::domain::transfers::RelayedBytes,
     /// Readers waiting for relay chunks, woken as they land.

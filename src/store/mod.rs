@@ -107,6 +107,31 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
         .build()?)
 }
 
+/// Every pool of a process (the background's and each HTTP worker's):
+/// figures about its connections are about them all.
+#[derive(Clone, Default)]
+pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<Pool>>>);
+
+impl Pools {
+    pub fn add(&self, pool: &Pool) {
+        self.0.lock().expect("pools lock").push(pool.clone());
+    }
+
+    /// The pools' statuses, summed.
+    pub fn status(&self) -> deadpool_postgres::Status {
+        let pools = self.0.lock().expect("pools lock");
+        pools.iter().map(Pool::status).fold(
+            deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 },
+            |sum, s| deadpool_postgres::Status {
+                max_size: sum.max_size + s.max_size,
+                size: sum.size + s.size,
+                available: sum.available + s.available,
+                waiting: sum.waiting + s.waiting,
+            },
+        )
+    }
+}
+
 /// One round trip: is the database reachable?
 pub async fn check(pool: &Pool) -> Result<(), StoreError> {
     pool.get().await?.simple_query("SELECT 1").await?;

@@ -11,6 +11,7 @@ use crate::domain::{self, Caller};
 use crate::store::Pool;
 
 /// Relayed bytes not yet counted as transfer progress.
+#[derive(Clone)]
 pub struct RelayedBytes {
     inner: Arc<Inner>,
 }
