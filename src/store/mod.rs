@@ -108,27 +108,32 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
 }
 
 /// Every pool of a process (the background's and each HTTP worker's):
-/// figures about its connections are about them all.
+/// figures about its connections are about them all. A pool is held weakly:
+/// one whose worker died (and was restarted with a new one) drops out.
 #[derive(Clone, Default)]
-pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<Pool>>>);
+pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<PoolStatus>>>);
+
+/// A pool's status, while the pool lives.
+type PoolStatus = Box<dyn Fn() -> Option<deadpool_postgres::Status> + Send>;
 
 impl Pools {
     pub fn add(&self, pool: &Pool) {
-        self.0.lock().expect("pools lock").push(pool.clone());
+        let pool = pool.weak();
+        self.0.lock().expect("pools lock").push(Box::new(move || Some(pool.upgrade()?.status())));
     }
 
-    /// The pools' statuses, summed.
+    /// The live pools' statuses, summed.
     pub fn status(&self) -> deadpool_postgres::Status {
-        let pools = self.0.lock().expect("pools lock");
-        pools.iter().map(Pool::status).fold(
-            deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 },
-            |sum, s| deadpool_postgres::Status {
-                max_size: sum.max_size + s.max_size,
-                size: sum.size + s.size,
-                available: sum.available + s.available,
-                waiting: sum.waiting + s.waiting,
-            },
-        )
+        let mut sum = deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 };
+        self.0.lock().expect("pools lock").retain(|status| {
+            let Some(s) = status() else { return false };
+            sum.max_size += s.max_size;
+            sum.size += s.size;
+            sum.available += s.available;
+            sum.waiting += s.waiting;
+            true
+        });
+        sum
     }
 }
 
@@ -136,4 +141,23 @@ impl Pools {
 pub async fn check(pool: &Pool) -> Result<(), StoreError> {
     pool.get().await?.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pools_are_summed_while_they_live() {
+        // Connections are made lazily: no server is needed to size a pool.
+        let url = "postgres://nobody@127.0.0.1:1/none";
+        let (background, worker) = (connect(url, 2).unwrap(), connect(url, 3).unwrap());
+        let pools = Pools::default();
+        pools.add(&background);
+        pools.add(&worker);
+        assert_eq!(pools.status().max_size, 5);
+        // A worker that died takes its pool with it.
+        drop(worker);
+        assert_eq!(pools.status().max_size, 2);
+    }
 }
