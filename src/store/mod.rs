@@ -111,22 +111,18 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
 /// figures about its connections are about them all. A pool is held weakly:
 /// one whose worker died (and was restarted with a new one) drops out.
 #[derive(Clone, Default)]
-pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<PoolStatus>>>);
-
-/// A pool's status, while the pool lives.
-type PoolStatus = Box<dyn Fn() -> Option<deadpool_postgres::Status> + Send>;
+pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<deadpool_postgres::WeakPool>>>);
 
 impl Pools {
     pub fn add(&self, pool: &Pool) {
-        let pool = pool.weak();
-        self.0.lock().expect("pools lock").push(Box::new(move || Some(pool.upgrade()?.status())));
+        self.0.lock().expect("pools lock").push(pool.weak());
     }
 
     /// The live pools' statuses, summed.
     pub fn status(&self) -> deadpool_postgres::Status {
         let mut sum = deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 };
-        self.0.lock().expect("pools lock").retain(|status| {
-            let Some(s) = status() else { return false };
+        self.0.lock().expect("pools lock").retain(|pool| {
+            let Some(s) = pool.upgrade().map(|p| p.status()) else { return false };
             sum.max_size += s.max_size;
             sum.size += s.size;
             sum.available += s.available;
