@@ -149,7 +149,7 @@ async fn run(url: &str, seconds: Duration) -> Result<bool, BoxError> {
     let version: String = pool.get().await?.query_one("SHOW server_version", &[]).await?.get(0);
     println!(
         "append bench: PostgreSQL {version}, load {}, {TASKS} tasks, pool of {TASKS}, {PROJECTS} projects, \
-         {:.1} s per side in 2 alternating phases; http: server in-process ({} HTTP workers, pool of {}), \
+         {:.1} s per side in 2 alternating phases; http: server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          {TASKS} connections",
         load(),
         seconds.as_secs_f64(),

@@ -77,7 +77,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let project = app.create_project(&owner, "Browse").await?;
     let (_, device) = app.source_device(&owner, project).await?;
     println!(
-        "browse bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, pool of {}), \
+        "browse bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          {files} files, pages of {LIMIT}, deep page after {depth} files, {requests} requests per measurement",
         common::server_version(&pool).await?,
         app.workers,

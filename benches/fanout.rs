@@ -92,7 +92,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     raw.batch_execute(RAW_TABLES).await?;
     raw.execute("INSERT INTO bench_heads (project_id) VALUES ($1)", &[&project]).await?;
     println!(
-        "fanout bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, pool of {}), \
+        "fanout bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          {sockets} sockets, {rate} events/s, {seconds} s per side and phase; replay of {replay_events} events",
         common::server_version(&pool).await?,
         app.workers,

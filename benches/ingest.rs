@@ -100,7 +100,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let raw_pid = raw.query_one("SELECT pg_backend_pid()", &[]).await?.get::<_, i32>(0) as u32;
 
     println!(
-        "ingest bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, pool of {}), \
+        "ingest bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          {total} changes per batch size and side, upserts of new paths (~40-byte path, hash, size, 1-3 chunks)",
         common::server_version(&pool).await?,
         app.workers,

@@ -119,7 +119,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     drop(raw);
 
     println!(
-        "progress bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, pool of {}), \
+        "progress bench: PostgreSQL {}, load {load_before}, server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          {clients} clients, {count} in-progress transfers in one project, {seconds:.1} s per side in 2 alternating phases",
         common::server_version(&pool).await?,
         app.workers,

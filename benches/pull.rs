@@ -283,7 +283,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let pg: String = db.query_one("SHOW server_version", &[]).await?.get(0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "pull bench: PostgreSQL {pg}, load {load_before}, {cores} cores, server in-process ({} HTTP workers, pool of {}), \
+        "pull bench: PostgreSQL {pg}, load {load_before}, {cores} cores, server in-process ({} HTTP workers, {} database connections shared out between them and the background), \
          relay in a folder store; one {mib} MiB file of noise ({size} bytes, generated in {:.1} s); \
          real `ferry share` → `ferry pull` ({})",
         app.workers,
