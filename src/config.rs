@@ -16,7 +16,8 @@ pub struct DatabaseSettings {
     #[arg(long, env = "FERRY_DATA_DIR", default_value = "ferry-data")]
     pub data_dir: PathBuf,
     /// Most database connections this process holds: `ferryd serve` splits
-    /// them evenly between its HTTP workers and its background work.
+    /// them evenly between its HTTP workers and its background work (at
+    /// least one each).
     #[arg(long, env = "FERRY_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
 }
