@@ -165,8 +165,15 @@ async fn run(url: &str, seconds: Duration) -> Result<bool, BoxError> {
 
     let phase = seconds / 2;
     let mut totals = [(0u64, Duration::ZERO); 5];
+    // This process's context switches during the HTTP phases: the server's
+    // and its client's, each a thread put to sleep and woken again.
+    let mut http_switches = 0;
     for side in sides.into_iter().chain(sides) {
+        let switches = common::context_switches();
         let (count, elapsed) = measure(&pool, &projects, &http, side, phase).await?;
+        if side == Side::Http {
+            http_switches += common::context_switches() - switches;
+        }
         let total = &mut totals[side as usize];
         total.0 += count;
         total.1 += elapsed;
@@ -193,6 +200,10 @@ async fn run(url: &str, seconds: Duration) -> Result<bool, BoxError> {
          {http_rate:.0} commands/s"
     );
     println!("ratio http/raw: {:.2} (goal >= {GOAL})", http_rate / raw_rate);
+    println!(
+        "context switches of this process (server and client) per HTTP command: {:.1}",
+        http_switches as f64 / totals[Side::Http as usize].0.max(1) as f64
+    );
     println!(
         "reference: raw + NOTIFY in the transaction (ferry before):  {notify_rate:.0} appends/s ({:.2} of raw)",
         notify_rate / raw_rate

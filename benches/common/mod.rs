@@ -324,6 +324,22 @@ pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&pid| cpu_seconds(pid).ok()).sum()
 }
 
+/// Times this process's threads have gone to sleep (given up the CPU
+/// waiting for something), summed over `/proc/self/task/*/status`: each is
+/// a wake-up to come.
+pub fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// The server processes of the connections to `url`'s database (the pool's
 /// backends, while they are connected).
 pub async fn backend_pids(url: &str) -> Result<Vec<u32>, BoxError> {
