@@ -12,7 +12,7 @@ use crate::domain::relay::RelayPolicy;
 use crate::domain::transfers::{RelayedBytes, TransferPolicy};
 use crate::realtime::Realtime;
 use crate::relay::ChunkStore;
-use crate::store::StoreError;
+use crate::store::{PoolRole, StoreError};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl Server {
         let share = (settings.database.pool_size / (workers + 1)).max(1);
         database.pool.resize(share);
         let pools = crate::store::Pools::default();
-        pools.add(&database.pool);
+        pools.add(PoolRole::Background, &database.pool);
         let state = AppState {
             pool: database.pool.clone(),
             pools: pools.clone(),
@@ -98,7 +98,7 @@ impl Server {
         let url = database.url().to_owned();
         let server = HttpServer::new(move || {
             let pool = crate::store::connect(&url, share).expect("the database URL was read at start");
-            pools.add(&pool);
+            pools.add(PoolRole::Http, &pool);
             let state = AppState { pool, ..state.clone() };
             App::new()
                 .wrap(from_fn(api::screen_requests))

@@ -85,18 +85,21 @@ pub static WS_LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "ferry_db_pool_connections",
-        "Database pool connections by state (size, available, waiting, max)",
-        &["state"]
+        "Database pool connections by pool (http: the HTTP workers', background: live events, the sweeper, progress) and state (size, available, waiting, max)",
+        &["pool", "state"]
     )
     .expect("metric registers once")
 });
 
 /// Renders every registered metric, after sampling the pools' state.
-pub fn render(status: deadpool_postgres::Status) -> String {
-    POOL_CONNECTIONS.with_label_values(&["max"]).set(status.max_size as i64);
-    POOL_CONNECTIONS.with_label_values(&["size"]).set(status.size as i64);
-    POOL_CONNECTIONS.with_label_values(&["available"]).set(status.available as i64);
-    POOL_CONNECTIONS.with_label_values(&["waiting"]).set(status.waiting as i64);
+pub fn render(pools: &[(crate::store::PoolRole, deadpool_postgres::Status)]) -> String {
+    for (role, status) in pools {
+        let gauge = |state| POOL_CONNECTIONS.with_label_values(&[role.label(), state]);
+        gauge("max").set(status.max_size as i64);
+        gauge("size").set(status.size as i64);
+        gauge("available").set(status.available as i64);
+        gauge("waiting").set(status.waiting as i64);
+    }
     // Touch the lazies so the families exist before the first request.
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_LATENCY);

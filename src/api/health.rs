@@ -73,5 +73,5 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     )
 )]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::telemetry::render(state.pools.status()))
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::telemetry::render(&state.pools.status()))
 }

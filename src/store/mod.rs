@@ -107,29 +107,50 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
         .build()?)
 }
 
+/// What a pool serves, as `/metrics` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PoolRole {
+    /// The HTTP workers' pools, one each.
+    Http,
+    /// Live events, the sweeper, relayed progress.
+    Background,
+}
+
+impl PoolRole {
+    pub fn label(self) -> &'static str {
+        match self {
+            PoolRole::Http => "http",
+            PoolRole::Background => "background",
+        }
+    }
+}
+
 /// Every pool of a process (the background's and each HTTP worker's):
-/// figures about its connections are about them all. A pool is held weakly:
-/// one whose worker died (and was restarted with a new one) drops out.
+/// figures about its connections are about them all, by role. A pool is
+/// held weakly: one whose worker died (and was restarted with a new one)
+/// drops out.
 #[derive(Clone, Default)]
-pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<deadpool_postgres::WeakPool>>>);
+pub struct Pools(std::sync::Arc<std::sync::Mutex<Vec<(PoolRole, deadpool_postgres::WeakPool)>>>);
 
 impl Pools {
-    pub fn add(&self, pool: &Pool) {
-        self.0.lock().expect("pools lock").push(pool.weak());
+    pub fn add(&self, role: PoolRole, pool: &Pool) {
+        self.0.lock().expect("pools lock").push((role, pool.weak()));
     }
 
-    /// The live pools' statuses, summed.
-    pub fn status(&self) -> deadpool_postgres::Status {
-        let mut sum = deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 };
-        self.0.lock().expect("pools lock").retain(|pool| {
+    /// The live pools' statuses, summed per role, every role present.
+    pub fn status(&self) -> Vec<(PoolRole, deadpool_postgres::Status)> {
+        let zero = deadpool_postgres::Status { max_size: 0, size: 0, available: 0, waiting: 0 };
+        let mut sums = [(PoolRole::Http, zero), (PoolRole::Background, zero)];
+        self.0.lock().expect("pools lock").retain(|(role, pool)| {
             let Some(s) = pool.upgrade().map(|p| p.status()) else { return false };
+            let (_, sum) = sums.iter_mut().find(|(r, _)| r == role).expect("every role has a sum");
             sum.max_size += s.max_size;
             sum.size += s.size;
             sum.available += s.available;
             sum.waiting += s.waiting;
             true
         });
-        sum
+        sums.to_vec()
     }
 }
 
@@ -144,16 +165,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn pools_are_summed_while_they_live() {
+    async fn pools_are_summed_by_role_while_they_live() {
         // Connections are made lazily: no server is needed to size a pool.
         let url = "postgres://nobody@127.0.0.1:1/none";
-        let (background, worker) = (connect(url, 2).unwrap(), connect(url, 3).unwrap());
+        let background = connect(url, 2).unwrap();
+        let workers = [connect(url, 3).unwrap(), connect(url, 3).unwrap()];
         let pools = Pools::default();
-        pools.add(&background);
-        pools.add(&worker);
-        assert_eq!(pools.status().max_size, 5);
+        pools.add(PoolRole::Background, &background);
+        for worker in &workers {
+            pools.add(PoolRole::Http, worker);
+        }
+        let max = |pools: &Pools| pools.status().iter().map(|(role, s)| (*role, s.max_size)).collect::<Vec<_>>();
+        assert_eq!(max(&pools), [(PoolRole::Http, 6), (PoolRole::Background, 2)]);
         // A worker that died takes its pool with it.
-        drop(worker);
-        assert_eq!(pools.status().max_size, 2);
+        let [first, _] = workers;
+        drop(first);
+        assert_eq!(max(&pools), [(PoolRole::Http, 3), (PoolRole::Background, 2)]);
     }
 }

@@ -25,7 +25,14 @@ async fn health_readiness_and_metrics_answer() {
     assert!(appended.parse::<f64>().unwrap() >= 1.0, "{appended}");
     // The test server's 8 connections, split evenly between its two HTTP
     // workers and its background work: 2 each, and never more than 8.
-    assert!(text.contains(r#"ferry_db_pool_connections{state="max"} 6"#), "{text}");
+    let gauge = |pool: &str, state: &str| -> u64 {
+        let name = format!(r#"ferry_db_pool_connections{{pool="{pool}",state="{state}"}} "#);
+        let line = text.lines().find_map(|l| l.strip_prefix(name.as_str()));
+        line.unwrap_or_else(|| panic!("{name} missing: {text}")).parse().unwrap()
+    };
+    assert_eq!((gauge("http", "max"), gauge("background", "max")), (4, 2), "{text}");
+    // The requests above went through the workers' own pools.
+    assert!(gauge("http", "size") >= 1, "{text}");
 }
 
 #[tokio::test]
