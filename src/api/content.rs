@@ -4,8 +4,10 @@
 //! bytes go out (read back from the store, it is hashed again; handed over
 //! by an upload to this server, it was as it came), and the whole file's
 //! BLAKE3 before its last bytes do, so a damaged stream ends short (the
-//! browser sees a failed download), never complete. Memory per stream is
-//! bounded: the chunk being sent and those handed over for the next few.
+//! browser sees a failed download), never complete. The next chunks already
+//! on the relay are read and hashed (on blocking threads) while one goes
+//! out. Memory per stream is bounded: the chunk being sent, those read
+//! ahead, and those handed over for the next few.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -14,6 +16,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::{resource, ApiError, AppState, Auth};
@@ -22,13 +25,16 @@ use crate::protocol::files::{Blake3Hash, ChunkRef};
 use crate::protocol::transfers::{TransferReport, TransferRoute, TransferStatus, VerifyRequest};
 use crate::protocol::ErrorBody;
 use crate::relay::arrivals::Waiter;
-use crate::relay::parse_range;
+use crate::relay::{parse_range, ChunkStore, RelayError};
 
 /// Chunks ahead of the one being sent that a stream waits for at once (so
 /// an upload to this server hands them over), at most this many and about
 /// this many bytes.
 const AHEAD_CHUNKS: usize = 16;
 const AHEAD_BYTES: i64 = 16 * 1024 * 1024;
+/// Of those, how many are read from the store while the one before goes
+/// out: the disk's wait and their hashing are then off the stream's path.
+const READ_AHEAD: usize = 2;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/projects/{project_id}/transfers/{transfer_id}/content").get(transfer_content));
@@ -203,6 +209,53 @@ impl Abort {
     }
 }
 
+/// A chunk ahead of the one being sent.
+enum Ahead {
+    /// Interest registered (an upload here hands it over), not looked for.
+    Waiting(Waiter),
+    /// Being read from the store, early.
+    Reading(AbortOnDropHandle<Result<Early, Abort>>),
+}
+
+/// What an early read of a chunk found.
+enum Early {
+    /// Its verified bytes.
+    Found(Bytes),
+    /// Nothing on the relay yet: the interest, to wait with once it is due.
+    NotYet(Waiter),
+}
+
+/// A chunk's bytes from the store, verified (hashed on a blocking thread);
+/// None when the relay does not hold it (yet).
+async fn stored(chunks: &ChunkStore, project_id: Uuid, chunk: &ChunkRef) -> Result<Option<Bytes>, Abort> {
+    match chunks.get_verified(project_id, &chunk.hash).await {
+        Ok(Some(bytes)) if bytes.len() as i64 == chunk.size => Ok(Some(bytes)),
+        Ok(Some(_)) | Err(RelayError::HashMismatch { .. }) => Err(Abort::Damaged(chunk.hash.clone())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(Abort::Store(e.to_string())),
+    }
+}
+
+/// Reads a chunk early, on a task of its own: its bytes when an upload
+/// here handed them over or the relay holds them, else the interest back.
+fn read_early(
+    chunks: ChunkStore,
+    project_id: Uuid,
+    chunk: ChunkRef,
+    waiter: Waiter,
+) -> AbortOnDropHandle<Result<Early, Abort>> {
+    AbortOnDropHandle::new(actix_web::rt::spawn(async move {
+        if let Some(bytes) = waiter.handed() {
+            crate::telemetry::CHUNKS_HANDED_OVER.inc();
+            return Ok(Early::Found(bytes));
+        }
+        Ok(match stored(&chunks, project_id, &chunk).await? {
+            Some(bytes) => Early::Found(bytes),
+            None => Early::NotYet(waiter),
+        })
+    }))
+}
+
 /// The state of one response's body.
 struct Streamer {
     state: web::Data<AppState>,
@@ -214,9 +267,9 @@ struct Streamer {
     /// The next chunk, and where it starts in the file.
     next: usize,
     offset: u64,
-    /// Interest in the chunks about to be sent, by index; `ahead_next` is
-    /// the first chunk not looked at yet, starting at `ahead_offset`.
-    ahead: VecDeque<(usize, Waiter)>,
+    /// The chunks about to be sent, by index; `ahead_next` is the first
+    /// chunk not looked at yet, starting at `ahead_offset`.
+    ahead: VecDeque<(usize, Ahead)>,
     ahead_next: usize,
     ahead_offset: u64,
     /// What is left to send of the current chunk.
@@ -250,8 +303,22 @@ impl Streamer {
             if before_range && self.whole.is_none() {
                 continue;
             }
-            let waiter = (!before_range).then(|| self.waiter(index, &chunk));
-            let bytes = match self.load(&chunk, waiter).await {
+            let loaded = if before_range {
+                self.load(&chunk, None).await
+            } else {
+                let ahead = self.take_ahead(index, &chunk);
+                self.read_ahead();
+                match ahead {
+                    Ahead::Waiting(waiter) => self.load(&chunk, Some(waiter)).await,
+                    Ahead::Reading(read) => match read.await {
+                        Ok(Ok(Early::Found(bytes))) => Ok(Some(bytes)),
+                        Ok(Ok(Early::NotYet(waiter))) => self.load(&chunk, Some(waiter)).await,
+                        Ok(Err(abort)) => Err(abort),
+                        Err(e) => Err(Abort::Store(e.to_string())),
+                    },
+                }
+            };
+            let bytes = match loaded {
                 Ok(Some(bytes)) => bytes,
                 // A chunk before the range gone from the relay: the whole
                 // file cannot be hashed, only what is sent.
@@ -296,10 +363,10 @@ impl Streamer {
         None
     }
 
-    /// Interest in chunk `index` (to send now), registered ahead with the
+    /// Chunk `index` (to send now), with interest registered ahead in the
     /// chunks after it: an arrival between the look and the wait, or while
     /// earlier chunks are sent, is then not lost.
-    fn waiter(&mut self, index: usize, chunk: &ChunkRef) -> Waiter {
+    fn take_ahead(&mut self, index: usize, chunk: &ChunkRef) -> Ahead {
         let mut bytes: i64 = self.ahead.iter().map(|(i, _)| self.chunks[*i].size).sum();
         while self.ahead.len() < AHEAD_CHUNKS && (self.ahead.is_empty() || bytes < AHEAD_BYTES) {
             let Some(next) = self.chunks.get(self.ahead_next) else { break };
@@ -308,7 +375,8 @@ impl Streamer {
             }
             let end = self.ahead_offset + next.size as u64;
             if end > self.range.start {
-                self.ahead.push_back((self.ahead_next, self.state.arrivals.register(self.project_id, &next.hash)));
+                let waiter = self.state.arrivals.register(self.project_id, &next.hash);
+                self.ahead.push_back((self.ahead_next, Ahead::Waiting(waiter)));
                 bytes += next.size;
             }
             self.ahead_next += 1;
@@ -319,7 +387,23 @@ impl Streamer {
         }
         match self.ahead.front() {
             Some((i, _)) if *i == index => self.ahead.pop_front().expect("a front").1,
-            _ => self.state.arrivals.register(self.project_id, &chunk.hash),
+            _ => Ahead::Waiting(self.state.arrivals.register(self.project_id, &chunk.hash)),
+        }
+    }
+
+    /// Starts reading the next [`READ_AHEAD`] chunks (those on the relay
+    /// already), each on a task of its own.
+    fn read_ahead(&mut self) {
+        let due: Vec<_> = self.ahead.drain(..READ_AHEAD.min(self.ahead.len())).collect();
+        for (index, ahead) in due.into_iter().rev() {
+            let ahead = match ahead {
+                Ahead::Waiting(waiter) => {
+                    let chunk = self.chunks[index].clone();
+                    Ahead::Reading(read_early(self.state.chunks.clone(), self.project_id, chunk, waiter))
+                }
+                reading => reading,
+            };
+            self.ahead.push_front((index, ahead));
         }
     }
 
@@ -327,16 +411,14 @@ impl Streamer {
     /// wait) for one not on the relay yet; without, None for it.
     async fn load(&self, chunk: &ChunkRef, mut waiter: Option<Waiter>) -> Result<Option<Bytes>, Abort> {
         let deadline = tokio::time::Instant::now() + self.state.content_wait;
-        let bytes = loop {
+        loop {
             // Handed over by an upload to this server: verified as it came.
             if let Some(bytes) = waiter.as_ref().and_then(Waiter::handed) {
                 crate::telemetry::CHUNKS_HANDED_OVER.inc();
                 return Ok(Some(bytes));
             }
-            match self.state.chunks.get(self.project_id, &chunk.hash).await {
-                Ok(Some(bytes)) => break bytes,
-                Ok(None) => {}
-                Err(e) => return Err(Abort::Store(e.to_string())),
+            if let Some(bytes) = stored(&self.state.chunks, self.project_id, chunk).await? {
+                return Ok(Some(bytes));
             }
             let Some(waiter) = waiter.as_mut() else { return Ok(None) };
             if !waiter.wait(deadline).await {
@@ -347,11 +429,7 @@ impl Streamer {
             if let Some(status) = self.ended().await {
                 return Err(Abort::Ended(status.as_str()));
             }
-        };
-        if bytes.len() as i64 != chunk.size || Blake3Hash::of(&bytes) != *chunk.hash {
-            return Err(Abort::Damaged(chunk.hash.clone()));
         }
-        Ok(Some(bytes))
     }
 
     /// The transfer's status when it is no longer open (cancelled, expired,

@@ -3,10 +3,18 @@
 //! allocator maps each one afresh and unmaps it when freed, so every page
 //! of every relayed chunk was faulted in, zeroed and unmapped again. Free
 //! buffers are kept up to a fixed total, so memory stays bounded.
+//!
+//! A buffer's bytes start on a [`BLOCK`] boundary, so the folder store
+//! writes and reads them past the page cache (`O_DIRECT`, see
+//! [`super::folder`]) without copying them into an aligned buffer first.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+/// The alignment `O_DIRECT` asks of a buffer's address, a file offset and a
+/// length.
+pub const BLOCK: usize = 4096;
 
 /// Free buffers, kept up to `limit` bytes of capacity in all.
 pub struct BufferPool {
@@ -19,19 +27,24 @@ impl BufferPool {
         Arc::new(Self { free: Mutex::new(Vec::new()), limit })
     }
 
-    /// An empty buffer with room for at least `capacity` bytes: the
-    /// smallest free one that fits, else the largest grown, else a new one.
+    /// An empty buffer with room for at least `capacity` bytes from a
+    /// [`BLOCK`] boundary on: the smallest free one that fits, else the
+    /// largest grown, else a new one.
     pub fn take(self: &Arc<Self>, capacity: usize) -> Buffer {
+        let needed = capacity + BLOCK;
         let found = {
             let mut free = self.free.lock().expect("buffer pool lock");
             let fits =
-                free.iter().enumerate().filter(|(_, b)| b.capacity() >= capacity).min_by_key(|(_, b)| b.capacity());
+                free.iter().enumerate().filter(|(_, b)| b.capacity() >= needed).min_by_key(|(_, b)| b.capacity());
             let index = fits.or_else(|| free.iter().enumerate().max_by_key(|(_, b)| b.capacity())).map(|(i, _)| i);
             index.map(|i| free.swap_remove(i))
         };
         let mut buf = found.unwrap_or_default();
-        buf.reserve(capacity);
-        Buffer { buf, pool: self.clone() }
+        buf.reserve(needed);
+        // The bytes before the boundary are padding, never handed out.
+        let start = buf.as_ptr().align_offset(BLOCK);
+        buf.resize(start, 0);
+        Buffer { buf, start, pool: self.clone() }
     }
 
     fn give_back(&self, mut buf: Vec<u8>) {
@@ -53,36 +66,30 @@ impl BufferPool {
 /// last clone of the [`Bytes`] made of it is.
 pub struct Buffer {
     buf: Vec<u8>,
+    /// Where its bytes start in `buf`: a [`BLOCK`] boundary, unless the
+    /// buffer had to grow past what it was taken for.
+    start: usize,
     pool: Arc<BufferPool>,
 }
 
 impl Buffer {
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.len() == 0
     }
 
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Fills the buffer with `len` bytes of `file` from `offset` on.
-    pub fn fill_from(&mut self, file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
-        use std::io::{Read, Seek, SeekFrom};
-        // Read into the spare capacity rather than over zeros written
-        // first (as much work again as the read).
+    /// Makes the buffer `len` zero bytes, to be read into.
+    pub fn zeroed(&mut self, len: usize) -> &mut [u8] {
         self.buf.clear();
-        self.buf.reserve(len);
-        let mut file = file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.take(len as u64).read_to_end(&mut self.buf)?;
-        if self.buf.len() != len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(())
+        self.buf.resize(self.start + len, 0);
+        &mut self.buf[self.start..]
     }
 
     /// Shared, read-only bytes over the buffer, without copying.
@@ -91,9 +98,14 @@ impl Buffer {
     }
 }
 
+/// Whether `bytes` start on a [`BLOCK`] boundary.
+pub fn aligned(bytes: &[u8]) -> bool {
+    bytes.as_ptr().align_offset(BLOCK) == 0
+}
+
 impl AsRef<[u8]> for Buffer {
     fn as_ref(&self) -> &[u8] {
-        &self.buf
+        &self.buf[self.start..]
     }
 }
 
@@ -130,24 +142,16 @@ mod tests {
     }
 
     #[test]
-    fn a_used_buffer_is_filled_with_exactly_the_range_read() {
-        use std::io::Write;
-        let path = std::env::temp_dir().join(format!("ferry-buffers-{}", std::process::id()));
-        std::fs::File::create(&path).unwrap().write_all(&(0..=255u8).cycle().take(10_000).collect::<Vec<_>>()).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let pool = BufferPool::new(1 << 20);
-        let mut long = pool.take(8_000);
-        long.fill_from(&file, 0, 8_000).unwrap();
-        drop(long);
-        // The same buffer again, for less and from elsewhere: nothing of the
-        // earlier read is left in it.
-        let mut short = pool.take(100);
-        short.fill_from(&file, 300, 100).unwrap();
-        assert_eq!(short.as_ref(), (300..400).map(|i| (i % 256) as u8).collect::<Vec<_>>());
-        // Past the end of the file: an error, not zeros.
-        let mut past = pool.take(100);
-        let err = past.fill_from(&file, 9_950, 100).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-        std::fs::remove_file(&path).unwrap();
+    fn buffers_start_on_a_block_boundary_and_come_back_empty() {
+        let pool = BufferPool::new(8 << 20);
+        for capacity in [0, 1, 5000, 1 << 20] {
+            let mut buf = pool.take(capacity);
+            assert!(buf.is_empty());
+            buf.extend_from_slice(&vec![7; capacity]);
+            assert!(aligned(buf.as_ref()), "{capacity} bytes start on a block boundary");
+            assert_eq!(buf.as_ref(), vec![7; capacity]);
+            let zeroed = buf.zeroed(100);
+            assert_eq!(zeroed, [0; 100], "a buffer read into holds nothing of before");
+        }
     }
 }

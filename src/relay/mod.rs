@@ -19,6 +19,7 @@ use crate::protocol::files::Blake3Hash;
 
 pub mod arrivals;
 pub mod buffers;
+mod folder;
 pub use arrivals::ChunkArrivals;
 
 /// Largest chunk accepted (after decompression).
@@ -56,6 +57,13 @@ pub struct ChunkStore {
 
 fn local_error(e: std::io::Error) -> RelayError {
     RelayError::Store(object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
+}
+
+/// File work of a local store, on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RelayError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| local_error(std::io::Error::other(e)))?.map_err(local_error)
 }
 
 /// Largest piece of a chunk handed to the HTTP layer at a time: it copies
@@ -124,21 +132,18 @@ impl ChunkStore {
     ) -> Result<Option<Bytes>, RelayError> {
         let path = local.path_to_filesystem(key)?;
         let buffers = self.buffers.clone();
-        tokio::task::spawn_blocking(move || {
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let size = file.metadata()?.len();
-            let range = range.map_or(0..size, |r| r.start.min(size)..r.end.min(size));
-            let mut buffer = buffers.take((range.end - range.start) as usize);
-            buffer.fill_from(&file, range.start, (range.end - range.start) as usize)?;
-            Ok(Some(buffer.freeze()))
-        })
-        .await
-        .map_err(|e| local_error(std::io::Error::other(e)))?
-        .map_err(local_error)
+        blocking(move || folder::read(&path, range, &buffers)).await
+    }
+
+    /// Writes an object of a local store whole.
+    async fn write_local(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        key: &Path,
+        bytes: Bytes,
+    ) -> Result<(), RelayError> {
+        let path = local.path_to_filesystem(key)?;
+        blocking(move || folder::write(&path, &bytes).map(drop)).await
     }
 
     fn key(&self, project_id: Uuid, hash: &str, zstd: bool) -> Path {
@@ -229,10 +234,16 @@ impl ChunkStore {
             zstd_size: received.variant.as_ref().map(|zst| zst.len() as i64),
         };
         // The variant first: the plain object is what makes the chunk exist.
-        if let Some(zst) = received.variant {
-            self.store.put(&self.key(project_id, hash, true), Bytes::from(zst).into()).await?;
+        let objects = received.variant.map(|zst| (true, Bytes::from(zst))).into_iter().chain([(false, received.bytes)]);
+        for (zstd, bytes) in objects {
+            let key = self.key(project_id, hash, zstd);
+            match &self.local {
+                Some(local) => self.write_local(local, &key, bytes).await?,
+                None => {
+                    self.store.put(&key, bytes.into()).await?;
+                }
+            }
         }
-        self.store.put(&self.key(project_id, hash, false), received.bytes.into()).await?;
         Ok(stored)
     }
 
@@ -256,17 +267,32 @@ impl ChunkStore {
         Ok(self.store.get_opts(&key, options).await?.bytes().await?)
     }
 
-    /// A chunk's plain bytes, whole; None when the store does not hold it.
-    pub async fn get(&self, project_id: Uuid, hash: &str) -> Result<Option<Bytes>, RelayError> {
+    /// A chunk's plain bytes, whole, hashed against its name on a blocking
+    /// thread (off the caller's); None when the store does not hold it,
+    /// [`RelayError::HashMismatch`] when they are damaged.
+    pub async fn get_verified(&self, project_id: Uuid, hash: &str) -> Result<Option<Bytes>, RelayError> {
         let key = self.key(project_id, hash, false);
-        if let Some(local) = &self.local {
-            return self.read_local(local, &key, None).await;
-        }
-        match self.store.get(&key).await {
-            Ok(found) => Ok(Some(found.bytes().await?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let bytes = match &self.local {
+            Some(local) => match self.read_local(local, &key, None).await? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
+            },
+            None => match self.store.get(&key).await {
+                Ok(found) => found.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let hash = hash.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let actual = Blake3Hash::of(&bytes);
+            if actual != *hash {
+                return Err(RelayError::HashMismatch { actual: actual.as_str().to_owned() });
+            }
+            Ok(Some(bytes))
+        })
+        .await
+        .map_err(|e| local_error(std::io::Error::other(e)))?
     }
 
     /// Deletes a chunk and its variant.
