@@ -12,19 +12,82 @@
 //! see [`super::buffers`]) to the disk without a copy, and come back into a
 //! pooled buffer the same way.
 //!
-//! A file is written whole under a temporary name beside its own and renamed
-//! into place, so a reader finds the whole chunk or none.
+//! A file is written whole under a temporary name in the store's
+//! `incoming/` folder and renamed into place, so a reader finds the whole
+//! chunk or none; temporaries a crash left there are removed at start.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use object_store::local::LocalFileSystem;
 
 use super::buffers::{aligned, BufferPool, BLOCK};
+
+/// A temporary in `incoming/` older than this is one whose writer died (a
+/// chunk is written in well under a second, and another server sharing the
+/// folder may be writing the young ones).
+const ABANDONED: Duration = Duration::from_secs(3600);
+
+/// A store in a local folder.
+pub struct Folder {
+    /// Where each object's file is (object_store's layout, which it deletes).
+    files: Arc<LocalFileSystem>,
+    /// Where files are written before they are renamed into place.
+    incoming: PathBuf,
+}
+
+impl Folder {
+    /// The store in `root`, with `files` its object_store view; removes
+    /// what crashed writers left in `incoming/`.
+    pub fn open(root: &Path, files: Arc<LocalFileSystem>) -> io::Result<Self> {
+        let incoming = root.join("incoming");
+        std::fs::create_dir_all(&incoming)?;
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&incoming)? {
+            let entry = entry?;
+            let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+            if age > ABANDONED && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed chunk files left half-written in the relay store");
+        }
+        Ok(Self { files, incoming })
+    }
+
+    /// The file of an object.
+    pub fn path(&self, key: &object_store::path::Path) -> Result<PathBuf, object_store::Error> {
+        self.files.path_to_filesystem(key)
+    }
+
+    /// Writes `bytes` as the file at `path` (its folder made when missing),
+    /// replacing any file there at once; answers whether they went past the
+    /// page cache.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<bool> {
+        let temporary = self.incoming.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let written = write_file(&temporary, bytes).and_then(|past_the_cache| {
+            match std::fs::rename(&temporary, path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+                    std::fs::rename(&temporary, path)
+                }
+                other => other,
+            }?;
+            Ok(past_the_cache)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
+    }
+}
 
 /// `path` opened past the page cache, when the platform and the filesystem
 /// allow it.
@@ -47,39 +110,19 @@ fn open_direct(options: &mut OpenOptions, path: &Path) -> io::Result<Option<File
     }
 }
 
-/// Writes `bytes` as the file at `path` (its folder made when missing),
-/// replacing any file there at once; answers whether they went past the
-/// page cache.
-pub fn write(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| io::Error::other("a chunk path has a name"))?;
-    let temporary = path.with_file_name(format!(".{name}.{}.part", uuid::Uuid::new_v4().simple()));
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    let direct = match open_direct(&mut options, &temporary) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-            open_direct(&mut options, &temporary)
-        }
-        other => other,
-    };
-    let written = direct.and_then(|direct| {
-        // Opened with O_DIRECT or not, the same file: a write the
-        // filesystem refuses past the cache goes through it.
-        let plain = OpenOptions::new().write(true).create(true).truncate(false).open(&temporary)?;
-        let past_the_cache = direct.is_some_and(|direct| write_direct(&direct, bytes).is_ok());
-        if !past_the_cache {
-            plain.write_all_at(bytes, 0)?;
-        }
-        plain.set_len(bytes.len() as u64)?;
-        Ok(past_the_cache)
-    });
-    match written.and_then(|past_the_cache| std::fs::rename(&temporary, path).map(|()| past_the_cache)) {
-        Ok(past_the_cache) => Ok(past_the_cache),
-        Err(e) => {
-            let _ = std::fs::remove_file(&temporary);
-            Err(e)
-        }
+/// Writes `bytes` as a new file at `path`; answers whether they went past
+/// the page cache.
+fn write_file(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let direct = open_direct(OpenOptions::new().write(true).create_new(true), path)?;
+    // Opened with O_DIRECT or not, the same file: a write the filesystem
+    // refuses past the cache goes through it.
+    let plain = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    let past_the_cache = direct.is_some_and(|direct| write_direct(&direct, bytes).is_ok());
+    if !past_the_cache {
+        plain.write_all_at(bytes, 0)?;
     }
+    plain.set_len(bytes.len() as u64)?;
+    Ok(past_the_cache)
 }
 
 /// A block-sized, block-aligned buffer: the last, partial block of a file.
@@ -164,13 +207,22 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// A folder store in a fresh temporary folder.
+    fn folder() -> (PathBuf, Folder) {
+        let root = std::env::temp_dir().join(format!("ferry-folder-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&root).unwrap();
+        let files = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+        let folder = Folder::open(&root, files).unwrap();
+        (root, folder)
+    }
+
     #[test]
     fn files_of_any_size_come_back_whole_and_in_ranges() {
-        let folder = std::env::temp_dir().join(format!("ferry-folder-{}", uuid::Uuid::new_v4()));
+        let (root, folder) = folder();
         let buffers = BufferPool::new(4 << 20);
-        std::fs::create_dir_all(&folder).unwrap();
-        let probe = folder.join("probe");
+        let probe = root.join("probe");
         let direct_here = open_direct(OpenOptions::new().write(true).create(true), &probe).unwrap().is_some();
+        eprintln!("O_DIRECT on this filesystem: {direct_here}");
         for len in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17, (1 << 20) + 5] {
             let data = noise(len);
             // From a pooled buffer (on a block boundary: past the cache) and
@@ -179,8 +231,8 @@ mod tests {
             pooled.extend_from_slice(&data);
             let unaligned = [&[0u8][..], &data].concat();
             for (i, bytes) in [pooled.as_ref(), &unaligned[1..]].into_iter().enumerate() {
-                let path = folder.join("project").join(format!("chunk-{len}-{i}"));
-                let past_the_cache = write(&path, bytes).unwrap();
+                let path = root.join("chunks").join("project").join(format!("chunk-{len}-{i}"));
+                let past_the_cache = folder.write(&path, bytes).unwrap();
                 // Where the filesystem takes O_DIRECT, what starts on a
                 // block boundary goes past the cache, the rest through it.
                 assert_eq!(past_the_cache, direct_here && i == 0, "{len} bytes, {i}");
@@ -194,22 +246,35 @@ mod tests {
                 }
             }
         }
-        eprintln!("O_DIRECT on this filesystem: {direct_here}");
-        let entries: Vec<_> =
-            std::fs::read_dir(folder.join("project")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(entries.iter().all(|n| !n.to_string_lossy().ends_with(".part")), "no temporary left: {entries:?}");
-        assert!(read(&folder.join("project/none"), None, &buffers).unwrap().is_none());
-        std::fs::remove_dir_all(&folder).unwrap();
+        assert_eq!(std::fs::read_dir(root.join("incoming")).unwrap().count(), 0, "no temporary left");
+        assert!(read(&root.join("chunks/project/none"), None, &buffers).unwrap().is_none());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn a_file_written_again_is_replaced_whole() {
-        let folder = std::env::temp_dir().join(format!("ferry-folder-{}", uuid::Uuid::new_v4()));
-        let path = folder.join("chunk");
+        let (root, folder) = folder();
+        let path = root.join("chunk");
         let buffers = BufferPool::new(1 << 20);
-        write(&path, &noise(3 * BLOCK)).unwrap();
-        write(&path, b"short").unwrap();
+        folder.write(&path, &noise(3 * BLOCK)).unwrap();
+        folder.write(&path, b"short").unwrap();
         assert_eq!(read(&path, None, &buffers).unwrap().unwrap(), &b"short"[..]);
-        std::fs::remove_dir_all(&folder).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn what_a_crashed_writer_left_is_removed_at_start_and_nothing_younger() {
+        let (root, folder) = folder();
+        drop(folder);
+        let (abandoned, young) = (root.join("incoming/abandoned.part"), root.join("incoming/young.part"));
+        std::fs::write(&abandoned, b"half").unwrap();
+        std::fs::write(&young, b"being written").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        File::options().write(true).open(&abandoned).unwrap().set_modified(two_hours_ago).unwrap();
+        let files = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+        Folder::open(&root, files).unwrap();
+        assert!(!abandoned.exists(), "an abandoned temporary is removed");
+        assert!(young.exists(), "one another server may be writing is kept");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

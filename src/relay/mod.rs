@@ -48,9 +48,10 @@ const KEPT_BUFFERS: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ChunkStore {
     store: Arc<dyn ObjectStore>,
-    /// The same store when it is a local folder: read directly, into
-    /// buffers used again (object_store reads each into a new one).
-    local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// The same store when it is a local folder: written and read
+    /// directly, past the page cache, into buffers used again
+    /// (object_store reads each into a new one).
+    local: Option<Arc<folder::Folder>>,
     prefix: Path,
     buffers: Arc<buffers::BufferPool>,
 }
@@ -110,15 +111,12 @@ impl ChunkStore {
             return Err(RelayError::BadSpec(spec.to_owned()));
         }
         std::fs::create_dir_all(folder).map_err(local_error)?;
-        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?);
-        Ok(Self::new(store.clone(), Some(store), Path::from("")))
+        let files = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(FsPath::new(folder))?);
+        let local = folder::Folder::open(FsPath::new(folder), files.clone()).map_err(local_error)?;
+        Ok(Self::new(files, Some(Arc::new(local)), Path::from("")))
     }
 
-    fn new(
-        store: Arc<dyn ObjectStore>,
-        local: Option<Arc<object_store::local::LocalFileSystem>>,
-        prefix: Path,
-    ) -> Self {
+    fn new(store: Arc<dyn ObjectStore>, local: Option<Arc<folder::Folder>>, prefix: Path) -> Self {
         Self { store, local, prefix, buffers: buffers::BufferPool::new(KEPT_BUFFERS) }
     }
 
@@ -126,24 +124,19 @@ impl ChunkStore {
     /// buffer; None when there is no such object.
     async fn read_local(
         &self,
-        local: &object_store::local::LocalFileSystem,
+        local: &folder::Folder,
         key: &Path,
         range: Option<Range<u64>>,
     ) -> Result<Option<Bytes>, RelayError> {
-        let path = local.path_to_filesystem(key)?;
+        let path = local.path(key)?;
         let buffers = self.buffers.clone();
         blocking(move || folder::read(&path, range, &buffers)).await
     }
 
     /// Writes an object of a local store whole.
-    async fn write_local(
-        &self,
-        local: &object_store::local::LocalFileSystem,
-        key: &Path,
-        bytes: Bytes,
-    ) -> Result<(), RelayError> {
-        let path = local.path_to_filesystem(key)?;
-        blocking(move || folder::write(&path, &bytes).map(drop)).await
+    async fn write_local(&self, local: &Arc<folder::Folder>, key: &Path, bytes: Bytes) -> Result<(), RelayError> {
+        let (path, local) = (local.path(key)?, local.clone());
+        blocking(move || local.write(&path, &bytes).map(drop)).await
     }
 
     fn key(&self, project_id: Uuid, hash: &str, zstd: bool) -> Path {
