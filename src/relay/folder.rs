@@ -72,7 +72,14 @@ impl Folder {
     /// page cache.
     pub fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<bool> {
         let temporary = self.incoming.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-        let written = write_file(&temporary, bytes).and_then(|past_the_cache| {
+        let written = match write_file(&temporary, bytes) {
+            // `incoming/` removed behind the server's back: made again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.incoming).and_then(|()| write_file(&temporary, bytes))
+            }
+            other => other,
+        };
+        let written = written.and_then(|past_the_cache| {
             match std::fs::rename(&temporary, path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
@@ -252,10 +259,11 @@ mod tests {
     }
 
     #[test]
-    fn a_file_written_again_is_replaced_whole() {
+    fn a_file_written_again_is_replaced_whole_even_with_incoming_gone() {
         let (root, folder) = folder();
         let path = root.join("chunk");
         let buffers = BufferPool::new(1 << 20);
+        std::fs::remove_dir(root.join("incoming")).unwrap();
         folder.write(&path, &noise(3 * BLOCK)).unwrap();
         folder.write(&path, b"short").unwrap();
         assert_eq!(read(&path, None, &buffers).unwrap().unwrap(), &b"short"[..]);
