@@ -3,11 +3,12 @@
 //!
 //! A relay passes each chunk through once: written as it lands, read back
 //! soon after by the member it is for, then let go. Through the page cache,
-//! every chunk took fresh cache pages: `perf` of a relayed 1 GiB put
-//! `copy_folio_from_iter_atomic` at half of the server's samples, and on a
+//! every chunk took fresh cache pages: `perf` of 1 GiB streamed through
+//! `/content` while uploaded (`cargo bench --bench content`) put
+//! `copy_folio_from_iter_atomic` at half of ferryd's samples, and on a
 //! virtual machine that hands freed memory back to its host each fresh page
-//! is a fault on the host too (`dd` here: 1 GiB through the cache in 2.6 s
-//! of system time on new pages, 0.15 s with `oflag=direct`). Past the cache,
+//! is a fault on the host too (`dd` by hand: 1 GiB through the cache in
+//! 2.6 s of system time on new pages, 0.15 s with `oflag=direct`). Past the cache,
 //! the bytes go from the receive buffer (which starts on a block boundary,
 //! see [`super::buffers`]) to the disk without a copy, and come back into a
 //! pooled buffer the same way.

@@ -108,7 +108,7 @@ pub fn connect(database_url: &str, max_size: usize) -> Result<Pool, StoreError> 
 }
 
 /// What a pool serves, as `/metrics` labels it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolRole {
     /// The HTTP workers' pools, one each.
     Http,
