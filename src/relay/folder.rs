@@ -179,7 +179,7 @@ pub fn read(path: &Path, range: Option<Range<u64>>, buffers: &Arc<BufferPool>) -
     let from = range.start / BLOCK as u64 * BLOCK as u64;
     let to = range.end.div_ceil(BLOCK as u64) * BLOCK as u64;
     let mut buffer = buffers.take((to - from) as usize);
-    let into = buffer.zeroed((to - from) as usize);
+    let into = buffer.to_read_into((to - from) as usize);
     let wanted = (range.end - from) as usize;
     let got = match read_at_least(&file, into, from, wanted) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => read_at_least(&File::open(path)?, into, from, wanted)?,
