@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::pieces::Pieces;
 use super::rate::{limited_pieces, read_limited, Limiter, Limits};
 use super::ClientError;
 use crate::protocol::accounts::{
@@ -413,7 +414,7 @@ impl Api {
         hash: &str,
         transfer: Option<Uuid>,
         wait: Option<std::time::Duration>,
-    ) -> Result<Option<bytes::Bytes>, ClientError> {
+    ) -> Result<Option<Pieces>, ClientError> {
         let mut req = self.request(Method::GET, &format!("/api/projects/{project}/chunks/{hash}"));
         if let Some(transfer) = transfer {
             req = req.query(&[("transfer_id", transfer.to_string())]);

@@ -10,6 +10,7 @@ pub mod direct;
 pub mod endpoint;
 pub mod output;
 pub mod part;
+pub mod pieces;
 pub mod pull;
 pub mod rate;
 pub mod scan;

@@ -361,14 +361,18 @@ impl Writer {
         })
     }
 
-    /// Writes `bytes` of the chunk at `pos` (the next in order) and records
-    /// every chunk whose bytes are then all written.
-    fn write_in_order(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
-        let Some(staged) = &mut self.staged else {
-            self.part.write_all_at(bytes, pos.offset)?;
-            return self.record_done(pos);
-        };
-        staged.put(bytes)?;
+    /// Writes `bytes`, the next in order.
+    fn write_in_order(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.staged {
+            Some(staged) => staged.put(bytes),
+            None => self.part.write_all_at(bytes, self.next),
+        }
+    }
+
+    /// Records the chunk at `pos`, all of whose bytes are now written (or,
+    /// staged, as soon as they are).
+    fn written_in_order(&mut self, pos: &Pos) -> std::io::Result<()> {
+        let Some(staged) = &mut self.staged else { return self.record_done(pos) };
         staged.unrecorded.push_back(pos.clone());
         self.record_written()
     }
@@ -408,19 +412,25 @@ impl Writer {
     }
 
     /// A verified chunk that just arrived: written at its offset, recorded.
-    pub fn put(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
+    pub fn put<'a>(&mut self, pos: &Pos, pieces: impl IntoIterator<Item = &'a [u8]>) -> std::io::Result<()> {
         self.in_order(pos)?;
-        self.write_in_order(pos, bytes)?;
-        self.hasher.update(bytes);
-        self.next += bytes.len() as u64;
-        Ok(())
+        for bytes in pieces {
+            self.write_in_order(bytes)?;
+            self.hasher.update(bytes);
+            self.next += bytes.len() as u64;
+        }
+        self.written_in_order(pos)
     }
 
     /// A verified chunk that arrived after an earlier one could not be
     /// fetched: written at its offset and recorded, not hashed (this pass
     /// cannot complete; the next reads it back in order).
-    pub fn keep(&mut self, pos: &Pos, bytes: &[u8]) -> std::io::Result<()> {
-        self.part.write_all_at(bytes, pos.offset)?;
+    pub fn keep<'a>(&mut self, pos: &Pos, pieces: impl IntoIterator<Item = &'a [u8]>) -> std::io::Result<()> {
+        let mut at = pos.offset;
+        for bytes in pieces {
+            self.part.write_all_at(bytes, at)?;
+            at += bytes.len() as u64;
+        }
         self.record_done(pos)
     }
 
@@ -504,8 +514,8 @@ mod tests {
         part.start(&file_hash, 220, "/a.bin").unwrap();
 
         let mut w = Writer::open(&part, 220).unwrap();
-        w.put(&pos(0, &a), &a).unwrap();
-        w.put(&pos(100, &b), &b).unwrap();
+        w.put(&pos(0, &a), [&a[..]]).unwrap();
+        w.put(&pos(100, &b), [&b[..20], &b[20..]]).unwrap();
         drop(w); // killed before the third chunk
         let done = part.resumable(&file_hash, 220);
         assert_eq!(done.len(), 2);
@@ -519,9 +529,9 @@ mod tests {
 
         let mut w = Writer::open(&part, 220).unwrap();
         w.copy_from_part(&pos(0, &a), 0).unwrap();
-        assert!(w.put(&pos(150, &c), &c).is_err(), "out of order");
-        w.put(&pos(100, &b), &b).unwrap();
-        w.put(&pos(150, &c), &c).unwrap();
+        assert!(w.put(&pos(150, &c), [&c[..]]).is_err(), "out of order");
+        w.put(&pos(100, &b), [&b[..]]).unwrap();
+        w.put(&pos(150, &c), [&c[..]]).unwrap();
         assert!(w.complete());
         assert_eq!(w.finish().unwrap(), file_hash);
         assert_eq!(std::fs::read(&part.path).unwrap(), whole);
@@ -540,15 +550,15 @@ mod tests {
 
         // The first chunk could not be fetched; the two after it arrived.
         let mut w = Writer::open(&part, 180).unwrap();
-        w.keep(&pos(80, &b), &b).unwrap();
-        w.keep(&pos(140, &c), &c).unwrap();
+        w.keep(&pos(80, &b), [&b[..]]).unwrap();
+        w.keep(&pos(140, &c), [&c[..1], &c[1..]]).unwrap();
         assert!(!w.complete(), "a pass with a gap never completes");
         drop(w);
         let done = part.resumable(&file_hash, 180);
         assert_eq!(done.keys().copied().collect::<std::collections::BTreeSet<_>>(), [80, 140].into());
 
         let mut w = Writer::open(&part, 180).unwrap();
-        w.put(&pos(0, &a), &a).unwrap();
+        w.put(&pos(0, &a), [&a[..]]).unwrap();
         w.copy_from_part(&pos(80, &b), 80).unwrap();
         w.copy_from_part(&pos(140, &c), 140).unwrap();
         assert!(w.complete());
@@ -587,11 +597,14 @@ mod tests {
         let mut w = Writer::open(&part, size as u64).unwrap();
         #[cfg(target_os = "linux")]
         assert!(w.staged.is_some(), "this filesystem takes O_DIRECT");
-        w.put(&chunks[0].0, chunks[0].1).unwrap();
-        w.put(&chunks[1].0, chunks[1].1).unwrap();
-        w.put(&chunks[2].0, chunks[2].1).unwrap();
+        w.put(&chunks[0].0, [chunks[0].1]).unwrap();
+        w.put(&chunks[1].0, [chunks[1].1]).unwrap();
+        // In pieces, as a response body comes: one ends in a block, one
+        // spans the end of a stage.
+        let (x, y) = chunks[2].1.split_at(300_001);
+        w.put(&chunks[2].0, [x, &y[..7], &y[7..]]).unwrap();
         assert_eq!(record_lines(&part), 0, "the first stage is full and under way, not known to be written");
-        w.put(&chunks[3].0, chunks[3].1).unwrap();
+        w.put(&chunks[3].0, [chunks[3].1]).unwrap();
         assert_eq!(record_lines(&part), 2, "the first stage is written: it holds the first two chunks whole");
         drop(w); // a pass cut short: what it staged is written and recorded
         assert_eq!(record_lines(&part), 4);
@@ -602,7 +615,7 @@ mod tests {
         for (p, _) in &chunks[..4] {
             w.copy_from_part(p, p.offset).unwrap();
         }
-        w.put(&chunks[4].0, chunks[4].1).unwrap();
+        w.put(&chunks[4].0, [chunks[4].1]).unwrap();
         assert!(w.complete());
         assert_eq!(w.finish().unwrap(), file_hash);
         assert!(std::fs::read(&part.path).unwrap() == whole, "the part holds the file");
@@ -629,11 +642,11 @@ mod tests {
             if let Some(staged) = &mut w.staged {
                 staged.refused.store(refused, Ordering::Relaxed);
             }
-            w.put(&pos(0, &a), &a).unwrap();
+            w.put(&pos(0, &a), [&a[..]]).unwrap();
             // The same bytes again: copied from the first, still staged,
             // not yet in the file.
             w.copy_from_part(&pos(5_000, &a), 0).unwrap();
-            w.put(&pos(10_000, &rest), &rest).unwrap();
+            w.put(&pos(10_000, &rest), [&rest[..]]).unwrap();
             let end = 10_000 + rest.len() as u64;
             w.copy_from_part(&pos(end, tail), end - 15_000).unwrap();
             assert_eq!(w.finish().unwrap(), file_hash, "refused: {refused}");

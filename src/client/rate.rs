@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::pieces::Pieces;
+
 /// Bytes per second, at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate(u64);
@@ -123,18 +125,19 @@ impl Limiter {
     }
 }
 
-/// Reads a response's body through `limiter`, piece by piece: a limited
-/// reader reads no faster than the limit, and TCP slows the sender.
-pub async fn read_limited(mut res: reqwest::Response, limiter: &Limiter) -> Result<bytes::Bytes, reqwest::Error> {
-    if limiter.rate().is_none() {
-        return res.bytes().await;
-    }
-    let mut body = bytes::BytesMut::with_capacity(res.content_length().unwrap_or(0).min(16 << 20) as usize);
+/// Reads a response's body through `limiter`, piece by piece, into pieces
+/// (not copied into one buffer): a limited reader reads no faster than the
+/// limit, and TCP slows the sender.
+pub async fn read_limited(mut res: reqwest::Response, limiter: &Limiter) -> Result<Pieces, reqwest::Error> {
+    let limited = limiter.rate().is_some();
+    let mut body = Pieces::default();
     while let Some(piece) = res.chunk().await? {
-        limiter.take(piece.len()).await;
-        body.extend_from_slice(&piece);
+        if limited {
+            limiter.take(piece.len()).await;
+        }
+        body.push(piece);
     }
-    Ok(body.freeze())
+    Ok(body)
 }
 
 /// `bytes` as pieces that keep to `limiter` (sent as the consumer asks for

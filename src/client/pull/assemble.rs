@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::super::direct::Peer;
 use super::super::output::Output;
 use super::super::part::{Part, Pos, Writer};
+use super::super::pieces::Pieces;
 use super::fetch::{fetch_chunk, Stop, Via};
 use super::local::read_local;
 use super::Ctx;
@@ -51,11 +52,11 @@ enum Step {
 
 /// A step done, for the writer.
 enum Item {
-    Arrived(Pos, bytes::Bytes, Option<Via>),
+    Arrived(Pos, Pieces, Option<Via>),
     InPart(Pos, u64),
     /// Arrived after an earlier position could not be fetched: kept in the
     /// part for the next pass.
-    Kept(Pos, bytes::Bytes, Option<Via>),
+    Kept(Pos, Pieces, Option<Via>),
 }
 
 /// What one attempt's writer did.
@@ -119,7 +120,7 @@ pub(super) async fn attempt(
                 Ok::<_, Stop>(match step {
                     Step::InPart(pos, from) => Item::InPart(pos, from),
                     Step::Local(pos, path, offset) => match read_local(&path, offset, &pos).await {
-                        Some(bytes) => Item::Arrived(pos, bytes, None),
+                        Some(bytes) => Item::Arrived(pos, bytes.into(), None),
                         // Changed since it was scanned: the relay may still have it.
                         None => {
                             let (bytes, via) = fetch_chunk(ctx, transfer, peer, &pos.hash, false).await?;
@@ -197,7 +198,7 @@ fn write_part(
         let kept = matches!(item, Item::Kept(..));
         let (pos, r) = match item {
             Item::Arrived(pos, bytes, via) | Item::Kept(pos, bytes, via) => {
-                let r = if kept { w.keep(&pos, &bytes) } else { w.put(&pos, &bytes) };
+                let r = if kept { w.keep(&pos, bytes.iter()) } else { w.put(&pos, bytes.iter()) };
                 if r.is_ok() {
                     if let Some(via) = via {
                         written.transferred += pos.size;

@@ -9,10 +9,10 @@ use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::super::direct::Peer;
+use super::super::pieces::Pieces;
 use super::super::ClientError;
 use super::tracked::Ended;
 use super::{lock, Ctx};
-use crate::protocol::files::Blake3Hash;
 use crate::protocol::membership::ProjectDevice;
 
 /// A chunk whose bytes do not hash to its name is fetched again this often.
@@ -38,9 +38,9 @@ pub(super) enum Via {
 
 /// Whether `bytes` hash to `hash`, worked out on a blocking thread (the
 /// network tasks keep running).
-async fn verified(bytes: bytes::Bytes, hash: &str) -> Option<bytes::Bytes> {
+async fn verified(pieces: Pieces, hash: &str) -> Option<Pieces> {
     let hash = hash.to_owned();
-    tokio::task::spawn_blocking(move || (Blake3Hash::of(&bytes) == *hash).then_some(bytes)).await.ok().flatten()
+    tokio::task::spawn_blocking(move || (pieces.hash() == *hash).then_some(pieces)).await.ok().flatten()
 }
 
 /// One chunk, verified: directly from the owner's machine while that works
@@ -54,7 +54,7 @@ pub(super) async fn fetch_chunk(
     peer: Option<&Arc<Peer>>,
     hash: &str,
     wait: bool,
-) -> Result<(bytes::Bytes, Via), Stop> {
+) -> Result<(Pieces, Via), Stop> {
     let deadline = Instant::now() + if wait { ctx.wait } else { Duration::ZERO };
     let mut bad = 0;
     let mut delay = Duration::from_millis(20);
@@ -67,7 +67,7 @@ pub(super) async fn fetch_chunk(
                 // the fetch ends with this future when the pull gives it up).
                 let (peer, wanted) = (Arc::clone(peer), hash.to_owned());
                 match AbortOnDropHandle::new(tokio::spawn(async move { peer.fetch(&wanted).await })).await {
-                    Ok(Ok(bytes)) => Some((bytes, Via::Direct)),
+                    Ok(Ok(bytes)) => Some((Pieces::from(bytes), Via::Direct)),
                     Ok(Err(why)) => return Err(Stop::Fallback { why, unverified: false }),
                     Err(e) => return Err(Stop::Fallback { why: e.to_string(), unverified: false }),
                 }
