@@ -129,12 +129,9 @@ impl Limiter {
 /// (not copied into one buffer): a limited reader reads no faster than the
 /// limit, and TCP slows the sender.
 pub async fn read_limited(mut res: reqwest::Response, limiter: &Limiter) -> Result<Pieces, reqwest::Error> {
-    let limited = limiter.rate().is_some();
     let mut body = Pieces::default();
     while let Some(piece) = res.chunk().await? {
-        if limited {
-            limiter.take(piece.len()).await;
-        }
+        limiter.take(piece.len()).await;
         body.push(piece);
     }
     Ok(body)
