@@ -165,13 +165,26 @@ impl Server {
 /// download cost 1 million page faults, 440k of them this churn. Up to
 /// 8 MiB of free top is kept per heap now (measured by
 /// `scripts/bench-content`).
+///
+/// Each of those heaps is an arena, and glibc makes up to eight per core,
+/// one for each thread that finds the others busy: the relay store's
+/// blocking threads, which wait on the disk, made more of them, each
+/// keeping its free top. Two per core are kept (set before the server's
+/// threads multiply, so the limit holds): the server's peak RSS growth over
+/// a relayed 1 GiB pull fell from 42-48 to 36-40 MiB, and over 8 GiB from
+/// 59 (two runs) to 47 MiB, at the same speed and CPU time (`cargo bench
+/// --bench pull`, before and after run alternately, two cores).
 fn return_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it is safe to call
-    // at any time, from any thread.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+    {
+        let arenas = std::thread::available_parallelism().map_or(2, |n| 2 * n.get());
+        // SAFETY: mallopt only changes allocator parameters; it is safe to
+        // call at any time, from any thread.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
+            libc::mallopt(libc::M_ARENA_MAX, i32::try_from(arenas).unwrap_or(i32::MAX));
+        }
     }
 }
 
