@@ -45,14 +45,6 @@ impl Pieces {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.iter().map(<[u8]>::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The pieces' bytes, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.whole.iter().map(|piece| &piece[..]).chain([&self.small[..]]).filter(|piece| !piece.is_empty())
@@ -93,12 +85,11 @@ mod tests {
         ] {
             pieces.push(Bytes::copy_from_slice(&whole[from..to]));
         }
-        assert_eq!(pieces.len(), whole.len());
         assert_eq!(pieces.hash(), Blake3Hash::of(&whole));
         assert_eq!(pieces.iter().flatten().copied().collect::<Vec<u8>>(), whole);
         let sizes: Vec<usize> = pieces.iter().map(<[u8]>::len).collect();
         assert_eq!(sizes, [70_000, 200_000, 30_000], "pieces under 64 KiB copied together, larger ones kept");
-        assert!(Pieces::default().is_empty());
+        assert_eq!(Pieces::default().iter().count(), 0, "no pieces, not one empty piece");
         assert_eq!(Pieces::default().hash(), Blake3Hash::of(b""));
     }
 }

@@ -40,6 +40,10 @@ impl BufferPool {
             index.map(|i| free.swap_remove(i))
         };
         let mut buf = found.unwrap_or_default();
+        if buf.capacity() < needed {
+            // Growing moves it: its old bytes are not worth copying.
+            buf.clear();
+        }
         buf.reserve(needed.saturating_sub(buf.len()));
         // The bytes before the boundary are padding, never handed out.
         let start = buf.as_ptr().align_offset(BLOCK);
