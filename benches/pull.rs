@@ -32,6 +32,13 @@
 //! 20 ms while the pull runs. Goals: each RSS growth < 64 MiB, extra disk
 //! ≈ 0 (the part file is the file).
 //!
+//! And for each full pull and each raw copy, what the whole machine did
+//! meanwhile: the bytes its disks read and wrote, and how its CPU time was
+//! spent (busy, waiting for the disk, taken by the hypervisor, idle). A
+//! relayed pull writes every byte twice (the relay's store, the member's
+//! file) where the raw copy writes it once, so on a slow disk this says
+//! which of the two set the pace.
+//!
 //! Every pulled file must hash (BLAKE3) to the source's, `bytes_direct`
 //! must be all the bytes in direct mode and none in relayed mode, and a
 //! delta's bytes must be exactly its new chunks: otherwise the bench fails.
@@ -118,7 +125,7 @@ async fn main() -> ExitCode {
 const GOAL_RSS: u64 = 64 * MIB;
 
 /// Peak figures of one pull, in bytes.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Peaks {
     server_growth: u64,
     agent_growth: u64,
@@ -130,6 +137,8 @@ struct Peaks {
     cpu_server: f64,
     cpu_agent: f64,
     cpu_pull: f64,
+    /// What the whole machine did meanwhile (disks, CPU by kind).
+    machine: String,
 }
 
 /// CPU seconds (user + system) the process has used so far.
@@ -188,6 +197,7 @@ async fn measured_pull(
     std::fs::create_dir_all(to)?;
     let disk_base = disk_used(to);
     let (server_cpu0, agent_cpu0) = (cpu_seconds("self").unwrap_or(0.0), cpu_seconds(&agent).unwrap_or(0.0));
+    let machine = common::Machine::now();
 
     let started = Instant::now();
     let child = member
@@ -228,6 +238,7 @@ async fn measured_pull(
         cpu_agent: cpu_seconds(&agent).unwrap_or(0.0) - agent_cpu0,
         // As last sampled (up to 20 ms short of its end).
         cpu_pull: pull_cpu,
+        machine: common::Machine::now().since(&machine),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     match stdout.lines().last().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
@@ -402,6 +413,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
             peaks.cpu_pull,
             took.as_secs_f64(),
         );
+        println!("  {} pull: the machine meanwhile: {}", mode.name(), peaks.machine);
         for (who, grew) in [("server", peaks.server_growth), ("agent", peaks.agent_growth), ("pull", peaks.pull_growth)]
         {
             if grew >= GOAL_RSS {
@@ -654,9 +666,15 @@ fn flip_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
 /// timed phase), printed and added to `raws` (MB/s).
 async fn raw_run(raws: &mut Vec<f64>, source: &Path, dir: &Path, size: u64, when: &str) -> Result<(), BoxError> {
     settle().await;
+    let machine = common::Machine::now();
     let took = raw_copy(source, dir, size, false).await?;
+    let machine = common::Machine::now().since(&machine);
     let speed = mb_per_s(size, took);
-    println!("  raw copy, run {} ({when}): {speed:.0} MB/s ({:.2} s)", raws.len() + 1, took.as_secs_f64());
+    println!(
+        "  raw copy, run {} ({when}): {speed:.0} MB/s ({:.2} s); the machine meanwhile: {machine}",
+        raws.len() + 1,
+        took.as_secs_f64()
+    );
     raws.push(speed);
     Ok(())
 }

@@ -65,6 +65,71 @@ pub fn load() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// The whole machine's counters: bytes its disks read and wrote
+/// (`/sys/block/*/stat`) and CPU time by kind (`/proc/stat`). Taken before
+/// and after a measurement, they say whether the disk or the hypervisor set
+/// its pace, which the processes' own figures cannot show.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Machine {
+    read: u64,
+    written: u64,
+    busy: u64,
+    iowait: u64,
+    steal: u64,
+    idle: u64,
+}
+
+impl Machine {
+    pub fn now() -> Self {
+        let mut machine = Machine::default();
+        for entry in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Whole disks only: not loop or RAM devices, nor device-mapper
+            // volumes (their disks count their bytes already).
+            if ["loop", "ram", "zram", "dm-", "sr"].iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let fields: Vec<u64> = stat.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+            // Sectors (512 bytes) read are the 3rd field, written the 7th.
+            if fields.len() > 6 {
+                machine.read += fields[2] * 512;
+                machine.written += fields[6] * 512;
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // cpu  user nice system idle iowait irq softirq steal ...
+        let cpu: Vec<u64> =
+            stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        if cpu.len() > 7 {
+            machine.busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6];
+            machine.idle = cpu[3];
+            machine.iowait = cpu[4];
+            machine.steal = cpu[7];
+        }
+        machine
+    }
+
+    /// What the machine did since `before`, as one line.
+    pub fn since(&self, before: &Machine) -> String {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let [busy, iowait, steal, idle] =
+            [self.busy - before.busy, self.iowait - before.iowait, self.steal - before.steal, self.idle - before.idle];
+        let total = (busy + iowait + steal + idle).max(1) as f64;
+        let share = |t: u64| 100.0 * t as f64 / total;
+        format!(
+            "disks read {:.0} MiB, wrote {:.0} MiB; CPU busy {:.0}%, waiting for the disk {:.0}%, \
+             taken by the hypervisor {:.0}%, idle {:.0}%",
+            mib(self.read - before.read),
+            mib(self.written - before.written),
+            share(busy),
+            share(iowait),
+            share(steal),
+            share(idle),
+        )
+    }
+}
+
 /// Creates `ferry_bench_<random>` (see [`support::admin_url`] for where),
 /// runs `bench` with its URL (catching a panic, so the database is still
 /// dropped), drops it WITH (FORCE).
