@@ -113,15 +113,23 @@ impl Machine {
     /// What the machine did since `before`, as one line.
     pub fn since(&self, before: &Machine) -> String {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let [busy, iowait, steal, idle] =
-            [self.busy - before.busy, self.iowait - before.iowait, self.steal - before.steal, self.idle - before.idle];
+        // Saturating: a disk that went away meanwhile takes its counts along.
+        let [read, written, busy, iowait, steal, idle] = [
+            (self.read, before.read),
+            (self.written, before.written),
+            (self.busy, before.busy),
+            (self.iowait, before.iowait),
+            (self.steal, before.steal),
+            (self.idle, before.idle),
+        ]
+        .map(|(now, then)| now.saturating_sub(then));
         let total = (busy + iowait + steal + idle).max(1) as f64;
         let share = |t: u64| 100.0 * t as f64 / total;
         format!(
             "disks read {:.0} MiB, wrote {:.0} MiB; CPU busy {:.0}%, waiting for the disk {:.0}%, \
              taken by the hypervisor {:.0}%, idle {:.0}%",
-            mib(self.read - before.read),
-            mib(self.written - before.written),
+            mib(read),
+            mib(written),
             share(busy),
             share(iowait),
             share(steal),
