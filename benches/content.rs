@@ -11,7 +11,10 @@
 //! and its peak during it (VmRSS sampled every 20 ms, and VmHWM, from
 //! /proc/<pid>/status), and a raw loopback copy of the same file (file →
 //! 127.0.0.1 socket → reader that hashes and keeps nothing) measured in the
-//! same run, before and after, with the ratio ours/raw.
+//! same run, before and after, with the ratio ours/raw. For the stream and
+//! each raw copy, what the whole machine did meanwhile (disk bytes read and
+//! written, CPU busy, waiting for the disk, taken by the hypervisor, idle):
+//! the relay writes every byte to its store, the raw copy writes nothing.
 //!
 //! The stream must end cleanly, hash (BLAKE3) to the file's hash, and the
 //! transfer must be `completed` by the server: otherwise the bench fails.
@@ -96,8 +99,14 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let member_token = field(&member["token"])?;
     post(&http, &server.address, "/api/invites/accept", Some(&member_token), json!({"token": invite})).await?;
 
+    let machine = common::Machine::now();
     let raw1 = raw_copy(&source, size).await?;
-    println!("  raw copy, run 1 (before): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw1), raw1.as_secs_f64());
+    println!(
+        "  raw copy, run 1 (before): {:.0} MB/s ({:.2} s); the machine meanwhile: {}",
+        mb_per_s(size, raw1),
+        raw1.as_secs_f64(),
+        common::Machine::now().since(&machine)
+    );
 
     let mut agent = Agent::start(&owner, &project, &src, &["--no-direct"])?;
     agent.wait_for("its first push", |v| v["event"] == "synced").await?;
@@ -107,6 +116,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let hwm_before = server.status("VmHWM")?;
     let cpu = Cpu::of(server.pid, agent.pid(), &url).await?;
     let cpu_before = cpu.now();
+    let machine = common::Machine::now();
     let started = Instant::now();
     let requested = post(
         &http,
@@ -160,6 +170,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
     }
     let took = started.elapsed();
     let cpu_during = cpu.now().since(&cpu_before);
+    let machine_during = common::Machine::now().since(&machine);
     sampling.abort();
     let peak_sampled = sampling.await.unwrap_or(0).max(server.status("VmRSS")?);
     let hwm_after = server.status("VmHWM")?;
@@ -168,8 +179,14 @@ async fn run(url: String) -> Result<bool, BoxError> {
     let status = transfer_status(&http, &server.address, &project, &transfer, &member_token).await?;
 
     settle().await;
+    let machine = common::Machine::now();
     let raw2 = raw_copy(&source, size).await?;
-    println!("  raw copy, run 2 (after): {:.0} MB/s ({:.2} s)", mb_per_s(size, raw2), raw2.as_secs_f64());
+    println!(
+        "  raw copy, run 2 (after): {:.0} MB/s ({:.2} s); the machine meanwhile: {}",
+        mb_per_s(size, raw2),
+        raw2.as_secs_f64(),
+        common::Machine::now().since(&machine)
+    );
     let raw = mb_per_s(2 * size, raw1 + raw2);
     let hash = hasher.finalize().to_hex().to_string();
     let ok = clean && received == size && hash == source_hash && status == "completed";
@@ -182,6 +199,7 @@ async fn run(url: String) -> Result<bool, BoxError> {
         first_byte_headers.as_secs_f64() * 1000.0,
         mb_per_s(size, took) / raw,
     );
+    println!("  the machine meanwhile: {machine_during}");
     println!(
         "  agent upload leg:  {:>6.0} MB/s  ({:.2} s after the request the agent had put {} bytes on the relay; \
          the stream ended {:+.2} s from then)",
