@@ -141,18 +141,6 @@ struct Peaks {
     machine: String,
 }
 
-/// CPU seconds (user + system) the process has used so far.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf takes a constant and has no other effect.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / per_second)
-}
-
 /// A `/proc/PID/status` figure (`VmRSS`, `VmHWM`) in bytes.
 fn proc_status(pid: &str, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -189,6 +177,10 @@ async fn measured_pull(
     agent: u32,
     size: u64,
 ) -> Result<(Value, Duration, Peaks), BoxError> {
+    // CPU time of a process (this one is the server), 0 once it is gone.
+    let cpu_seconds = |pid: u32| common::cpu_seconds(pid).unwrap_or(0.0);
+    let server = std::process::id();
+    let agent_pid = agent;
     let agent = agent.to_string();
     reset_peak("self");
     reset_peak(&agent);
@@ -196,7 +188,7 @@ async fn measured_pull(
     let agent_base = proc_status(&agent, "VmRSS").unwrap_or(0);
     std::fs::create_dir_all(to)?;
     let disk_base = disk_used(to);
-    let (server_cpu0, agent_cpu0) = (cpu_seconds("self").unwrap_or(0.0), cpu_seconds(&agent).unwrap_or(0.0));
+    let (server_cpu0, agent_cpu0) = (cpu_seconds(server), cpu_seconds(agent_pid));
     let machine = common::Machine::now();
 
     let started = Instant::now();
@@ -205,7 +197,8 @@ async fn measured_pull(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let pid = child.id().ok_or("pull exited at once")?.to_string();
+    let pull = child.id().ok_or("pull exited at once")?;
+    let pid = pull.to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let (stop, to) = (stop.clone(), to.to_path_buf());
@@ -213,7 +206,7 @@ async fn measured_pull(
             // (pull's first RSS, pull's peak, disk peak)
             let (mut first, mut peak, mut disk, mut cpu) = (None, 0u64, 0u64, 0f64);
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                cpu = cpu.max(cpu_seconds(&pid).unwrap_or(0.0));
+                cpu = cpu.max(cpu_seconds(pull));
                 if let Some(rss) = proc_status(&pid, "VmRSS") {
                     first.get_or_insert(rss);
                 }
@@ -234,8 +227,8 @@ async fn measured_pull(
         pull_growth: pull_peak.saturating_sub(pull_first),
         pull_peak,
         disk_extra: disk_peak.saturating_sub(disk_base).saturating_sub(size),
-        cpu_server: cpu_seconds("self").unwrap_or(0.0) - server_cpu0,
-        cpu_agent: cpu_seconds(&agent).unwrap_or(0.0) - agent_cpu0,
+        cpu_server: cpu_seconds(server) - server_cpu0,
+        cpu_agent: cpu_seconds(agent_pid) - agent_cpu0,
         // As last sampled (up to 20 ms short of its end).
         cpu_pull: pull_cpu,
         machine: common::Machine::now().since(&machine),
