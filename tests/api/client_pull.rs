@@ -307,7 +307,11 @@ async fn replaced_behind_the_agents_back(share_args: &[&str]) -> String {
 
     let target = TempDir::new("changed-dst");
     let to = target.path().to_str().unwrap();
-    let pulled = member.run(&["pull", &project, "--to", to, "--wait", "10"]).await;
+    // Each attempt's failure, told on the project's stream, ends the pull's
+    // wait at the relay: three attempts, each far within --wait and within
+    // the 60 s the server holds one relay request, all within the 60 s
+    // this command is given.
+    let pulled = member.run(&["pull", &project, "--to", to, "--wait", "120"]).await;
     assert!(!pulled.status.success(), "{}", describe(&pulled));
     let said = String::from_utf8_lossy(&pulled.stderr).into_owned();
     assert!(said.contains("/data/report.bin") && said.contains("file_changed_at_source"), "{}", describe(&pulled));

@@ -1,6 +1,7 @@
 //! Fetching one chunk, verified: directly from the owner's machine while
 //! that works, else from the relay, waiting there for the source.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,15 @@ pub(super) enum Stop {
     Fallback { why: String, unverified: bool },
     /// Not worth retrying.
     Fatal(String),
+}
+
+impl From<Ended> for Stop {
+    fn from(ended: Ended) -> Self {
+        match ended {
+            Ended::Failed(why) => Stop::Failed(why),
+            Ended::Over(why) => Stop::Fatal(why),
+        }
+    }
 }
 
 /// Where a chunk came from.
@@ -73,8 +83,9 @@ pub(super) async fn fetch_chunk(
                 }
             }
             None => {
-                let wait = wait.then(|| relay_wait(deadline));
-                match ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait).await {
+                let request = ctx.api.get_chunk(ctx.project, hash, Some(transfer), wait.then(|| relay_wait(deadline)));
+                let got = if wait { watching(ctx, transfer, request).await? } else { request.await };
+                match got {
                     Ok(bytes) => bytes.map(|b| (b, Via::Relay)),
                     Err(e @ ClientError::Api { status: 401 | 403, .. }) => return Err(Stop::Fatal(e.to_string())),
                     // A network hiccup: wait and try again, within the deadline.
@@ -102,6 +113,9 @@ pub(super) async fn fetch_chunk(
         if !wait {
             return Err(Stop::Failed(format!("chunk {hash} is neither here nor on the relay")));
         }
+        if let Some(ended) = ctx.tracked.ended(transfer) {
+            return Err(ended.into());
+        }
         if Instant::now() >= deadline {
             if let Some(offline) = lock(&ctx.offline).clone() {
                 return Err(Stop::Fatal(format!(
@@ -114,20 +128,34 @@ pub(super) async fn fetch_chunk(
                 ctx.wait
             )));
         }
-        match ctx.tracked.ended(transfer) {
-            Some(Ended::Failed(why)) => return Err(Stop::Failed(why)),
-            Some(Ended::Over(why)) => return Err(Stop::Fatal(why)),
-            None => {}
+        // The server waited for the chunk to land (`?wait=`): ask again at
+        // once. A miss that came back fast (a network error, an older
+        // server without `wait`) backs off instead of spinning.
+        if asked.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+/// `request` (a relay download held until its chunk lands), cut short when
+/// the attempt of `transfer` ends (the source failed it, the owner cancelled
+/// it: nothing more comes), saying meanwhile whether the owner's computer
+/// is online, as the project's stream tells.
+async fn watching<T>(ctx: &Ctx, transfer: Uuid, request: impl Future<Output = T>) -> Result<T, Stop> {
+    tokio::pin!(request);
+    loop {
+        // Made before the look, so what is told in between still wakes it.
+        let told = ctx.tracked.told();
+        if let Some(ended) = ctx.tracked.ended(transfer) {
+            return Err(ended.into());
         }
         if let Some(source) = ctx.tracked.source(transfer) {
             say_whether_offline(ctx, &source);
         }
-        // The server waited for the chunk to land (`?wait=`): ask again at
-        // once. A miss that came back fast (a network error, an older
-        // server without `wait`) backs off instead of spinning.
-        if asked.elapsed() < RELAY_WAIT / 2 {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
+        tokio::select! {
+            got = &mut request => return Ok(got),
+            () = told => {}
         }
     }
 }
@@ -155,12 +183,11 @@ fn say_whether_offline(ctx: &Ctx, device: &ProjectDevice) {
     *lock(&ctx.offline) = Some(what);
 }
 
-/// Longest one relay request waits on the server for a chunk to land: short
-/// enough to look at the transfer's state (failed, cancelled) between.
-const RELAY_WAIT: Duration = Duration::from_secs(5);
+/// Longest the server holds one relay download for its chunk to land.
+const RELAY_WAIT: Duration = Duration::from_secs(60);
 
-/// The server-side wait for the next relay request: whole seconds, within
-/// the pull's own deadline.
+/// The server-side wait for the next relay request: the rest of the pull's
+/// own deadline, in whole seconds, within what the server allows.
 fn relay_wait(deadline: Instant) -> Duration {
     RELAY_WAIT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_secs(1))
 }

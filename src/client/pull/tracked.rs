@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::StreamExt;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::super::api::{AbortOnDrop, Api, Live};
@@ -55,6 +57,8 @@ pub(super) struct Tracked {
     project: Uuid,
     after_seq: i64,
     known: Arc<Mutex<Known>>,
+    /// Wakes whoever waits on what the stream tells (transfers, presence).
+    told: Arc<Notify>,
     /// Started when the first transfer is asked for: a pull with nothing
     /// to fetch opens no socket.
     follow: OnceLock<AbortOnDrop>,
@@ -65,14 +69,21 @@ impl Tracked {
     /// before any of this pull's transfers was asked for, so none of their
     /// events is missed.
     pub(super) fn new(api: &Api, project: Uuid, after_seq: i64) -> Self {
-        Self { api: api.clone(), project, after_seq, known: Arc::default(), follow: OnceLock::new() }
+        Self {
+            api: api.clone(),
+            project,
+            after_seq,
+            known: Arc::default(),
+            told: Arc::default(),
+            follow: OnceLock::new(),
+        }
     }
 
     fn follow(&self) {
         self.follow.get_or_init(|| {
             let (api, project) = (self.api.clone(), self.project);
             let mut live = api.live(project, self.after_seq);
-            let known = self.known.clone();
+            let (known, told) = (self.known.clone(), self.told.clone());
             AbortOnDrop(tokio::spawn(async move {
                 while let Some(item) = live.next().await {
                     match item {
@@ -89,12 +100,12 @@ impl Tracked {
                             }
                         }
                         Live::Event(event) => {
-                            if let Some(state) = event.data.transfer_state() {
-                                lock(&known).told.insert(state.transfer_id, told(state));
-                            }
+                            let Some(state) = event.data.transfer_state() else { continue };
+                            lock(&known).told.insert(state.transfer_id, told_of(state));
                         }
-                        Live::Lost(_) => {}
+                        Live::Lost(_) => continue,
                     }
+                    told.notify_waiters();
                 }
             }))
         });
@@ -132,10 +143,16 @@ impl Tracked {
         }
         told.ended.clone()
     }
+
+    /// Wakes when the stream next tells something of a transfer or of a
+    /// device's presence.
+    pub(super) fn told(&self) -> Notified<'_> {
+        self.told.notified()
+    }
 }
 
 /// What a transfer event tells of the attempt it is about.
-fn told(state: &TransferState) -> Told {
+fn told_of(state: &TransferState) -> Told {
     let why = || state.error_message.clone().unwrap_or_else(|| state.status.as_str().to_owned());
     let ended = match state.status {
         TransferStatus::Failed => Some(Ended::Failed(why())),
