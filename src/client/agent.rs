@@ -523,7 +523,14 @@ impl Agent {
     /// lacks.
     async fn sync(&mut self) -> Result<SyncReport, ClientError> {
         let ctx = &self.ctx;
-        let known = ctx.source.files();
+        let mut known = ctx.source.files();
+        let changed = ctx.source.take_changed();
+        if !changed.is_empty() {
+            // Not known: hashed again, whatever their size and mtime say.
+            let mut fresh = (*known).clone();
+            fresh.retain(|path, _| !changed.contains(path));
+            known = Arc::new(fresh);
+        }
         let dir = ctx.dir.clone();
         let bar = ctx.out.bytes_bar("hashing");
         let outcome = tokio::task::spawn_blocking(move || scan::scan(&dir, &known, &bar))
@@ -637,6 +644,7 @@ impl Agent {
         // first scan and now is caught (unchanged files are not re-hashed).
         let mut due: Option<Instant> = Some(Instant::now() + QUIET);
         let mut first_event: Option<Instant> = None;
+        let source = self.ctx.source.clone();
         loop {
             let wake = due.map(|d| first_event.map_or(d, |f| d.min(f + MAX_DELAY)));
             let sleep = async {
@@ -651,6 +659,8 @@ impl Agent {
                     due = Some(Instant::now() + QUIET);
                     first_event.get_or_insert_with(Instant::now);
                 }
+                // A transfer found a file changed behind the scan's back.
+                () = source.rescan_asked() => due = Some(Instant::now()),
                 _ = sleep => {
                     due = None;
                     first_event = None;

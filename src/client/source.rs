@@ -64,6 +64,11 @@ pub struct Source {
     transfers: Mutex<Transfers>,
     /// The project's people by user id, as last listed: who a file went to.
     people: Mutex<HashMap<Uuid, String>>,
+    /// Files found to hold other bytes than their scan says (replaced with
+    /// the same size and mtime, which the scan takes as unchanged): to be
+    /// hashed again at the next scan, which `rescan` asks for.
+    changed_here: Mutex<HashSet<String>>,
+    rescan: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -256,6 +261,8 @@ impl Source {
             direct: AtomicBool::new(false),
             transfers: Mutex::default(),
             people: Mutex::default(),
+            changed_here: Mutex::default(),
+            rescan: tokio::sync::Notify::new(),
         }
     }
 
@@ -274,6 +281,25 @@ impl Source {
 
     pub fn files(&self) -> Arc<Files> {
         lock(&self.files).clone()
+    }
+
+    /// The files found changed here since they were scanned (each said
+    /// once), for the next scan to hash again.
+    pub fn take_changed(&self) -> HashSet<String> {
+        std::mem::take(&mut lock(&self.changed_here))
+    }
+
+    /// Ends when a file was found changed here since its scan (at once
+    /// when one was since the last call).
+    pub async fn rescan_asked(&self) {
+        self.rescan.notified().await
+    }
+
+    /// `path` holds other bytes than its scan says: hashed again soon, so
+    /// its new version is pushed and the next transfer of it can succeed.
+    fn found_changed(&self, path: &str) {
+        lock(&self.changed_here).insert(path.to_owned());
+        self.rescan.notify_one();
     }
 
     /// Members may now fetch directly (or no longer).
@@ -571,7 +597,13 @@ impl Source {
         .await
         .map_err(|e| Stop::Failed(e.to_string()))?
         .map_err(Stop::Failed)?;
-        self.api.put_chunk(self.project, &hash, body, zstd).await.map_err(upload_refused)?;
+        if let Err(e) = self.api.put_chunk(self.project, &hash, body, zstd).await {
+            let stop = upload_refused(e);
+            if matches!(&stop, Stop::Failed(why) if why == FailureReason::FileChangedAtSource.as_str()) {
+                self.found_changed(&s.job.file_path);
+            }
+            return Err(stop);
+        }
         s.progress.add(size);
         s.progress.report(&self.api, self.project, false).await;
         Ok(size)
