@@ -598,11 +598,10 @@ impl Source {
         .map_err(|e| Stop::Failed(e.to_string()))?
         .map_err(Stop::Failed)?;
         if let Err(e) = self.api.put_chunk(self.project, &hash, body, zstd).await {
-            let stop = upload_refused(e);
-            if matches!(&stop, Stop::Failed(why) if why == FailureReason::FileChangedAtSource.as_str()) {
+            if changed_here(&e) {
                 self.found_changed(&s.job.file_path);
             }
-            return Err(stop);
+            return Err(upload_refused(e));
         }
         s.progress.add(size);
         s.progress.report(&self.api, self.project, false).await;
@@ -646,16 +645,18 @@ fn read_unhashed(abs: &std::path::Path, offset: u64, size: u64) -> Result<Vec<u8
     scan::read_at(abs, offset, size).map_err(|e| format!("file_unreadable_at_source: {e}"))
 }
 
-/// Why an upload failed, as the transfer's failure: the server's
-/// `hash_mismatch` means the bytes read are not the chunk scanned, so the
-/// file changed here since.
+/// Whether the server refused an upload as `hash_mismatch`: the bytes read
+/// are not the chunk scanned, so the file changed here since.
+fn changed_here(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 422, code, .. } if code == "hash_mismatch")
+}
+
+/// Why an upload failed, as the transfer's failure.
 fn upload_refused(e: ClientError) -> Stop {
-    match e {
-        ClientError::Api { status: 422, code, .. } if code == "hash_mismatch" => {
-            Stop::Failed(FailureReason::FileChangedAtSource.to_string())
-        }
-        e => Stop::Failed(e.to_string()),
+    if changed_here(&e) {
+        return Stop::Failed(FailureReason::FileChangedAtSource.to_string());
     }
+    Stop::Failed(e.to_string())
 }
 
 /// The chunk zstd-compressed, when that saves at least a tenth: a sample
